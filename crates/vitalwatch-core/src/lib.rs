@@ -1,1 +1,18 @@
-pub fn _x() {}
+//! vitalwatch-core: the pure heart of vitalwatch.
+//!
+//! No I/O, no tokio, no network, no clock reads: time is always a parameter, so every
+//! clinical rule is testable in microseconds and a replay is deterministic.
+//!
+//! # Layout
+//! - [`model`]: vitals, ids, timestamps, observations, patients, dead letters.
+//! - [`reference`]: threshold bands and patients, classic CSV layouts.
+//! - [`alert`]: priorities, lifecycle, alert events, deterministic alert ids.
+//! - [`simulate`]: deterministic patient simulator with labelled episodes and artifacts.
+//!
+//! Data flow: a codec turns bytes into [`model::Observation`]s (or dead letters), the
+//! engine evaluates them against compiled reference data and emits alert events.
+
+pub mod alert;
+pub mod model;
+pub mod reference;
+pub mod simulate;

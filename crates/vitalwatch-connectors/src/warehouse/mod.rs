@@ -1,0 +1,1 @@
+//! Parquet warehouse (being written).

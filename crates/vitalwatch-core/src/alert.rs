@@ -1,0 +1,219 @@
+//! Alerts: priority (IEC 60601-1-8), lifecycle state, and the events the engine emits.
+//!
+//! The engine turns rule findings into [`AlertEvent`]s; the pipeline stores them in the
+//! catalog, appends them to the alert log and the warehouse, and hands them to notifiers.
+//! An alert's id is derived from (patient, rule key, episode start), so replaying the same
+//! input yields the same ids and downstream stores stay idempotent.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{PatientId, Timestamp, Vital};
+
+/// Alarm priority after IEC 60601-1-8.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    /// Awareness: minor or slowly developing harm.
+    Low,
+    /// Prompt response: delayed harm.
+    Medium,
+    /// Immediate response: death or irreversible injury may follow quickly.
+    High,
+}
+
+impl Priority {
+    /// Lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::Low => "low",
+            Priority::Medium => "medium",
+            Priority::High => "high",
+        }
+    }
+
+    /// Parses `low`, `medium`, `high` (case-insensitive).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "low" => Some(Priority::Low),
+            "medium" | "med" => Some(Priority::Medium),
+            "high" => Some(Priority::High),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Priority {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where an alert is in its lifecycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AlertState {
+    /// Raised, nobody has acknowledged it yet.
+    Triggered,
+    /// A clinician has taken responsibility; re-notification stops.
+    Acknowledged,
+    /// The condition is over.
+    Resolved,
+}
+
+impl AlertState {
+    /// Lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertState::Triggered => "triggered",
+            AlertState::Acknowledged => "acknowledged",
+            AlertState::Resolved => "resolved",
+        }
+    }
+}
+
+/// What happened to an alert.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AlertEventKind {
+    /// A new alert (a new episode).
+    Triggered,
+    /// Still abnormal and still unacknowledged after the re-notify interval.
+    Renotified,
+    /// The same episode got worse: its priority went up.
+    Escalated,
+    /// A clinician acknowledged it.
+    Acknowledged,
+    /// The condition cleared.
+    Resolved,
+}
+
+impl AlertEventKind {
+    /// Lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertEventKind::Triggered => "triggered",
+            AlertEventKind::Renotified => "renotified",
+            AlertEventKind::Escalated => "escalated",
+            AlertEventKind::Acknowledged => "acknowledged",
+            AlertEventKind::Resolved => "resolved",
+        }
+    }
+
+    /// Whether this event should reach a person (as opposed to a state change to record).
+    pub fn notifies(self) -> bool {
+        matches!(
+            self,
+            AlertEventKind::Triggered | AlertEventKind::Renotified | AlertEventKind::Escalated
+        )
+    }
+}
+
+/// Deterministic alert id from (patient, rule key, episode start): FNV-1a, 64 bits, hex.
+///
+/// Stable across builds and platforms (std's hasher is not), so a replay re-derives the
+/// same id and the alert store's upsert makes it a no-op.
+pub fn alert_id(patient: &PatientId, rule_key: &str, episode_start: Timestamp) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |bytes: &[u8]| {
+        for &b in bytes {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        // A separator so ("ab","c") and ("a","bc") differ.
+        h ^= 0xff;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    };
+    eat(patient.as_str().as_bytes());
+    eat(rule_key.as_bytes());
+    eat(&episode_start.micros().to_le_bytes());
+    format!("{h:016x}")
+}
+
+/// The patient details an alert carries (the classic alert's personal fields).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct AlertPatient {
+    /// Classic `patientname`.
+    pub patientname: String,
+    /// Classic `age`.
+    pub age: Option<u32>,
+    /// Classic `patientaddress`.
+    pub patientaddress: String,
+    /// Classic `phone_number`.
+    pub phone_number: String,
+    /// Classic `admitted_ward`.
+    pub admitted_ward: String,
+}
+
+/// One alert lifecycle event: the unit the alert log, the catalog and notifiers receive.
+///
+/// Field names follow the classic alert JSON (`patientname`, `bp`, `heartBeat`,
+/// `input_message_time`, `alert_generated_time`, `alert_message`) plus vitalwatch's own.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AlertEvent {
+    /// Deterministic id of the alert (one per episode).
+    pub alert_id: String,
+    /// What happened.
+    pub event: AlertEventKind,
+    /// The alert's state after this event.
+    pub state: AlertState,
+    /// Rule family: `threshold`, `limit`, `news2`, `device_stale`.
+    pub rule: String,
+    /// Full rule key (e.g. `threshold:heart_rate:3`); the dedup key together with the patient.
+    pub rule_key: String,
+    /// Priority now.
+    pub priority: Priority,
+    /// Patient id.
+    pub patient_id: PatientId,
+    /// Classic patient fields.
+    #[serde(flatten)]
+    pub patient: AlertPatient,
+    /// The vital that fired (absent for NEWS2 and device alarms).
+    pub vital: Option<Vital>,
+    /// Its value.
+    pub value: Option<f64>,
+    /// Classic `bp`: the observation's systolic pressure, if it had one.
+    pub bp: Option<f64>,
+    /// Classic `heartBeat`: the observation's heart rate, if it had one.
+    #[serde(rename = "heartBeat")]
+    pub heart_beat: Option<f64>,
+    /// NEWS2 aggregate score, for NEWS2 alerts.
+    pub news2_score: Option<u32>,
+    /// Threshold band id that fired (classic `ref_id`).
+    pub ref_id: Option<u32>,
+    /// Version of the threshold table that band belongs to.
+    pub ref_version: Option<u32>,
+    /// Human-readable message (the band's `alert_message` for threshold alerts).
+    pub alert_message: String,
+    /// Observation time of the reading that caused this event (classic `input_message_time`).
+    pub input_message_time: Timestamp,
+    /// When this event was generated (classic `alert_generated_time`).
+    pub alert_generated_time: Timestamp,
+    /// When the episode began (part of the alert id).
+    pub episode_start: Timestamp,
+    /// Device that produced the reading.
+    pub device_id: Option<String>,
+    /// Who acknowledged it, for acknowledgement events.
+    pub acknowledged_by: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alert_ids_are_deterministic_and_distinct() {
+        let p = PatientId("1".into());
+        let t = Timestamp(1_000_000);
+        let a = alert_id(&p, "news2", t);
+        assert_eq!(a, alert_id(&p, "news2", t));
+        assert_eq!(a.len(), 16);
+        assert_ne!(a, alert_id(&p, "news2", Timestamp(1_000_001)));
+        assert_ne!(a, alert_id(&PatientId("2".into()), "news2", t));
+        assert_ne!(
+            alert_id(&PatientId("1a".into()), "b", t),
+            alert_id(&PatientId("1".into()), "ab", t)
+        );
+    }
+}

@@ -1,0 +1,615 @@
+//! The vocabulary of vitalwatch: vitals, identifiers, timestamps, observations and patients.
+//!
+//! Everything downstream of the codecs speaks these types. An [`Observation`] is one message
+//! from one device (an observation set: one or more vitals measured at one instant); the
+//! warehouse stores it as one [`Reading`] row per vital. Values are always in the vital's
+//! canonical UCUM unit.
+
+use std::fmt;
+
+use chrono::{DateTime, NaiveDateTime, SecondsFormat, TimeZone, Utc};
+use serde::{Deserialize, Serialize};
+
+/// Identifier of a patient, as the hospital's systems spell it (the classic `customerId`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct PatientId(pub String);
+
+impl PatientId {
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for PatientId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::borrow::Borrow<str> for PatientId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Identifier of the device (monitor, gateway) that produced an observation.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct DeviceId(pub String);
+
+impl DeviceId {
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for DeviceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A UTC instant in microseconds since the Unix epoch: the warehouse's resolution
+/// (Spark cannot read nanosecond Parquet timestamps).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Timestamp(pub i64);
+
+/// A timestamp that could not be parsed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid timestamp {0:?}: expected RFC 3339 or YYYY-MM-DD HH:MM:SS[.fff] (UTC)")]
+pub struct TimestampError(pub String);
+
+impl Timestamp {
+    /// Microseconds since the epoch.
+    pub fn micros(self) -> i64 {
+        self.0
+    }
+
+    /// From whole seconds since the epoch.
+    pub fn from_secs(secs: i64) -> Self {
+        Timestamp(secs * 1_000_000)
+    }
+
+    /// This instant plus a duration.
+    pub fn plus(self, d: Duration) -> Self {
+        Timestamp(self.0.saturating_add(d.0))
+    }
+
+    /// The time from `earlier` to `self` (negative if `earlier` is later).
+    pub fn since(self, earlier: Timestamp) -> Duration {
+        Duration(self.0 - earlier.0)
+    }
+
+    /// Parses RFC 3339 (`2026-11-28T14:03:11.250Z`) or the classic
+    /// `YYYY-MM-DD HH:MM:SS[.fff]`, which is taken as UTC.
+    pub fn parse(s: &str) -> Result<Self, TimestampError> {
+        let s = s.trim();
+        if let Ok(dt) = DateTime::parse_from_rfc3339(s) {
+            return Ok(Self::from_datetime(dt.with_timezone(&Utc)));
+        }
+        for fmt in ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f"] {
+            if let Ok(naive) = NaiveDateTime::parse_from_str(s, fmt) {
+                return Ok(Self::from_datetime(Utc.from_utc_datetime(&naive)));
+            }
+        }
+        Err(TimestampError(s.to_owned()))
+    }
+
+    /// From a chrono UTC date-time.
+    pub fn from_datetime(dt: DateTime<Utc>) -> Self {
+        Timestamp(dt.timestamp_micros())
+    }
+
+    /// As a chrono UTC date-time.
+    pub fn to_datetime(self) -> DateTime<Utc> {
+        DateTime::from_timestamp_micros(self.0).unwrap_or(DateTime::<Utc>::MIN_UTC)
+    }
+
+    /// RFC 3339 with millisecond precision and a `Z` suffix.
+    pub fn to_rfc3339(self) -> String {
+        self.to_datetime().to_rfc3339_opts(SecondsFormat::Millis, true)
+    }
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_rfc3339())
+    }
+}
+
+/// A span of time in microseconds. Config files spell it `"15s"`, `"2m"`, `"500ms"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct Duration(pub i64);
+
+/// A duration that could not be parsed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid duration {0:?}: expected a number and a unit, e.g. 500ms, 15s, 2m, 1h")]
+pub struct DurationError(pub String);
+
+impl Duration {
+    /// Zero: "no delay".
+    pub const ZERO: Duration = Duration(0);
+
+    /// From whole seconds.
+    pub const fn from_secs(s: i64) -> Self {
+        Duration(s * 1_000_000)
+    }
+
+    /// From milliseconds.
+    pub const fn from_millis(ms: i64) -> Self {
+        Duration(ms * 1_000)
+    }
+
+    /// Microseconds.
+    pub fn micros(self) -> i64 {
+        self.0
+    }
+
+    /// As a std duration (negative spans become zero).
+    pub fn to_std(self) -> std::time::Duration {
+        std::time::Duration::from_micros(self.0.max(0) as u64)
+    }
+
+    /// Parses `"250ms"`, `"15s"`, `"2m"`, `"1h"`, `"1d"`; a bare number is seconds.
+    pub fn parse(s: &str) -> Result<Self, DurationError> {
+        let t = s.trim();
+        let split = t
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(t.len());
+        let (num, unit) = t.split_at(split);
+        let n: f64 = num.parse().map_err(|_| DurationError(s.to_owned()))?;
+        let scale = match unit.trim() {
+            "us" => 1.0,
+            "ms" => 1e3,
+            "" | "s" | "sec" => 1e6,
+            "m" | "min" => 60e6,
+            "h" => 3600e6,
+            "d" => 86_400e6,
+            _ => return Err(DurationError(s.to_owned())),
+        };
+        if !n.is_finite() || n < 0.0 {
+            return Err(DurationError(s.to_owned()));
+        }
+        Ok(Duration((n * scale).round() as i64))
+    }
+}
+
+impl fmt::Display for Duration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let us = self.0;
+        if us % 3_600_000_000 == 0 && us != 0 {
+            write!(f, "{}h", us / 3_600_000_000)
+        } else if us % 60_000_000 == 0 && us != 0 {
+            write!(f, "{}m", us / 60_000_000)
+        } else if us % 1_000_000 == 0 {
+            write!(f, "{}s", us / 1_000_000)
+        } else if us % 1_000 == 0 {
+            write!(f, "{}ms", us / 1_000)
+        } else {
+            write!(f, "{us}us")
+        }
+    }
+}
+
+impl Serialize for Duration {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Duration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Duration::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Level of consciousness on the ACVPU scale, stored as a reading value 0–4.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Consciousness {
+    /// Alert.
+    A,
+    /// New confusion.
+    C,
+    /// Responds to voice.
+    V,
+    /// Responds to pain.
+    P,
+    /// Unresponsive.
+    U,
+}
+
+impl Consciousness {
+    /// The reading value this level is stored as.
+    pub fn code(self) -> f64 {
+        match self {
+            Consciousness::A => 0.0,
+            Consciousness::C => 1.0,
+            Consciousness::V => 2.0,
+            Consciousness::P => 3.0,
+            Consciousness::U => 4.0,
+        }
+    }
+
+    /// From a stored reading value.
+    pub fn from_code(v: f64) -> Option<Self> {
+        Some(match v as i64 {
+            0 => Consciousness::A,
+            1 => Consciousness::C,
+            2 => Consciousness::V,
+            3 => Consciousness::P,
+            4 => Consciousness::U,
+            _ => return None,
+        })
+    }
+
+    /// From its letter (`A`, `C`, `V`, `P`, `U`; case-insensitive).
+    pub fn from_letter(s: &str) -> Option<Self> {
+        Some(match s.trim().to_ascii_uppercase().as_str() {
+            "A" | "ALERT" => Consciousness::A,
+            "C" | "CONFUSED" | "CONFUSION" => Consciousness::C,
+            "V" | "VOICE" => Consciousness::V,
+            "P" | "PAIN" => Consciousness::P,
+            "U" | "UNRESPONSIVE" => Consciousness::U,
+            _ => return None,
+        })
+    }
+
+    /// Its letter.
+    pub fn letter(self) -> &'static str {
+        match self {
+            Consciousness::A => "A",
+            Consciousness::C => "C",
+            Consciousness::V => "V",
+            Consciousness::P => "P",
+            Consciousness::U => "U",
+        }
+    }
+}
+
+/// One kind of vital sign, with its codes, canonical unit and plausible range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Vital {
+    /// Heart rate (classic `heartBeat`), beats per minute.
+    HeartRate,
+    /// Respiratory rate, breaths per minute.
+    RespRate,
+    /// Peripheral oxygen saturation, percent.
+    Spo2,
+    /// Body temperature, degrees Celsius.
+    TempC,
+    /// Systolic blood pressure (classic `bp`), mmHg.
+    Systolic,
+    /// Diastolic blood pressure, mmHg.
+    Diastolic,
+    /// Level of consciousness, ACVPU coded 0 (A) to 4 (U).
+    Consciousness,
+    /// Supplemental oxygen: 1 on oxygen, 0 on air.
+    OnOxygen,
+}
+
+/// How many kinds of vital there are.
+pub const VITAL_COUNT: usize = 8;
+
+impl Vital {
+    /// Every vital, in index order.
+    pub const ALL: [Vital; VITAL_COUNT] = [
+        Vital::HeartRate,
+        Vital::RespRate,
+        Vital::Spo2,
+        Vital::TempC,
+        Vital::Systolic,
+        Vital::Diastolic,
+        Vital::Consciousness,
+        Vital::OnOxygen,
+    ];
+
+    /// Dense index, for per-vital arrays.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The canonical (snake_case) name used in JSON, config and the warehouse.
+    pub fn name(self) -> &'static str {
+        match self {
+            Vital::HeartRate => "heart_rate",
+            Vital::RespRate => "resp_rate",
+            Vital::Spo2 => "spo2",
+            Vital::TempC => "temp_c",
+            Vital::Systolic => "systolic",
+            Vital::Diastolic => "diastolic",
+            Vital::Consciousness => "consciousness",
+            Vital::OnOxygen => "on_oxygen",
+        }
+    }
+
+    /// Resolves a canonical name or a classic threshold-table attribute
+    /// (`heartBeat` is heart rate, `bp` is systolic pressure).
+    pub fn from_name(s: &str) -> Option<Vital> {
+        Some(match s {
+            "heart_rate" | "heartBeat" | "heartbeat" | "hr" | "pulse" => Vital::HeartRate,
+            "resp_rate" | "respiratory_rate" | "rr" => Vital::RespRate,
+            "spo2" | "SpO2" => Vital::Spo2,
+            "temp_c" | "temperature" | "temp" => Vital::TempC,
+            "systolic" | "bp" | "sbp" => Vital::Systolic,
+            "diastolic" | "dbp" => Vital::Diastolic,
+            "consciousness" | "avpu" | "acvpu" => Vital::Consciousness,
+            "on_oxygen" | "oxygen" => Vital::OnOxygen,
+            _ => return None,
+        })
+    }
+
+    /// The attribute name the classic threshold table and alert JSON use, where it has one.
+    pub fn classic_name(self) -> Option<&'static str> {
+        match self {
+            Vital::HeartRate => Some("heartBeat"),
+            Vital::Systolic => Some("bp"),
+            _ => None,
+        }
+    }
+
+    /// LOINC code.
+    pub fn loinc(self) -> &'static str {
+        match self {
+            Vital::HeartRate => "8867-4",
+            Vital::RespRate => "9279-1",
+            Vital::Spo2 => "2708-6",
+            Vital::TempC => "8310-5",
+            Vital::Systolic => "8480-6",
+            Vital::Diastolic => "8462-4",
+            Vital::Consciousness => "67775-7",
+            Vital::OnOxygen => "3150-0",
+        }
+    }
+
+    /// Canonical UCUM unit.
+    pub fn unit(self) -> &'static str {
+        match self {
+            Vital::HeartRate | Vital::RespRate => "/min",
+            Vital::Spo2 => "%",
+            Vital::TempC => "Cel",
+            Vital::Systolic | Vital::Diastolic => "mm[Hg]",
+            Vital::Consciousness | Vital::OnOxygen => "{code}",
+        }
+    }
+
+    /// The physiologically plausible range, inclusive. A value outside it is a device or
+    /// transmission error (a dead letter), never a clinical alarm.
+    pub fn plausible_range(self) -> (f64, f64) {
+        match self {
+            Vital::HeartRate => (0.0, 350.0),
+            Vital::RespRate => (0.0, 120.0),
+            Vital::Spo2 => (0.0, 100.0),
+            Vital::TempC => (20.0, 46.0),
+            Vital::Systolic => (0.0, 350.0),
+            Vital::Diastolic => (0.0, 300.0),
+            Vital::Consciousness => (0.0, 4.0),
+            Vital::OnOxygen => (0.0, 1.0),
+        }
+    }
+}
+
+impl fmt::Display for Vital {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The vitals of one observation set, one optional value per [`Vital`], without allocation.
+#[derive(Clone, Copy, PartialEq)]
+pub struct VitalSet {
+    values: [f64; VITAL_COUNT],
+}
+
+impl Default for VitalSet {
+    fn default() -> Self {
+        VitalSet {
+            values: [f64::NAN; VITAL_COUNT],
+        }
+    }
+}
+
+impl fmt::Debug for VitalSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+impl VitalSet {
+    /// Sets one vital.
+    pub fn set(&mut self, vital: Vital, value: f64) {
+        self.values[vital.index()] = value;
+    }
+
+    /// Builder form of [`VitalSet::set`].
+    pub fn with(mut self, vital: Vital, value: f64) -> Self {
+        self.set(vital, value);
+        self
+    }
+
+    /// One vital's value, if present.
+    pub fn get(&self, vital: Vital) -> Option<f64> {
+        let v = self.values[vital.index()];
+        (!v.is_nan()).then_some(v)
+    }
+
+    /// Removes one vital.
+    pub fn clear(&mut self, vital: Vital) {
+        self.values[vital.index()] = f64::NAN;
+    }
+
+    /// The present vitals, in index order.
+    pub fn iter(&self) -> impl Iterator<Item = (Vital, f64)> + '_ {
+        Vital::ALL
+            .iter()
+            .filter_map(|&v| self.get(v).map(|x| (v, x)))
+    }
+
+    /// How many vitals are present.
+    pub fn len(&self) -> usize {
+        self.values.iter().filter(|v| !v.is_nan()).count()
+    }
+
+    /// Whether no vital is present.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// One message from one device: an observation set taken at one instant.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observation {
+    /// Whose vitals these are.
+    pub patient_id: PatientId,
+    /// Which device measured them.
+    pub device_id: DeviceId,
+    /// The device's own observation time.
+    pub observed_at: Timestamp,
+    /// When vitalwatch received the message.
+    pub ingested_at: Timestamp,
+    /// The measured values, canonical units.
+    pub vitals: VitalSet,
+}
+
+impl Observation {
+    /// The observation as one reading per vital.
+    pub fn readings(&self) -> impl Iterator<Item = Reading<'_>> + '_ {
+        self.vitals.iter().map(move |(vital, value)| Reading {
+            patient_id: &self.patient_id,
+            device_id: &self.device_id,
+            vital,
+            value,
+            observed_at: self.observed_at,
+            ingested_at: self.ingested_at,
+        })
+    }
+}
+
+/// One vital, one value: the warehouse's row. Its identity is (device, vital, observed_at).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Reading<'a> {
+    /// Whose vital this is.
+    pub patient_id: &'a PatientId,
+    /// Which device measured it.
+    pub device_id: &'a DeviceId,
+    /// Which vital.
+    pub vital: Vital,
+    /// Value in the vital's canonical unit.
+    pub value: f64,
+    /// The device's observation time.
+    pub observed_at: Timestamp,
+    /// Ingest time.
+    pub ingested_at: Timestamp,
+}
+
+/// Which SpO2 scale of NEWS2 applies to a patient.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub enum Spo2Scale {
+    /// Scale 1: the default.
+    #[default]
+    Scale1,
+    /// Scale 2: only for a prescribed 88–92 % target (hypercapnic respiratory failure).
+    Scale2,
+}
+
+/// A patient as the catalog knows them (the classic `patients_information` row).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Patient {
+    /// Identifier (classic `patientid`).
+    pub patient_id: PatientId,
+    /// Name (classic `patientname`). Never logged, never a metric label.
+    pub name: String,
+    /// Address (classic `patientaddress`).
+    pub address: String,
+    /// Phone number (classic `phone_number`).
+    pub phone: String,
+    /// Ward (classic `admitted_ward`).
+    pub ward: String,
+    /// Age in whole years (classic `age`); selects the threshold band.
+    pub age: u32,
+    /// NEWS2 SpO2 scale.
+    pub spo2_scale: Spo2Scale,
+    /// Free text (classic `other_details`).
+    pub other_details: String,
+}
+
+/// A message that could not be decoded or validated, kept with the reason (never dropped).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    /// When vitalwatch received it.
+    pub received_at: Timestamp,
+    /// Where it came from (`http`, `replay:FILE:LINE`, `simulator`, ...).
+    pub source: String,
+    /// Why it was rejected, in words an operator can act on.
+    pub reason: String,
+    /// The raw message (lossy UTF-8), truncated to 64 KiB.
+    pub payload: String,
+}
+
+/// Why a valid reading could not be classified against the reference data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnclassifiedReason {
+    /// The patient is not in the catalog, so no age band applies.
+    UnknownPatient,
+    /// The table has bands for this vital, but none covers this age and value.
+    NoBand,
+}
+
+impl UnclassifiedReason {
+    /// Snake-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UnclassifiedReason::UnknownPatient => "unknown_patient",
+            UnclassifiedReason::NoBand => "no_band",
+        }
+    }
+}
+
+/// A reading the classic design would have dropped silently: reported instead.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Unclassified {
+    /// Whose reading.
+    pub patient_id: PatientId,
+    /// Which device.
+    pub device_id: DeviceId,
+    /// Which vital (absent when the whole observation is of an unknown patient).
+    pub vital: Option<Vital>,
+    /// The value.
+    pub value: Option<f64>,
+    /// Observation time.
+    pub observed_at: Timestamp,
+    /// Why.
+    pub reason: UnclassifiedReason,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_parse_both_formats_as_utc() {
+        let a = Timestamp::parse("2026-11-28T14:03:11.250Z").unwrap();
+        let b = Timestamp::parse("2026-11-28 14:03:11.250").unwrap();
+        let c = Timestamp::parse("2026-11-28T15:03:11.250+01:00").unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a, c);
+        assert_eq!(a.to_rfc3339(), "2026-11-28T14:03:11.250Z");
+        assert!(Timestamp::parse("28/11/2026").is_err());
+    }
+
+    #[test]
+    fn durations_parse_and_print() {
+        assert_eq!(Duration::parse("15s").unwrap(), Duration::from_secs(15));
+        assert_eq!(Duration::parse("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(Duration::parse("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(Duration::from_secs(120).to_string(), "2m");
+        assert!(Duration::parse("soon").is_err());
+        assert!(Duration::parse("-3s").is_err());
+    }
+}

@@ -1,0 +1,1 @@
+//! Deterministic patient simulator (being written).
