@@ -6,6 +6,9 @@
 //! # Layout
 //! - [`model`]: vitals, ids, timestamps, observations, patients, dead letters.
 //! - [`reference`]: threshold bands and patients, classic CSV layouts.
+//! - [`codec`]: classic and canonical JSON to observations, and back.
+//! - [`rules`]: rule configuration, NEWS2.
+//! - [`engine`]: per-patient state + rules → alert lifecycle events.
 //! - [`alert`]: priorities, lifecycle, alert events, deterministic alert ids.
 //! - [`simulate`]: deterministic patient simulator with labelled episodes and artifacts.
 //!
@@ -13,6 +16,9 @@
 //! engine evaluates them against compiled reference data and emits alert events.
 
 pub mod alert;
+pub mod codec;
+pub mod engine;
 pub mod model;
 pub mod reference;
+pub mod rules;
 pub mod simulate;

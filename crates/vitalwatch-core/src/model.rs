@@ -46,6 +46,12 @@ impl DeviceId {
     }
 }
 
+impl std::borrow::Borrow<str> for DeviceId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl fmt::Display for DeviceId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
@@ -401,7 +407,7 @@ impl fmt::Display for Vital {
 }
 
 /// The vitals of one observation set, one optional value per [`Vital`], without allocation.
-#[derive(Clone, Copy, PartialEq)]
+#[derive(Clone, Copy)]
 pub struct VitalSet {
     values: [f64; VITAL_COUNT],
 }
@@ -411,6 +417,13 @@ impl Default for VitalSet {
         VitalSet {
             values: [f64::NAN; VITAL_COUNT],
         }
+    }
+}
+
+impl PartialEq for VitalSet {
+    /// Absent equals absent (the NaN marker is not compared as a float).
+    fn eq(&self, other: &Self) -> bool {
+        Vital::ALL.iter().all(|&v| self.get(v) == other.get(v))
     }
 }
 

@@ -66,20 +66,14 @@ pub struct ThresholdTable {
 }
 
 impl ThresholdTable {
-    /// The bands that apply to a patient of this age (or unknown age) for one vital:
-    /// the patient's own overrides if there are any, else the age bands.
-    pub fn bands_for<'a>(
-        &'a self,
-        vital: Vital,
-        patient: Option<(&PatientId, u32)>,
-    ) -> Vec<&'a ThresholdBand> {
-        let Some((pid, age)) = patient else {
-            return Vec::new();
-        };
-        let own: Vec<&ThresholdBand> = self
+    /// The bands that apply to one patient for one vital: the patient's own overrides if
+    /// there are any, else the age bands for the patient's age.
+    pub fn bands_for(&self, vital: Vital, patient: &PatientId, age: u32) -> Vec<ThresholdBand> {
+        let own: Vec<ThresholdBand> = self
             .bands
             .iter()
-            .filter(|b| b.vital == vital && b.patient_id.as_ref() == Some(pid))
+            .filter(|b| b.vital == vital && b.patient_id.as_ref() == Some(patient))
+            .cloned()
             .collect();
         if !own.is_empty() {
             return own;
@@ -87,6 +81,7 @@ impl ThresholdTable {
         self.bands
             .iter()
             .filter(|b| b.vital == vital && b.patient_id.is_none() && b.covers_age(age))
+            .cloned()
             .collect()
     }
 
@@ -101,15 +96,11 @@ impl ThresholdTable {
 /// Bounds are inclusive. A value between two integer bands (69.5 between 0–69 and 70–78)
 /// is rounded to the table's resolution (the nearest integer, half away from zero) and
 /// matched again, so no reading falls through a gap the table did not mean to leave.
-pub fn match_band<'a>(bands: &[&'a ThresholdBand], value: f64) -> Option<&'a ThresholdBand> {
-    bands
-        .iter()
-        .find(|b| b.covers_value(value))
-        .or_else(|| {
-            let r = value.round();
-            bands.iter().find(|b| b.covers_value(r))
-        })
-        .copied()
+pub fn match_band(bands: &[ThresholdBand], value: f64) -> Option<&ThresholdBand> {
+    bands.iter().find(|b| b.covers_value(value)).or_else(|| {
+        let r = value.round();
+        bands.iter().find(|b| b.covers_value(r))
+    })
 }
 
 /// One bad row of a CSV import.

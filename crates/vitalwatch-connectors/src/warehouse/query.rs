@@ -1,0 +1,217 @@
+//! Reading the warehouse back: SQL with DataFusion, output formats, and Hive DDL.
+//!
+//! This is the read side of the archive path (`vitalwatch query "SQL"` and
+//! `vitalwatch warehouse ddl`). It only ever sees closed files: in-progress files carry a
+//! hidden name without the `.parquet` extension.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::common::TableReference;
+use datafusion::datasource::MemTable;
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::{ListingOptions, ListingTableUrl};
+use datafusion::prelude::SessionContext;
+
+use super::WarehouseError;
+use super::schema::{TABLES, partition_cols, table_schema};
+
+/// Runs one SQL statement over every table under `root` and collects the result.
+///
+/// See [`register_warehouse`] for what gets registered.
+pub async fn query(root: &Path, sql: &str) -> Result<Vec<RecordBatch>, WarehouseError> {
+    let ctx = SessionContext::new();
+    register_warehouse(&ctx, root).await?;
+    Ok(ctx.sql(sql).await?.collect().await?)
+}
+
+/// Registers the warehouse at `root` in a DataFusion session: every subdirectory as a
+/// listing table with Hive partition columns `date` (Date32) and `hour` (Int32), and each
+/// of the sink's tables that does not exist yet as an empty table of its schema, so
+/// `SELECT count(*) FROM alerts` answers 0 on a fresh warehouse instead of failing.
+///
+/// Tables the sink knows are registered with their declared schema (no inference, so an
+/// empty or in-progress-only directory still works); other directories (e.g. `patients`
+/// from an export) have their schema inferred and are skipped, with a log line, when
+/// they hold no readable file yet.
+pub async fn register_warehouse(ctx: &SessionContext, root: &Path) -> Result<(), WarehouseError> {
+    let options = || {
+        ListingOptions::new(Arc::new(ParquetFormat::default()))
+            .with_file_extension(".parquet")
+            .with_table_partition_cols(partition_cols())
+    };
+    let mut dirs = Vec::new();
+    match std::fs::read_dir(root) {
+        Ok(entries) => {
+            for entry in entries {
+                let entry = entry.map_err(|e| WarehouseError::io("list", root, e))?;
+                let Ok(name) = entry.file_name().into_string() else {
+                    continue;
+                };
+                if entry.path().is_dir() && is_table_name(&name) {
+                    dirs.push(name);
+                }
+            }
+        }
+        // A warehouse nobody has written to yet is a valid, empty warehouse.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(WarehouseError::io("list", root, e)),
+    }
+    dirs.sort();
+
+    for name in &dirs {
+        // A trailing separator makes DataFusion treat the path as a directory prefix.
+        let path = format!("{}/", root.join(name).display());
+        let reference = TableReference::bare(name.as_str());
+        match table_schema(name) {
+            Some(schema) => {
+                ctx.register_listing_table(reference, &path, options(), Some(schema), None)
+                    .await?;
+            }
+            None => {
+                let url = ListingTableUrl::parse(&path)?;
+                let opts = options();
+                match opts.infer_schema(&ctx.state(), &url).await {
+                    Ok(schema) if !schema.fields().is_empty() => {
+                        ctx.register_listing_table(reference, &path, opts, Some(schema), None)
+                            .await?;
+                    }
+                    Ok(_) => tracing::debug!(table = %name, "no parquet files yet, skipped"),
+                    Err(e) => {
+                        tracing::warn!(table = %name, error = %e, "unreadable table skipped")
+                    }
+                }
+            }
+        }
+    }
+
+    for name in TABLES {
+        if dirs.iter().any(|d| d == name) {
+            continue;
+        }
+        if let Some(schema) = table_schema(name) {
+            let empty = MemTable::try_new(with_partition_cols(&schema), vec![vec![]])?;
+            ctx.register_table(TableReference::bare(name), Arc::new(empty))?;
+        }
+    }
+    Ok(())
+}
+
+/// Lower-case letters, digits and `_`, not starting with `_` or `.`: names SQL can use
+/// unquoted, and never Spark's `_temporary` or a hidden directory.
+fn is_table_name(name: &str) -> bool {
+    name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+/// The schema a listing table shows: file columns, then the partition columns.
+fn with_partition_cols(schema: &SchemaRef) -> SchemaRef {
+    let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.extend(
+        partition_cols()
+            .into_iter()
+            .map(|(name, ty)| Field::new(name, ty, false)),
+    );
+    Arc::new(Schema::new(fields))
+}
+
+/// How [`format_batches`] renders a result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OutputFormat {
+    /// A boxed text table for terminals.
+    #[default]
+    Table,
+    /// CSV with a header line.
+    Csv,
+    /// JSON lines: one object per row.
+    Json,
+}
+
+impl OutputFormat {
+    /// Parses `table`, `csv`, `json` (also `jsonl`, `ndjson`).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "table" | "pretty" => Some(OutputFormat::Table),
+            "csv" => Some(OutputFormat::Csv),
+            "json" | "jsonl" | "ndjson" => Some(OutputFormat::Json),
+            _ => None,
+        }
+    }
+}
+
+/// Renders query results as text.
+pub fn format_batches(
+    batches: &[RecordBatch],
+    format: OutputFormat,
+) -> Result<String, WarehouseError> {
+    use datafusion::arrow::{csv, json, util::pretty};
+
+    let mut out = Vec::new();
+    match format {
+        OutputFormat::Table => return Ok(pretty::pretty_format_batches(batches)?.to_string()),
+        OutputFormat::Csv => {
+            // One writer for all batches: the header is written once, before the first.
+            let mut w = csv::WriterBuilder::new().with_header(true).build(&mut out);
+            for b in batches {
+                w.write(b)?;
+            }
+        }
+        OutputFormat::Json => {
+            let mut w = json::LineDelimitedWriter::new(&mut out);
+            for b in batches {
+                w.write(b)?;
+            }
+            w.finish()?;
+        }
+    }
+    // Both writers produce UTF-8 from UTF-8 input; lossy only guards against surprises.
+    Ok(String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into()))
+}
+
+/// Hive DDL for the sink's tables under `root`: `CREATE EXTERNAL TABLE` partitioned by
+/// `date`/`hour`, stored as Parquet, then `MSCK REPAIR TABLE` to discover the partitions
+/// already on disk. Also valid Spark SQL.
+pub fn hive_ddl(root: &Path) -> String {
+    let root = std::path::absolute(root).unwrap_or_else(|_| root.to_path_buf());
+    let mut out = String::new();
+    for name in TABLES {
+        let Some(schema) = table_schema(name) else {
+            continue;
+        };
+        let columns: Vec<String> = schema
+            .fields()
+            .iter()
+            .map(|f| format!("  `{}` {}", f.name(), hive_type(f.data_type())))
+            .collect();
+        // An explicit file: URI: a bare path would be resolved against the cluster's
+        // default file system (usually HDFS), not the local disk the sink wrote to.
+        let location = format!("file://{}", root.join(name).display()).replace('\'', "\\'");
+        out.push_str(&format!(
+            "CREATE EXTERNAL TABLE IF NOT EXISTS `{name}` (\n{}\n)\n\
+             PARTITIONED BY (`date` DATE, `hour` INT)\n\
+             STORED AS PARQUET\n\
+             LOCATION '{location}';\n\
+             MSCK REPAIR TABLE `{name}`;\n\n",
+            columns.join(",\n"),
+        ));
+    }
+    out
+}
+
+fn hive_type(t: &DataType) -> &'static str {
+    match t {
+        DataType::Utf8 | DataType::LargeUtf8 => "STRING",
+        DataType::Float64 => "DOUBLE",
+        DataType::Int32 => "INT",
+        DataType::Int64 => "BIGINT",
+        DataType::Boolean => "BOOLEAN",
+        DataType::Date32 => "DATE",
+        DataType::Timestamp(..) => "TIMESTAMP",
+        // Only the types above are written; anything new must be mapped deliberately.
+        _ => "STRING",
+    }
+}

@@ -1,0 +1,810 @@
+//! The rolling Parquet writer: the last stage of the archive path.
+//!
+//! Rows arrive in slices from the pipeline and are appended straight into Arrow builders,
+//! one set per `(table, hour)` partition. When a table has `batch_rows` rows buffered they
+//! become a [`RecordBatch`] per partition and go into that partition's open file (one
+//! `ArrowWriter` each, which itself gathers row groups). A file closes when it reaches
+//! `roll_rows`, when [`ParquetSink::tick`] finds it older than `roll_interval`, or on
+//! [`ParquetSink::roll`] / [`ParquetSink::close`]: footer, fsync, rename from its hidden
+//! in-progress name, fsync of the directory. Only then do readers see it.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use datafusion::arrow::array::{
+    ArrayBuilder, ArrayRef, Float64Builder, Int32Builder, StringBuilder, TimestampMicrosecondBuilder,
+};
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::error::ArrowError;
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::parquet::arrow::ArrowWriter;
+use datafusion::parquet::basic::{Compression, ZstdLevel};
+use datafusion::parquet::file::properties::WriterProperties;
+use vitalwatch_core::alert::AlertEvent;
+use vitalwatch_core::model::{DeadLetter, Observation, Unclassified};
+
+use super::schema::{
+    ALERTS, DEAD_LETTERS, UNCLASSIFIED, UTC, VITALS, check_schema, hour_key, partition_dir,
+    table_schema,
+};
+use super::{TableStats, WarehouseConfig, WarehouseError, WarehouseStats};
+
+/// File sequence shared by every sink in the process, so two sinks created in the same
+/// microsecond still never pick the same name.
+static FILE_SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// Rolling Parquet writer with one open file per `(table, date, hour)` partition.
+///
+/// Not thread-safe by design: the archive task owns it. Dropping it without
+/// [`ParquetSink::close`] closes the files best-effort and logs failures.
+pub struct ParquetSink {
+    files: Files,
+    vitals: Table<VitalRows>,
+    alerts: Table<AlertRows>,
+    dead_letters: Table<DeadLetterRows>,
+    unclassified: Table<UnclassifiedRows>,
+}
+
+impl fmt::Debug for ParquetSink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ParquetSink")
+            .field("root", &self.files.config.root)
+            .field("run_id", &self.files.run_id)
+            .field("open_files", &self.open_files())
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+impl ParquetSink {
+    /// Checks the config, creates the root folder and fixes this run's file-name prefix.
+    pub fn new(config: WarehouseConfig) -> Result<Self, WarehouseError> {
+        if config.batch_rows == 0 || config.roll_rows == 0 {
+            return Err(WarehouseError::Config(
+                "batch_rows and roll_rows must be at least 1".into(),
+            ));
+        }
+        let level = ZstdLevel::try_new(config.zstd_level).map_err(|e| {
+            WarehouseError::Config(format!("zstd_level {}: {e}", config.zstd_level))
+        })?;
+        fs::create_dir_all(&config.root)
+            .map_err(|e| WarehouseError::io("create", &config.root, e))?;
+        let props = WriterProperties::builder()
+            .set_compression(Compression::ZSTD(level))
+            .build();
+        // Start time and pid: a restarted process (even one with a recycled pid) never
+        // reuses a name, so a second run can never overwrite the first run's files.
+        let micros = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros());
+        let run_id = format!("{micros}-{}", std::process::id());
+        tracing::debug!(root = %config.root.display(), %run_id, "parquet sink started");
+        Ok(ParquetSink {
+            files: Files {
+                props,
+                run_id,
+                config,
+            },
+            vitals: Table::new(VITALS)?,
+            alerts: Table::new(ALERTS)?,
+            dead_letters: Table::new(DEAD_LETTERS)?,
+            unclassified: Table::new(UNCLASSIFIED)?,
+        })
+    }
+
+    /// The configuration the sink runs with.
+    pub fn config(&self) -> &WarehouseConfig {
+        &self.files.config
+    }
+
+    /// Table `vitals`: one row per present vital, partitioned by `observed_at`.
+    pub fn write_observations(&mut self, obs: &[Observation]) -> Result<(), WarehouseError> {
+        let t = &mut self.vitals;
+        for o in obs {
+            let i = t.slot(hour_key(o.observed_at.micros()));
+            let n = t.parts[i].rows.push(o);
+            t.accepted(n);
+            if t.buffered >= self.files.config.batch_rows {
+                t.flush(&self.files)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Table `alerts`, partitioned by `alert_generated_time`; no personal data.
+    pub fn write_alert_events(&mut self, events: &[AlertEvent]) -> Result<(), WarehouseError> {
+        let t = &mut self.alerts;
+        for e in events {
+            let i = t.slot(hour_key(e.alert_generated_time.micros()));
+            let n = t.parts[i].rows.push(e);
+            t.accepted(n);
+            if t.buffered >= self.files.config.batch_rows {
+                t.flush(&self.files)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Table `dead_letters`, partitioned by `received_at`.
+    pub fn write_dead_letters(&mut self, dls: &[DeadLetter]) -> Result<(), WarehouseError> {
+        let t = &mut self.dead_letters;
+        for d in dls {
+            let i = t.slot(hour_key(d.received_at.micros()));
+            let n = t.parts[i].rows.push(d);
+            t.accepted(n);
+            if t.buffered >= self.files.config.batch_rows {
+                t.flush(&self.files)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Table `unclassified`, partitioned by `observed_at`.
+    pub fn write_unclassified(&mut self, u: &[Unclassified]) -> Result<(), WarehouseError> {
+        let t = &mut self.unclassified;
+        for r in u {
+            let i = t.slot(hour_key(r.observed_at.micros()));
+            let n = t.parts[i].rows.push(r);
+            t.accepted(n);
+            if t.buffered >= self.files.config.batch_rows {
+                t.flush(&self.files)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Periodic housekeeping: flushes the buffers and closes (publishes) every file open
+    /// longer than `roll_interval`, so the warehouse lags the stream by at most about
+    /// that much. Call it every few seconds.
+    pub fn tick(&mut self) -> Result<(), WarehouseError> {
+        let max_age = self.files.config.roll_interval;
+        self.each_table(|t, files| {
+            t.flush(files)?;
+            t.close_files(files, Some(max_age))
+        })
+    }
+
+    /// Encodes every buffered row into its open file. The rows are not visible (nor
+    /// durable) until the file closes.
+    pub fn flush(&mut self) -> Result<(), WarehouseError> {
+        self.each_table(|t, files| t.flush(files))
+    }
+
+    /// Flushes and closes every open file, keeping the sink usable: a checkpoint after
+    /// which every accepted row is durable and visible (commit source offsets after it).
+    pub fn roll(&mut self) -> Result<(), WarehouseError> {
+        self.each_table(|t, files| {
+            t.flush(files)?;
+            t.close_files(files, None)
+        })
+    }
+
+    /// Flushes and closes every file; returns the final counters.
+    pub fn close(mut self) -> Result<WarehouseStats, WarehouseError> {
+        self.roll()?;
+        Ok(self.stats())
+    }
+
+    /// Rows and files per table so far.
+    pub fn stats(&self) -> WarehouseStats {
+        WarehouseStats {
+            vitals: self.vitals.stats,
+            alerts: self.alerts.stats,
+            dead_letters: self.dead_letters.stats,
+            unclassified: self.unclassified.stats,
+        }
+    }
+
+    /// Files currently open (in progress, invisible to readers).
+    pub fn open_files(&self) -> usize {
+        self.vitals.open_files()
+            + self.alerts.open_files()
+            + self.dead_letters.open_files()
+            + self.unclassified.open_files()
+    }
+
+    /// Runs `f` on every table even if one fails (a broken `alerts` file must not keep
+    /// `vitals` from being published); returns the first error.
+    fn each_table(
+        &mut self,
+        mut f: impl FnMut(&mut dyn TableOps, &Files) -> Result<(), WarehouseError>,
+    ) -> Result<(), WarehouseError> {
+        let ParquetSink {
+            files,
+            vitals,
+            alerts,
+            dead_letters,
+            unclassified,
+        } = self;
+        let tables: [&mut dyn TableOps; 4] = [vitals, alerts, dead_letters, unclassified];
+        let mut first = None;
+        for t in tables {
+            if let Err(e) = f(t, files) {
+                tracing::error!(table = t.name(), error = %e, "warehouse write failed");
+                first.get_or_insert(e);
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+}
+
+impl Drop for ParquetSink {
+    fn drop(&mut self) {
+        let pending = self.open_files() > 0
+            || self.vitals.buffered + self.alerts.buffered > 0
+            || self.dead_letters.buffered + self.unclassified.buffered > 0;
+        if pending {
+            // Like BufWriter: finish what was accepted rather than strand it in hidden files.
+            // Errors were already logged per table.
+            let _ = self.roll();
+        }
+    }
+}
+
+/// The per-file settings and naming shared by all tables.
+struct Files {
+    config: WarehouseConfig,
+    props: WriterProperties,
+    run_id: String,
+}
+
+impl Files {
+    fn open(&self, table: &str, schema: &SchemaRef, key: i64) -> Result<OpenFile, WarehouseError> {
+        // The rule that matters most to other readers is checked where files are born.
+        check_schema(table, schema)?;
+        let dir = partition_dir(&self.config.root, table, key);
+        fs::create_dir_all(&dir).map_err(|e| WarehouseError::io("create", &dir, e))?;
+        let seq = FILE_SEQ.fetch_add(1, Ordering::Relaxed);
+        let name = format!("part-{}-{seq:06}.parquet", self.run_id);
+        let tmp = dir.join(format!(".{name}.inprogress"));
+        let dst = dir.join(name);
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(|e| WarehouseError::io("create", &tmp, e))?;
+        let writer = ArrowWriter::try_new(file, schema.clone(), Some(self.props.clone()))?;
+        Ok(OpenFile {
+            writer,
+            tmp,
+            dst,
+            rows: 0,
+            opened: Instant::now(),
+        })
+    }
+
+    /// Footer, fsync, rename into place, fsync of the directory: after this the file is
+    /// complete under its final name even across a power cut, and never visible half-written.
+    fn close(&self, f: OpenFile, stats: &mut TableStats) -> Result<(), WarehouseError> {
+        let OpenFile {
+            writer,
+            tmp,
+            dst,
+            rows,
+            ..
+        } = f;
+        let file = writer.into_inner()?;
+        file.sync_all()
+            .map_err(|e| WarehouseError::io("fsync", &tmp, e))?;
+        let bytes = file
+            .metadata()
+            .map_err(|e| WarehouseError::io("stat", &tmp, e))?
+            .len();
+        drop(file);
+        // rename() silently replaces; the run id makes a clash impossible short of a bug,
+        // and a bug must not destroy data.
+        if dst.exists() {
+            return Err(WarehouseError::io(
+                "rename",
+                &dst,
+                std::io::Error::from(std::io::ErrorKind::AlreadyExists),
+            ));
+        }
+        fs::rename(&tmp, &dst).map_err(|e| WarehouseError::io("rename", &tmp, e))?;
+        sync_dir(dst.parent().unwrap_or(Path::new(".")))?;
+        stats.rows_committed += rows;
+        stats.files_closed += 1;
+        stats.bytes_committed += bytes;
+        tracing::debug!(file = %dst.display(), rows, bytes, "warehouse file closed");
+        Ok(())
+    }
+}
+
+#[cfg(unix)]
+fn sync_dir(dir: &Path) -> Result<(), WarehouseError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| WarehouseError::io("fsync", dir, e))
+}
+
+#[cfg(not(unix))]
+fn sync_dir(_dir: &Path) -> Result<(), WarehouseError> {
+    // Directories cannot be opened for fsync here; the rename is as durable as the OS makes it.
+    Ok(())
+}
+
+/// A file being written under its hidden in-progress name.
+struct OpenFile {
+    writer: ArrowWriter<File>,
+    tmp: PathBuf,
+    dst: PathBuf,
+    rows: u64,
+    opened: Instant,
+}
+
+/// The file went bad mid-write: a partial Parquet file is useless, so it is removed. Its
+/// rows were never committed, so a source that commits after [`ParquetSink::roll`] replays
+/// them.
+fn abandon(f: OpenFile, table: &str) {
+    tracing::error!(table, file = %f.tmp.display(), rows = f.rows, "abandoning warehouse file");
+    let tmp = f.tmp.clone();
+    drop(f);
+    let _ = fs::remove_file(tmp);
+}
+
+/// One partition's buffer and open file.
+struct Partition<R> {
+    rows: R,
+    file: Option<OpenFile>,
+}
+
+/// One table: partitions by hour key, with the last one used cached because consecutive
+/// rows almost always share an hour.
+struct Table<R> {
+    name: &'static str,
+    schema: SchemaRef,
+    parts: Vec<Partition<R>>,
+    keys: Vec<i64>,
+    index: HashMap<i64, usize>,
+    last: Option<(i64, usize)>,
+    buffered: usize,
+    stats: TableStats,
+}
+
+impl<R: Rows> Table<R> {
+    fn new(name: &'static str) -> Result<Self, WarehouseError> {
+        let schema = table_schema(name).ok_or_else(|| WarehouseError::Schema {
+            table: name.to_owned(),
+            reason: "unknown table".into(),
+        })?;
+        check_schema(name, &schema)?;
+        Ok(Table {
+            name,
+            schema,
+            parts: Vec::new(),
+            keys: Vec::new(),
+            index: HashMap::new(),
+            last: None,
+            buffered: 0,
+            stats: TableStats::default(),
+        })
+    }
+
+    /// The index of the partition for an hour key, created on first use.
+    #[inline]
+    fn slot(&mut self, key: i64) -> usize {
+        if let Some((k, i)) = self.last
+            && k == key
+        {
+            return i;
+        }
+        let i = match self.index.get(&key) {
+            Some(&i) => i,
+            None => {
+                self.parts.push(Partition {
+                    rows: R::default(),
+                    file: None,
+                });
+                self.keys.push(key);
+                self.index.insert(key, self.parts.len() - 1);
+                self.parts.len() - 1
+            }
+        };
+        self.last = Some((key, i));
+        i
+    }
+
+    #[inline]
+    fn accepted(&mut self, n: usize) {
+        self.buffered += n;
+        self.stats.rows_accepted += n as u64;
+    }
+
+    fn open_files(&self) -> usize {
+        self.parts.iter().filter(|p| p.file.is_some()).count()
+    }
+}
+
+/// What the sink does to every table, whatever its row type.
+trait TableOps {
+    fn name(&self) -> &'static str;
+    fn flush(&mut self, files: &Files) -> Result<(), WarehouseError>;
+    /// Closes files at least `max_age` old, or all of them with `None`.
+    fn close_files(&mut self, files: &Files, max_age: Option<Duration>)
+    -> Result<(), WarehouseError>;
+}
+
+impl<R: Rows> TableOps for Table<R> {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn flush(&mut self, files: &Files) -> Result<(), WarehouseError> {
+        let mut first = None;
+        for (part, &key) in self.parts.iter_mut().zip(&self.keys) {
+            let n = part.rows.len();
+            if n == 0 {
+                continue;
+            }
+            // The builders are drained even if the write fails: those rows are lost to
+            // this sink (never committed), and the counter must not claim otherwise.
+            self.buffered -= n;
+            if let Err(e) = write_partition(self.name, &self.schema, part, key, files, &mut self.stats)
+            {
+                first.get_or_insert(e);
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+
+    fn close_files(
+        &mut self,
+        files: &Files,
+        max_age: Option<Duration>,
+    ) -> Result<(), WarehouseError> {
+        let mut first = None;
+        for part in &mut self.parts {
+            let due = part
+                .file
+                .as_ref()
+                .is_some_and(|f| max_age.is_none_or(|age| f.opened.elapsed() >= age));
+            if due && let Some(f) = part.file.take() {
+                if let Err(e) = files.close(f, &mut self.stats) {
+                    first.get_or_insert(e);
+                }
+            }
+        }
+        // Forget idle partitions so a replay of months of history does not keep one
+        // buffer per hour alive forever.
+        if self.parts.iter().any(|p| p.file.is_none() && p.rows.len() == 0) {
+            let mut i = 0;
+            while i < self.parts.len() {
+                let p = &self.parts[i];
+                if p.file.is_none() && p.rows.len() == 0 {
+                    self.parts.swap_remove(i);
+                    self.keys.swap_remove(i);
+                } else {
+                    i += 1;
+                }
+            }
+            self.index = self.keys.iter().enumerate().map(|(i, &k)| (k, i)).collect();
+            self.last = None;
+        }
+        first.map_or(Ok(()), Err)
+    }
+}
+
+/// Turns one partition's buffer into a batch, writes it to the partition's file (opening
+/// one if needed) and rolls the file once it holds `roll_rows`.
+fn write_partition<R: Rows>(
+    table: &'static str,
+    schema: &SchemaRef,
+    part: &mut Partition<R>,
+    key: i64,
+    files: &Files,
+    stats: &mut TableStats,
+) -> Result<(), WarehouseError> {
+    // try_new inside checks every column against the asserted schema.
+    let batch = part.rows.finish(schema)?;
+    let n = batch.num_rows() as u64;
+    let file = match &mut part.file {
+        Some(f) => f,
+        slot @ None => slot.insert(files.open(table, schema, key)?),
+    };
+    if let Err(e) = file.writer.write(&batch) {
+        if let Some(f) = part.file.take() {
+            abandon(f, table);
+        }
+        return Err(e.into());
+    }
+    file.rows += n;
+    stats.rows_written += n;
+    if file.rows >= files.config.roll_rows as u64
+        && let Some(f) = part.file.take()
+    {
+        files.close(f, stats)?;
+    }
+    Ok(())
+}
+
+/// A table's column builders. `push` appends one input item and returns the rows added.
+trait Rows: Default {
+    type Item;
+    fn push(&mut self, item: &Self::Item) -> usize;
+    fn len(&self) -> usize;
+    /// Drains the builders into a batch of `schema`.
+    fn finish(&mut self, schema: &SchemaRef) -> Result<RecordBatch, ArrowError>;
+}
+
+fn ts_builder() -> TimestampMicrosecondBuilder {
+    TimestampMicrosecondBuilder::new().with_timezone(UTC)
+}
+
+fn batch(schema: &SchemaRef, columns: Vec<ArrayRef>) -> Result<RecordBatch, ArrowError> {
+    RecordBatch::try_new(schema.clone(), columns)
+}
+
+/// u32 counters and ids as Hive/Spark `INT`; values past i32 cannot occur (NEWS2 ≤ 20,
+/// band ids and versions are row numbers), so saturating is only a guard.
+fn int32(v: Option<u32>) -> Option<i32> {
+    v.map(|v| i32::try_from(v).unwrap_or(i32::MAX))
+}
+
+struct VitalRows {
+    patient_id: StringBuilder,
+    device_id: StringBuilder,
+    vital: StringBuilder,
+    value: Float64Builder,
+    unit: StringBuilder,
+    observed_at: TimestampMicrosecondBuilder,
+    ingested_at: TimestampMicrosecondBuilder,
+}
+
+impl Default for VitalRows {
+    fn default() -> Self {
+        VitalRows {
+            patient_id: StringBuilder::new(),
+            device_id: StringBuilder::new(),
+            vital: StringBuilder::new(),
+            value: Float64Builder::new(),
+            unit: StringBuilder::new(),
+            observed_at: ts_builder(),
+            ingested_at: ts_builder(),
+        }
+    }
+}
+
+impl Rows for VitalRows {
+    type Item = Observation;
+
+    #[inline]
+    fn push(&mut self, o: &Observation) -> usize {
+        let mut n = 0;
+        for (vital, value) in o.vitals.iter() {
+            self.patient_id.append_value(o.patient_id.as_str());
+            self.device_id.append_value(o.device_id.as_str());
+            self.vital.append_value(vital.name());
+            self.value.append_value(value);
+            self.unit.append_value(vital.unit());
+            self.observed_at.append_value(o.observed_at.micros());
+            self.ingested_at.append_value(o.ingested_at.micros());
+            n += 1;
+        }
+        n
+    }
+
+    fn len(&self) -> usize {
+        self.value.len()
+    }
+
+    fn finish(&mut self, schema: &SchemaRef) -> Result<RecordBatch, ArrowError> {
+        batch(
+            schema,
+            vec![
+                Arc::new(self.patient_id.finish()),
+                Arc::new(self.device_id.finish()),
+                Arc::new(self.vital.finish()),
+                Arc::new(self.value.finish()),
+                Arc::new(self.unit.finish()),
+                Arc::new(self.observed_at.finish()),
+                Arc::new(self.ingested_at.finish()),
+            ],
+        )
+    }
+}
+
+struct AlertRows {
+    alert_id: StringBuilder,
+    event: StringBuilder,
+    state: StringBuilder,
+    rule: StringBuilder,
+    rule_key: StringBuilder,
+    priority: StringBuilder,
+    patient_id: StringBuilder,
+    vital: StringBuilder,
+    value: Float64Builder,
+    news2_score: Int32Builder,
+    ref_id: Int32Builder,
+    ref_version: Int32Builder,
+    alert_message: StringBuilder,
+    device_id: StringBuilder,
+    input_message_time: TimestampMicrosecondBuilder,
+    alert_generated_time: TimestampMicrosecondBuilder,
+    episode_start: TimestampMicrosecondBuilder,
+}
+
+impl Default for AlertRows {
+    fn default() -> Self {
+        AlertRows {
+            alert_id: StringBuilder::new(),
+            event: StringBuilder::new(),
+            state: StringBuilder::new(),
+            rule: StringBuilder::new(),
+            rule_key: StringBuilder::new(),
+            priority: StringBuilder::new(),
+            patient_id: StringBuilder::new(),
+            vital: StringBuilder::new(),
+            value: Float64Builder::new(),
+            news2_score: Int32Builder::new(),
+            ref_id: Int32Builder::new(),
+            ref_version: Int32Builder::new(),
+            alert_message: StringBuilder::new(),
+            device_id: StringBuilder::new(),
+            input_message_time: ts_builder(),
+            alert_generated_time: ts_builder(),
+            episode_start: ts_builder(),
+        }
+    }
+}
+
+impl Rows for AlertRows {
+    type Item = AlertEvent;
+
+    fn push(&mut self, e: &AlertEvent) -> usize {
+        // e.patient (name, address, phone, ward) is deliberately not stored.
+        self.alert_id.append_value(&e.alert_id);
+        self.event.append_value(e.event.as_str());
+        self.state.append_value(e.state.as_str());
+        self.rule.append_value(&e.rule);
+        self.rule_key.append_value(&e.rule_key);
+        self.priority.append_value(e.priority.as_str());
+        self.patient_id.append_value(e.patient_id.as_str());
+        self.vital.append_option(e.vital.map(|v| v.name()));
+        self.value.append_option(e.value);
+        self.news2_score.append_option(int32(e.news2_score));
+        self.ref_id.append_option(int32(e.ref_id));
+        self.ref_version.append_option(int32(e.ref_version));
+        self.alert_message.append_value(&e.alert_message);
+        self.device_id.append_option(e.device_id.as_deref());
+        self.input_message_time
+            .append_value(e.input_message_time.micros());
+        self.alert_generated_time
+            .append_value(e.alert_generated_time.micros());
+        self.episode_start.append_value(e.episode_start.micros());
+        1
+    }
+
+    fn len(&self) -> usize {
+        self.alert_id.len()
+    }
+
+    fn finish(&mut self, schema: &SchemaRef) -> Result<RecordBatch, ArrowError> {
+        batch(
+            schema,
+            vec![
+                Arc::new(self.alert_id.finish()),
+                Arc::new(self.event.finish()),
+                Arc::new(self.state.finish()),
+                Arc::new(self.rule.finish()),
+                Arc::new(self.rule_key.finish()),
+                Arc::new(self.priority.finish()),
+                Arc::new(self.patient_id.finish()),
+                Arc::new(self.vital.finish()),
+                Arc::new(self.value.finish()),
+                Arc::new(self.news2_score.finish()),
+                Arc::new(self.ref_id.finish()),
+                Arc::new(self.ref_version.finish()),
+                Arc::new(self.alert_message.finish()),
+                Arc::new(self.device_id.finish()),
+                Arc::new(self.input_message_time.finish()),
+                Arc::new(self.alert_generated_time.finish()),
+                Arc::new(self.episode_start.finish()),
+            ],
+        )
+    }
+}
+
+struct DeadLetterRows {
+    received_at: TimestampMicrosecondBuilder,
+    source: StringBuilder,
+    reason: StringBuilder,
+    payload: StringBuilder,
+}
+
+impl Default for DeadLetterRows {
+    fn default() -> Self {
+        DeadLetterRows {
+            received_at: ts_builder(),
+            source: StringBuilder::new(),
+            reason: StringBuilder::new(),
+            payload: StringBuilder::new(),
+        }
+    }
+}
+
+impl Rows for DeadLetterRows {
+    type Item = DeadLetter;
+
+    fn push(&mut self, d: &DeadLetter) -> usize {
+        self.received_at.append_value(d.received_at.micros());
+        self.source.append_value(&d.source);
+        self.reason.append_value(&d.reason);
+        self.payload.append_value(&d.payload);
+        1
+    }
+
+    fn len(&self) -> usize {
+        self.received_at.len()
+    }
+
+    fn finish(&mut self, schema: &SchemaRef) -> Result<RecordBatch, ArrowError> {
+        batch(
+            schema,
+            vec![
+                Arc::new(self.received_at.finish()),
+                Arc::new(self.source.finish()),
+                Arc::new(self.reason.finish()),
+                Arc::new(self.payload.finish()),
+            ],
+        )
+    }
+}
+
+struct UnclassifiedRows {
+    patient_id: StringBuilder,
+    device_id: StringBuilder,
+    vital: StringBuilder,
+    value: Float64Builder,
+    observed_at: TimestampMicrosecondBuilder,
+    reason: StringBuilder,
+}
+
+impl Default for UnclassifiedRows {
+    fn default() -> Self {
+        UnclassifiedRows {
+            patient_id: StringBuilder::new(),
+            device_id: StringBuilder::new(),
+            vital: StringBuilder::new(),
+            value: Float64Builder::new(),
+            observed_at: ts_builder(),
+            reason: StringBuilder::new(),
+        }
+    }
+}
+
+impl Rows for UnclassifiedRows {
+    type Item = Unclassified;
+
+    fn push(&mut self, u: &Unclassified) -> usize {
+        self.patient_id.append_value(u.patient_id.as_str());
+        self.device_id.append_value(u.device_id.as_str());
+        self.vital.append_option(u.vital.map(|v| v.name()));
+        self.value.append_option(u.value);
+        self.observed_at.append_value(u.observed_at.micros());
+        self.reason.append_value(u.reason.as_str());
+        1
+    }
+
+    fn len(&self) -> usize {
+        self.patient_id.len()
+    }
+
+    fn finish(&mut self, schema: &SchemaRef) -> Result<RecordBatch, ArrowError> {
+        batch(
+            schema,
+            vec![
+                Arc::new(self.patient_id.finish()),
+                Arc::new(self.device_id.finish()),
+                Arc::new(self.vital.finish()),
+                Arc::new(self.value.finish()),
+                Arc::new(self.observed_at.finish()),
+                Arc::new(self.reason.finish()),
+            ],
+        )
+    }
+}

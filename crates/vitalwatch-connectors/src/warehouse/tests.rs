@@ -1,0 +1,349 @@
+//! Warehouse round trips: rows written by the sink, read back through DataFusion, with the
+//! on-disk layout other engines (DuckDB, Spark, Hive) depend on checked file by file.
+
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use datafusion::arrow::array::{Array, Int64Array, TimestampMicrosecondArray};
+use datafusion::arrow::datatypes::{DataType, TimeUnit};
+use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use datafusion::parquet::basic::{Compression, LogicalType, TimeUnit as PqTimeUnit};
+use vitalwatch_core::alert::{
+    AlertEvent, AlertEventKind, AlertPatient, AlertState, Priority, alert_id,
+};
+use vitalwatch_core::model::{
+    DeadLetter, DeviceId, Observation, PatientId, Timestamp, Unclassified, UnclassifiedReason,
+    Vital, VitalSet,
+};
+
+use super::*;
+
+/// 2026-03-01T23:00:00Z: the last hour of one day, so the next hours fall on the next date.
+const D1_H23: i64 = 1_772_406_000 * 1_000_000;
+const HOUR: i64 = 3_600_000_000;
+
+fn ts_utc() -> DataType {
+    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+}
+
+fn config(root: &Path) -> WarehouseConfig {
+    WarehouseConfig {
+        root: root.to_path_buf(),
+        // Tiny batches and files so two calls produce several batches and rolled files.
+        batch_rows: 5,
+        roll_rows: 12,
+        roll_interval: Duration::from_secs(3600),
+        ..WarehouseConfig::default()
+    }
+}
+
+/// Every file under `root`, relative, sorted.
+fn files(root: &Path) -> Vec<PathBuf> {
+    fn walk(dir: &Path, root: &Path, out: &mut Vec<PathBuf>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                walk(&p, root, out);
+            } else {
+                out.push(p.strip_prefix(root).unwrap().to_path_buf());
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(root, root, &mut out);
+    out.sort();
+    out
+}
+
+async fn csv(root: &Path, sql: &str) -> String {
+    format_batches(&query(root, sql).await.unwrap(), OutputFormat::Csv).unwrap()
+}
+
+async fn count(root: &Path, table: &str) -> i64 {
+    let b = query(root, &format!("SELECT count(*) FROM {table}"))
+        .await
+        .unwrap();
+    let c = b[0].column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+    c.value(0)
+}
+
+fn obs(patient: &str, at: i64, vitals: VitalSet) -> Observation {
+    Observation {
+        patient_id: PatientId(patient.into()),
+        device_id: DeviceId(format!("dev-{patient}")),
+        observed_at: Timestamp(at),
+        ingested_at: Timestamp(at + 1),
+        vitals,
+    }
+}
+
+/// 30 observations interleaved over three partitions (23h on day 1, 0h and 7h on day 2):
+/// heart rate 60+i always, SpO2 90+(i%5) on even i only — 45 rows.
+fn observations() -> Vec<Observation> {
+    let hours = [D1_H23, D1_H23 + HOUR, D1_H23 + 8 * HOUR];
+    (0..30i64)
+        .map(|i| {
+            let mut v = VitalSet::default().with(Vital::HeartRate, (60 + i) as f64);
+            if i % 2 == 0 {
+                v.set(Vital::Spo2, (90 + i % 5) as f64);
+            }
+            obs(&format!("p{}", i % 4), hours[i as usize % 3] + i * 1_000_123, v)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn vitals_round_trip_through_hive_layout() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let all = observations();
+    // 2026-03-02T07:15:42.123457Z: odd microseconds catch any millisecond truncation.
+    let precise = D1_H23 + 8 * HOUR + 942_123_457;
+    let special = obs(
+        "p-ts",
+        precise,
+        VitalSet::default().with(Vital::TempC, 37.5),
+    );
+
+    let mut sink = ParquetSink::new(config(root)).unwrap();
+    sink.write_observations(&all[..17]).unwrap();
+    sink.write_observations(&all[17..]).unwrap();
+    sink.write_observations(std::slice::from_ref(&special))
+        .unwrap();
+    sink.flush().unwrap();
+
+    // Mid-run: rolled files are visible, open ones are hidden and not counted.
+    let mid = sink.stats().vitals;
+    assert_eq!(mid.rows_written, 46);
+    assert!(mid.rows_committed > 0 && mid.rows_committed < 46, "{mid:?}");
+    assert!(files(root).iter().any(|f| f.to_string_lossy().ends_with(".inprogress")));
+    assert_eq!(count(root, VITALS).await, mid.rows_committed as i64);
+
+    let stats = sink.close().unwrap();
+    assert_eq!(stats.vitals.rows_committed, 46);
+    assert_eq!(stats.alerts, TableStats::default());
+
+    // Layout: exactly the three partitions, unpadded hours, visible part files only.
+    let first_run = files(root);
+    assert_eq!(stats.files_closed(), first_run.len() as u64);
+    let mut dirs = BTreeSet::new();
+    for f in &first_run {
+        let name = f.file_name().unwrap().to_str().unwrap();
+        assert!(
+            name.starts_with("part-") && name.ends_with(".parquet"),
+            "unexpected file {f:?}"
+        );
+        dirs.insert(f.parent().unwrap().to_str().unwrap().to_owned());
+    }
+    let expected: BTreeSet<String> = [
+        "vitals/date=2026-03-01/hour=23",
+        "vitals/date=2026-03-02/hour=0",
+        "vitals/date=2026-03-02/hour=7",
+    ]
+    .map(String::from)
+    .into();
+    assert_eq!(dirs, expected);
+    // 15–16 rows per partition with roll_rows 12: every partition rolled at least once.
+    for d in &expected {
+        let n = first_run.iter().filter(|f| f.starts_with(d)).count();
+        assert!(n >= 2, "{d} has {n} file(s)");
+    }
+
+    // Sums and counts per vital (heart rate: 30 rows, 60..=89 sums to 2235; SpO2: 15 rows,
+    // 90 each plus 0,2,4,1,3 repeated three times = 1380).
+    assert_eq!(
+        csv(
+            root,
+            "SELECT vital, count(*) AS n, sum(value) AS total FROM vitals GROUP BY vital ORDER BY vital"
+        )
+        .await,
+        "vital,n,total\nheart_rate,30,2235.0\nspo2,15,1380.0\ntemp_c,1,37.5\n"
+    );
+
+    // Partition columns come back typed: Date32 and Int32.
+    let sql = "SELECT date, hour, count(*) AS n FROM vitals GROUP BY date, hour ORDER BY date, hour";
+    let parts = query(root, sql).await.unwrap();
+    let schema = parts[0].schema();
+    assert_eq!(schema.field(0).data_type(), &DataType::Date32);
+    assert_eq!(schema.field(1).data_type(), &DataType::Int32);
+    assert_eq!(
+        format_batches(&parts, OutputFormat::Csv).unwrap(),
+        "date,hour,n\n2026-03-01,23,15\n2026-03-02,0,15\n2026-03-02,7,16\n"
+    );
+
+    // Timestamps round-trip to the microsecond, as UTC micros.
+    let b = query(
+        root,
+        "SELECT observed_at, ingested_at, unit FROM vitals WHERE patient_id = 'p-ts'",
+    )
+    .await
+    .unwrap();
+    assert_eq!(b.iter().map(|b| b.num_rows()).sum::<usize>(), 1);
+    let b = b.iter().find(|b| b.num_rows() == 1).unwrap();
+    assert_eq!(b.schema().field(0).data_type(), &ts_utc());
+    let col = |i: usize| {
+        b.column(i)
+            .as_any()
+            .downcast_ref::<TimestampMicrosecondArray>()
+            .unwrap()
+            .value(0)
+    };
+    assert_eq!((col(0), col(1)), (precise, precise + 1));
+
+    // The files themselves, as another engine sees them: zstd, UTC-adjusted micros.
+    let f = first_run
+        .iter()
+        .find(|f| f.starts_with("vitals/date=2026-03-02/hour=7"))
+        .unwrap();
+    let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(root.join(f)).unwrap())
+        .unwrap();
+    let arrow_schema = reader.schema().clone();
+    for name in ["observed_at", "ingested_at"] {
+        assert_eq!(arrow_schema.field_with_name(name).unwrap().data_type(), &ts_utc());
+    }
+    let meta = reader.metadata();
+    let descr = meta.file_metadata().schema_descr();
+    let idx = arrow_schema.index_of("observed_at").unwrap();
+    assert_eq!(
+        descr.column(idx).logical_type_ref(),
+        Some(&LogicalType::timestamp(true, PqTimeUnit::MICROS))
+    );
+    assert!(matches!(
+        meta.row_group(0).column(0).compression(),
+        Compression::ZSTD(_)
+    ));
+
+    // A second run (a restart) adds files next to the first run's and overwrites none.
+    let mut sink = ParquetSink::new(config(root)).unwrap();
+    sink.write_observations(&all).unwrap();
+    sink.close().unwrap();
+    let second_run = files(root);
+    assert!(first_run.iter().all(|f| second_run.contains(f)));
+    assert!(second_run.len() > first_run.len());
+    assert_eq!(count(root, VITALS).await, 46 + 45);
+}
+
+#[tokio::test]
+async fn alerts_dead_letters_and_unclassified_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let t = D1_H23 + 5 * 60_000_000;
+    let patient = PatientId("42".into());
+    let alert = AlertEvent {
+        alert_id: alert_id(&patient, "news2", Timestamp(t)),
+        event: AlertEventKind::Triggered,
+        state: AlertState::Triggered,
+        rule: "news2".into(),
+        rule_key: "news2".into(),
+        priority: Priority::High,
+        patient_id: patient.clone(),
+        patient: AlertPatient {
+            patientname: "Jane Doe".into(),
+            age: Some(71),
+            patientaddress: "1 High St".into(),
+            phone_number: "555-0100".into(),
+            admitted_ward: "ICU".into(),
+        },
+        vital: None,
+        value: None,
+        bp: Some(88.0),
+        heart_beat: Some(131.0),
+        news2_score: Some(9),
+        ref_id: None,
+        ref_version: Some(3),
+        alert_message: "NEWS2 9: emergency response".into(),
+        input_message_time: Timestamp(t - 7),
+        alert_generated_time: Timestamp(t),
+        episode_start: Timestamp(t - 7),
+        device_id: Some("bed-4".into()),
+        acknowledged_by: None,
+    };
+    let dead = |at: i64| DeadLetter {
+        received_at: Timestamp(at),
+        source: "http".into(),
+        reason: "heart_rate 900 outside 0..=350".into(),
+        payload: r#"{"customerId":1,"heartBeat":900}"#.into(),
+    };
+    let unclassified = Unclassified {
+        patient_id: PatientId("unknown-7".into()),
+        device_id: DeviceId("bed-9".into()),
+        vital: None,
+        value: None,
+        observed_at: Timestamp(t),
+        reason: UnclassifiedReason::UnknownPatient,
+    };
+
+    let mut sink = ParquetSink::new(config(root)).unwrap();
+    sink.write_alert_events(std::slice::from_ref(&alert)).unwrap();
+    sink.write_dead_letters(&[dead(t), dead(t + 2 * HOUR)]).unwrap();
+    sink.write_unclassified(std::slice::from_ref(&unclassified))
+        .unwrap();
+    // tick() publishes only files older than roll_interval (an hour here): nothing yet.
+    sink.tick().unwrap();
+    assert_eq!(count(root, ALERTS).await, 0);
+    let stats = sink.close().unwrap();
+    assert_eq!(stats.files_closed(), 4);
+    assert!(!files(root).iter().any(|f| f.to_string_lossy().contains("inprogress")));
+
+    let out = csv(
+        root,
+        "SELECT alert_id, event, priority, patient_id, vital, news2_score, ref_id, ref_version, \
+         episode_start, date, hour FROM alerts",
+    )
+    .await;
+    assert_eq!(
+        out,
+        format!(
+            "alert_id,event,priority,patient_id,vital,news2_score,ref_id,ref_version,episode_start,date,hour\n\
+             {},triggered,high,42,,9,,3,2026-03-01T23:04:59.999993Z,2026-03-01,23\n",
+            alert.alert_id
+        )
+    );
+    // The warehouse is for analytics: no personal data in any column.
+    let alerts = query(root, "SELECT * FROM alerts").await.unwrap();
+    let text = format_batches(&alerts, OutputFormat::Json).unwrap();
+    for personal in ["Jane Doe", "1 High St", "555-0100", "patientname", "phone"] {
+        assert!(!text.contains(personal), "{personal} leaked: {text}");
+    }
+    assert_eq!(text.lines().count(), 1);
+    let row: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+    assert_eq!(row["device_id"], "bed-4");
+    assert_eq!(row["value"], serde_json::Value::Null);
+
+    assert_eq!(
+        csv(root, "SELECT hour, count(*) AS n FROM dead_letters GROUP BY hour ORDER BY hour")
+            .await,
+        "hour,n\n1,1\n23,1\n"
+    );
+    assert_eq!(
+        csv(root, "SELECT patient_id, vital, reason FROM unclassified").await,
+        "patient_id,vital,reason\nunknown-7,,unknown_patient\n"
+    );
+}
+
+#[tokio::test]
+async fn fresh_warehouse_has_empty_tables_and_ddl() {
+    let dir = tempfile::tempdir().unwrap();
+    // Both an empty root and one that does not exist yet are valid, empty warehouses.
+    for root in [dir.path().to_path_buf(), dir.path().join("not-yet")] {
+        for table in TABLES {
+            assert_eq!(count(&root, table).await, 0, "{table} in {root:?}");
+        }
+        // The empty stand-ins have the same shape as the listing tables they stand for.
+        let ctx = datafusion::prelude::SessionContext::new();
+        register_warehouse(&ctx, &root).await.unwrap();
+        let schema = ctx.table(VITALS).await.unwrap().schema().as_arrow().clone();
+        assert_eq!(schema.field_with_name("date").unwrap().data_type(), &DataType::Date32);
+        assert_eq!(schema.field_with_name("hour").unwrap().data_type(), &DataType::Int32);
+    }
+
+    let ddl = hive_ddl(Path::new("/data/wh"));
+    assert_eq!(ddl.matches("CREATE EXTERNAL TABLE").count(), 4);
+    assert_eq!(ddl.matches("PARTITIONED BY (`date` DATE, `hour` INT)").count(), 4);
+    assert!(ddl.contains("LOCATION 'file:///data/wh/vitals';\nMSCK REPAIR TABLE `vitals`;"));
+    assert!(ddl.contains("  `observed_at` TIMESTAMP,\n"));
+    assert!(ddl.contains("  `news2_score` INT,\n"));
+    assert!(!ddl.contains("patientname"));
+}

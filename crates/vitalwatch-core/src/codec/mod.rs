@@ -1,0 +1,498 @@
+//! Codecs: message bytes in, [`Observation`]s out (and back, for the simulator).
+//!
+//! First stage of the data flow: every source (HTTP, files, the simulator) hands raw
+//! records here. A record that cannot be decoded or fails validation becomes an error with
+//! a reason an operator can act on; the caller turns it into a dead letter. Formats:
+//!
+//! - classic: `{"customerId":1,"heartBeat":74,"bp":202,"message_time":"2026-11-28 14:03:11"}`
+//!   (`heartBeat` is heart rate, `bp` systolic pressure; no `message_time` means ingest time);
+//! - canonical: `{"patient_id":"p-017","device_id":"bed-4-monitor","observed_at":"…Z",
+//!   "vitals":{"heart_rate":88,"spo2":95,"consciousness":"A","on_oxygen":false,…}}`.
+//!
+//! A record with any value outside its vital's plausible range is rejected whole: a device
+//! that reports a heart rate of 900 is not trusted for its other values either.
+
+use std::borrow::Cow;
+use std::fmt::Write as _;
+
+use serde::Deserialize;
+
+use crate::model::{Consciousness, DeviceId, Observation, PatientId, Timestamp, Vital, VitalSet};
+
+/// Which JSON layout a record uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InputFormat {
+    /// Decide per record: `customerId` means classic, else canonical.
+    #[default]
+    Auto,
+    /// The classic producer's layout.
+    Classic,
+    /// vitalwatch's canonical layout.
+    Canonical,
+}
+
+impl InputFormat {
+    /// Lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InputFormat::Auto => "auto",
+            InputFormat::Classic => "classic",
+            InputFormat::Canonical => "canonical",
+        }
+    }
+}
+
+/// Why a record was rejected.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DecodeError {
+    /// Not valid JSON, or not the expected shape.
+    #[error("invalid {format} record: {message}")]
+    Malformed {
+        /// The format that was tried.
+        format: &'static str,
+        /// serde's description, with line and column.
+        message: String,
+    },
+    /// A value outside the physiologically plausible range.
+    #[error("implausible value: {0}")]
+    Implausible(String),
+    /// A field with a bad value (timestamp, id, consciousness level).
+    #[error("invalid field: {0}")]
+    Invalid(String),
+    /// No vital in the record.
+    #[error("record has no vitals")]
+    NoVitals,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum IdValue<'a> {
+    Int(i64),
+    #[serde(borrow)]
+    Str(Cow<'a, str>),
+}
+
+impl IdValue<'_> {
+    fn into_string(self) -> String {
+        match self {
+            IdValue::Int(i) => i.to_string(),
+            IdValue::Str(s) => s.into_owned(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct ClassicRecord<'a> {
+    #[serde(rename = "customerId", borrow)]
+    customer_id: IdValue<'a>,
+    #[serde(rename = "heartBeat", default)]
+    heart_beat: Option<f64>,
+    #[serde(default)]
+    bp: Option<f64>,
+    #[serde(default, borrow)]
+    message_time: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CanonicalRecord<'a> {
+    #[serde(borrow)]
+    patient_id: IdValue<'a>,
+    #[serde(default, borrow)]
+    device_id: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    observed_at: Option<Cow<'a, str>>,
+    vitals: CanonicalVitals<'a>,
+    /// Free-text label (the simulator marks episodes and artifacts); not stored.
+    #[serde(default, borrow, rename = "annotation")]
+    _annotation: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct CanonicalVitals<'a> {
+    heart_rate: Option<f64>,
+    resp_rate: Option<f64>,
+    spo2: Option<f64>,
+    temp_c: Option<f64>,
+    systolic: Option<f64>,
+    diastolic: Option<f64>,
+    #[serde(borrow)]
+    consciousness: Option<Cow<'a, str>>,
+    on_oxygen: Option<bool>,
+}
+
+/// Decodes one JSON record (a single object).
+///
+/// `ingested_at` stamps the record and stands in for a missing observation time.
+pub fn decode_record(bytes: &[u8], format: InputFormat, ingested_at: Timestamp) -> Result<Observation, DecodeError> {
+    let format = match format {
+        InputFormat::Auto => sniff(bytes),
+        f => f,
+    };
+    let obs = match format {
+        InputFormat::Classic => decode_classic(bytes, ingested_at)?,
+        _ => decode_canonical(bytes, ingested_at)?,
+    };
+    validate(&obs)?;
+    Ok(obs)
+}
+
+/// Classic records are the only ones with `customerId`.
+fn sniff(bytes: &[u8]) -> InputFormat {
+    if memfind(bytes, b"\"customerId\"") {
+        InputFormat::Classic
+    } else {
+        InputFormat::Canonical
+    }
+}
+
+fn memfind(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+fn malformed(format: &'static str, e: serde_json::Error) -> DecodeError {
+    DecodeError::Malformed {
+        format,
+        message: e.to_string(),
+    }
+}
+
+fn parse_time(raw: Option<Cow<'_, str>>, ingested_at: Timestamp, field: &str) -> Result<Timestamp, DecodeError> {
+    match raw {
+        None => Ok(ingested_at),
+        Some(s) => Timestamp::parse(&s).map_err(|e| DecodeError::Invalid(format!("{field}: {e}"))),
+    }
+}
+
+fn decode_classic(bytes: &[u8], ingested_at: Timestamp) -> Result<Observation, DecodeError> {
+    let r: ClassicRecord<'_> = serde_json::from_slice(bytes).map_err(|e| malformed("classic", e))?;
+    let id = r.customer_id.into_string();
+    if id.is_empty() {
+        return Err(DecodeError::Invalid("customerId is empty".into()));
+    }
+    let observed_at = parse_time(r.message_time, ingested_at, "message_time")?;
+    let mut vitals = VitalSet::default();
+    if let Some(v) = r.heart_beat {
+        vitals.set(Vital::HeartRate, v);
+    }
+    if let Some(v) = r.bp {
+        vitals.set(Vital::Systolic, v);
+    }
+    Ok(Observation {
+        device_id: DeviceId(format!("classic-{id}")),
+        patient_id: PatientId(id),
+        observed_at,
+        ingested_at,
+        vitals,
+    })
+}
+
+fn decode_canonical(bytes: &[u8], ingested_at: Timestamp) -> Result<Observation, DecodeError> {
+    let r: CanonicalRecord<'_> = serde_json::from_slice(bytes).map_err(|e| malformed("canonical", e))?;
+    let id = r.patient_id.into_string();
+    if id.is_empty() {
+        return Err(DecodeError::Invalid("patient_id is empty".into()));
+    }
+    let observed_at = parse_time(r.observed_at, ingested_at, "observed_at")?;
+    let v = r.vitals;
+    let mut vitals = VitalSet::default();
+    for (vital, value) in [
+        (Vital::HeartRate, v.heart_rate),
+        (Vital::RespRate, v.resp_rate),
+        (Vital::Spo2, v.spo2),
+        (Vital::TempC, v.temp_c),
+        (Vital::Systolic, v.systolic),
+        (Vital::Diastolic, v.diastolic),
+    ] {
+        if let Some(x) = value {
+            vitals.set(vital, x);
+        }
+    }
+    if let Some(c) = v.consciousness {
+        let level = Consciousness::from_letter(&c)
+            .ok_or_else(|| DecodeError::Invalid(format!("consciousness {c:?} is not one of A, C, V, P, U")))?;
+        vitals.set(Vital::Consciousness, level.code());
+    }
+    if let Some(o) = v.on_oxygen {
+        vitals.set(Vital::OnOxygen, if o { 1.0 } else { 0.0 });
+    }
+    let device_id = match r.device_id {
+        Some(d) if !d.is_empty() => DeviceId(d.into_owned()),
+        _ => DeviceId(format!("unknown-{id}")),
+    };
+    Ok(Observation {
+        patient_id: PatientId(id),
+        device_id,
+        observed_at,
+        ingested_at,
+        vitals,
+    })
+}
+
+/// Checks plausibility: every value finite and inside its vital's plausible range.
+pub fn validate(obs: &Observation) -> Result<(), DecodeError> {
+    if obs.vitals.is_empty() {
+        return Err(DecodeError::NoVitals);
+    }
+    let mut bad = Vec::new();
+    for (vital, value) in obs.vitals.iter() {
+        let (lo, hi) = vital.plausible_range();
+        if !(value.is_finite() && lo <= value && value <= hi) {
+            bad.push(format!(
+                "{} {} outside plausible range {}–{} {}",
+                vital.name(),
+                value,
+                lo,
+                hi,
+                vital.unit()
+            ));
+        }
+    }
+    if bad.is_empty() {
+        Ok(())
+    } else {
+        Err(DecodeError::Implausible(bad.join("; ")))
+    }
+}
+
+/// A record of a multi-record body: its 1-based position and its bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RawRecord<'a> {
+    /// 1-based index of the record in the body (the line number for NDJSON).
+    pub index: usize,
+    /// The record's JSON text.
+    pub bytes: &'a [u8],
+}
+
+/// Splits a request body into records: one JSON object, a JSON array of objects, or
+/// newline-delimited JSON. A body that is none of these is one (bad) record.
+pub fn split_body(body: &[u8]) -> Vec<RawRecord<'_>> {
+    let trimmed = body.trim_ascii();
+    if trimmed.first() == Some(&b'[') {
+        if let Ok(items) = serde_json::from_slice::<Vec<&serde_json::value::RawValue>>(trimmed) {
+            return items
+                .into_iter()
+                .enumerate()
+                .map(|(i, raw)| RawRecord {
+                    index: i + 1,
+                    bytes: raw.get().as_bytes(),
+                })
+                .collect();
+        }
+        return vec![RawRecord { index: 1, bytes: trimmed }];
+    }
+    let lines: Vec<RawRecord<'_>> = trimmed
+        .split(|&b| b == b'\n')
+        .enumerate()
+        .filter(|(_, l)| !l.trim_ascii().is_empty())
+        .map(|(i, l)| RawRecord {
+            index: i + 1,
+            bytes: l.trim_ascii(),
+        })
+        .collect();
+    // A single pretty-printed object spans lines: if the first line is not a whole JSON
+    // value but the body is, it is one record.
+    if lines.len() > 1
+        && serde_json::from_slice::<&serde_json::value::RawValue>(lines[0].bytes).is_err()
+        && serde_json::from_slice::<&serde_json::value::RawValue>(trimmed).is_ok()
+    {
+        return vec![RawRecord { index: 1, bytes: trimmed }];
+    }
+    lines
+}
+
+fn push_num(out: &mut String, v: f64) {
+    if v.fract() == 0.0 && v.abs() < 1e15 {
+        let _ = write!(out, "{}", v as i64);
+    } else {
+        let _ = write!(out, "{v}");
+    }
+}
+
+/// Encodes an observation in the classic layout (heart rate and systolic pressure only).
+/// `message_time` is written as `YYYY-MM-DD HH:MM:SS.fff`, UTC, as the classic producer did.
+pub fn encode_classic(obs: &Observation, out: &mut String) {
+    out.push_str("{\"customerId\":");
+    match obs.patient_id.as_str().parse::<i64>() {
+        Ok(n) => {
+            let _ = write!(out, "{n}");
+        }
+        Err(_) => {
+            let _ = write!(out, "{}", serde_json::Value::String(obs.patient_id.0.clone()));
+        }
+    }
+    if let Some(hr) = obs.vitals.get(Vital::HeartRate) {
+        out.push_str(",\"heartBeat\":");
+        push_num(out, hr);
+    }
+    if let Some(bp) = obs.vitals.get(Vital::Systolic) {
+        out.push_str(",\"bp\":");
+        push_num(out, bp);
+    }
+    let _ = write!(
+        out,
+        ",\"message_time\":\"{}\"}}",
+        obs.observed_at.to_datetime().format("%Y-%m-%d %H:%M:%S%.3f")
+    );
+}
+
+/// Encodes an observation in the canonical layout, with an optional annotation.
+pub fn encode_canonical(obs: &Observation, annotation: Option<&str>, out: &mut String) {
+    let _ = write!(
+        out,
+        "{{\"patient_id\":{},\"device_id\":{},\"observed_at\":\"{}\",\"vitals\":{{",
+        serde_json::Value::String(obs.patient_id.0.clone()),
+        serde_json::Value::String(obs.device_id.0.clone()),
+        obs.observed_at.to_datetime().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+    );
+    let mut first = true;
+    for (vital, value) in obs.vitals.iter() {
+        if !first {
+            out.push(',');
+        }
+        first = false;
+        let _ = write!(out, "\"{}\":", vital.name());
+        match vital {
+            Vital::Consciousness => {
+                let letter = Consciousness::from_code(value).map(Consciousness::letter).unwrap_or("A");
+                let _ = write!(out, "\"{letter}\"");
+            }
+            Vital::OnOxygen => out.push_str(if value >= 0.5 { "true" } else { "false" }),
+            _ => push_num(out, value),
+        }
+    }
+    out.push('}');
+    if let Some(a) = annotation {
+        let _ = write!(out, ",\"annotation\":{}", serde_json::Value::String(a.to_owned()));
+    }
+    out.push('}');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const T0: Timestamp = Timestamp(1_764_338_591_250_000);
+
+    #[test]
+    fn classic_record_becomes_two_readings() {
+        let obs = decode_record(br#"{"customerId":1,"heartBeat":74,"bp":202}"#, InputFormat::Auto, T0).unwrap();
+        assert_eq!(obs.patient_id.as_str(), "1");
+        assert_eq!(obs.vitals.get(Vital::HeartRate), Some(74.0));
+        assert_eq!(obs.vitals.get(Vital::Systolic), Some(202.0));
+        assert_eq!(obs.readings().count(), 2);
+        assert_eq!(obs.observed_at, T0, "no message_time means ingest time");
+        let timed = decode_record(
+            br#"{"customerId":"7","heartBeat":60,"message_time":"2026-11-28 14:03:11.250"}"#,
+            InputFormat::Classic,
+            Timestamp(0),
+        )
+        .unwrap();
+        assert_eq!(timed.observed_at, Timestamp::parse("2026-11-28T14:03:11.250Z").unwrap());
+    }
+
+    #[test]
+    fn canonical_record_from_the_issue() {
+        let rec = br#"{"patient_id":"p-017","device_id":"bed-4-monitor","observed_at":"2026-11-28T14:03:11.250Z","vitals":{"heart_rate":88,"resp_rate":18,"spo2":95,"temp_c":37.2,"systolic":118,"diastolic":76,"consciousness":"A","on_oxygen":false}}"#;
+        let obs = decode_record(rec, InputFormat::Auto, Timestamp(0)).unwrap();
+        assert_eq!(obs.vitals.len(), 8);
+        assert_eq!(obs.vitals.get(Vital::Consciousness), Some(0.0));
+        assert_eq!(obs.device_id.as_str(), "bed-4-monitor");
+    }
+
+    #[test]
+    fn rejects_with_reasons() {
+        let cases: [(&[u8], &str); 6] = [
+            (br#"{"customerId":1,"heartBeat":900,"bp":120}"#, "heart_rate 900 outside plausible range"),
+            (br#"{"patient_id":"x","vitals":{"spo2":130}}"#, "spo2 130 outside plausible range"),
+            (br#"{"patient_id":"x","vitals":{"pulse_ox":97}}"#, "unknown field `pulse_ox`"),
+            (br#"{"customerId":1}"#, "no vitals"),
+            (br#"{"customerId":1,"heartBeat":70,"message_time":"yesterday"}"#, "message_time"),
+            (b"{not json", "invalid canonical record"),
+        ];
+        for (rec, want) in cases {
+            let err = decode_record(rec, InputFormat::Auto, T0).unwrap_err().to_string();
+            assert!(err.contains(want), "{err:?} should mention {want:?}");
+        }
+    }
+
+    #[test]
+    fn bodies_split_into_records() {
+        assert_eq!(split_body(br#"{"customerId":1,"bp":1}"#).len(), 1);
+        let arr = split_body(br#"[{"customerId":1,"bp":1}, {"customerId":2,"bp":2}]"#);
+        assert_eq!(arr.len(), 2);
+        assert_eq!(arr[1].bytes, br#"{"customerId":2,"bp":2}"#);
+        let nd = split_body(b"{\"customerId\":1}\n\n{bad\n{\"customerId\":3}\n");
+        assert_eq!(nd.iter().map(|r| r.index).collect::<Vec<_>>(), vec![1, 3, 4]);
+        let pretty = split_body(b"{\n  \"customerId\": 1,\n  \"bp\": 120\n}\n");
+        assert_eq!(pretty.len(), 1);
+    }
+
+    fn observation() -> impl Strategy<Value = Observation> {
+        (
+            "[a-z0-9-]{1,12}",
+            "[a-z0-9-]{1,12}",
+            0i64..4_000_000_000_000_000,
+            proptest::collection::vec(proptest::option::of(0u32..100), 8),
+        )
+            .prop_map(|(p, d, t, vals)| {
+                let mut vitals = VitalSet::default();
+                for (vital, v) in Vital::ALL.iter().zip(vals) {
+                    if let Some(v) = v {
+                        let (lo, hi) = vital.plausible_range();
+                        let x = match vital {
+                            Vital::TempC => ((lo + f64::from(v) * (hi - lo) / 100.0) * 10.0).round() / 10.0,
+                            Vital::OnOxygen => f64::from(v % 2),
+                            Vital::Consciousness => f64::from(v % 5),
+                            _ => (lo + f64::from(v) * (hi - lo) / 100.0).round(),
+                        };
+                        vitals.set(*vital, x);
+                    }
+                }
+                if vitals.is_empty() {
+                    vitals.set(Vital::HeartRate, 70.0);
+                }
+                Observation {
+                    patient_id: PatientId(p),
+                    device_id: DeviceId(d),
+                    observed_at: Timestamp(t),
+                    ingested_at: Timestamp(t),
+                    vitals,
+                }
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn canonical_round_trips(obs in observation()) {
+            let mut s = String::new();
+            encode_canonical(&obs, Some("label"), &mut s);
+            let back = decode_record(s.as_bytes(), InputFormat::Auto, obs.ingested_at).unwrap();
+            prop_assert_eq!(back, obs);
+        }
+
+        #[test]
+        fn classic_round_trips(id in 1u32..1_000_000, hr in 0u32..350, bp in 0u32..350, ms in 0i64..4_000_000_000_000) {
+            let obs = Observation {
+                patient_id: PatientId(id.to_string()),
+                device_id: DeviceId(format!("classic-{id}")),
+                observed_at: Timestamp(ms * 1000),
+                ingested_at: Timestamp(0),
+                vitals: VitalSet::default().with(Vital::HeartRate, f64::from(hr)).with(Vital::Systolic, f64::from(bp)),
+            };
+            let mut s = String::new();
+            encode_classic(&obs, &mut s);
+            let back = decode_record(s.as_bytes(), InputFormat::Auto, Timestamp(0)).unwrap();
+            prop_assert_eq!(back, obs);
+        }
+
+        #[test]
+        fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = decode_record(&bytes, InputFormat::Auto, T0);
+            let _ = split_body(&bytes);
+        }
+    }
+}

@@ -1,0 +1,262 @@
+//! Clinical rules and their configuration.
+//!
+//! The engine applies these to every observation: threshold bands from the reference table
+//! (the classic rule), fixed limit rules (SpO2 desaturation), NEWS2, and the stale-device
+//! technical alarm. The `[rules]` section of the config file deserializes into
+//! [`RulesConfig`]; each field's doc comment is its user documentation.
+
+pub mod news2;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::alert::Priority;
+use crate::model::{Duration, Vital};
+
+/// Which behaviour the engine follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Profile {
+    /// Reproduces the classic design one for one: every abnormal reading alerts at once,
+    /// no persistence, no deduplication, no NEWS2, no limit or stale-device rules.
+    Classic,
+    /// Threshold bands with persistence, hysteresis and deduplication, plus NEWS2,
+    /// limit rules and the stale-device alarm.
+    #[default]
+    Standard,
+}
+
+impl Profile {
+    /// Lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Profile::Classic => "classic",
+            Profile::Standard => "standard",
+        }
+    }
+}
+
+/// Rule settings (`[rules]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RulesConfig {
+    /// `standard` (default) or `classic`. `classic` ignores every other rule setting.
+    pub profile: Profile,
+    /// Re-notify an alert that is still abnormal and unacknowledged after this long.
+    /// Default 2m: the alarm-fatigue literature's usual re-alarm interval (range 1–10 min).
+    pub renotify_after: Duration,
+    /// Threshold-band rule (the classic reference table).
+    pub thresholds: ThresholdRuleConfig,
+    /// NEWS2 early-warning score.
+    pub news2: News2Config,
+    /// Technical alarm when a device goes silent.
+    pub stale_device: StaleDeviceConfig,
+    /// Fixed limit rules, e.g. SpO2 below 90 % for 15 s. Default: SpO2 < 90 % for 15 s
+    /// (medium) and desaturation < 80 % at once (high): a 15 s delay at a 90 % limit cuts
+    /// SpO2 alarms by 60–70 % without missing real desaturations, which the 80 % rule
+    /// catches without delay.
+    pub limits: Vec<LimitRule>,
+}
+
+impl Default for RulesConfig {
+    fn default() -> Self {
+        RulesConfig {
+            profile: Profile::Standard,
+            renotify_after: Duration::from_secs(120),
+            thresholds: ThresholdRuleConfig::default(),
+            news2: News2Config::default(),
+            stale_device: StaleDeviceConfig::default(),
+            limits: vec![
+                LimitRule {
+                    name: "spo2_low".into(),
+                    vital: Vital::Spo2,
+                    below: Some(90.0),
+                    above: None,
+                    priority: Priority::Medium,
+                    persistence: Duration::from_secs(15),
+                    hysteresis: 1.0,
+                    message: "SpO2 below 90%".into(),
+                },
+                LimitRule {
+                    name: "spo2_desaturation".into(),
+                    vital: Vital::Spo2,
+                    below: Some(80.0),
+                    above: None,
+                    priority: Priority::High,
+                    persistence: Duration::ZERO,
+                    hysteresis: 2.0,
+                    message: "SpO2 desaturation below 80%".into(),
+                },
+            ],
+        }
+    }
+}
+
+/// The threshold-band rule (`[rules.thresholds]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ThresholdRuleConfig {
+    /// Check readings against the catalog's threshold bands. Default true.
+    pub enabled: bool,
+    /// A reading must stay in an alerting band this long before the alert fires.
+    /// Default 10s: movement and probe artifacts rarely last longer, real changes do.
+    pub persistence: Duration,
+    /// An alert clears only when the value is back in a normal band by this margin, per
+    /// vital (canonical units). Stops an alarm flapping on a value that hovers at an edge.
+    pub hysteresis: BTreeMap<String, f64>,
+}
+
+impl Default for ThresholdRuleConfig {
+    fn default() -> Self {
+        ThresholdRuleConfig {
+            enabled: true,
+            persistence: Duration::from_secs(10),
+            hysteresis: [
+                ("heart_rate", 3.0),
+                ("resp_rate", 2.0),
+                ("spo2", 1.0),
+                ("temp_c", 0.2),
+                ("systolic", 5.0),
+                ("diastolic", 5.0),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect(),
+        }
+    }
+}
+
+impl ThresholdRuleConfig {
+    /// Hysteresis margin per vital index.
+    pub fn margins(&self) -> [f64; crate::model::VITAL_COUNT] {
+        let mut m = [0.0; crate::model::VITAL_COUNT];
+        for (k, v) in &self.hysteresis {
+            if let Some(vital) = Vital::from_name(k) {
+                m[vital.index()] = *v;
+            }
+        }
+        m
+    }
+}
+
+/// NEWS2 settings (`[rules.news2]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct News2Config {
+    /// Score every complete observation set. Default true.
+    pub enabled: bool,
+    /// A parameter older than this does not count towards a complete set. Default 1h:
+    /// consciousness and temperature are charted by hand far less often than monitors
+    /// stream, but an hour-old value is no longer the patient's state.
+    pub max_observation_age: Duration,
+}
+
+impl Default for News2Config {
+    fn default() -> Self {
+        News2Config {
+            enabled: true,
+            max_observation_age: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// The stale-device technical alarm (`[rules.stale_device]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StaleDeviceConfig {
+    /// Raise a technical alarm when a device is silent. Default true.
+    pub enabled: bool,
+    /// Silence longer than this alarms. Default 60s: bedside monitors report every
+    /// 1–5 s, so a minute of silence is a disconnected lead or a dead gateway.
+    pub after: Duration,
+    /// Priority of the alarm. Default medium: an unmonitored patient is a delayed harm.
+    pub priority: Priority,
+}
+
+impl Default for StaleDeviceConfig {
+    fn default() -> Self {
+        StaleDeviceConfig {
+            enabled: true,
+            after: Duration::from_secs(60),
+            priority: Priority::Medium,
+        }
+    }
+}
+
+/// A fixed limit on one vital (`[[rules.limits]]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitRule {
+    /// Rule name, unique; part of the alert's rule key.
+    pub name: String,
+    /// Vital it watches (`spo2`, `heart_rate`, ...).
+    pub vital: Vital,
+    /// Alarm when the value is below this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub below: Option<f64>,
+    /// Alarm when the value is above this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub above: Option<f64>,
+    /// Alarm priority.
+    pub priority: Priority,
+    /// How long the condition must hold before it alarms (`"0s"` for at once).
+    pub persistence: Duration,
+    /// Clears only when the value is back past the limit by this margin.
+    #[serde(default)]
+    pub hysteresis: f64,
+    /// Alert message.
+    pub message: String,
+}
+
+impl LimitRule {
+    /// Whether a value breaches the limit.
+    pub fn breached(&self, v: f64) -> bool {
+        self.below.is_some_and(|b| v < b) || self.above.is_some_and(|a| v > a)
+    }
+
+    /// Whether a value is back inside by the hysteresis margin.
+    pub fn cleared(&self, v: f64) -> bool {
+        self.below.is_none_or(|b| v >= b + self.hysteresis)
+            && self.above.is_none_or(|a| v <= a - self.hysteresis)
+    }
+}
+
+impl RulesConfig {
+    /// Every problem with these settings.
+    pub fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if self.renotify_after < Duration::from_secs(10) {
+            p.push(format!(
+                "rules.renotify_after = {} is too short (minimum 10s): it would re-page every few seconds, the alarm fatigue vitalwatch exists to stop",
+                self.renotify_after
+            ));
+        }
+        for k in self.thresholds.hysteresis.keys() {
+            if Vital::from_name(k).is_none() {
+                p.push(format!("rules.thresholds.hysteresis: unknown vital {k:?}"));
+            }
+        }
+        for (k, v) in &self.thresholds.hysteresis {
+            if !(v.is_finite() && *v >= 0.0) {
+                p.push(format!("rules.thresholds.hysteresis.{k} = {v} must be 0 or more"));
+            }
+        }
+        if self.stale_device.enabled && self.stale_device.after < Duration::from_secs(1) {
+            p.push("rules.stale_device.after must be at least 1s".into());
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for (i, l) in self.limits.iter().enumerate() {
+            if !names.insert(l.name.as_str()) {
+                p.push(format!("rules.limits[{i}]: name {:?} is used twice", l.name));
+            }
+            if l.below.is_none() && l.above.is_none() {
+                p.push(format!("rules.limits[{i}] ({}): set `below`, `above` or both", l.name));
+            }
+            if !(l.hysteresis.is_finite() && l.hysteresis >= 0.0) {
+                p.push(format!("rules.limits[{i}] ({}): hysteresis must be 0 or more", l.name));
+            }
+        }
+        p
+    }
+}

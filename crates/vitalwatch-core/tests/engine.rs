@@ -1,0 +1,448 @@
+//! Engine behaviour against the classic reference table and patients (`data/`), with time
+//! as a parameter: classic band semantics at every edge, persistence, hysteresis,
+//! deduplication, re-notification, acknowledgement, stale devices and determinism.
+
+use proptest::prelude::*;
+use vitalwatch_core::alert::{AlertEventKind, AlertState, Priority};
+use vitalwatch_core::engine::{Engine, Findings};
+use vitalwatch_core::model::{
+    Consciousness, DeviceId, Duration, Observation, Patient, PatientId, Timestamp, UnclassifiedReason, Vital, VitalSet,
+};
+use vitalwatch_core::reference::{
+    CLASSIC_PATIENTS_CSV, CLASSIC_THRESHOLDS_CSV, ThresholdBand, ThresholdTable, parse_patients_csv,
+    parse_threshold_csv,
+};
+use vitalwatch_core::rules::{Profile, RulesConfig};
+
+const T0: i64 = 1_764_338_400_000_000; // 2025-11-28T14:00:00Z
+
+fn at(secs: i64) -> Timestamp {
+    Timestamp(T0 + secs * 1_000_000)
+}
+
+fn table() -> ThresholdTable {
+    ThresholdTable {
+        version: 1,
+        bands: parse_threshold_csv(CLASSIC_THRESHOLDS_CSV.as_bytes()).unwrap(),
+    }
+}
+
+fn patients() -> Vec<Patient> {
+    parse_patients_csv(CLASSIC_PATIENTS_CSV.as_bytes()).unwrap()
+}
+
+fn patient(id: &str, age: u32) -> Patient {
+    Patient {
+        patient_id: PatientId(id.into()),
+        name: format!("Test {id}"),
+        address: String::new(),
+        phone: String::new(),
+        ward: "1".into(),
+        age,
+        spo2_scale: Default::default(),
+        other_details: String::new(),
+    }
+}
+
+fn classic_engine(extra: Vec<Patient>) -> Engine {
+    let rules = RulesConfig {
+        profile: Profile::Classic,
+        ..RulesConfig::default()
+    };
+    let mut ps = patients();
+    ps.extend(extra);
+    Engine::new(rules, ps, table())
+}
+
+fn obs(patient: &str, t: Timestamp, vitals: &[(Vital, f64)]) -> Observation {
+    let mut set = VitalSet::default();
+    for &(v, x) in vitals {
+        set.set(v, x);
+    }
+    Observation {
+        patient_id: PatientId(patient.into()),
+        device_id: DeviceId(format!("dev-{patient}")),
+        observed_at: t,
+        ingested_at: t,
+        vitals: set,
+    }
+}
+
+fn run(engine: &mut Engine, o: &Observation) -> Findings {
+    let mut f = Findings::default();
+    engine.process(o, o.observed_at, &mut f);
+    f
+}
+
+/// (age, vital, value) → the classic ref_id that must fire, or None for a normal band.
+#[test]
+fn classic_bands_at_every_edge() {
+    let cases: &[(u32, Vital, f64, Option<u32>)] = &[
+        (40, Vital::HeartRate, 69.0, Some(1)),
+        (40, Vital::HeartRate, 70.0, None),
+        (40, Vital::HeartRate, 78.0, None),
+        (40, Vital::HeartRate, 79.0, Some(3)),
+        (40, Vital::HeartRate, 0.0, Some(1)),
+        (0, Vital::HeartRate, 69.0, Some(1)),
+        (41, Vital::HeartRate, 65.0, Some(7)),
+        (41, Vital::HeartRate, 66.0, None),
+        (41, Vital::HeartRate, 69.0, None),
+        (41, Vital::HeartRate, 73.0, None),
+        (41, Vital::HeartRate, 74.0, Some(9)),
+        (100, Vital::HeartRate, 74.0, Some(9)),
+        (100, Vital::HeartRate, 70.0, None),
+        (40, Vital::Systolic, 160.0, Some(4)),
+        (40, Vital::Systolic, 161.0, None),
+        (40, Vital::Systolic, 220.0, None),
+        (40, Vital::Systolic, 221.0, Some(6)),
+        (41, Vital::Systolic, 150.0, Some(10)),
+        (41, Vital::Systolic, 151.0, None),
+        (41, Vital::Systolic, 180.0, None),
+        (41, Vital::Systolic, 181.0, Some(12)),
+    ];
+    for (i, &(age, vital, value, want)) in cases.iter().enumerate() {
+        let id = format!("edge-{i}");
+        let mut e = classic_engine(vec![patient(&id, age)]);
+        let f = run(&mut e, &obs(&id, at(0), &[(vital, value)]));
+        let got: Vec<Option<u32>> = f.events.iter().map(|a| a.ref_id).collect();
+        match want {
+            Some(r) => assert_eq!(got, vec![Some(r)], "age {age} {vital} {value}"),
+            None => assert!(got.is_empty(), "age {age} {vital} {value}: {got:?}"),
+        }
+        assert!(f.unclassified.is_empty(), "age {age} {vital} {value}");
+    }
+}
+
+/// 9999 means "no upper limit": a value above it still matches the top band. (The
+/// pipeline rejects such values as implausible before they get here; the band matcher
+/// itself must still honour the table's semantics.)
+#[test]
+fn no_upper_limit_is_unbounded() {
+    let bands = table().bands_for(Vital::HeartRate, &PatientId("x".into()), 30);
+    for v in [79.0, 9999.0, 10_000.0, 1e9] {
+        let b = vitalwatch_core::reference::match_band(&bands, v).unwrap();
+        assert_eq!(b.ref_id, 3, "{v}");
+    }
+}
+
+#[test]
+fn unknown_patient_and_no_band_are_reported_not_dropped() {
+    let mut e = classic_engine(vec![patient("old", 101)]);
+    let f = run(&mut e, &obs("nobody", at(0), &[(Vital::HeartRate, 120.0)]));
+    assert!(f.events.is_empty());
+    assert_eq!(f.unclassified.len(), 1);
+    assert_eq!(f.unclassified[0].reason, UnclassifiedReason::UnknownPatient);
+
+    // Age 101 is above every band (41–100): no band, reported per vital.
+    let f = run(&mut e, &obs("old", at(0), &[(Vital::HeartRate, 120.0), (Vital::Systolic, 200.0)]));
+    assert!(f.events.is_empty());
+    let reasons: Vec<_> = f.unclassified.iter().map(|u| (u.vital, u.reason)).collect();
+    assert_eq!(
+        reasons,
+        vec![
+            (Some(Vital::HeartRate), UnclassifiedReason::NoBand),
+            (Some(Vital::Systolic), UnclassifiedReason::NoBand)
+        ]
+    );
+}
+
+/// The classic job's alerts for the classic patients, one for one, with the classic fields.
+#[test]
+fn reproduces_classic_alerts_for_the_classic_patients() {
+    let mut e = classic_engine(vec![]);
+    // Each patient sends {"heartBeat":74,"bp":202}.
+    let mut got = Vec::new();
+    for (i, id) in ["1", "2", "3", "4", "5"].iter().enumerate() {
+        let o = obs(id, at(i as i64), &[(Vital::HeartRate, 74.0), (Vital::Systolic, 202.0)]);
+        for a in run(&mut e, &o).events {
+            got.push((a.patient.patientname.clone(), a.patient.age, a.alert_message.clone(), a.ref_id, a.bp, a.heart_beat));
+        }
+    }
+    let hi_hr = "Higher Heart Rate than Normal".to_owned();
+    let hi_bp = "Higher BP than Normal".to_owned();
+    let want = vec![
+        // Alex S, 23: 74 is normal (70–78), 202 is normal (161–220).
+        ("Sammy A".to_owned(), Some(45), hi_hr.clone(), Some(9), Some(202.0), Some(74.0)),
+        ("Sammy A".to_owned(), Some(45), hi_bp.clone(), Some(12), Some(202.0), Some(74.0)),
+        ("Karan C".to_owned(), Some(56), hi_hr.clone(), Some(9), Some(202.0), Some(74.0)),
+        ("Karan C".to_owned(), Some(56), hi_bp.clone(), Some(12), Some(202.0), Some(74.0)),
+        ("Dara M".to_owned(), Some(67), hi_hr.clone(), Some(9), Some(202.0), Some(74.0)),
+        ("Dara M".to_owned(), Some(67), hi_bp.clone(), Some(12), Some(202.0), Some(74.0)),
+        ("Pam".to_owned(), Some(72), hi_hr, Some(9), Some(202.0), Some(74.0)),
+        ("Pam".to_owned(), Some(72), hi_bp, Some(12), Some(202.0), Some(74.0)),
+    ];
+    assert_eq!(got, want);
+
+    // Classic: no dedup, every abnormal reading alerts again, and the JSON has the classic keys.
+    let again = run(&mut e, &obs("5", at(60), &[(Vital::HeartRate, 60.0)]));
+    assert_eq!(again.events.len(), 1);
+    assert_eq!(again.events[0].alert_message, "Low Heart Rate than Normal");
+    assert_eq!(again.events[0].ref_version, Some(1));
+    let json = serde_json::to_value(&again.events[0]).unwrap();
+    for key in [
+        "patientname", "age", "patientaddress", "phone_number", "admitted_ward", "bp", "heartBeat",
+        "input_message_time", "alert_generated_time", "alert_message", "alert_id", "patient_id", "vital",
+        "value", "ref_id", "ref_version", "priority", "rule", "state",
+    ] {
+        assert!(json.get(key).is_some(), "alert JSON lacks {key}: {json}");
+    }
+}
+
+fn standard(rules: impl FnOnce(&mut RulesConfig)) -> Engine {
+    let mut r = RulesConfig::default();
+    r.stale_device.enabled = false;
+    r.news2.enabled = false;
+    rules(&mut r);
+    Engine::new(r, patients(), table())
+}
+
+#[test]
+fn persistence_requires_the_condition_to_hold_without_a_break() {
+    // Patient 5 (72): heart rate ≥ 74 is high. Persistence 10 s by default.
+    let mut e = standard(|_| {});
+    let hr = |e: &mut Engine, s: i64, v: f64| run(e, &obs("5", at(s), &[(Vital::HeartRate, v)])).events;
+    assert!(hr(&mut e, 0, 90.0).is_empty());
+    assert!(hr(&mut e, 9, 90.0).is_empty(), "9 s is not yet 10 s");
+    assert!(hr(&mut e, 11, 70.0).is_empty(), "back to normal: the pending condition resets");
+    assert!(hr(&mut e, 12, 90.0).is_empty());
+    assert!(hr(&mut e, 21, 90.0).is_empty());
+    let fired = hr(&mut e, 22, 90.0);
+    assert_eq!(fired.len(), 1);
+    assert_eq!(fired[0].event, AlertEventKind::Triggered);
+    assert_eq!(fired[0].episode_start, at(12), "the episode starts with its first abnormal reading");
+    assert_eq!(fired[0].input_message_time, at(22));
+}
+
+#[test]
+fn dedup_hysteresis_and_resolution() {
+    let mut e = standard(|r| r.thresholds.persistence = Duration::ZERO);
+    let hr = |e: &mut Engine, s: i64, v: f64| run(e, &obs("5", at(s), &[(Vital::HeartRate, v)])).events;
+    let first = hr(&mut e, 0, 90.0);
+    assert_eq!(first.len(), 1);
+    let id = first[0].alert_id.clone();
+    // Still high: one active alert per patient and rule, no repeats.
+    for s in 1..30 {
+        assert!(hr(&mut e, s, 95.0).is_empty());
+    }
+    // 72 is in the normal band (66–73) but within the 3 bpm margin of the high band (74):
+    // the alert must not clear yet.
+    assert!(hr(&mut e, 30, 72.0).is_empty());
+    assert!(hr(&mut e, 31, 71.0).is_empty());
+    // 70: 70+3 = 73 is still normal, 70-3 = 67 is normal: clears.
+    let cleared = hr(&mut e, 32, 70.0);
+    assert_eq!(cleared.len(), 1);
+    assert_eq!(cleared[0].event, AlertEventKind::Resolved);
+    assert_eq!(cleared[0].alert_id, id);
+    // A new episode gets a new id.
+    let second = hr(&mut e, 40, 90.0);
+    assert_eq!(second[0].event, AlertEventKind::Triggered);
+    assert_ne!(second[0].alert_id, id);
+}
+
+#[test]
+fn renotify_until_acknowledged_then_resolve() {
+    let mut e = standard(|r| r.thresholds.persistence = Duration::ZERO);
+    let f = run(&mut e, &obs("5", at(0), &[(Vital::HeartRate, 90.0)]));
+    let id = f.events[0].alert_id.clone();
+    let mut out = Findings::default();
+    e.tick(at(119), &mut out);
+    assert!(out.events.is_empty(), "re-notify after 2 min, not before");
+    e.tick(at(120), &mut out);
+    assert_eq!(out.events.len(), 1);
+    assert_eq!(out.events[0].event, AlertEventKind::Renotified);
+    out.clear();
+    e.tick(at(200), &mut out);
+    assert!(out.events.is_empty(), "the next re-notification is 2 min after the last");
+
+    let ack = e.acknowledge(&id, "nurse.jones", at(201)).unwrap();
+    assert_eq!(ack.state, AlertState::Acknowledged);
+    assert_eq!(ack.acknowledged_by.as_deref(), Some("nurse.jones"));
+    assert!(e.acknowledge(&id, "nurse.jones", at(202)).is_err());
+    e.tick(at(1000), &mut out);
+    assert!(out.events.is_empty(), "acknowledged alerts are not re-notified");
+    let f = run(&mut e, &obs("5", at(1001), &[(Vital::HeartRate, 70.0)]));
+    assert_eq!(f.events[0].event, AlertEventKind::Resolved);
+    assert!(e.active_alerts().is_empty());
+    assert!(e.acknowledge(&id, "x", at(1002)).is_err());
+}
+
+#[test]
+fn spo2_limit_rules_ignore_a_short_dropout_but_not_a_desaturation() {
+    let mut e = standard(|_| {});
+    let spo2 = |e: &mut Engine, s: i64, v: f64| run(e, &obs("1", at(s), &[(Vital::Spo2, v)])).events;
+    // A 5-second artifact to 85 %: below the 90 % limit, but shorter than its 15 s persistence.
+    for s in 0..5 {
+        assert!(spo2(&mut e, s, 85.0).is_empty());
+    }
+    assert!(spo2(&mut e, 5, 97.0).is_empty());
+    // A real desaturation to 78 %: the 80 % rule fires at once with high priority.
+    let f = spo2(&mut e, 10, 78.0);
+    assert_eq!(f.len(), 1);
+    assert_eq!(f[0].rule_key, "limit:spo2_desaturation");
+    assert_eq!(f[0].priority, Priority::High);
+    // Held for 15 s the 90 % rule fires too.
+    for s in 11..25 {
+        assert!(spo2(&mut e, s, 78.0).is_empty(), "second {s}");
+    }
+    let f = spo2(&mut e, 25, 78.0);
+    assert_eq!(f.iter().map(|a| a.rule_key.as_str()).collect::<Vec<_>>(), vec!["limit:spo2_low"]);
+}
+
+fn full_set(hr: f64, rr: f64, spo2: f64, sbp: f64, temp: f64, c: Consciousness) -> Vec<(Vital, f64)> {
+    vec![
+        (Vital::HeartRate, hr),
+        (Vital::RespRate, rr),
+        (Vital::Spo2, spo2),
+        (Vital::Systolic, sbp),
+        (Vital::TempC, temp),
+        (Vital::Consciousness, c.code()),
+        (Vital::OnOxygen, 0.0),
+    ]
+}
+
+#[test]
+fn news2_alerts_escalate_and_resolve() {
+    let mut e = standard(|r| {
+        r.news2.enabled = true;
+        r.thresholds.enabled = false;
+        r.limits.clear();
+    });
+    let a = Consciousness::A;
+    assert!(run(&mut e, &obs("2", at(0), &full_set(70.0, 16.0, 97.0, 120.0, 37.0, a))).events.is_empty());
+    // HR 115 (2) + RR 22 (2) + SpO2 95 (1) = 5: urgent, medium.
+    let f = run(&mut e, &obs("2", at(60), &full_set(115.0, 22.0, 95.0, 120.0, 37.0, a)));
+    assert_eq!(f.events.len(), 1);
+    assert_eq!((f.events[0].event, f.events[0].priority, f.events[0].news2_score), (AlertEventKind::Triggered, Priority::Medium, Some(5)));
+    let id = f.events[0].alert_id.clone();
+    // + SBP 95 (2) = 7: emergency, the same episode escalates to high.
+    let f = run(&mut e, &obs("2", at(120), &full_set(115.0, 22.0, 95.0, 95.0, 37.0, a)));
+    assert_eq!(f.events.len(), 1);
+    assert_eq!((f.events[0].event, f.events[0].priority, f.events[0].alert_id.as_str()), (AlertEventKind::Escalated, Priority::High, id.as_str()));
+    // Back to 0: resolved.
+    let f = run(&mut e, &obs("2", at(180), &full_set(70.0, 16.0, 97.0, 120.0, 37.0, a)));
+    assert_eq!(f.events[0].event, AlertEventKind::Resolved);
+    // Incomplete set (no temperature ever): no score.
+    let f = run(&mut e, &obs("3", at(0), &full_set(140.0, 30.0, 85.0, 80.0, 37.0, a)[..4]));
+    assert!(f.events.is_empty());
+}
+
+#[test]
+fn stale_device_alarms_and_clears() {
+    let mut e = standard(|r| r.stale_device.enabled = true);
+    run(&mut e, &obs("1", at(0), &[(Vital::HeartRate, 75.0)]));
+    let mut out = Findings::default();
+    e.tick(at(60), &mut out);
+    assert!(out.events.is_empty(), "exactly 60 s is not over 60 s");
+    e.tick(at(61), &mut out);
+    assert_eq!(out.events.len(), 1);
+    assert_eq!(out.events[0].rule, "device_stale");
+    assert_eq!(out.events[0].device_id.as_deref(), Some("dev-1"));
+    let f = run(&mut e, &obs("1", at(70), &[(Vital::HeartRate, 75.0)]));
+    assert_eq!(f.events.len(), 1);
+    assert_eq!(f.events[0].event, AlertEventKind::Resolved);
+}
+
+#[test]
+fn per_patient_override_replaces_age_bands() {
+    let mut t = table();
+    t.bands.push(ThresholdBand {
+        ref_id: 100,
+        attribute: "heartBeat".into(),
+        vital: Vital::HeartRate,
+        low_age_limit: 0,
+        high_age_limit: 200,
+        low_range_value: 0.0,
+        high_range_value: 110.0,
+        alert_flag: false,
+        alert_message: "Normal for this athlete".into(),
+        priority: Priority::Low,
+        patient_id: Some(PatientId("5".into())),
+    });
+    t.bands.push(ThresholdBand {
+        ref_id: 101,
+        alert_flag: true,
+        low_range_value: 111.0,
+        high_range_value: 9999.0,
+        alert_message: "Above personal limit".into(),
+        priority: Priority::High,
+        ..t.bands.last().unwrap().clone()
+    });
+    let rules = RulesConfig {
+        profile: Profile::Classic,
+        ..RulesConfig::default()
+    };
+    let mut e = Engine::new(rules, patients(), t);
+    assert!(run(&mut e, &obs("5", at(0), &[(Vital::HeartRate, 100.0)])).events.is_empty());
+    let f = run(&mut e, &obs("5", at(1), &[(Vital::HeartRate, 120.0)]));
+    assert_eq!((f.events[0].ref_id, f.events[0].priority), (Some(101), Priority::High));
+    // Other patients keep the age bands.
+    assert_eq!(run(&mut e, &obs("4", at(2), &[(Vital::HeartRate, 100.0)])).events[0].ref_id, Some(9));
+}
+
+#[test]
+fn replaying_the_same_input_yields_the_same_alert_ids() {
+    let input: Vec<Observation> = (0..200)
+        .map(|i| obs(["1", "2", "3", "4", "5"][i % 5], at(i as i64), &[(Vital::HeartRate, 40.0 + (i % 90) as f64), (Vital::Systolic, 100.0 + (i % 150) as f64)]))
+        .collect();
+    for profile in [Profile::Classic, Profile::Standard] {
+        let ids = |now_offset: i64| {
+            let mut e = Engine::new(RulesConfig { profile, ..RulesConfig::default() }, patients(), table());
+            let mut f = Findings::default();
+            for o in &input {
+                // The wall clock differs between runs; ids must not depend on it.
+                e.process(o, Timestamp(o.observed_at.0 + now_offset), &mut f);
+            }
+            f.events.iter().map(|a| a.alert_id.clone()).collect::<Vec<_>>()
+        };
+        let first = ids(0);
+        assert!(!first.is_empty());
+        assert_eq!(first, ids(5_000_000), "{profile:?}");
+    }
+}
+
+proptest! {
+    /// Tightening a threshold (widening an alerting band into the normal one) never
+    /// removes an alert.
+    #[test]
+    fn tightening_a_threshold_never_removes_an_alert(age in 0u32..=100, value in 0u32..300, shift in 0u32..10) {
+        let base = table();
+        let mut tight = base.clone();
+        for b in tight.bands.iter_mut() {
+            // Raise the top of every low alerting band and lower the bottom of the normal
+            // band above it by the same amount.
+            if b.alert_flag && b.low_range_value == 0.0 {
+                b.high_range_value += f64::from(shift);
+            } else if !b.alert_flag {
+                b.low_range_value += f64::from(shift);
+                if b.low_range_value > b.high_range_value {
+                    b.low_range_value = b.high_range_value;
+                }
+            }
+        }
+        let p = patient("p", age);
+        let rules = || RulesConfig { profile: Profile::Classic, ..RulesConfig::default() };
+        let mut loose = Engine::new(rules(), vec![p.clone()], base);
+        let mut strict = Engine::new(rules(), vec![p], tight);
+        let o = obs("p", at(0), &[(Vital::HeartRate, f64::from(value)), (Vital::Systolic, f64::from(value))]);
+        let a = run(&mut loose, &o).events.len();
+        let b = run(&mut strict, &o).events.len();
+        prop_assert!(b >= a, "loose {} strict {}", a, b);
+    }
+
+    /// The band matcher agrees with a literal reading of the classic semantics.
+    #[test]
+    fn band_matcher_matches_the_classic_definition(age in 0u32..=100, value in 0u32..400) {
+        let t = table();
+        for vital in [Vital::HeartRate, Vital::Systolic] {
+            let bands = t.bands_for(vital, &PatientId("p".into()), age);
+            let got = vitalwatch_core::reference::match_band(&bands, f64::from(value)).map(|b| b.ref_id);
+            let want = t.bands.iter().find(|b| {
+                b.vital == vital
+                    && b.low_age_limit <= age && age <= b.high_age_limit
+                    && b.low_range_value <= f64::from(value)
+                    && (b.high_range_value == 9999.0 || f64::from(value) <= b.high_range_value)
+            }).map(|b| b.ref_id);
+            prop_assert_eq!(got, want);
+        }
+    }
+}
