@@ -2,9 +2,11 @@
 //! episodes and labelled sensor artifacts.
 //!
 //! It sits at the very start of the data flow and plays the role of the classic design's
-//! Python producer: `vitalwatch run` feeds its observations into the embedded engine when no
-//! other source is configured, and `vitalwatch simulate` streams them to Kafka, a file or
-//! stdout. Every observation carries every vital, so NEWS2 can be computed on each set.
+//! Python producer: `vitalwatch run` uses it as the built-in source of the embedded engine, and
+//! `vitalwatch simulate` streams it into the engine or, at any rate, to a Kafka topic. Its
+//! output is ordinary [`Observation`]s, so everything downstream (engine, warehouse, alerts)
+//! cannot tell it from real monitors. Every observation carries every vital, so NEWS2 can be
+//! computed on each set.
 //!
 //! Because each episode and artifact is labelled ([`Simulator::label_at`]), the simulator is
 //! also the ground truth for measuring the engine: an alarm inside a deterioration episode is a
@@ -146,8 +148,8 @@ impl fmt::Display for Label {
 /// which covers both classic age bands (0–40 and 41–100).
 pub fn demo_patients(n: usize) -> Vec<Patient> {
     // The CSV is compiled in and parsed by reference.rs's own tests: it cannot fail here.
-    let classic =
-        parse_patients_csv(CLASSIC_PATIENTS_CSV.as_bytes()).expect("the classic patients CSV is valid");
+    let classic = parse_patients_csv(CLASSIC_PATIENTS_CSV.as_bytes())
+        .expect("the classic patients CSV is valid");
     let first_generated = classic.len() + 1;
     let mut out: Vec<Patient> = classic.into_iter().take(n).collect();
     out.extend((first_generated..=n).map(|i| {
@@ -294,7 +296,11 @@ impl Simulator {
         }
 
         let rate = config.artifact_rate_per_hour;
-        let artifact_p = if rate > 0.0 { (rate / 60.0).min(1.0) } else { 0.0 };
+        let artifact_p = if rate > 0.0 {
+            (rate / 60.0).min(1.0)
+        } else {
+            0.0
+        };
         Simulator {
             config,
             patients,
@@ -424,10 +430,10 @@ impl PatientSim {
         // 0 for the youngest adult, 1 for the oldest.
         let a = ((f64::from(patient.age) - 18.0) / 77.0).clamp(0.0, 1.0);
         let base = [
-            78.0 - 8.0 * a + rng.range(-8.0, 8.0),  // heart rate 62–86, older slightly lower
-            rng.range(12.5, 17.5),                  // respiratory rate
-            97.8 - 1.2 * a + rng.range(-1.2, 1.0),  // SpO2 95.4–98.8
-            rng.range(36.5, 37.1),                  // temperature
+            78.0 - 8.0 * a + rng.range(-8.0, 8.0), // heart rate 62–86, older slightly lower
+            rng.range(12.5, 17.5),                 // respiratory rate
+            97.8 - 1.2 * a + rng.range(-1.2, 1.0), // SpO2 95.4–98.8
+            rng.range(36.5, 37.1),                 // temperature
             110.0 + 24.0 * a + rng.range(-4.0, 6.0), // systolic 106–140, rising with age
             68.0 + 10.0 * a + rng.range(-3.0, 5.0), // diastolic 65–83
         ];
@@ -491,16 +497,16 @@ impl PatientSim {
             && t < e.end
         {
             let sev = e.severity(t);
-            for v in 0..N {
-                let mut target = mean[v] + e.delta[v];
-                if !e.reach[v].is_nan() {
-                    target = if e.delta[v] >= 0.0 {
-                        target.max(e.reach[v])
+            for ((m, &delta), &reach) in mean.iter_mut().zip(&e.delta).zip(&e.reach) {
+                let mut target = *m + delta;
+                if !reach.is_nan() {
+                    target = if delta >= 0.0 {
+                        target.max(reach)
                     } else {
-                        target.min(e.reach[v])
+                        target.min(reach)
                     };
                 }
-                mean[v] += sev * (target - mean[v]);
+                *m += sev * (target - *m);
             }
             if t >= e.oxygen_from {
                 on_oxygen = true;
@@ -550,7 +556,8 @@ impl PatientSim {
         if unit_f64(h) >= artifact_p {
             return None;
         }
-        let offset = (mix64(h.wrapping_add(1)) % (ARTIFACT_SLOT_US - ARTIFACT_LEN_US + 1) as u64) as i64;
+        let offset =
+            (mix64(h.wrapping_add(1)) % (ARTIFACT_SLOT_US - ARTIFACT_LEN_US + 1) as u64) as i64;
         let a = start + slot * ARTIFACT_SLOT_US + offset;
         if t < a || t >= a + ARTIFACT_LEN_US {
             return None;
@@ -590,13 +597,7 @@ struct Effect {
 }
 
 impl Effect {
-    fn new(
-        kind: EpisodeKind,
-        start: i64,
-        end: i64,
-        base: &[f64; N],
-        rng: &mut SplitMix64,
-    ) -> Self {
+    fn new(kind: EpisodeKind, start: i64, end: i64, base: &[f64; N], rng: &mut SplitMix64) -> Self {
         let len = end - start;
         let full = start + len * 2 / 3;
         let late = start + len * 5 / 6;
@@ -804,8 +805,8 @@ fn sin_cos(x: f64) -> (f64, f64) {
     let (mut s, mut c) = (0.0, 0.0);
     for k in (0..10).rev() {
         let n = 2 * k;
-        s = s * y2 * -1.0 / (((n + 2) * (n + 3)) as f64) + 1.0;
-        c = c * y2 * -1.0 / (((n + 1) * (n + 2)) as f64) + 1.0;
+        s = -(s * y2) / (((n + 2) * (n + 3)) as f64) + 1.0;
+        c = -(c * y2) / (((n + 1) * (n + 2)) as f64) + 1.0;
     }
     let (sin_y, cos_y) = (y * s, c);
     match (q as i64).rem_euclid(4) {
@@ -821,7 +822,9 @@ mod tests {
     use super::*;
 
     fn value(o: &Observation, v: Vital) -> f64 {
-        o.vitals.get(v).expect("every observation carries every vital")
+        o.vitals
+            .get(v)
+            .expect("every observation carries every vital")
     }
 
     /// NEWS2 (RCP 2017, SpO2 scale 1) straight from the chart in clinical.md, independent of
@@ -845,7 +848,11 @@ mod tests {
             94..=95 => 1,
             _ => 0,
         };
-        let air_pts = if value(o, Vital::OnOxygen) == 1.0 { 2 } else { 0 };
+        let air_pts = if value(o, Vital::OnOxygen) == 1.0 {
+            2
+        } else {
+            0
+        };
         let sbp_pts = match sbp {
             ..=90 => 3,
             91..=100 => 2,
@@ -861,7 +868,11 @@ mod tests {
             111..=130 => 2,
             _ => 3,
         };
-        let acvpu_pts = if value(o, Vital::Consciousness) == 0.0 { 0 } else { 3 };
+        let acvpu_pts = if value(o, Vital::Consciousness) == 0.0 {
+            0
+        } else {
+            3
+        };
         let temp_pts = match temp {
             ..=350 => 3,
             351..=360 => 1,
@@ -902,11 +913,22 @@ mod tests {
         let (_, a) = run(SimConfig::default(), 10_000);
         let (_, b) = run(SimConfig::default(), 10_000);
         assert_eq!(a, b);
-        let (_, c) = run(SimConfig { seed: 43, ..SimConfig::default() }, 10_000);
+        let (_, c) = run(
+            SimConfig {
+                seed: 43,
+                ..SimConfig::default()
+            },
+            10_000,
+        );
         assert_ne!(a, c);
         // Pinned: a change here breaks every recorded demo and evaluation baseline. Change the
         // constant only on purpose, and say so in the changelog.
-        assert_eq!(fingerprint(&a), 0xfb8c_c383_1b0e_974d, "fingerprint {:#x}", fingerprint(&a));
+        assert_eq!(
+            fingerprint(&a),
+            0xfb8c_c383_1b0e_974d,
+            "fingerprint {:#x}",
+            fingerprint(&a)
+        );
     }
 
     #[test]
@@ -953,7 +975,10 @@ mod tests {
                 assert_eq!(t - prev, config.interval.micros(), "patient {p} at {k}");
             }
             if k > 0 {
-                assert!(t > obs[k - 1].observed_at.0, "interleaved, strictly increasing");
+                assert!(
+                    t > obs[k - 1].observed_at.0,
+                    "interleaved, strictly increasing"
+                );
             }
             last[p] = Some(t);
             assert_eq!(o.vitals.len(), 8);
@@ -966,7 +991,10 @@ mod tests {
             match sim.label_at(p, o.observed_at) {
                 Some(Label::Artifact) => {
                     assert!((50.0..=75.0).contains(&spo2), "artifact SpO2 {spo2}");
-                    if artifact_run[p].last().is_none_or(|&a| t - a > config.interval.micros()) {
+                    if artifact_run[p]
+                        .last()
+                        .is_none_or(|&a| t - a > config.interval.micros())
+                    {
                         artifacts += 1;
                         artifact_run[p].clear();
                     }
@@ -976,7 +1004,10 @@ mod tests {
                 }
                 Some(Label::Deterioration(_)) => {}
                 None => {
-                    assert!(spo2 >= 80.0, "unlabelled SpO2 {spo2} for patient {p} at {t}");
+                    assert!(
+                        spo2 >= 80.0,
+                        "unlabelled SpO2 {spo2} for patient {p} at {t}"
+                    );
                     if t < config.start.0 + 3_600_000_000
                         && !sim.episodes().iter().any(|e| e.patient_id == o.patient_id)
                     {
@@ -1026,7 +1057,10 @@ mod tests {
                 };
                 if e.full_severity_at() <= o.observed_at && o.observed_at < e.end {
                     let score = news2(&o);
-                    assert!(score >= 7, "seed {seed}: NEWS2 {score} at full severity: {o:?}");
+                    assert!(
+                        score >= 7,
+                        "seed {seed}: NEWS2 {score} at full severity: {o:?}"
+                    );
                     checked += 1;
                 }
             }

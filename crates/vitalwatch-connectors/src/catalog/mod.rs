@@ -1,1 +1,470 @@
-//! SQLite catalog (being written).
+//! The catalog: reference data and alert state in SQLite (the embedded default).
+//!
+//! Fills the role HBase played in the classic design (thresholds and patients for quick
+//! lookups) and keeps what must survive a restart: every alert and each of its lifecycle
+//! events. The engine never queries it per reading: the pipeline loads patients and the
+//! current threshold version once and compiles them into the engine's in-memory index.
+//!
+//! Threshold bands are versioned: each import adds a version and keeps the old ones, so
+//! the `ref_id` + `ref_version` an alert records always names the row that fired it.
+//! Alert events are keyed by (alert id, event, time): recording a replayed event is a no-op,
+//! which is what makes a replay after a crash send no second notification.
+
+use std::path::Path;
+
+use rusqlite::{Connection, OptionalExtension, params};
+use vitalwatch_core::alert::{AlertEvent, Priority};
+use vitalwatch_core::model::{Patient, PatientId, Spo2Scale, Timestamp, Vital};
+use vitalwatch_core::reference::{ThresholdBand, ThresholdTable};
+
+/// A catalog operation that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    /// SQLite reported an error.
+    #[error("catalog database error")]
+    Sqlite(#[from] rusqlite::Error),
+    /// A stored row could not be understood (written by a newer version?).
+    #[error("catalog row is invalid: {0}")]
+    Corrupt(String),
+    /// An alert event could not be serialized.
+    #[error("cannot serialize alert event")]
+    Json(#[from] serde_json::Error),
+}
+
+/// A summary row of `thresholds list --versions`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ThresholdVersion {
+    /// Version number.
+    pub version: u32,
+    /// When it was imported.
+    pub imported_at: Timestamp,
+    /// Where it came from (file name).
+    pub source: String,
+    /// How many bands it has.
+    pub bands: u32,
+}
+
+/// An alert as the catalog stores it: the latest event, plus counts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredAlert {
+    /// The latest event of the alert.
+    pub latest: AlertEvent,
+    /// How many events it has had.
+    pub events: u32,
+}
+
+/// The SQLite catalog.
+#[derive(Debug)]
+pub struct SqliteCatalog {
+    conn: Connection,
+}
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS patients (
+    patient_id     TEXT PRIMARY KEY,
+    name           TEXT NOT NULL,
+    address        TEXT NOT NULL,
+    phone          TEXT NOT NULL,
+    ward           TEXT NOT NULL,
+    age            INTEGER NOT NULL,
+    spo2_scale     INTEGER NOT NULL DEFAULT 1,
+    other_details  TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS threshold_versions (
+    version      INTEGER PRIMARY KEY,
+    imported_at  INTEGER NOT NULL,
+    source       TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS threshold_bands (
+    version          INTEGER NOT NULL REFERENCES threshold_versions(version),
+    ref_id           INTEGER NOT NULL,
+    attribute        TEXT NOT NULL,
+    low_age_limit    INTEGER NOT NULL,
+    high_age_limit   INTEGER NOT NULL,
+    low_range_value  REAL NOT NULL,
+    high_range_value REAL NOT NULL,
+    alert_flag       INTEGER NOT NULL,
+    alert_message    TEXT NOT NULL,
+    priority         TEXT NOT NULL,
+    patient_id       TEXT,
+    PRIMARY KEY (version, ref_id)
+);
+CREATE TABLE IF NOT EXISTS alerts (
+    alert_id     TEXT PRIMARY KEY,
+    patient_id   TEXT NOT NULL,
+    rule_key     TEXT NOT NULL,
+    priority     TEXT NOT NULL,
+    state        TEXT NOT NULL,
+    opened_at    INTEGER NOT NULL,
+    updated_at   INTEGER NOT NULL,
+    latest_event TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS alerts_state ON alerts(state);
+CREATE TABLE IF NOT EXISTS alert_events (
+    alert_id  TEXT NOT NULL,
+    event     TEXT NOT NULL,
+    at        INTEGER NOT NULL,
+    body      TEXT NOT NULL,
+    PRIMARY KEY (alert_id, event, at)
+);
+"#;
+
+impl SqliteCatalog {
+    /// Opens (creating if needed) the catalog at `path`.
+    pub fn open(path: &Path) -> Result<Self, CatalogError> {
+        Self::init(Connection::open(path)?)
+    }
+
+    /// A throw-away in-memory catalog.
+    pub fn open_in_memory() -> Result<Self, CatalogError> {
+        Self::init(Connection::open_in_memory()?)
+    }
+
+    fn init(conn: Connection) -> Result<Self, CatalogError> {
+        // WAL: the alert writer and a `patients list` from another process do not block
+        // each other; NORMAL sync is durable across process crashes, which is the
+        // guarantee the pipeline relies on.
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(SqliteCatalog { conn })
+    }
+
+    /// Inserts or replaces patients, all in one transaction.
+    pub fn import_patients(&mut self, patients: &[Patient]) -> Result<usize, CatalogError> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut st = tx.prepare(
+                "INSERT OR REPLACE INTO patients (patient_id, name, address, phone, ward, age, spo2_scale, other_details)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?;
+            for p in patients {
+                st.execute(params![
+                    p.patient_id.as_str(),
+                    p.name,
+                    p.address,
+                    p.phone,
+                    p.ward,
+                    p.age,
+                    match p.spo2_scale {
+                        Spo2Scale::Scale1 => 1,
+                        Spo2Scale::Scale2 => 2,
+                    },
+                    p.other_details
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(patients.len())
+    }
+
+    /// Every patient, ordered by id (numerically where ids are numbers).
+    pub fn patients(&self) -> Result<Vec<Patient>, CatalogError> {
+        let mut st = self.conn.prepare(
+            "SELECT patient_id, name, address, phone, ward, age, spo2_scale, other_details FROM patients
+             ORDER BY CAST(patient_id AS INTEGER), patient_id",
+        )?;
+        let rows = st.query_map([], |r| {
+            Ok(Patient {
+                patient_id: PatientId(r.get(0)?),
+                name: r.get(1)?,
+                address: r.get(2)?,
+                phone: r.get(3)?,
+                ward: r.get(4)?,
+                age: r.get(5)?,
+                spo2_scale: if r.get::<_, i64>(6)? == 2 {
+                    Spo2Scale::Scale2
+                } else {
+                    Spo2Scale::Scale1
+                },
+                other_details: r.get(7)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Stores bands as a new version and returns its number.
+    pub fn import_thresholds(
+        &mut self,
+        bands: &[ThresholdBand],
+        source: &str,
+        at: Timestamp,
+    ) -> Result<u32, CatalogError> {
+        let tx = self.conn.transaction()?;
+        let version: u32 = tx.query_row(
+            "SELECT COALESCE(MAX(version), 0) + 1 FROM threshold_versions",
+            [],
+            |r| r.get(0),
+        )?;
+        tx.execute(
+            "INSERT INTO threshold_versions (version, imported_at, source) VALUES (?1, ?2, ?3)",
+            params![version, at.micros(), source],
+        )?;
+        {
+            let mut st = tx.prepare(
+                "INSERT INTO threshold_bands (version, ref_id, attribute, low_age_limit, high_age_limit,
+                   low_range_value, high_range_value, alert_flag, alert_message, priority, patient_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            )?;
+            for b in bands {
+                st.execute(params![
+                    version,
+                    b.ref_id,
+                    b.attribute,
+                    b.low_age_limit,
+                    b.high_age_limit,
+                    b.low_range_value,
+                    b.high_range_value,
+                    b.alert_flag,
+                    b.alert_message,
+                    b.priority.as_str(),
+                    b.patient_id.as_ref().map(PatientId::as_str)
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(version)
+    }
+
+    /// The current (latest) threshold table; version 0 and no bands if none was imported.
+    pub fn thresholds(&self) -> Result<ThresholdTable, CatalogError> {
+        let version: u32 = self.conn.query_row(
+            "SELECT COALESCE(MAX(version), 0) FROM threshold_versions",
+            [],
+            |r| r.get(0),
+        )?;
+        self.thresholds_version(version)
+    }
+
+    /// One stored version of the threshold table.
+    pub fn thresholds_version(&self, version: u32) -> Result<ThresholdTable, CatalogError> {
+        let mut st = self.conn.prepare(
+            "SELECT ref_id, attribute, low_age_limit, high_age_limit, low_range_value, high_range_value,
+                    alert_flag, alert_message, priority, patient_id
+             FROM threshold_bands WHERE version = ?1 ORDER BY ref_id",
+        )?;
+        let rows = st.query_map([version], |r| {
+            Ok((
+                r.get::<_, u32>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, u32>(2)?,
+                r.get::<_, u32>(3)?,
+                r.get::<_, f64>(4)?,
+                r.get::<_, f64>(5)?,
+                r.get::<_, bool>(6)?,
+                r.get::<_, String>(7)?,
+                r.get::<_, String>(8)?,
+                r.get::<_, Option<String>>(9)?,
+            ))
+        })?;
+        let mut bands = Vec::new();
+        for row in rows {
+            let (ref_id, attribute, la, ha, lv, hv, flag, msg, prio, pid) = row?;
+            let vital = Vital::from_name(&attribute)
+                .ok_or_else(|| CatalogError::Corrupt(format!("band {ref_id}: unknown attribute {attribute}")))?;
+            let priority = Priority::parse(&prio)
+                .ok_or_else(|| CatalogError::Corrupt(format!("band {ref_id}: priority {prio}")))?;
+            bands.push(ThresholdBand {
+                ref_id,
+                attribute,
+                vital,
+                low_age_limit: la,
+                high_age_limit: ha,
+                low_range_value: lv,
+                high_range_value: hv,
+                alert_flag: flag,
+                alert_message: msg,
+                priority,
+                patient_id: pid.map(PatientId),
+            });
+        }
+        Ok(ThresholdTable { version, bands })
+    }
+
+    /// Every stored threshold version, oldest first.
+    pub fn threshold_versions(&self) -> Result<Vec<ThresholdVersion>, CatalogError> {
+        let mut st = self.conn.prepare(
+            "SELECT v.version, v.imported_at, v.source, COUNT(b.ref_id)
+             FROM threshold_versions v LEFT JOIN threshold_bands b ON b.version = v.version
+             GROUP BY v.version ORDER BY v.version",
+        )?;
+        let rows = st.query_map([], |r| {
+            Ok(ThresholdVersion {
+                version: r.get(0)?,
+                imported_at: Timestamp(r.get(1)?),
+                source: r.get(2)?,
+                bands: r.get(3)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Records alert events in one transaction. Returns, per event, whether it was new:
+    /// an event already recorded (a replay) is skipped, so callers notify only on `true`.
+    pub fn record_alert_events(&mut self, events: &[AlertEvent]) -> Result<Vec<bool>, CatalogError> {
+        let tx = self.conn.transaction()?;
+        let mut fresh = Vec::with_capacity(events.len());
+        {
+            let mut ins = tx.prepare(
+                "INSERT OR IGNORE INTO alert_events (alert_id, event, at, body) VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            let mut up = tx.prepare(
+                "INSERT INTO alerts (alert_id, patient_id, rule_key, priority, state, opened_at, updated_at, latest_event)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                 ON CONFLICT(alert_id) DO UPDATE SET priority = excluded.priority, state = excluded.state,
+                   updated_at = excluded.updated_at, latest_event = excluded.latest_event
+                 WHERE excluded.updated_at >= alerts.updated_at",
+            )?;
+            for e in events {
+                let body = serde_json::to_string(e)?;
+                // Identity of an event: the reading time that caused it, or for events
+                // without a reading (acknowledgements, re-notifications) when it happened.
+                let at = event_time(e);
+                let n = ins.execute(params![e.alert_id, e.event.as_str(), at.micros(), body])?;
+                fresh.push(n == 1);
+                if n == 1 {
+                    up.execute(params![
+                        e.alert_id,
+                        e.patient_id.as_str(),
+                        e.rule_key,
+                        e.priority.as_str(),
+                        e.state.as_str(),
+                        e.episode_start.micros(),
+                        at.micros(),
+                        body
+                    ])?;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(fresh)
+    }
+
+    /// Alerts, newest first: all, or only those not resolved.
+    pub fn alerts(&self, only_open: bool, limit: usize) -> Result<Vec<StoredAlert>, CatalogError> {
+        let sql = format!(
+            "SELECT a.latest_event, (SELECT COUNT(*) FROM alert_events e WHERE e.alert_id = a.alert_id)
+             FROM alerts a {} ORDER BY a.updated_at DESC, a.alert_id LIMIT ?1",
+            if only_open { "WHERE a.state <> 'resolved'" } else { "" }
+        );
+        let mut st = self.conn.prepare(&sql)?;
+        let rows = st.query_map([limit as i64], |r| Ok((r.get::<_, String>(0)?, r.get::<_, u32>(1)?)))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (body, events) = row?;
+            out.push(StoredAlert {
+                latest: serde_json::from_str(&body)?,
+                events,
+            });
+        }
+        Ok(out)
+    }
+
+    /// One alert's latest event, if it exists.
+    pub fn alert(&self, alert_id: &str) -> Result<Option<AlertEvent>, CatalogError> {
+        let body: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT latest_event FROM alerts WHERE alert_id = ?1",
+                [alert_id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(match body {
+            Some(b) => Some(serde_json::from_str(&b)?),
+            None => None,
+        })
+    }
+
+    /// Whether the catalog has no patients and no thresholds yet (a fresh data directory).
+    pub fn is_empty(&self) -> Result<bool, CatalogError> {
+        let n: i64 = self.conn.query_row(
+            "SELECT (SELECT COUNT(*) FROM patients) + (SELECT COUNT(*) FROM threshold_versions)",
+            [],
+            |r| r.get(0),
+        )?;
+        Ok(n == 0)
+    }
+}
+
+/// The time that identifies an alert event for idempotency.
+fn event_time(e: &AlertEvent) -> Timestamp {
+    use vitalwatch_core::alert::AlertEventKind::*;
+    match e.event {
+        Triggered | Resolved | Escalated => e.input_message_time,
+        Renotified | Acknowledged => e.alert_generated_time,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vitalwatch_core::engine::{Engine, Findings};
+    use vitalwatch_core::model::{DeviceId, Observation, VitalSet};
+    use vitalwatch_core::reference::{
+        CLASSIC_PATIENTS_CSV, CLASSIC_THRESHOLDS_CSV, parse_patients_csv, parse_threshold_csv,
+    };
+    use vitalwatch_core::rules::{Profile, RulesConfig};
+
+    #[test]
+    fn reference_data_round_trips_and_versions() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("catalog.sqlite");
+        let mut c = SqliteCatalog::open(&path).unwrap();
+        assert!(c.is_empty().unwrap());
+        let patients = parse_patients_csv(CLASSIC_PATIENTS_CSV.as_bytes()).unwrap();
+        c.import_patients(&patients).unwrap();
+        let bands = parse_threshold_csv(CLASSIC_THRESHOLDS_CSV.as_bytes()).unwrap();
+        assert_eq!(c.import_thresholds(&bands, "a.csv", Timestamp(1)).unwrap(), 1);
+        let mut changed = bands.clone();
+        changed[0].alert_message = "Bradycardia".into();
+        assert_eq!(c.import_thresholds(&changed, "b.csv", Timestamp(2)).unwrap(), 2);
+        drop(c);
+
+        let c = SqliteCatalog::open(&path).unwrap();
+        assert_eq!(c.patients().unwrap(), patients);
+        let t = c.thresholds().unwrap();
+        assert_eq!(t.version, 2);
+        assert_eq!(t.bands, changed);
+        assert_eq!(c.thresholds_version(1).unwrap().bands, bands);
+        let versions = c.threshold_versions().unwrap();
+        assert_eq!(versions.iter().map(|v| (v.version, v.bands)).collect::<Vec<_>>(), vec![(1, 12), (2, 12)]);
+    }
+
+    #[test]
+    fn replayed_alert_events_are_not_new() {
+        let mut c = SqliteCatalog::open_in_memory().unwrap();
+        let patients = parse_patients_csv(CLASSIC_PATIENTS_CSV.as_bytes()).unwrap();
+        let table = ThresholdTable {
+            version: 1,
+            bands: parse_threshold_csv(CLASSIC_THRESHOLDS_CSV.as_bytes()).unwrap(),
+        };
+        let events = |now: i64| {
+            let mut e = Engine::new(
+                RulesConfig { profile: Profile::Classic, ..RulesConfig::default() },
+                patients.clone(),
+                table.clone(),
+            );
+            let mut f = Findings::default();
+            let o = Observation {
+                patient_id: PatientId("5".into()),
+                device_id: DeviceId("d".into()),
+                observed_at: Timestamp(1_000_000),
+                ingested_at: Timestamp(1_000_000),
+                vitals: VitalSet::default().with(Vital::HeartRate, 90.0).with(Vital::Systolic, 200.0),
+            };
+            e.process(&o, Timestamp(now), &mut f);
+            f.events
+        };
+        let first = events(2_000_000);
+        assert_eq!(first.len(), 2);
+        assert_eq!(c.record_alert_events(&first).unwrap(), vec![true, true]);
+        // A replay generates the same alerts at a later wall-clock time: nothing new.
+        assert_eq!(c.record_alert_events(&events(9_000_000)).unwrap(), vec![false, false]);
+        let stored = c.alerts(true, 10).unwrap();
+        assert_eq!(stored.len(), 2);
+        assert_eq!(stored[0].events, 1);
+        assert_eq!(c.alert(&first[0].alert_id).unwrap().unwrap().alert_message, first[0].alert_message);
+    }
+}

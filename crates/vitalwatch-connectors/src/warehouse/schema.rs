@@ -140,7 +140,7 @@ pub(crate) fn partition_dir(root: &Path, table: &str, hour_key: i64) -> PathBuf 
         .unwrap_or_else(|| format!("day{days}"));
     root.join(table)
         .join(format!("date={date}"))
-        .join(format!("hour={hour:02}"))
+        .join(format!("hour={hour}"))
 }
 
 #[cfg(test)]

@@ -17,7 +17,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use datafusion::arrow::array::{
-    ArrayBuilder, ArrayRef, Float64Builder, Int32Builder, StringBuilder, TimestampMicrosecondBuilder,
+    ArrayBuilder, ArrayRef, Float64Builder, Int32Builder, StringBuilder,
+    TimestampMicrosecondBuilder,
 };
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::error::ArrowError;
@@ -38,10 +39,18 @@ use super::{TableStats, WarehouseConfig, WarehouseError, WarehouseStats};
 /// microsecond still never pick the same name.
 static FILE_SEQ: AtomicU64 = AtomicU64::new(0);
 
+/// Open files per table beyond which the oldest are closed (see `Table::close_excess`).
+const MAX_OPEN_FILES_PER_TABLE: usize = 32;
+
 /// Rolling Parquet writer with one open file per `(table, date, hour)` partition.
 ///
 /// Not thread-safe by design: the archive task owns it. Dropping it without
 /// [`ParquetSink::close`] closes the files best-effort and logs failures.
+///
+/// Errors: a `write_*` call that fails may have accepted part of its slice, and a file
+/// that fails mid-write is discarded with the rows it held. Rows count as stored only once
+/// [`ParquetSink::roll`] (or `close`) succeeds, so a source that commits its position
+/// after that replays whatever was lost: the warehouse is at-least-once.
 pub struct ParquetSink {
     files: Files,
     vitals: Table<VitalRows>,
@@ -418,6 +427,29 @@ impl<R: Rows> Table<R> {
     fn open_files(&self) -> usize {
         self.parts.iter().filter(|p| p.file.is_some()).count()
     }
+
+    /// Live data keeps one or two hours open, but a fast replay of history can touch
+    /// hundreds of hours within one `roll_interval`; each open file holds a row group in
+    /// memory and a file descriptor, so the oldest are closed beyond a fixed cap.
+    fn close_excess(&mut self, files: &Files) -> Result<(), WarehouseError> {
+        let open = self.open_files();
+        if open <= MAX_OPEN_FILES_PER_TABLE {
+            return Ok(());
+        }
+        let mut by_age: Vec<(Instant, usize)> = (self.parts.iter().enumerate())
+            .filter_map(|(i, p)| p.file.as_ref().map(|f| (f.opened, i)))
+            .collect();
+        by_age.sort_unstable();
+        let mut first = None;
+        for &(_, i) in &by_age[..open - MAX_OPEN_FILES_PER_TABLE] {
+            if let Some(f) = self.parts[i].file.take()
+                && let Err(e) = files.close(f, &mut self.stats)
+            {
+                first.get_or_insert(e);
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
 }
 
 /// What the sink does to every table, whatever its row type.
@@ -425,8 +457,11 @@ trait TableOps {
     fn name(&self) -> &'static str;
     fn flush(&mut self, files: &Files) -> Result<(), WarehouseError>;
     /// Closes files at least `max_age` old, or all of them with `None`.
-    fn close_files(&mut self, files: &Files, max_age: Option<Duration>)
-    -> Result<(), WarehouseError>;
+    fn close_files(
+        &mut self,
+        files: &Files,
+        max_age: Option<Duration>,
+    ) -> Result<(), WarehouseError>;
 }
 
 impl<R: Rows> TableOps for Table<R> {
@@ -444,10 +479,14 @@ impl<R: Rows> TableOps for Table<R> {
             // The builders are drained even if the write fails: those rows are lost to
             // this sink (never committed), and the counter must not claim otherwise.
             self.buffered -= n;
-            if let Err(e) = write_partition(self.name, &self.schema, part, key, files, &mut self.stats)
+            if let Err(e) =
+                write_partition(self.name, &self.schema, part, key, files, &mut self.stats)
             {
                 first.get_or_insert(e);
             }
+        }
+        if let Err(e) = self.close_excess(files) {
+            first.get_or_insert(e);
         }
         first.map_or(Ok(()), Err)
     }
@@ -463,15 +502,20 @@ impl<R: Rows> TableOps for Table<R> {
                 .file
                 .as_ref()
                 .is_some_and(|f| max_age.is_none_or(|age| f.opened.elapsed() >= age));
-            if due && let Some(f) = part.file.take() {
-                if let Err(e) = files.close(f, &mut self.stats) {
-                    first.get_or_insert(e);
-                }
+            if due
+                && let Some(f) = part.file.take()
+                && let Err(e) = files.close(f, &mut self.stats)
+            {
+                first.get_or_insert(e);
             }
         }
         // Forget idle partitions so a replay of months of history does not keep one
         // buffer per hour alive forever.
-        if self.parts.iter().any(|p| p.file.is_none() && p.rows.len() == 0) {
+        if self
+            .parts
+            .iter()
+            .any(|p| p.file.is_none() && p.rows.len() == 0)
+        {
             let mut i = 0;
             while i < self.parts.len() {
                 let p = &self.parts[i];

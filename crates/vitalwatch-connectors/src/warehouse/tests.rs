@@ -65,7 +65,11 @@ async fn count(root: &Path, table: &str) -> i64 {
     let b = query(root, &format!("SELECT count(*) FROM {table}"))
         .await
         .unwrap();
-    let c = b[0].column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+    let c = b[0]
+        .column(0)
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .unwrap();
     c.value(0)
 }
 
@@ -89,7 +93,11 @@ fn observations() -> Vec<Observation> {
             if i % 2 == 0 {
                 v.set(Vital::Spo2, (90 + i % 5) as f64);
             }
-            obs(&format!("p{}", i % 4), hours[i as usize % 3] + i * 1_000_123, v)
+            obs(
+                &format!("p{}", i % 4),
+                hours[i as usize % 3] + i * 1_000_123,
+                v,
+            )
         })
         .collect()
 }
@@ -118,7 +126,11 @@ async fn vitals_round_trip_through_hive_layout() {
     let mid = sink.stats().vitals;
     assert_eq!(mid.rows_written, 46);
     assert!(mid.rows_committed > 0 && mid.rows_committed < 46, "{mid:?}");
-    assert!(files(root).iter().any(|f| f.to_string_lossy().ends_with(".inprogress")));
+    assert!(
+        files(root)
+            .iter()
+            .any(|f| f.to_string_lossy().ends_with(".inprogress"))
+    );
     assert_eq!(count(root, VITALS).await, mid.rows_committed as i64);
 
     let stats = sink.close().unwrap();
@@ -163,7 +175,8 @@ async fn vitals_round_trip_through_hive_layout() {
     );
 
     // Partition columns come back typed: Date32 and Int32.
-    let sql = "SELECT date, hour, count(*) AS n FROM vitals GROUP BY date, hour ORDER BY date, hour";
+    let sql =
+        "SELECT date, hour, count(*) AS n FROM vitals GROUP BY date, hour ORDER BY date, hour";
     let parts = query(root, sql).await.unwrap();
     let schema = parts[0].schema();
     assert_eq!(schema.field(0).data_type(), &DataType::Date32);
@@ -197,11 +210,14 @@ async fn vitals_round_trip_through_hive_layout() {
         .iter()
         .find(|f| f.starts_with("vitals/date=2026-03-02/hour=7"))
         .unwrap();
-    let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(root.join(f)).unwrap())
-        .unwrap();
+    let reader =
+        ParquetRecordBatchReaderBuilder::try_new(File::open(root.join(f)).unwrap()).unwrap();
     let arrow_schema = reader.schema().clone();
     for name in ["observed_at", "ingested_at"] {
-        assert_eq!(arrow_schema.field_with_name(name).unwrap().data_type(), &ts_utc());
+        assert_eq!(
+            arrow_schema.field_with_name(name).unwrap().data_type(),
+            &ts_utc()
+        );
     }
     let meta = reader.metadata();
     let descr = meta.file_metadata().schema_descr();
@@ -223,6 +239,15 @@ async fn vitals_round_trip_through_hive_layout() {
     assert!(first_run.iter().all(|f| second_run.contains(f)));
     assert!(second_run.len() > first_run.len());
     assert_eq!(count(root, VITALS).await, 46 + 45);
+}
+
+fn dead(at: i64) -> DeadLetter {
+    DeadLetter {
+        received_at: Timestamp(at),
+        source: "http".into(),
+        reason: "heart_rate 900 outside 0..=350".into(),
+        payload: r#"{"customerId":1,"heartBeat":900}"#.into(),
+    }
 }
 
 #[tokio::test]
@@ -260,12 +285,6 @@ async fn alerts_dead_letters_and_unclassified_round_trip() {
         device_id: Some("bed-4".into()),
         acknowledged_by: None,
     };
-    let dead = |at: i64| DeadLetter {
-        received_at: Timestamp(at),
-        source: "http".into(),
-        reason: "heart_rate 900 outside 0..=350".into(),
-        payload: r#"{"customerId":1,"heartBeat":900}"#.into(),
-    };
     let unclassified = Unclassified {
         patient_id: PatientId("unknown-7".into()),
         device_id: DeviceId("bed-9".into()),
@@ -276,8 +295,10 @@ async fn alerts_dead_letters_and_unclassified_round_trip() {
     };
 
     let mut sink = ParquetSink::new(config(root)).unwrap();
-    sink.write_alert_events(std::slice::from_ref(&alert)).unwrap();
-    sink.write_dead_letters(&[dead(t), dead(t + 2 * HOUR)]).unwrap();
+    sink.write_alert_events(std::slice::from_ref(&alert))
+        .unwrap();
+    sink.write_dead_letters(&[dead(t), dead(t + 2 * HOUR)])
+        .unwrap();
     sink.write_unclassified(std::slice::from_ref(&unclassified))
         .unwrap();
     // tick() publishes only files older than roll_interval (an hour here): nothing yet.
@@ -285,7 +306,11 @@ async fn alerts_dead_letters_and_unclassified_round_trip() {
     assert_eq!(count(root, ALERTS).await, 0);
     let stats = sink.close().unwrap();
     assert_eq!(stats.files_closed(), 4);
-    assert!(!files(root).iter().any(|f| f.to_string_lossy().contains("inprogress")));
+    assert!(
+        !files(root)
+            .iter()
+            .any(|f| f.to_string_lossy().contains("inprogress"))
+    );
 
     let out = csv(
         root,
@@ -313,8 +338,11 @@ async fn alerts_dead_letters_and_unclassified_round_trip() {
     assert_eq!(row["value"], serde_json::Value::Null);
 
     assert_eq!(
-        csv(root, "SELECT hour, count(*) AS n FROM dead_letters GROUP BY hour ORDER BY hour")
-            .await,
+        csv(
+            root,
+            "SELECT hour, count(*) AS n FROM dead_letters GROUP BY hour ORDER BY hour"
+        )
+        .await,
         "hour,n\n1,1\n23,1\n"
     );
     assert_eq!(
@@ -335,15 +363,45 @@ async fn fresh_warehouse_has_empty_tables_and_ddl() {
         let ctx = datafusion::prelude::SessionContext::new();
         register_warehouse(&ctx, &root).await.unwrap();
         let schema = ctx.table(VITALS).await.unwrap().schema().as_arrow().clone();
-        assert_eq!(schema.field_with_name("date").unwrap().data_type(), &DataType::Date32);
-        assert_eq!(schema.field_with_name("hour").unwrap().data_type(), &DataType::Int32);
+        assert_eq!(
+            schema.field_with_name("date").unwrap().data_type(),
+            &DataType::Date32
+        );
+        assert_eq!(
+            schema.field_with_name("hour").unwrap().data_type(),
+            &DataType::Int32
+        );
     }
 
     let ddl = hive_ddl(Path::new("/data/wh"));
     assert_eq!(ddl.matches("CREATE EXTERNAL TABLE").count(), 4);
-    assert_eq!(ddl.matches("PARTITIONED BY (`date` DATE, `hour` INT)").count(), 4);
+    assert_eq!(
+        ddl.matches("PARTITIONED BY (`date` DATE, `hour` INT)")
+            .count(),
+        4
+    );
     assert!(ddl.contains("LOCATION 'file:///data/wh/vitals';\nMSCK REPAIR TABLE `vitals`;"));
     assert!(ddl.contains("  `observed_at` TIMESTAMP,\n"));
     assert!(ddl.contains("  `news2_score` INT,\n"));
     assert!(!ddl.contains("patientname"));
+}
+
+#[test]
+fn replaying_many_hours_caps_open_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sink = ParquetSink::new(config(dir.path())).unwrap();
+    let dls: Vec<DeadLetter> = (0..40).map(|h| dead(D1_H23 + h * HOUR)).collect();
+    sink.write_dead_letters(&dls).unwrap();
+    sink.flush().unwrap();
+    // 40 hours touched long before roll_interval: the oldest 8 files were closed early.
+    assert_eq!(sink.open_files(), 32);
+    assert_eq!(sink.stats().dead_letters.files_closed, 8);
+    let stats = sink.close().unwrap();
+    assert_eq!(
+        (
+            stats.dead_letters.files_closed,
+            stats.dead_letters.rows_committed
+        ),
+        (40, 40)
+    );
 }

@@ -1,0 +1,200 @@
+//! `vitalwatch bench`: measured speed, printed as readings/s and latency percentiles.
+//!
+//! - `bench engine`: the pure rules engine on one thread over pre-generated simulator
+//!   observations (decoding and I/O excluded), for the standard and classic profiles.
+//! - `bench http`: a real server on a loopback port and a paced HTTP/1.1 client in the same
+//!   process; latency is from each reading's `observed_at` (set by the client as it sends)
+//!   to its alert being written to the catalog and the alert log.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Instant;
+
+use anyhow::Context;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use tokio_util::sync::CancellationToken;
+use vitalwatch_core::engine::{Engine, Findings};
+use vitalwatch_core::model::{Observation, Timestamp};
+use vitalwatch_core::reference::{CLASSIC_THRESHOLDS_CSV, ThresholdTable, parse_threshold_csv};
+use vitalwatch_core::rules::{Profile, RulesConfig};
+use vitalwatch_core::simulate::{SimConfig, Simulator};
+
+use crate::config::Config;
+use crate::metrics::{Metrics, percentile};
+use crate::pipeline::{Clock, Pipeline, PipelineOptions, wall_now};
+
+/// `vitalwatch bench engine`
+pub fn engine(patients: usize, readings: u64) -> anyhow::Result<()> {
+    let mut sim = Simulator::new(SimConfig {
+        patients,
+        ..SimConfig::default()
+    });
+    // One hour of observations per patient would be large; 200k observation sets
+    // (1.6 M readings) cover every patient many times and fit in cache-unfriendly memory,
+    // like a real ward stream.
+    let n_obs = 200_000usize;
+    let input: Vec<Observation> = (0..n_obs).map(|_| sim.next_observation()).collect();
+    let per_obs = input.iter().map(|o| o.vitals.len() as u64).sum::<u64>() as f64 / n_obs as f64;
+    let table = ThresholdTable {
+        version: 1,
+        bands: parse_threshold_csv(CLASSIC_THRESHOLDS_CSV.as_bytes())?,
+    };
+    println!(
+        "engine benchmark: {patients} patients, {readings} readings per profile ({per_obs:.0} vitals per observation set), one thread"
+    );
+    for profile in [Profile::Standard, Profile::Classic] {
+        let rules = RulesConfig {
+            profile,
+            ..RulesConfig::default()
+        };
+        let mut engine = Engine::new(rules, sim.patients().to_vec(), table.clone());
+        let mut findings = Findings::default();
+        let now = Timestamp(0);
+        let mut done = 0u64;
+        let mut events = 0u64;
+        // Later passes shift time so the engine sees a continuing stream.
+        let span = input.last().map(|o| o.observed_at.0 - input[0].observed_at.0 + 1).unwrap_or(1);
+        let mut pass = 0i64;
+        let t = Instant::now();
+        while done < readings {
+            for o in &input {
+                let shifted;
+                let o = if pass == 0 {
+                    o
+                } else {
+                    shifted = Observation {
+                        observed_at: Timestamp(o.observed_at.0 + pass * span),
+                        ..o.clone()
+                    };
+                    &shifted
+                };
+                engine.process(o, now, &mut findings);
+                done += o.vitals.len() as u64;
+                events += findings.events.len() as u64;
+                findings.clear();
+                if done >= readings {
+                    break;
+                }
+            }
+            pass += 1;
+        }
+        let secs = t.elapsed().as_secs_f64();
+        println!(
+            "  profile {:<8} {:>12.0} readings/s  ({done} readings in {secs:.3}s, {events} alert events)",
+            profile.as_str(),
+            done as f64 / secs
+        );
+    }
+    Ok(())
+}
+
+/// `vitalwatch bench http`
+pub async fn http(rate: u64, duration: vitalwatch_core::model::Duration, connections: usize) -> anyhow::Result<()> {
+    let dir = tempfile_dir()?;
+    let mut cfg = Config::default();
+    cfg.data_dir = dir.clone();
+    cfg.rules.profile = Profile::Classic;
+    cfg.alerts.console = false;
+    crate::commands::seed_for_bench(&cfg)?;
+    let metrics = Arc::new(Metrics::default());
+    metrics.keep_latency_samples();
+    let pipeline = Pipeline::start(&cfg, PipelineOptions { clock: Clock::Wall, console: false }, metrics.clone())?;
+    let cancel = CancellationToken::new();
+    let (addr, server) = crate::http::serve(
+        "127.0.0.1:0".parse()?,
+        pipeline.handle(),
+        cfg.http.max_body_bytes,
+        cancel.clone(),
+    )
+    .await?;
+    let total = (rate as f64 * duration.micros() as f64 / 1e6) as u64;
+    println!(
+        "http benchmark: {total} readings at {rate}/s over {connections} connections to http://{addr}, classic profile (every reading alerts)"
+    );
+    let start = Instant::now();
+    let per_conn_interval = std::time::Duration::from_secs_f64(connections as f64 / rate as f64);
+    let mut tasks = Vec::new();
+    for c in 0..connections {
+        let n = total / connections as u64 + u64::from((c as u64) < total % connections as u64);
+        tasks.push(tokio::spawn(async move {
+            let stream = tokio::net::TcpStream::connect(addr).await?;
+            stream.set_nodelay(true)?;
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Full<Bytes>>(io).await?;
+            tokio::spawn(conn);
+            let mut ticker = tokio::time::interval(per_conn_interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            // Stagger connections across the interval.
+            tokio::time::sleep(per_conn_interval.mul_f64(c as f64 / connections as f64)).await;
+            let mut rtts = Vec::with_capacity(n as usize);
+            for i in 0..n {
+                ticker.tick().await;
+                // Patient 3 (56) at 120 bpm is in the classic "Higher Heart Rate" band.
+                let body = format!(
+                    r#"{{"patient_id":"3","device_id":"bench-{c}","observed_at":"{}","vitals":{{"heart_rate":{}}}}}"#,
+                    wall_now().to_datetime().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                    100 + (i % 50)
+                );
+                let req = hyper::Request::post("/v1/readings")
+                    .header("host", "127.0.0.1")
+                    .header("content-type", "application/json")
+                    .body(Full::new(Bytes::from(body)))?;
+                let t = Instant::now();
+                let resp = sender.send_request(req).await?;
+                let status = resp.status();
+                let _ = resp.into_body().collect().await?;
+                rtts.push(t.elapsed().as_micros() as u64);
+                anyhow::ensure!(status == 202, "server answered {status}");
+            }
+            anyhow::Ok(rtts)
+        }));
+    }
+    let mut rtts = Vec::new();
+    for t in tasks {
+        rtts.extend(t.await??);
+    }
+    let send_secs = start.elapsed().as_secs_f64();
+    // Wait for the last alerts to be written.
+    let deadline = Instant::now() + std::time::Duration::from_secs(10);
+    while metrics.alerts_total() < total && Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    cancel.cancel();
+    server.await??;
+    let summary = tokio::task::spawn_blocking(move || pipeline.shutdown()).await??;
+    let mut lat = metrics.take_latency_samples();
+    lat.sort_unstable();
+    rtts.sort_unstable();
+    let ms = |us: u64| us as f64 / 1000.0;
+    println!(
+        "  sent {} readings in {send_secs:.2}s = {:.0} readings/s; alerts written: {}",
+        rtts.len(),
+        rtts.len() as f64 / send_secs,
+        metrics.alerts_total()
+    );
+    println!(
+        "  ingest-to-alert latency: p50 {:.3} ms  p90 {:.3} ms  p99 {:.3} ms  max {:.3} ms  ({} samples)",
+        ms(percentile(&lat, 0.50)),
+        ms(percentile(&lat, 0.90)),
+        ms(percentile(&lat, 0.99)),
+        ms(lat.last().copied().unwrap_or(0)),
+        lat.len()
+    );
+    println!(
+        "  HTTP round trip:         p50 {:.3} ms  p90 {:.3} ms  p99 {:.3} ms  max {:.3} ms",
+        ms(percentile(&rtts, 0.50)),
+        ms(percentile(&rtts, 0.90)),
+        ms(percentile(&rtts, 0.99)),
+        ms(rtts.last().copied().unwrap_or(0))
+    );
+    println!("  dead letters: {}, warehouse rows: {}", summary.dead_letters, metrics.archived_rows.load(Relaxed));
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
+    let d = std::env::temp_dir().join(format!("vitalwatch-bench-{}-{}", std::process::id(), wall_now().micros()));
+    std::fs::create_dir_all(&d).with_context(|| format!("cannot create {}", d.display()))?;
+    Ok(d)
+}

@@ -1,0 +1,313 @@
+//! The command line: one subcommand per user task, each a thin layer over the libraries.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use vitalwatch_core::codec::InputFormat;
+use vitalwatch_core::rules::Profile;
+
+/// Real-time patient-vitals alerting: ingest, evaluate, alert, archive.
+#[derive(Debug, Parser)]
+#[command(name = "vitalwatch", version, about, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the live pipeline: simulator and HTTP ingest → engine → alerts + warehouse.
+    Run(RunArgs),
+    /// Push JSON-lines files through the pipeline as fast as possible, then summarise.
+    Replay(ReplayArgs),
+    /// Write simulated vitals as JSON lines.
+    Simulate(SimulateArgs),
+    /// Run SQL over the warehouse (tables vitals, alerts, dead_letters, unclassified).
+    Query(QueryArgs),
+    /// Patients in the catalog.
+    #[command(subcommand)]
+    Patients(PatientsCommand),
+    /// Threshold bands in the catalog.
+    #[command(subcommand)]
+    Thresholds(ThresholdsCommand),
+    /// Alerts recorded in the catalog.
+    #[command(subcommand)]
+    Alerts(AlertsCommand),
+    /// The configuration file.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// The warehouse layout.
+    #[command(subcommand)]
+    Warehouse(WarehouseCommand),
+    /// Measure speed: the rules engine, or HTTP ingest-to-alert latency.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+/// Options shared by commands that use a data directory.
+#[derive(Debug, Args, Clone)]
+pub struct DataArgs {
+    /// Config file (TOML). Without it, the documented defaults apply.
+    #[arg(long, short = 'c', env = "VITALWATCH_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Data directory (catalog, warehouse, alert log); overrides `data_dir`.
+    #[arg(long, env = "VITALWATCH_DATA")]
+    pub data: Option<PathBuf>,
+}
+
+/// Rule profile on the command line.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ProfileArg {
+    /// The classic design's alerts, one for one.
+    Classic,
+    /// Persistence, hysteresis, dedup, NEWS2, limits, stale devices.
+    Standard,
+}
+
+impl From<ProfileArg> for Profile {
+    fn from(p: ProfileArg) -> Self {
+        match p {
+            ProfileArg::Classic => Profile::Classic,
+            ProfileArg::Standard => Profile::Standard,
+        }
+    }
+}
+
+/// Input format on the command line.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum FormatArg {
+    /// Per record: `customerId` means classic.
+    Auto,
+    /// `{"customerId":1,"heartBeat":74,"bp":202}`.
+    Classic,
+    /// `{"patient_id":…,"vitals":{…}}`.
+    Canonical,
+}
+
+impl From<FormatArg> for InputFormat {
+    fn from(f: FormatArg) -> Self {
+        match f {
+            FormatArg::Auto => InputFormat::Auto,
+            FormatArg::Classic => InputFormat::Classic,
+            FormatArg::Canonical => InputFormat::Canonical,
+        }
+    }
+}
+
+/// `vitalwatch run`
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Rule profile; overrides `rules.profile`.
+    #[arg(long, value_enum)]
+    pub profile: Option<ProfileArg>,
+    /// HTTP listen address; overrides `http.listen`.
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// Do not start the built-in simulator.
+    #[arg(long)]
+    pub no_simulator: bool,
+    /// Simulated patients; overrides `simulator.patients`.
+    #[arg(long)]
+    pub patients: Option<usize>,
+    /// Stop by itself after this long (e.g. `30s`), as if Ctrl-C were pressed.
+    #[arg(long)]
+    pub duration: Option<String>,
+}
+
+/// `vitalwatch replay`
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Record format.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub format: FormatArg,
+    /// Rule profile; overrides `rules.profile`.
+    #[arg(long, value_enum)]
+    pub profile: Option<ProfileArg>,
+    /// Make sure demo patients 1..=N exist in the catalog first (1–5 are the classic
+    /// patients), so simulated files replay against known patients. 0: leave it alone.
+    #[arg(long, default_value_t = 24)]
+    pub demo_patients: usize,
+    /// Print each alert on the console too (default: summary only).
+    #[arg(long)]
+    pub print_alerts: bool,
+    /// JSON-lines files; `-` reads standard input.
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+}
+
+/// Output format of `simulate`.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum SimFormat {
+    /// Classic records (heart rate and systolic pressure only).
+    Classic,
+    /// Canonical records with all vitals and an episode/artifact annotation.
+    Canonical,
+}
+
+/// `vitalwatch simulate`
+#[derive(Debug, Args)]
+pub struct SimulateArgs {
+    /// Patients (1–5 are the classic patients).
+    #[arg(long, default_value_t = 24)]
+    pub patients: usize,
+    /// Observation sets per second, over all patients.
+    #[arg(long, default_value_t = 24.0)]
+    pub rate: f64,
+    /// Simulated time to cover (e.g. `10m`, `2h`).
+    #[arg(long, default_value = "1m")]
+    pub duration: String,
+    /// Seed: the same seed gives the same output.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Record format.
+    #[arg(long, value_enum, default_value = "canonical")]
+    pub format: SimFormat,
+    /// Output file, or `-` for standard output.
+    #[arg(long, short = 'o', default_value = "-")]
+    pub output: PathBuf,
+    /// Simulated start time (RFC 3339).
+    #[arg(long, default_value = "2026-01-01T00:00:00Z")]
+    pub start: String,
+}
+
+/// Output format of `query` and the list commands.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum TableFormat {
+    /// Aligned table for people.
+    Table,
+    /// CSV with a header.
+    Csv,
+    /// JSON lines, one object per row.
+    Json,
+}
+
+/// `vitalwatch query`
+#[derive(Debug, Args)]
+pub struct QueryArgs {
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: TableFormat,
+    /// The SQL statement.
+    pub sql: String,
+}
+
+/// `vitalwatch patients …`
+#[derive(Debug, Subcommand)]
+pub enum PatientsCommand {
+    /// Import patients from CSV (classic `patients_information` columns).
+    Import {
+        #[command(flatten)]
+        data: DataArgs,
+        /// The CSV file.
+        file: PathBuf,
+    },
+    /// List patients.
+    List {
+        #[command(flatten)]
+        data: DataArgs,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "table")]
+        format: TableFormat,
+    },
+}
+
+/// `vitalwatch thresholds …`
+#[derive(Debug, Subcommand)]
+pub enum ThresholdsCommand {
+    /// Import threshold bands from CSV (classic `threshold_ref` columns) as a new version.
+    Import {
+        #[command(flatten)]
+        data: DataArgs,
+        /// The CSV file.
+        file: PathBuf,
+    },
+    /// List the bands of the current version (or of `--version N`).
+    List {
+        #[command(flatten)]
+        data: DataArgs,
+        /// Show this version instead of the current one.
+        #[arg(long)]
+        version: Option<u32>,
+        /// List the stored versions instead of bands.
+        #[arg(long)]
+        versions: bool,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "table")]
+        format: TableFormat,
+    },
+}
+
+/// `vitalwatch alerts …`
+#[derive(Debug, Subcommand)]
+pub enum AlertsCommand {
+    /// List alerts, newest first (open ones unless `--all`).
+    List {
+        #[command(flatten)]
+        data: DataArgs,
+        /// Include resolved alerts.
+        #[arg(long)]
+        all: bool,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "table")]
+        format: TableFormat,
+    },
+}
+
+/// `vitalwatch config …`
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print the documented default configuration.
+    Default,
+    /// Validate a configuration file and list every problem.
+    Check {
+        /// The file.
+        file: PathBuf,
+    },
+}
+
+/// `vitalwatch warehouse …`
+#[derive(Debug, Subcommand)]
+pub enum WarehouseCommand {
+    /// Print Hive `CREATE EXTERNAL TABLE` statements for the warehouse.
+    Ddl {
+        #[command(flatten)]
+        data: DataArgs,
+    },
+}
+
+/// `vitalwatch bench …`
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Rules engine throughput on one core (readings/s), standard and classic profiles.
+    Engine {
+        /// Patients.
+        #[arg(long, default_value_t = 1000)]
+        patients: usize,
+        /// Readings to process per profile.
+        #[arg(long, default_value_t = 8_000_000)]
+        readings: u64,
+    },
+    /// HTTP ingest-to-alert latency at a steady rate, through the whole pipeline.
+    Http {
+        /// Readings per second.
+        #[arg(long, default_value_t = 5000)]
+        rate: u64,
+        /// How long to send (e.g. `10s`).
+        #[arg(long, default_value = "10s")]
+        duration: String,
+        /// Concurrent client connections.
+        #[arg(long, default_value_t = 16)]
+        connections: usize,
+    },
+}

@@ -1,0 +1,632 @@
+//! What each subcommand does: loads config, opens what it needs, calls the libraries,
+//! prints for people (stdout) and logs for operators (stderr).
+
+use std::io::{BufRead, BufReader, BufWriter, IsTerminal, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use tokio_util::sync::CancellationToken;
+use vitalwatch_connectors::catalog::SqliteCatalog;
+use vitalwatch_connectors::warehouse::{self, OutputFormat};
+use vitalwatch_core::codec::{InputFormat, decode_record, encode_canonical, encode_classic};
+use vitalwatch_core::model::{DeadLetter, Duration, Observation, Timestamp};
+use vitalwatch_core::reference::{CLASSIC_THRESHOLDS_CSV, parse_patients_csv, parse_threshold_csv};
+use vitalwatch_core::simulate::{SimConfig, Simulator, demo_patients};
+
+use crate::cli::{
+    AlertsCommand, ConfigCommand, DataArgs, PatientsCommand, ReplayArgs, RunArgs, SimFormat, SimulateArgs,
+    TableFormat, ThresholdsCommand, WarehouseCommand,
+};
+use crate::config::{self, Config};
+use crate::http;
+use crate::metrics::Metrics;
+use crate::pipeline::{Clock, IngestMsg, Pipeline, PipelineHandle, PipelineOptions, catalog_path, wall_now, warehouse_root};
+
+/// Loads the config file (or defaults) and applies `--data`.
+pub fn load_config(args: &DataArgs) -> anyhow::Result<Config> {
+    let mut cfg = match &args.config {
+        Some(p) => config::load(p)?,
+        None => Config::default(),
+    };
+    if let Some(d) = &args.data {
+        cfg.data_dir = d.clone();
+    }
+    Ok(cfg)
+}
+
+fn parse_duration(s: &str, what: &str) -> anyhow::Result<Duration> {
+    Duration::parse(s).with_context(|| format!("bad {what}"))
+}
+
+fn open_catalog(cfg: &Config) -> anyhow::Result<SqliteCatalog> {
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("cannot create data directory {}", cfg.data_dir.display()))?;
+    let p = catalog_path(&cfg.data_dir);
+    SqliteCatalog::open(&p).with_context(|| format!("cannot open catalog {}", p.display()))
+}
+
+/// First-run set-up: the classic threshold table when none is loaded, and demo patients
+/// 1..=n that are missing (existing patients are never overwritten).
+fn seed_reference(cfg: &Config, demo: usize) -> anyhow::Result<()> {
+    let mut cat = open_catalog(cfg)?;
+    if cat.thresholds()?.version == 0 {
+        let bands = parse_threshold_csv(CLASSIC_THRESHOLDS_CSV.as_bytes())?;
+        let v = cat.import_thresholds(&bands, "built-in classic threshold_ref.csv", wall_now())?;
+        tracing::info!(version = v, bands = bands.len(), "loaded the classic threshold table");
+    }
+    if demo > 0 {
+        let have: std::collections::HashSet<String> =
+            cat.patients()?.into_iter().map(|p| p.patient_id.0).collect();
+        let missing: Vec<_> = demo_patients(demo)
+            .into_iter()
+            .filter(|p| !have.contains(p.patient_id.as_str()))
+            .collect();
+        if !missing.is_empty() {
+            cat.import_patients(&missing)?;
+            tracing::info!(added = missing.len(), "added demo patients");
+        }
+    }
+    Ok(())
+}
+
+/// Peak resident memory of this process in MiB (Linux), if known.
+pub fn peak_rss_mib() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+/// `vitalwatch run`
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let t0 = Instant::now();
+    let mut cfg = load_config(&args.data)?;
+    if let Some(p) = args.profile {
+        cfg.rules.profile = p.into();
+    }
+    if let Some(l) = args.listen {
+        cfg.http.listen = l;
+    }
+    if args.no_simulator {
+        cfg.simulator.enabled = false;
+    }
+    if let Some(n) = args.patients {
+        cfg.simulator.patients = n;
+    }
+    let problems = cfg.problems();
+    if !problems.is_empty() {
+        bail!("invalid settings:\n  - {}", problems.join("\n  - "));
+    }
+    let duration = args.duration.as_deref().map(|d| parse_duration(d, "--duration")).transpose()?;
+    seed_reference(&cfg, if cfg.simulator.enabled { cfg.simulator.patients } else { 0 })?;
+
+    let metrics = Arc::new(Metrics::default());
+    let pipeline = Pipeline::start(&cfg, PipelineOptions { clock: Clock::Wall, console: true }, metrics)?;
+    let cancel = CancellationToken::new();
+
+    let mut http_task = None;
+    let mut listening = None;
+    if cfg.http.enabled {
+        let addr: SocketAddr = cfg.http.listen.parse()?;
+        let (local, task) = http::serve(addr, pipeline.handle(), cfg.http.max_body_bytes, cancel.clone()).await?;
+        listening = Some(local);
+        http_task = Some(task);
+    }
+    let sim_thread = if cfg.simulator.enabled {
+        let h = pipeline.handle();
+        let c = cancel.clone();
+        let sc = SimConfig {
+            patients: cfg.simulator.patients,
+            seed: cfg.simulator.seed,
+            start: wall_now(),
+            interval: cfg.simulator.interval,
+            ..SimConfig::default()
+        };
+        Some(std::thread::Builder::new().name("simulator".into()).spawn(move || simulate_live(sc, h, c))?)
+    } else {
+        None
+    };
+    eprintln!(
+        "vitalwatch ready in {:.0} ms: profile {}, {}, {}, data in {}",
+        t0.elapsed().as_secs_f64() * 1e3,
+        cfg.rules.profile.as_str(),
+        match listening {
+            Some(a) => format!("HTTP on http://{a} (POST /v1/readings)"),
+            None => "HTTP off".into(),
+        },
+        if cfg.simulator.enabled {
+            format!("simulating {} patients", cfg.simulator.patients)
+        } else {
+            "simulator off".into()
+        },
+        cfg.data_dir.display()
+    );
+    eprintln!("press Ctrl-C to stop");
+
+    let stop = async {
+        match duration {
+            Some(d) => tokio::time::sleep(d.to_std()).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => { r.context("cannot listen for Ctrl-C")?; eprintln!("\nstopping: draining in-flight work…"); }
+        _ = stop => { eprintln!("stopping after {}: draining in-flight work…", args.duration.unwrap_or_default()); }
+    }
+    cancel.cancel();
+    if let Some(t) = http_task {
+        t.await??;
+    }
+    if let Some(t) = sim_thread {
+        let _ = t.join();
+    }
+    let summary = tokio::task::spawn_blocking(move || pipeline.shutdown()).await??;
+    eprintln!("{summary}");
+    if let Some(m) = peak_rss_mib() {
+        eprintln!("peak memory: {m:.1} MiB");
+    }
+    Ok(())
+}
+
+/// Feeds simulated observations in real time until cancelled.
+fn simulate_live(config: SimConfig, h: PipelineHandle, cancel: CancellationToken) {
+    let mut sim = Simulator::new(config);
+    let mut next = sim.next_observation();
+    while !cancel.is_cancelled() {
+        let now = wall_now();
+        let mut batch = Vec::new();
+        while next.observed_at <= now {
+            let mut o = std::mem::replace(&mut next, sim.next_observation());
+            o.ingested_at = now;
+            batch.push(o);
+        }
+        if !batch.is_empty() {
+            h.metrics.received.fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            if h.ingest.send(IngestMsg::Batch(batch)).is_err() {
+                return;
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// `vitalwatch replay`
+pub fn replay(args: ReplayArgs) -> anyhow::Result<()> {
+    let mut cfg = load_config(&args.data)?;
+    if let Some(p) = args.profile {
+        cfg.rules.profile = p.into();
+    }
+    // Replays run against the stream's own clock: no wall-clock roll-over needed.
+    seed_reference(&cfg, args.demo_patients)?;
+    for f in &args.files {
+        if f.as_os_str() != "-" && !f.is_file() {
+            bail!("no such file: {}", f.display());
+        }
+    }
+    let metrics = Arc::new(Metrics::default());
+    let pipeline = Pipeline::start(
+        &cfg,
+        PipelineOptions {
+            clock: Clock::Stream,
+            console: args.print_alerts,
+        },
+        metrics,
+    )?;
+    let h = pipeline.handle();
+    let format: InputFormat = args.format.into();
+    let total_bytes: u64 = args
+        .files
+        .iter()
+        .filter(|f| f.as_os_str() != "-")
+        .filter_map(|f| std::fs::metadata(f).ok())
+        .map(|m| m.len())
+        .sum();
+    let bar = progress_bar(total_bytes, "replaying");
+    let reader = {
+        let bar = bar.clone();
+        let files = args.files.clone();
+        std::thread::Builder::new()
+            .name("replay-reader".into())
+            .spawn(move || -> anyhow::Result<()> {
+                for f in &files {
+                    read_file(f, format, &h, &bar)?;
+                }
+                Ok(())
+            })?
+    };
+    let read = reader.join().map_err(|_| anyhow::anyhow!("reader thread panicked"))?;
+    bar.finish_and_clear();
+    let summary = pipeline.shutdown()?;
+    read?;
+    println!("{summary}");
+    println!("alert log: {}", cfg.data_dir.join("alerts.jsonl").display());
+    if let Some(m) = peak_rss_mib() {
+        println!("peak memory: {m:.1} MiB");
+    }
+    Ok(())
+}
+
+fn progress_bar(total: u64, what: &str) -> indicatif::ProgressBar {
+    if total == 0 || !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_message(what.to_owned());
+    bar
+}
+
+/// Observations per batch sent to the engine.
+const REPLAY_BATCH: usize = 4096;
+
+fn read_file(path: &Path, format: InputFormat, h: &PipelineHandle, bar: &indicatif::ProgressBar) -> anyhow::Result<()> {
+    let (mut input, name): (Box<dyn BufRead>, String) = if path.as_os_str() == "-" {
+        (Box::new(BufReader::with_capacity(1 << 20, std::io::stdin())), "stdin".into())
+    } else {
+        let f = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        (Box::new(BufReader::with_capacity(1 << 20, f)), path.display().to_string())
+    };
+    let mut line = Vec::with_capacity(512);
+    let mut batch = Vec::with_capacity(REPLAY_BATCH);
+    let mut dead = Vec::new();
+    let mut lineno = 0u64;
+    let mut received = 0u64;
+    let mut now = wall_now();
+    loop {
+        line.clear();
+        let n = input
+            .read_until(b'\n', &mut line)
+            .with_context(|| format!("cannot read {name}"))?;
+        if n == 0 {
+            break;
+        }
+        lineno += 1;
+        bar.inc(n as u64);
+        let rec = line.trim_ascii();
+        if rec.is_empty() {
+            continue;
+        }
+        received += 1;
+        match decode_record(rec, format, now) {
+            Ok(o) => batch.push(o),
+            Err(e) => dead.push(DeadLetter {
+                received_at: now,
+                source: format!("replay:{name}:{lineno}"),
+                reason: e.to_string(),
+                payload: http::truncate_payload(rec, 64 * 1024),
+            }),
+        }
+        if batch.len() >= REPLAY_BATCH {
+            send_batch(h, &mut batch, &mut dead, &mut received)?;
+            now = wall_now();
+        }
+    }
+    send_batch(h, &mut batch, &mut dead, &mut received)
+}
+
+fn send_batch(
+    h: &PipelineHandle,
+    batch: &mut Vec<Observation>,
+    dead: &mut Vec<DeadLetter>,
+    received: &mut u64,
+) -> anyhow::Result<()> {
+    h.metrics.received.fetch_add(std::mem::take(received), std::sync::atomic::Ordering::Relaxed);
+    if !dead.is_empty() {
+        h.dead_letters(std::mem::take(dead));
+    }
+    if !batch.is_empty() {
+        let b = std::mem::replace(batch, Vec::with_capacity(REPLAY_BATCH));
+        h.ingest.send(IngestMsg::Batch(b)).map_err(|_| anyhow::anyhow!("pipeline stopped"))?;
+    }
+    Ok(())
+}
+
+/// `vitalwatch simulate`
+pub fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
+    if args.patients == 0 {
+        bail!("--patients must be at least 1");
+    }
+    if !(args.rate.is_finite() && args.rate > 0.0) {
+        bail!("--rate must be above 0 (observation sets per second over all patients)");
+    }
+    let duration = parse_duration(&args.duration, "--duration")?;
+    let start = Timestamp::parse(&args.start).context("bad --start")?;
+    // Each patient reports every patients/rate seconds.
+    let interval = Duration((args.patients as f64 / args.rate * 1e6).round().max(1.0) as i64);
+    let count = (args.rate * duration.micros() as f64 / 1e6).round() as u64;
+    let mut sim = Simulator::new(SimConfig {
+        patients: args.patients,
+        seed: args.seed,
+        start,
+        interval,
+        ..SimConfig::default()
+    });
+    let out: Box<dyn Write> = if args.output.as_os_str() == "-" {
+        Box::new(std::io::stdout().lock())
+    } else {
+        Box::new(
+            std::fs::File::create(&args.output)
+                .with_context(|| format!("cannot create {}", args.output.display()))?,
+        )
+    };
+    let mut out = BufWriter::with_capacity(1 << 20, out);
+    let bar = if args.output.as_os_str() != "-" && count > 100_000 {
+        let b = progress_bar(count, "simulating");
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} {per_sec} eta {eta}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        b
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let mut line = String::with_capacity(512);
+    for i in 0..count {
+        let o = sim.next_observation();
+        line.clear();
+        match args.format {
+            SimFormat::Classic => encode_classic(&o, &mut line),
+            SimFormat::Canonical => {
+                let label = sim
+                    .patient_index(&o.patient_id)
+                    .and_then(|idx| sim.label_at(idx, o.observed_at))
+                    .map(|l| l.to_string());
+                encode_canonical(&o, label.as_deref(), &mut line);
+            }
+        }
+        line.push('\n');
+        if let Err(e) = out.write_all(line.as_bytes()) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                return Ok(());
+            }
+            return Err(e).context("cannot write output");
+        }
+        if i % 65_536 == 0 {
+            bar.set_position(i);
+        }
+    }
+    bar.finish_and_clear();
+    match out.flush() {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e).context("cannot write output"),
+        _ => Ok(()),
+    }
+}
+
+fn output_format(f: TableFormat) -> OutputFormat {
+    match f {
+        TableFormat::Table => OutputFormat::Table,
+        TableFormat::Csv => OutputFormat::Csv,
+        TableFormat::Json => OutputFormat::Json,
+    }
+}
+
+/// `vitalwatch query`
+pub async fn query(data: &DataArgs, sql: &str, format: TableFormat) -> anyhow::Result<()> {
+    let cfg = load_config(data)?;
+    let root = warehouse_root(&cfg.data_dir);
+    let batches = warehouse::query(&root, sql).await.context("query failed")?;
+    let text = warehouse::format_batches(&batches, output_format(format))?;
+    print!("{text}");
+    if !text.ends_with('\n') && !text.is_empty() {
+        println!();
+    }
+    Ok(())
+}
+
+/// Prints rows as a table, CSV or JSON lines.
+fn print_rows(headers: &[&str], rows: &[Vec<String>], format: TableFormat) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match format {
+        TableFormat::Table => {
+            let mut w: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+            for r in rows {
+                for (i, c) in r.iter().enumerate() {
+                    w[i] = w[i].max(c.chars().count());
+                }
+            }
+            let line = |out: &mut dyn Write, cells: &mut dyn Iterator<Item = &str>| -> std::io::Result<()> {
+                let parts: Vec<String> = cells.enumerate().map(|(i, c)| format!("{c:<width$}", width = w[i])).collect();
+                writeln!(out, "{}", parts.join("  ").trim_end())
+            };
+            line(&mut out, &mut headers.iter().copied())?;
+            line(&mut out, &mut w.iter().map(|n| "-".repeat(*n)).collect::<Vec<_>>().iter().map(String::as_str))?;
+            for r in rows {
+                line(&mut out, &mut r.iter().map(String::as_str))?;
+            }
+        }
+        TableFormat::Csv => {
+            let mut wtr = csv_writer(&mut out);
+            wtr.write_record(headers)?;
+            for r in rows {
+                wtr.write_record(r)?;
+            }
+            wtr.flush()?;
+        }
+        TableFormat::Json => {
+            for r in rows {
+                let obj: serde_json::Map<String, serde_json::Value> = headers
+                    .iter()
+                    .zip(r)
+                    .map(|(h, v)| ((*h).to_owned(), serde_json::Value::String(v.clone())))
+                    .collect();
+                writeln!(out, "{}", serde_json::Value::Object(obj))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn csv_writer<W: Write>(w: W) -> csv::Writer<W> {
+    csv::Writer::from_writer(w)
+}
+
+/// `vitalwatch patients …`
+pub fn patients(cmd: PatientsCommand) -> anyhow::Result<()> {
+    match cmd {
+        PatientsCommand::Import { data, file } => {
+            let cfg = load_config(&data)?;
+            let bytes = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let patients = parse_patients_csv(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            let n = open_catalog(&cfg)?.import_patients(&patients)?;
+            println!("imported {n} patients from {} into {}", file.display(), catalog_path(&cfg.data_dir).display());
+        }
+        PatientsCommand::List { data, format } => {
+            let cfg = load_config(&data)?;
+            let ps = open_catalog(&cfg)?.patients()?;
+            let rows: Vec<Vec<String>> = ps
+                .iter()
+                .map(|p| {
+                    vec![
+                        p.patient_id.0.clone(),
+                        p.name.clone(),
+                        p.age.to_string(),
+                        p.ward.clone(),
+                        p.phone.clone(),
+                        p.address.clone(),
+                        match p.spo2_scale {
+                            vitalwatch_core::model::Spo2Scale::Scale1 => "1".into(),
+                            vitalwatch_core::model::Spo2Scale::Scale2 => "2".into(),
+                        },
+                    ]
+                })
+                .collect();
+            print_rows(&["patientid", "patientname", "age", "admitted_ward", "phone_number", "patientaddress", "spo2_scale"], &rows, format)?;
+        }
+    }
+    Ok(())
+}
+
+/// `vitalwatch thresholds …`
+pub fn thresholds(cmd: ThresholdsCommand) -> anyhow::Result<()> {
+    match cmd {
+        ThresholdsCommand::Import { data, file } => {
+            let cfg = load_config(&data)?;
+            let bytes = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let bands = parse_threshold_csv(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            let source = file.display().to_string();
+            let v = open_catalog(&cfg)?.import_thresholds(&bands, &source, wall_now())?;
+            println!("imported {} bands from {} as version {v}", bands.len(), file.display());
+        }
+        ThresholdsCommand::List { data, version, versions, format } => {
+            let cfg = load_config(&data)?;
+            let cat = open_catalog(&cfg)?;
+            if versions {
+                let rows: Vec<Vec<String>> = cat
+                    .threshold_versions()?
+                    .into_iter()
+                    .map(|v| vec![v.version.to_string(), v.imported_at.to_string(), v.bands.to_string(), v.source])
+                    .collect();
+                return print_rows(&["version", "imported_at", "bands", "source"], &rows, format);
+            }
+            let t = match version {
+                Some(v) => cat.thresholds_version(v)?,
+                None => cat.thresholds()?,
+            };
+            if t.bands.is_empty() {
+                eprintln!("no threshold bands loaded (version {}); import some with `vitalwatch thresholds import FILE.csv`", t.version);
+                return Ok(());
+            }
+            eprintln!("threshold table version {}", t.version);
+            let rows: Vec<Vec<String>> = t
+                .bands
+                .iter()
+                .map(|b| {
+                    vec![
+                        b.ref_id.to_string(),
+                        b.attribute.clone(),
+                        b.low_age_limit.to_string(),
+                        b.high_age_limit.to_string(),
+                        b.low_range_value.to_string(),
+                        b.high_range_value.to_string(),
+                        u8::from(b.alert_flag).to_string(),
+                        b.alert_message.clone(),
+                        b.priority.to_string(),
+                        b.patient_id.as_ref().map(|p| p.0.clone()).unwrap_or_default(),
+                    ]
+                })
+                .collect();
+            print_rows(
+                &["ref_id", "attribute", "low_age_limit", "high_age_limit", "low_range_value", "high_range_value", "alert_flag", "alert_message", "priority", "patient_id"],
+                &rows,
+                format,
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// `vitalwatch alerts …`
+pub fn alerts(cmd: AlertsCommand) -> anyhow::Result<()> {
+    match cmd {
+        AlertsCommand::List { data, all, limit, format } => {
+            let cfg = load_config(&data)?;
+            let list = open_catalog(&cfg)?.alerts(!all, limit)?;
+            let rows: Vec<Vec<String>> = list
+                .into_iter()
+                .map(|a| {
+                    let e = a.latest;
+                    vec![
+                        e.alert_id,
+                        e.state.as_str().into(),
+                        e.priority.to_string(),
+                        e.patient_id.0,
+                        e.rule_key,
+                        e.value.map(|v| v.to_string()).unwrap_or_default(),
+                        e.episode_start.to_string(),
+                        a.events.to_string(),
+                        e.alert_message,
+                    ]
+                })
+                .collect();
+            print_rows(&["alert_id", "state", "priority", "patient_id", "rule", "value", "since", "events", "message"], &rows, format)
+        }
+    }
+}
+
+/// `vitalwatch config …`
+pub fn config_cmd(cmd: ConfigCommand) -> anyhow::Result<()> {
+    match cmd {
+        ConfigCommand::Default => {
+            print!("{}", config::DEFAULT_CONFIG_TOML);
+            Ok(())
+        }
+        ConfigCommand::Check { file } => {
+            let cfg = config::load(&file)?;
+            println!(
+                "{}: ok (profile {}, data in {}, HTTP {}, simulator {})",
+                file.display(),
+                cfg.rules.profile.as_str(),
+                cfg.data_dir.display(),
+                if cfg.http.enabled { cfg.http.listen.as_str() } else { "off" },
+                if cfg.simulator.enabled { "on" } else { "off" }
+            );
+            Ok(())
+        }
+    }
+}
+
+/// `vitalwatch warehouse …`
+pub fn warehouse_cmd(cmd: WarehouseCommand) -> anyhow::Result<()> {
+    match cmd {
+        WarehouseCommand::Ddl { data } => {
+            let cfg = load_config(&data)?;
+            let root = warehouse_root(&cfg.data_dir);
+            let abs: PathBuf = std::path::absolute(&root).unwrap_or(root);
+            print!("{}", warehouse::hive_ddl(&abs));
+            Ok(())
+        }
+    }
+}
+
+/// Reference data for `bench http`: the classic table and the classic patients.
+pub fn seed_for_bench(cfg: &Config) -> anyhow::Result<()> {
+    seed_reference(cfg, 5)
+}

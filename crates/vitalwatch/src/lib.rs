@@ -1,0 +1,55 @@
+//! vitalwatch, the binary's library: CLI, configuration, pipeline wiring, HTTP, telemetry.
+//!
+//! # Layout
+//! - [`cli`]: the command line (clap).
+//! - [`commands`]: what each subcommand does.
+//! - [`config`]: the TOML configuration, documented defaults, validation.
+//! - [`pipeline`]: sources → engine → alert outputs | warehouse, on bounded channels.
+//! - [`http`]: HTTP ingest, health, metrics, alert API.
+//! - [`metrics`]: counters and the alert-latency histogram (Prometheus).
+//! - [`bench`]: `vitalwatch bench`.
+
+pub mod bench;
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod http;
+pub mod metrics;
+pub mod pipeline;
+
+use clap::Parser;
+use cli::{BenchCommand, Cli, Command};
+
+/// Runs the command line; the binary's `main` is just this.
+pub fn main_with_args() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("VITALWATCH_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,vitalwatch=info")),
+        )
+        .init();
+    let rt = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+    };
+    match cli.command {
+        Command::Run(a) => rt()?.block_on(commands::run(a)),
+        Command::Replay(a) => commands::replay(a),
+        Command::Simulate(a) => commands::simulate(a),
+        Command::Query(a) => rt()?.block_on(commands::query(&a.data, &a.sql, a.format)),
+        Command::Patients(c) => commands::patients(c),
+        Command::Thresholds(c) => commands::thresholds(c),
+        Command::Alerts(c) => commands::alerts(c),
+        Command::Config(c) => commands::config_cmd(c),
+        Command::Warehouse(c) => commands::warehouse_cmd(c),
+        Command::Bench(BenchCommand::Engine { patients, readings }) => bench::engine(patients, readings),
+        Command::Bench(BenchCommand::Http { rate, duration, connections }) => {
+            let d = vitalwatch_core::model::Duration::parse(&duration)?;
+            rt()?.block_on(bench::http(rate, d, connections))
+        }
+    }
+}

@@ -1,0 +1,181 @@
+//! Pipeline counters and the alert-latency histogram, rendered as Prometheus text.
+//!
+//! Every stage increments these lock-free counters; `GET /metrics` renders them and the
+//! end-of-run summary reads them. Labels never carry patient ids or names: only priority,
+//! rule family and reason.
+
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use vitalwatch_core::alert::Priority;
+
+/// Upper bounds of the latency buckets, in seconds.
+const LATENCY_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// All counters of one pipeline.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Records received from all sources (before decoding).
+    pub received: AtomicU64,
+    /// Observation sets that passed decoding and validation.
+    pub observations: AtomicU64,
+    /// Readings (one vital each) in those observations.
+    pub readings: AtomicU64,
+    /// Records rejected as dead letters.
+    pub dead_letters: AtomicU64,
+    /// Readings reported as unclassified (unknown patient, no band).
+    pub unclassified: AtomicU64,
+    /// Alerts triggered (new episodes), by priority low/medium/high.
+    pub alerts_triggered: [AtomicU64; 3],
+    /// All alert events delivered to the outputs (triggered, renotified, ...).
+    pub alert_events: AtomicU64,
+    /// Alert events skipped because the catalog had already recorded them (replays).
+    pub alert_events_replayed: AtomicU64,
+    /// Errors writing alerts to the catalog or the alert log.
+    pub alert_output_errors: AtomicU64,
+    /// Rows written to the warehouse.
+    pub archived_rows: AtomicU64,
+    /// Errors writing the warehouse.
+    pub archive_errors: AtomicU64,
+    latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
+    latency_count: AtomicU64,
+    latency_sum_us: AtomicU64,
+    /// When set, every latency sample is kept too (benchmarks compute exact percentiles).
+    samples: Mutex<Option<Vec<u64>>>,
+}
+
+impl Metrics {
+    /// Counts one triggered alert.
+    pub fn alert_triggered(&self, p: Priority) {
+        let i = match p {
+            Priority::Low => 0,
+            Priority::Medium => 1,
+            Priority::High => 2,
+        };
+        self.alerts_triggered[i].fetch_add(1, Relaxed);
+    }
+
+    /// Total alerts triggered.
+    pub fn alerts_total(&self) -> u64 {
+        self.alerts_triggered.iter().map(|a| a.load(Relaxed)).sum()
+    }
+
+    /// Records one observation-to-alert latency.
+    pub fn observe_latency(&self, micros: i64) {
+        let us = micros.max(0) as u64;
+        let secs = us as f64 / 1e6;
+        for (i, b) in LATENCY_BUCKETS.iter().enumerate() {
+            if secs <= *b {
+                self.latency_buckets[i].fetch_add(1, Relaxed);
+            }
+        }
+        self.latency_count.fetch_add(1, Relaxed);
+        self.latency_sum_us.fetch_add(us, Relaxed);
+        if let Ok(mut g) = self.samples.lock()
+            && let Some(v) = g.as_mut()
+        {
+            v.push(us);
+        }
+    }
+
+    /// Starts keeping every latency sample.
+    pub fn keep_latency_samples(&self) {
+        if let Ok(mut g) = self.samples.lock() {
+            *g = Some(Vec::new());
+        }
+    }
+
+    /// Takes the kept latency samples (microseconds).
+    pub fn take_latency_samples(&self) -> Vec<u64> {
+        self.samples
+            .lock()
+            .ok()
+            .and_then(|mut g| g.as_mut().map(std::mem::take))
+            .unwrap_or_default()
+    }
+
+    /// Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        let mut counter = |name: &str, help: &str, v: u64| {
+            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+        };
+        counter("vitalwatch_records_received_total", "Records received from all sources.", self.received.load(Relaxed));
+        counter("vitalwatch_observations_total", "Observation sets accepted.", self.observations.load(Relaxed));
+        counter("vitalwatch_readings_total", "Readings (one vital each) accepted.", self.readings.load(Relaxed));
+        counter("vitalwatch_dead_letters_total", "Records rejected as dead letters.", self.dead_letters.load(Relaxed));
+        counter("vitalwatch_unclassified_total", "Readings with an unknown patient or no band.", self.unclassified.load(Relaxed));
+        counter("vitalwatch_alert_events_total", "Alert events delivered to the outputs.", self.alert_events.load(Relaxed));
+        counter(
+            "vitalwatch_alert_events_replayed_total",
+            "Alert events already recorded (replays), not delivered again.",
+            self.alert_events_replayed.load(Relaxed),
+        );
+        counter("vitalwatch_alert_output_errors_total", "Errors writing alert outputs.", self.alert_output_errors.load(Relaxed));
+        counter("vitalwatch_archived_rows_total", "Rows written to the warehouse.", self.archived_rows.load(Relaxed));
+        counter("vitalwatch_archive_errors_total", "Errors writing the warehouse.", self.archive_errors.load(Relaxed));
+        let _ = writeln!(
+            s,
+            "# HELP vitalwatch_alerts_triggered_total Alerts triggered, by priority.\n# TYPE vitalwatch_alerts_triggered_total counter"
+        );
+        for (i, p) in ["low", "medium", "high"].iter().enumerate() {
+            let _ = writeln!(
+                s,
+                "vitalwatch_alerts_triggered_total{{priority=\"{p}\"}} {}",
+                self.alerts_triggered[i].load(Relaxed)
+            );
+        }
+        let _ = writeln!(
+            s,
+            "# HELP vitalwatch_alert_latency_seconds From a reading's observation time to its alert being written.\n# TYPE vitalwatch_alert_latency_seconds histogram"
+        );
+        for (i, b) in LATENCY_BUCKETS.iter().enumerate() {
+            let _ = writeln!(
+                s,
+                "vitalwatch_alert_latency_seconds_bucket{{le=\"{b}\"}} {}",
+                self.latency_buckets[i].load(Relaxed)
+            );
+        }
+        let count = self.latency_count.load(Relaxed);
+        let _ = writeln!(s, "vitalwatch_alert_latency_seconds_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(
+            s,
+            "vitalwatch_alert_latency_seconds_sum {}",
+            self.latency_sum_us.load(Relaxed) as f64 / 1e6
+        );
+        let _ = writeln!(s, "vitalwatch_alert_latency_seconds_count {count}");
+        s
+    }
+}
+
+/// The value at quantile `q` (0–1) of sorted samples, nearest-rank.
+pub fn percentile(sorted: &[u64], q: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative() {
+        let m = Metrics::default();
+        m.observe_latency(400); // 0.4 ms
+        m.observe_latency(3_000); // 3 ms
+        m.observe_latency(20_000_000); // 20 s, beyond the last bucket
+        let text = m.render();
+        assert!(text.contains("vitalwatch_alert_latency_seconds_bucket{le=\"0.0005\"} 1\n"));
+        assert!(text.contains("vitalwatch_alert_latency_seconds_bucket{le=\"0.005\"} 2\n"));
+        assert!(text.contains("vitalwatch_alert_latency_seconds_bucket{le=\"10\"} 2\n"));
+        assert!(text.contains("vitalwatch_alert_latency_seconds_bucket{le=\"+Inf\"} 3\n"));
+        assert_eq!(percentile(&[1, 2, 3, 4, 5, 6, 7, 8, 9, 10], 0.5), 5);
+        assert_eq!(percentile(&[1, 2, 3, 4, 5, 6, 7, 8, 9, 10], 0.99), 10);
+    }
+}

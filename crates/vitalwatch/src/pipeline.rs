@@ -1,0 +1,523 @@
+//! Pipeline wiring: sources → engine → (alert outputs | warehouse), on three threads.
+//!
+//! ```text
+//! sources ──ingest──► engine thread ──alerts──► alert thread (catalog, alerts.jsonl, console)
+//!    │                     │                         │
+//!    └──dead letters──┐    └──readings, unclassified─┤
+//!                     ▼                              ▼
+//!                  archive thread (Parquet warehouse) ◄──alert events
+//! ```
+//!
+//! Each arrow is a bounded channel. The alert path and the archive path are separate, so
+//! a slow disk never delays an alarm; when a channel is full its sender waits (sources
+//! are held back), nothing is dropped. Shutdown is a drain: sources drop their handles,
+//! each thread finishes its queue and ends when its inputs close, in data-flow order.
+
+use std::fs::OpenOptions;
+use std::io::{BufWriter, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use anyhow::{Context, anyhow};
+use vitalwatch_connectors::catalog::SqliteCatalog;
+use vitalwatch_connectors::warehouse::{ParquetSink, WarehouseConfig, WarehouseStats};
+use vitalwatch_core::alert::{AlertEvent, AlertEventKind, Priority};
+use vitalwatch_core::engine::{Engine, Findings};
+use vitalwatch_core::model::{DeadLetter, Observation, Timestamp, Unclassified};
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+
+/// The wall clock, as the core's timestamp type.
+pub fn wall_now() -> Timestamp {
+    Timestamp::from_datetime(chrono::Utc::now())
+}
+
+/// Which clock drives time-based rules (stale devices, re-notification).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Clock {
+    /// The wall clock: live runs.
+    Wall,
+    /// The newest observation time seen: replays, so a replayed hour behaves like an hour.
+    Stream,
+}
+
+/// A message to the engine thread.
+#[derive(Debug)]
+pub enum IngestMsg {
+    /// Observations to evaluate.
+    Batch(Vec<Observation>),
+    /// Acknowledge an alert; the result comes back on `reply`.
+    Ack {
+        /// Alert id.
+        alert_id: String,
+        /// Who acknowledges.
+        by: String,
+        /// Where the result goes.
+        reply: flume::Sender<Result<AlertEvent, String>>,
+    },
+}
+
+/// A message to the archive thread.
+#[derive(Debug)]
+pub enum ArchiveMsg {
+    /// Accepted observations (one row per vital).
+    Observations(Vec<Observation>),
+    /// Alert events, after the alert outputs took them.
+    Alerts(Vec<AlertEvent>),
+    /// Records that failed decoding or validation.
+    DeadLetters(Vec<DeadLetter>),
+    /// Readings that could not be classified.
+    Unclassified(Vec<Unclassified>),
+}
+
+/// What a source needs to feed the pipeline. Cheap to clone; the pipeline drains when
+/// every clone is dropped.
+#[derive(Debug, Clone)]
+pub struct PipelineHandle {
+    /// Observations and acknowledgements to the engine.
+    pub ingest: flume::Sender<IngestMsg>,
+    /// Dead letters straight to the warehouse.
+    pub archive: flume::Sender<ArchiveMsg>,
+    /// Shared counters.
+    pub metrics: Arc<Metrics>,
+    /// Catalog file, for read-only API requests.
+    pub catalog_path: PathBuf,
+}
+
+impl PipelineHandle {
+    /// Records dead letters (counted, then archived).
+    pub fn dead_letters(&self, dls: Vec<DeadLetter>) {
+        if dls.is_empty() {
+            return;
+        }
+        self.metrics.dead_letters.fetch_add(dls.len() as u64, Relaxed);
+        for d in &dls {
+            tracing::debug!(source = %d.source, reason = %d.reason, "dead letter");
+        }
+        let _ = self.archive.send(ArchiveMsg::DeadLetters(dls));
+    }
+}
+
+/// Options beyond the config file.
+#[derive(Debug, Clone)]
+pub struct PipelineOptions {
+    /// Which clock drives time-based rules.
+    pub clock: Clock,
+    /// Print alerts on the console (overrides the config when false).
+    pub console: bool,
+}
+
+/// A running pipeline.
+#[derive(Debug)]
+pub struct Pipeline {
+    handle: Option<PipelineHandle>,
+    engine: JoinHandle<anyhow::Result<()>>,
+    alerts: JoinHandle<anyhow::Result<()>>,
+    archive: JoinHandle<anyhow::Result<WarehouseStats>>,
+    started: Instant,
+}
+
+/// The end-of-run summary.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    /// Observation sets accepted.
+    pub observations: u64,
+    /// Readings accepted.
+    pub readings: u64,
+    /// Alerts triggered.
+    pub alerts: u64,
+    /// Alert events of all kinds.
+    pub alert_events: u64,
+    /// Dead letters.
+    pub dead_letters: u64,
+    /// Unclassified readings.
+    pub unclassified: u64,
+    /// Warehouse counters.
+    pub warehouse: WarehouseStats,
+    /// Wall time.
+    pub elapsed: std::time::Duration,
+}
+
+impl std::fmt::Display for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let secs = self.elapsed.as_secs_f64().max(1e-9);
+        writeln!(
+            f,
+            "readings: {} ({} observation sets) in {:.2}s = {:.0} readings/s",
+            self.readings,
+            self.observations,
+            secs,
+            self.readings as f64 / secs
+        )?;
+        writeln!(f, "alerts: {} triggered, {} events", self.alerts, self.alert_events)?;
+        writeln!(f, "dead letters: {}", self.dead_letters)?;
+        writeln!(f, "unclassified: {}", self.unclassified)?;
+        write!(
+            f,
+            "warehouse: {} vitals rows, {} alert rows, {} dead-letter rows, {} unclassified rows in {} files",
+            self.warehouse.vitals.rows_committed,
+            self.warehouse.alerts.rows_committed,
+            self.warehouse.dead_letters.rows_committed,
+            self.warehouse.unclassified.rows_committed,
+            self.warehouse.files_closed()
+        )
+    }
+}
+
+/// Paths inside the data directory.
+pub fn catalog_path(data: &Path) -> PathBuf {
+    data.join("catalog.sqlite")
+}
+
+/// Root of the Parquet warehouse inside the data directory.
+pub fn warehouse_root(data: &Path) -> PathBuf {
+    data.join("warehouse")
+}
+
+impl Pipeline {
+    /// Loads reference data from the catalog and starts the three threads.
+    pub fn start(config: &Config, opts: PipelineOptions, metrics: Arc<Metrics>) -> anyhow::Result<Pipeline> {
+        let data = &config.data_dir;
+        std::fs::create_dir_all(data).with_context(|| format!("cannot create data directory {}", data.display()))?;
+        let cat_path = catalog_path(data);
+        let catalog = SqliteCatalog::open(&cat_path)
+            .with_context(|| format!("cannot open catalog {}", cat_path.display()))?;
+        let patients = catalog.patients().context("cannot load patients")?;
+        let table = catalog.thresholds().context("cannot load thresholds")?;
+        tracing::info!(
+            patients = patients.len(),
+            bands = table.bands.len(),
+            version = table.version,
+            profile = config.rules.profile.as_str(),
+            "reference data loaded"
+        );
+        let engine = Engine::new(config.rules.clone(), patients, table);
+
+        let (ingest_tx, ingest_rx) = flume::bounded(config.pipeline.ingest_capacity);
+        let (archive_tx, archive_rx) = flume::bounded(config.pipeline.archive_capacity);
+        let (alert_tx, alert_rx) = flume::bounded(config.pipeline.alert_capacity);
+
+        let wh = WarehouseConfig {
+            root: warehouse_root(data),
+            batch_rows: config.warehouse.batch_rows,
+            roll_rows: config.warehouse.roll_rows,
+            roll_interval: config.warehouse.roll_interval.to_std(),
+            zstd_level: config.warehouse.zstd_level,
+        };
+        let sink = ParquetSink::new(wh).context("cannot open the warehouse")?;
+        let archive = {
+            let metrics = metrics.clone();
+            std::thread::Builder::new()
+                .name("archive".into())
+                .spawn(move || archive_loop(sink, archive_rx, &metrics))?
+        };
+        let alerts = {
+            let outputs = AlertOutputs::open(config, opts.console, catalog)?;
+            let metrics = metrics.clone();
+            let archive_tx = archive_tx.clone();
+            std::thread::Builder::new()
+                .name("alerts".into())
+                .spawn(move || alert_loop(outputs, alert_rx, archive_tx, &metrics))?
+        };
+        let engine = {
+            let metrics = metrics.clone();
+            let archive_tx = archive_tx.clone();
+            let clock = opts.clock;
+            std::thread::Builder::new()
+                .name("engine".into())
+                .spawn(move || engine_loop(engine, clock, ingest_rx, alert_tx, archive_tx, &metrics))?
+        };
+        Ok(Pipeline {
+            handle: Some(PipelineHandle {
+                ingest: ingest_tx,
+                archive: archive_tx,
+                metrics,
+                catalog_path: cat_path,
+            }),
+            engine,
+            alerts,
+            archive,
+            started: Instant::now(),
+        })
+    }
+
+    /// A handle for a source.
+    pub fn handle(&self) -> PipelineHandle {
+        self.handle.clone().expect("pipeline running")
+    }
+
+    /// Drains and stops: call after every source has dropped its handles.
+    pub fn shutdown(mut self) -> anyhow::Result<Summary> {
+        let metrics = self.handle.as_ref().map(|h| h.metrics.clone()).expect("pipeline running");
+        self.handle = None;
+        let join = |name: &str, r: std::thread::Result<anyhow::Result<()>>| -> anyhow::Result<()> {
+            r.map_err(|_| anyhow!("{name} thread panicked"))?
+        };
+        join("engine", self.engine.join())?;
+        join("alert", self.alerts.join())?;
+        let warehouse = self
+            .archive
+            .join()
+            .map_err(|_| anyhow!("archive thread panicked"))??;
+        Ok(Summary {
+            observations: metrics.observations.load(Relaxed),
+            readings: metrics.readings.load(Relaxed),
+            alerts: metrics.alerts_total(),
+            alert_events: metrics.alert_events.load(Relaxed),
+            dead_letters: metrics.dead_letters.load(Relaxed),
+            unclassified: metrics.unclassified.load(Relaxed),
+            warehouse,
+            elapsed: self.started.elapsed(),
+        })
+    }
+}
+
+fn engine_loop(
+    mut engine: Engine,
+    clock: Clock,
+    rx: flume::Receiver<IngestMsg>,
+    alert_tx: flume::Sender<Vec<AlertEvent>>,
+    archive_tx: flume::Sender<ArchiveMsg>,
+    metrics: &Metrics,
+) -> anyhow::Result<()> {
+    let mut findings = Findings::default();
+    let mut last_wall_tick = Instant::now();
+    let mut stream_now = Timestamp(i64::MIN);
+    let mut last_stream_tick = Timestamp(i64::MIN);
+    let emit = |findings: &mut Findings| {
+        if !findings.events.is_empty() {
+            let _ = alert_tx.send(std::mem::take(&mut findings.events));
+        }
+        if !findings.unclassified.is_empty() {
+            metrics.unclassified.fetch_add(findings.unclassified.len() as u64, Relaxed);
+            let _ = archive_tx.send(ArchiveMsg::Unclassified(std::mem::take(&mut findings.unclassified)));
+        }
+    };
+    loop {
+        match rx.recv_timeout(std::time::Duration::from_millis(200)) {
+            Ok(IngestMsg::Batch(batch)) => {
+                let now = wall_now();
+                let mut readings = 0u64;
+                for o in &batch {
+                    engine.process(o, now, &mut findings);
+                    readings += o.vitals.len() as u64;
+                    stream_now = stream_now.max(o.observed_at);
+                }
+                metrics.observations.fetch_add(batch.len() as u64, Relaxed);
+                metrics.readings.fetch_add(readings, Relaxed);
+                if clock == Clock::Stream && stream_now.since(last_stream_tick).micros() >= 1_000_000 {
+                    engine.tick(stream_now, &mut findings);
+                    last_stream_tick = stream_now;
+                }
+                // Alerts first: the archive channel may make us wait, the alarm must not.
+                emit(&mut findings);
+                let _ = archive_tx.send(ArchiveMsg::Observations(batch));
+            }
+            Ok(IngestMsg::Ack { alert_id, by, reply }) => {
+                let r = engine.acknowledge(&alert_id, &by, wall_now()).map_err(|e| e.to_string());
+                if let Ok(ev) = &r {
+                    findings.events.push(ev.clone());
+                    emit(&mut findings);
+                }
+                let _ = reply.send(r);
+            }
+            Err(flume::RecvTimeoutError::Timeout) => {}
+            Err(flume::RecvTimeoutError::Disconnected) => break,
+        }
+        if clock == Clock::Wall && last_wall_tick.elapsed() >= std::time::Duration::from_secs(1) {
+            engine.tick(wall_now(), &mut findings);
+            emit(&mut findings);
+            last_wall_tick = Instant::now();
+        }
+    }
+    Ok(())
+}
+
+/// Where alerts go: the catalog (durable, idempotent), the alert log, the console.
+struct AlertOutputs {
+    catalog: SqliteCatalog,
+    jsonl: Option<BufWriter<std::fs::File>>,
+    console: Option<ConsolePrinter>,
+}
+
+impl AlertOutputs {
+    fn open(config: &Config, console: bool, catalog: SqliteCatalog) -> anyhow::Result<Self> {
+        let jsonl = if config.alerts.jsonl {
+            let path = config.data_dir.join("alerts.jsonl");
+            let f = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .with_context(|| format!("cannot open alert log {}", path.display()))?;
+            Some(BufWriter::new(f))
+        } else {
+            None
+        };
+        let console = (console && config.alerts.console).then(|| ConsolePrinter {
+            colour: std::io::stdout().is_terminal(),
+            names: config.alerts.console_names,
+        });
+        Ok(AlertOutputs { catalog, jsonl, console })
+    }
+}
+
+fn alert_loop(
+    mut out: AlertOutputs,
+    rx: flume::Receiver<Vec<AlertEvent>>,
+    archive_tx: flume::Sender<ArchiveMsg>,
+    metrics: &Metrics,
+) -> anyhow::Result<()> {
+    let stdout = std::io::stdout();
+    let mut line = String::with_capacity(512);
+    while let Ok(mut events) = rx.recv() {
+        // Take whatever else is queued: one catalog transaction per burst.
+        while let Ok(more) = rx.try_recv() {
+            events.extend(more);
+            if events.len() >= 4096 {
+                break;
+            }
+        }
+        let fresh = match out.catalog.record_alert_events(&events) {
+            Ok(f) => f,
+            Err(e) => {
+                // The catalog is the dedup record; if it fails, deliver anyway: a duplicate
+                // alarm is better than a lost one.
+                metrics.alert_output_errors.fetch_add(1, Relaxed);
+                tracing::error!(error = %e, "cannot record alerts in the catalog");
+                vec![true; events.len()]
+            }
+        };
+        let mut delivered = Vec::with_capacity(events.len());
+        let mut lock = stdout.lock();
+        for (e, new) in events.into_iter().zip(fresh) {
+            if !new {
+                metrics.alert_events_replayed.fetch_add(1, Relaxed);
+                continue;
+            }
+            if let Some(w) = out.jsonl.as_mut() {
+                let r = serde_json::to_writer(&mut *w, &e).map_err(std::io::Error::from).and_then(|_| w.write_all(b"\n"));
+                if let Err(err) = r {
+                    metrics.alert_output_errors.fetch_add(1, Relaxed);
+                    tracing::error!(error = %err, "cannot append to alerts.jsonl");
+                }
+            }
+            if let Some(c) = &out.console {
+                line.clear();
+                c.format(&e, &mut line);
+                let _ = lock.write_all(line.as_bytes());
+            }
+            delivered.push(e);
+        }
+        if let Some(w) = out.jsonl.as_mut()
+            && let Err(err) = w.flush()
+        {
+            metrics.alert_output_errors.fetch_add(1, Relaxed);
+            tracing::error!(error = %err, "cannot flush alerts.jsonl");
+        }
+        let _ = lock.flush();
+        drop(lock);
+        let now = wall_now();
+        for e in &delivered {
+            metrics.alert_events.fetch_add(1, Relaxed);
+            if e.event == AlertEventKind::Triggered {
+                metrics.alert_triggered(e.priority);
+                metrics.observe_latency(now.since(e.input_message_time).micros());
+            }
+        }
+        if !delivered.is_empty() {
+            let _ = archive_tx.send(ArchiveMsg::Alerts(delivered));
+        }
+    }
+    Ok(())
+}
+
+fn archive_loop(mut sink: ParquetSink, rx: flume::Receiver<ArchiveMsg>, metrics: &Metrics) -> anyhow::Result<WarehouseStats> {
+    let mut last_tick = Instant::now();
+    loop {
+        let msg = rx.recv_timeout(std::time::Duration::from_millis(500));
+        let r = match msg {
+            Ok(ArchiveMsg::Observations(o)) => {
+                metrics.archived_rows.fetch_add(o.iter().map(|x| x.vitals.len() as u64).sum(), Relaxed);
+                sink.write_observations(&o)
+            }
+            Ok(ArchiveMsg::Alerts(a)) => {
+                metrics.archived_rows.fetch_add(a.len() as u64, Relaxed);
+                sink.write_alert_events(&a)
+            }
+            Ok(ArchiveMsg::DeadLetters(d)) => {
+                metrics.archived_rows.fetch_add(d.len() as u64, Relaxed);
+                sink.write_dead_letters(&d)
+            }
+            Ok(ArchiveMsg::Unclassified(u)) => {
+                metrics.archived_rows.fetch_add(u.len() as u64, Relaxed);
+                sink.write_unclassified(&u)
+            }
+            Err(flume::RecvTimeoutError::Timeout) => Ok(()),
+            Err(flume::RecvTimeoutError::Disconnected) => break,
+        };
+        if let Err(e) = r {
+            metrics.archive_errors.fetch_add(1, Relaxed);
+            tracing::error!(error = %e, "warehouse write failed");
+        }
+        if last_tick.elapsed() >= std::time::Duration::from_secs(1) {
+            if let Err(e) = sink.tick() {
+                metrics.archive_errors.fetch_add(1, Relaxed);
+                tracing::error!(error = %e, "warehouse roll failed");
+            }
+            last_tick = Instant::now();
+        }
+    }
+    sink.close().context("cannot close warehouse files")
+}
+
+/// One readable line per alert event, coloured by priority on a terminal.
+#[derive(Debug)]
+struct ConsolePrinter {
+    colour: bool,
+    names: bool,
+}
+
+impl ConsolePrinter {
+    fn format(&self, e: &AlertEvent, out: &mut String) {
+        use std::fmt::Write as _;
+        // IEC 60601-1-8 colours: high red, medium yellow, low cyan.
+        let (on, off) = match (self.colour, e.priority) {
+            (false, _) => ("", ""),
+            (true, Priority::High) => ("\x1b[1;31m", "\x1b[0m"),
+            (true, Priority::Medium) => ("\x1b[33m", "\x1b[0m"),
+            (true, Priority::Low) => ("\x1b[36m", "\x1b[0m"),
+        };
+        let who = if self.names && !e.patient.patientname.is_empty() {
+            format!("{} ({})", e.patient.patientname, e.patient_id)
+        } else {
+            format!("patient {}", e.patient_id)
+        };
+        let ward = if e.patient.admitted_ward.is_empty() {
+            String::new()
+        } else {
+            format!(" ward {}", e.patient.admitted_ward)
+        };
+        let what = match (e.vital, e.value) {
+            (Some(v), Some(x)) => format!(" {v}={x}"),
+            (None, Some(x)) if e.rule == "news2" => format!(" score={x}"),
+            _ => String::new(),
+        };
+        let _ = writeln!(
+            out,
+            "{on}{} {:<6} {:<12} {}{} [{}{}] {}  (alert {}){off}",
+            e.input_message_time.to_datetime().format("%H:%M:%S%.3f"),
+            e.priority.as_str().to_uppercase(),
+            e.event.as_str(),
+            who,
+            ward,
+            e.rule_key,
+            what,
+            e.alert_message,
+            e.alert_id
+        );
+    }
+}
