@@ -60,9 +60,32 @@ impl fmt::Display for DeviceId {
 
 /// A UTC instant in microseconds since the Unix epoch: the warehouse's resolution
 /// (Spark cannot read nanosecond Parquet timestamps).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(transparent)]
+///
+/// In JSON it is an RFC 3339 string (`2026-11-28T14:03:11.250Z`); integers are read as
+/// microseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Timestamp(pub i64);
+
+impl Serialize for Timestamp {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&self.to_datetime().to_rfc3339_opts(SecondsFormat::AutoSi, true))
+    }
+}
+
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Repr {
+            Micros(i64),
+            Text(String),
+        }
+        match Repr::deserialize(d)? {
+            Repr::Micros(us) => Ok(Timestamp(us)),
+            Repr::Text(s) => Timestamp::parse(&s).map_err(serde::de::Error::custom),
+        }
+    }
+}
 
 /// A timestamp that could not be parsed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -87,7 +110,7 @@ impl Timestamp {
 
     /// The time from `earlier` to `self` (negative if `earlier` is later).
     pub fn since(self, earlier: Timestamp) -> Duration {
-        Duration(self.0 - earlier.0)
+        Duration(self.0.saturating_sub(earlier.0))
     }
 
     /// Parses RFC 3339 (`2026-11-28T14:03:11.250Z`) or the classic
