@@ -108,7 +108,13 @@ impl Condition {
     ///
     /// `abnormal`: the rule's condition holds now. `cleared`: the value is back inside by the
     /// hysteresis margin (only consulted when not abnormal).
-    fn observe(&mut self, abnormal: bool, cleared: bool, t: Timestamp, persistence: Duration) -> Transition {
+    fn observe(
+        &mut self,
+        abnormal: bool,
+        cleared: bool,
+        t: Timestamp,
+        persistence: Duration,
+    ) -> Transition {
         if abnormal {
             if self.active.is_some() {
                 return Transition::Nothing;
@@ -300,9 +306,20 @@ impl Engine {
         }
 
         match self.rules.profile {
-            Profile::Classic => classic(state, &self.table_vitals, self.table.version, obs, now, out),
+            Profile::Classic => {
+                classic(state, &self.table_vitals, self.table.version, obs, now, out)
+            }
             Profile::Standard => {
-                standard(state, &self.rules, &self.margins, &self.table_vitals, self.table.version, obs, now, out);
+                standard(
+                    state,
+                    &self.rules,
+                    &self.margins,
+                    &self.table_vitals,
+                    self.table.version,
+                    obs,
+                    now,
+                    out,
+                );
                 if self.rules.stale_device.enabled {
                     self.device_seen(obs, now, out);
                 }
@@ -348,7 +365,13 @@ impl Engine {
                 version: self.table.version,
             };
             let detail = stale_detail(&obs.device_id, active.priority, &self.rules);
-            out.events.push(event(&ctx, &detail, &active, AlertEventKind::Resolved, AlertState::Resolved));
+            out.events.push(event(
+                &ctx,
+                &detail,
+                &active,
+                AlertEventKind::Resolved,
+                AlertState::Resolved,
+            ));
         }
     }
 
@@ -389,12 +412,27 @@ impl Engine {
                             state: AlertState::Triggered,
                             last_notified: now,
                         };
-                        out.events.push(event(&ctx, &detail, &active, AlertEventKind::Triggered, AlertState::Triggered));
+                        out.events.push(event(
+                            &ctx,
+                            &detail,
+                            &active,
+                            AlertEventKind::Triggered,
+                            AlertState::Triggered,
+                        ));
                         dev.active = Some(active);
                     }
-                    Some(a) if a.state == AlertState::Triggered && now.since(a.last_notified) >= renotify => {
+                    Some(a)
+                        if a.state == AlertState::Triggered
+                            && now.since(a.last_notified) >= renotify =>
+                    {
                         a.last_notified = now;
-                        out.events.push(event(&ctx, &detail, a, AlertEventKind::Renotified, AlertState::Triggered));
+                        out.events.push(event(
+                            &ctx,
+                            &detail,
+                            a,
+                            AlertEventKind::Renotified,
+                            AlertState::Triggered,
+                        ));
                     }
                     _ => {}
                 }
@@ -417,7 +455,13 @@ impl Engine {
                     version: self.table.version,
                 };
                 let detail = describe(&c.key, &st.info, &self.rules, Some(a.priority));
-                out.events.push(event(&ctx, &detail, a, AlertEventKind::Renotified, AlertState::Triggered));
+                out.events.push(event(
+                    &ctx,
+                    &detail,
+                    a,
+                    AlertEventKind::Renotified,
+                    AlertState::Triggered,
+                ));
             }
         }
         self.stats.alert_events += (out.events.len() - before) as u64;
@@ -429,7 +473,12 @@ impl Engine {
 
     /// Acknowledges an active alert: re-notification stops; it resolves when its condition
     /// clears.
-    pub fn acknowledge(&mut self, id: &str, by: &str, now: Timestamp) -> Result<AlertEvent, AckError> {
+    pub fn acknowledge(
+        &mut self,
+        id: &str,
+        by: &str,
+        now: Timestamp,
+    ) -> Result<AlertEvent, AckError> {
         let rules = &self.rules;
         for (pid, st) in self.states.iter_mut() {
             for c in st.conditions.iter_mut() {
@@ -451,14 +500,22 @@ impl Engine {
                     version: self.table.version,
                 };
                 let detail = describe(&c.key, &st.info, rules, Some(a.priority));
-                let mut e = event(&ctx, &detail, a, AlertEventKind::Acknowledged, AlertState::Acknowledged);
+                let mut e = event(
+                    &ctx,
+                    &detail,
+                    a,
+                    AlertEventKind::Acknowledged,
+                    AlertState::Acknowledged,
+                );
                 e.acknowledged_by = Some(by.to_owned());
                 self.stats.alert_events += 1;
                 return Ok(e);
             }
         }
         for (device_id, dev) in self.devices.iter_mut() {
-            let Some(a) = dev.active.as_mut() else { continue };
+            let Some(a) = dev.active.as_mut() else {
+                continue;
+            };
             if a.alert_id != id {
                 continue;
             }
@@ -477,7 +534,13 @@ impl Engine {
                 version: self.table.version,
             };
             let detail = stale_detail(device_id, a.priority, rules);
-            let mut e = event(&ctx, &detail, a, AlertEventKind::Acknowledged, AlertState::Acknowledged);
+            let mut e = event(
+                &ctx,
+                &detail,
+                a,
+                AlertEventKind::Acknowledged,
+                AlertState::Acknowledged,
+            );
             e.acknowledged_by = Some(by.to_owned());
             self.stats.alert_events += 1;
             return Ok(e);
@@ -536,10 +599,16 @@ fn classic(
                     observed_at: obs.observed_at,
                     now,
                     device: Some(&obs.device_id),
-                    version: version,
+                    version,
                 };
                 let detail = band_detail(b, vital, value, rule_key);
-                out.events.push(event(&ctx, &detail, &active, AlertEventKind::Triggered, AlertState::Triggered));
+                out.events.push(event(
+                    &ctx,
+                    &detail,
+                    &active,
+                    AlertEventKind::Triggered,
+                    AlertState::Triggered,
+                ));
             }
             Some(_) => {}
         }
@@ -562,7 +631,8 @@ fn standard(
         // Threshold bands.
         if rules.thresholds.enabled && table_vitals[vital.index()] && state.info.patient.is_some() {
             let margin = margins[vital.index()];
-            let matched = match_band(&state.info.bands[vital.index()], value).map(|b| (b.ref_id, b.alert_flag));
+            let matched = match_band(&state.info.bands[vital.index()], value)
+                .map(|b| (b.ref_id, b.alert_flag));
             match matched {
                 None => out.unclassified.push(no_band(obs, vital, value)),
                 Some((ref_id, flagged)) => {
@@ -571,7 +641,19 @@ fn standard(
                     let cleared = !flagged_at(value - margin) && !flagged_at(value + margin);
                     if flagged {
                         let key = RuleKey::Band { vital, ref_id };
-                        step(state, key, true, false, t, rules.thresholds.persistence, rules, version, obs, now, out);
+                        step(
+                            state,
+                            key,
+                            true,
+                            false,
+                            t,
+                            rules.thresholds.persistence,
+                            rules,
+                            version,
+                            obs,
+                            now,
+                            out,
+                        );
                     }
                     // Other band conditions of this vital see a value outside their band.
                     let others: Vec<RuleKey> = state
@@ -581,7 +663,19 @@ fn standard(
                         .map(|c| c.key.clone())
                         .collect();
                     for key in others {
-                        step(state, key, false, cleared, t, rules.thresholds.persistence, rules, version, obs, now, out);
+                        step(
+                            state,
+                            key,
+                            false,
+                            cleared,
+                            t,
+                            rules.thresholds.persistence,
+                            rules,
+                            version,
+                            obs,
+                            now,
+                            out,
+                        );
                     }
                 }
             }
@@ -593,7 +687,19 @@ fn standard(
             }
             let breached = l.breached(value);
             if breached || state.conditions.iter().any(|c| c.key == RuleKey::Limit(i)) {
-                step(state, RuleKey::Limit(i), breached, l.cleared(value), t, l.persistence, rules, version, obs, now, out);
+                step(
+                    state,
+                    RuleKey::Limit(i),
+                    breached,
+                    l.cleared(value),
+                    t,
+                    l.persistence,
+                    rules,
+                    version,
+                    obs,
+                    now,
+                    out,
+                );
             }
         }
     }
@@ -603,10 +709,27 @@ fn standard(
         let prio = score.response.alarm_priority();
         let abnormal = prio.is_some();
         if abnormal || state.conditions.iter().any(|c| c.key == RuleKey::News2) {
-            step(state, RuleKey::News2, abnormal, !abnormal, t, Duration::ZERO, rules, version, obs, now, out);
+            step(
+                state,
+                RuleKey::News2,
+                abnormal,
+                !abnormal,
+                t,
+                Duration::ZERO,
+                rules,
+                version,
+                obs,
+                now,
+                out,
+            );
             // Escalation: the same episode got worse.
-            if let (Some(p), Some(c)) = (prio, state.conditions.iter_mut().find(|c| c.key == RuleKey::News2))
-                && let Some(a) = c.active.as_mut()
+            if let (Some(p), Some(c)) = (
+                prio,
+                state
+                    .conditions
+                    .iter_mut()
+                    .find(|c| c.key == RuleKey::News2),
+            ) && let Some(a) = c.active.as_mut()
                 && p > a.priority
             {
                 a.priority = p;
@@ -619,10 +742,11 @@ fn standard(
                     observed_at: t,
                     now,
                     device: Some(&obs.device_id),
-                    version: version,
+                    version,
                 };
                 let detail = describe(&RuleKey::News2, &state.info, rules, Some(p));
-                out.events.push(event(&ctx, &detail, &a, AlertEventKind::Escalated, a.state));
+                out.events
+                    .push(event(&ctx, &detail, &a, AlertEventKind::Escalated, a.state));
             }
         }
     }
@@ -667,7 +791,7 @@ fn step(
         observed_at: t,
         now,
         device: Some(&obs.device_id),
-        version: version,
+        version,
     };
     let cond = &mut state.conditions[idx];
     match transition {
@@ -680,14 +804,29 @@ fn step(
                 state: AlertState::Triggered,
                 last_notified: now,
             };
-            out.events.push(event(&ctx, &detail, &active, AlertEventKind::Triggered, AlertState::Triggered));
+            out.events.push(event(
+                &ctx,
+                &detail,
+                &active,
+                AlertEventKind::Triggered,
+                AlertState::Triggered,
+            ));
             cond.pending_since = None;
             cond.active = Some(active);
         }
         Transition::Resolved => {
             if let Some(active) = cond.active.take() {
-                let detail = EventDetail { priority: active.priority, ..detail };
-                out.events.push(event(&ctx, &detail, &active, AlertEventKind::Resolved, AlertState::Resolved));
+                let detail = EventDetail {
+                    priority: active.priority,
+                    ..detail
+                };
+                out.events.push(event(
+                    &ctx,
+                    &detail,
+                    &active,
+                    AlertEventKind::Resolved,
+                    AlertState::Resolved,
+                ));
             }
         }
         Transition::Nothing => {}
@@ -711,7 +850,11 @@ fn news2_now(state: &PatientInfo, rules: &RulesConfig, t: Timestamp) -> Option<n
         pulse: get(Vital::HeartRate)?,
         consciousness: Consciousness::from_code(get(Vital::Consciousness)?)?,
         temp_c: get(Vital::TempC)?,
-        scale: state.patient.as_ref().map(|p| p.spo2_scale).unwrap_or_default(),
+        scale: state
+            .patient
+            .as_ref()
+            .map(|p| p.spo2_scale)
+            .unwrap_or_default(),
     };
     Some(news2::score(&input))
 }
@@ -733,7 +876,11 @@ fn band_detail(b: &ThresholdBand, vital: Vital, value: f64, rule_key: String) ->
     }
 }
 
-fn stale_detail(device: &DeviceId, priority: Priority, rules: &RulesConfig) -> EventDetail<'static> {
+fn stale_detail(
+    device: &DeviceId,
+    priority: Priority,
+    rules: &RulesConfig,
+) -> EventDetail<'static> {
     EventDetail {
         rule: "device_stale",
         rule_key: format!("device_stale:{device}"),
@@ -742,7 +889,10 @@ fn stale_detail(device: &DeviceId, priority: Priority, rules: &RulesConfig) -> E
         value: None,
         band: None,
         news2_score: None,
-        message: format!("No data from device {device} for over {}", rules.stale_device.after),
+        message: format!(
+            "No data from device {device} for over {}",
+            rules.stale_device.after
+        ),
     }
 }
 
@@ -756,11 +906,15 @@ fn describe<'a>(
     match key {
         RuleKey::Band { vital, ref_id } => {
             let value = state.latest[vital.index()];
-            let band = state.bands[vital.index()].iter().find(|b| b.ref_id == *ref_id);
+            let band = state.bands[vital.index()]
+                .iter()
+                .find(|b| b.ref_id == *ref_id);
             EventDetail {
                 rule: "threshold",
                 rule_key: band_key(*vital, *ref_id),
-                priority: priority.or(band.map(|b| b.priority)).unwrap_or(Priority::Medium),
+                priority: priority
+                    .or(band.map(|b| b.priority))
+                    .unwrap_or(Priority::Medium),
                 vital: Some(*vital),
                 value: Some(value),
                 band,
@@ -782,7 +936,19 @@ fn describe<'a>(
             }
         }
         RuleKey::News2 => {
-            let score = news2_now(state, rules, Timestamp(state.latest_at.iter().copied().max().unwrap_or(Timestamp(0)).0));
+            let score = news2_now(
+                state,
+                rules,
+                Timestamp(
+                    state
+                        .latest_at
+                        .iter()
+                        .copied()
+                        .max()
+                        .unwrap_or(Timestamp(0))
+                        .0,
+                ),
+            );
             let prio = score.and_then(|s| s.response.alarm_priority());
             EventDetail {
                 rule: "news2",
@@ -811,7 +977,13 @@ fn no_band(obs: &Observation, vital: Vital, value: f64) -> Unclassified {
     }
 }
 
-fn event(ctx: &EventContext<'_>, d: &EventDetail<'_>, a: &Active, kind: AlertEventKind, state: AlertState) -> AlertEvent {
+fn event(
+    ctx: &EventContext<'_>,
+    d: &EventDetail<'_>,
+    a: &Active,
+    kind: AlertEventKind,
+    state: AlertState,
+) -> AlertEvent {
     let latest = |v: Vital| {
         let x = ctx.latest[v.index()];
         (!x.is_nan()).then_some(x)
@@ -822,7 +994,11 @@ fn event(ctx: &EventContext<'_>, d: &EventDetail<'_>, a: &Active, kind: AlertEve
         state,
         rule: d.rule.to_owned(),
         rule_key: d.rule_key.clone(),
-        priority: if kind == AlertEventKind::Triggered { d.priority } else { a.priority },
+        priority: if kind == AlertEventKind::Triggered {
+            d.priority
+        } else {
+            a.priority
+        },
         patient_id: ctx.patient_id.clone(),
         patient: ctx
             .patient
@@ -849,4 +1025,3 @@ fn event(ctx: &EventContext<'_>, d: &EventDetail<'_>, a: &Active, kind: AlertEve
         acknowledged_by: None,
     }
 }
-

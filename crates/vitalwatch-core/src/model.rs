@@ -68,7 +68,11 @@ pub struct Timestamp(pub i64);
 
 impl Serialize for Timestamp {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&self.to_datetime().to_rfc3339_opts(SecondsFormat::AutoSi, true))
+        s.collect_str(
+            &self
+                .to_datetime()
+                .to_rfc3339_opts(SecondsFormat::AutoSi, true),
+        )
     }
 }
 
@@ -140,7 +144,8 @@ impl Timestamp {
 
     /// RFC 3339 with millisecond precision and a `Z` suffix.
     pub fn to_rfc3339(self) -> String {
-        self.to_datetime().to_rfc3339_opts(SecondsFormat::Millis, true)
+        self.to_datetime()
+            .to_rfc3339_opts(SecondsFormat::Millis, true)
     }
 }
 
@@ -643,7 +648,10 @@ mod tests {
     fn durations_parse_and_print() {
         assert_eq!(Duration::parse("15s").unwrap(), Duration::from_secs(15));
         assert_eq!(Duration::parse("2m").unwrap(), Duration::from_secs(120));
-        assert_eq!(Duration::parse("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(
+            Duration::parse("250ms").unwrap(),
+            Duration::from_millis(250)
+        );
         assert_eq!(Duration::from_secs(120).to_string(), "2m");
         assert!(Duration::parse("soon").is_err());
         assert!(Duration::parse("-3s").is_err());

@@ -149,7 +149,10 @@ fn read_csv(data: &[u8], required: &[&str]) -> Result<CsvRows, ImportError> {
         .flexible(false)
         .from_reader(data);
     let headers: Vec<String> = match rdr.headers() {
-        Ok(h) => h.iter().map(|s| s.trim_start_matches('\u{feff}').to_owned()).collect(),
+        Ok(h) => h
+            .iter()
+            .map(|s| s.trim_start_matches('\u{feff}').to_owned())
+            .collect(),
         Err(e) => {
             return Err(ImportError(vec![RowError {
                 line: 1,
@@ -292,9 +295,9 @@ pub fn parse_threshold_csv(data: &[u8]) -> Result<Vec<ThresholdBand>, ImportErro
             }));
             continue;
         }
-        let (Some(ref_id), Some(vital), Some(la), Some(ha), Some(lv), Some(hv), Some(f), Some(pr)) =
-            (ref_id, vital, low_age, high_age, low_v, high_v, flag, priority)
-        else {
+        let (Some(ref_id), Some(vital), Some(la), Some(ha), Some(lv), Some(hv), Some(f), Some(pr)) = (
+            ref_id, vital, low_age, high_age, low_v, high_v, flag, priority,
+        ) else {
             continue;
         };
         let band = ThresholdBand {

@@ -6,11 +6,12 @@ use proptest::prelude::*;
 use vitalwatch_core::alert::{AlertEventKind, AlertState, Priority};
 use vitalwatch_core::engine::{Engine, Findings};
 use vitalwatch_core::model::{
-    Consciousness, DeviceId, Duration, Observation, Patient, PatientId, Timestamp, UnclassifiedReason, Vital, VitalSet,
+    Consciousness, DeviceId, Duration, Observation, Patient, PatientId, Timestamp,
+    UnclassifiedReason, Vital, VitalSet,
 };
 use vitalwatch_core::reference::{
-    CLASSIC_PATIENTS_CSV, CLASSIC_THRESHOLDS_CSV, ThresholdBand, ThresholdTable, parse_patients_csv,
-    parse_threshold_csv,
+    CLASSIC_PATIENTS_CSV, CLASSIC_THRESHOLDS_CSV, ThresholdBand, ThresholdTable,
+    parse_patients_csv, parse_threshold_csv,
 };
 use vitalwatch_core::rules::{Profile, RulesConfig};
 
@@ -134,7 +135,14 @@ fn unknown_patient_and_no_band_are_reported_not_dropped() {
     assert_eq!(f.unclassified[0].reason, UnclassifiedReason::UnknownPatient);
 
     // Age 101 is above every band (41–100): no band, reported per vital.
-    let f = run(&mut e, &obs("old", at(0), &[(Vital::HeartRate, 120.0), (Vital::Systolic, 200.0)]));
+    let f = run(
+        &mut e,
+        &obs(
+            "old",
+            at(0),
+            &[(Vital::HeartRate, 120.0), (Vital::Systolic, 200.0)],
+        ),
+    );
     assert!(f.events.is_empty());
     let reasons: Vec<_> = f.unclassified.iter().map(|u| (u.vital, u.reason)).collect();
     assert_eq!(
@@ -153,23 +161,90 @@ fn reproduces_classic_alerts_for_the_classic_patients() {
     // Each patient sends {"heartBeat":74,"bp":202}.
     let mut got = Vec::new();
     for (i, id) in ["1", "2", "3", "4", "5"].iter().enumerate() {
-        let o = obs(id, at(i as i64), &[(Vital::HeartRate, 74.0), (Vital::Systolic, 202.0)]);
+        let o = obs(
+            id,
+            at(i as i64),
+            &[(Vital::HeartRate, 74.0), (Vital::Systolic, 202.0)],
+        );
         for a in run(&mut e, &o).events {
-            got.push((a.patient.patientname.clone(), a.patient.age, a.alert_message.clone(), a.ref_id, a.bp, a.heart_beat));
+            got.push((
+                a.patient.patientname.clone(),
+                a.patient.age,
+                a.alert_message.clone(),
+                a.ref_id,
+                a.bp,
+                a.heart_beat,
+            ));
         }
     }
     let hi_hr = "Higher Heart Rate than Normal".to_owned();
     let hi_bp = "Higher BP than Normal".to_owned();
     let want = vec![
         // Alex S, 23: 74 is normal (70–78), 202 is normal (161–220).
-        ("Sammy A".to_owned(), Some(45), hi_hr.clone(), Some(9), Some(202.0), Some(74.0)),
-        ("Sammy A".to_owned(), Some(45), hi_bp.clone(), Some(12), Some(202.0), Some(74.0)),
-        ("Karan C".to_owned(), Some(56), hi_hr.clone(), Some(9), Some(202.0), Some(74.0)),
-        ("Karan C".to_owned(), Some(56), hi_bp.clone(), Some(12), Some(202.0), Some(74.0)),
-        ("Dara M".to_owned(), Some(67), hi_hr.clone(), Some(9), Some(202.0), Some(74.0)),
-        ("Dara M".to_owned(), Some(67), hi_bp.clone(), Some(12), Some(202.0), Some(74.0)),
-        ("Pam".to_owned(), Some(72), hi_hr, Some(9), Some(202.0), Some(74.0)),
-        ("Pam".to_owned(), Some(72), hi_bp, Some(12), Some(202.0), Some(74.0)),
+        (
+            "Sammy A".to_owned(),
+            Some(45),
+            hi_hr.clone(),
+            Some(9),
+            Some(202.0),
+            Some(74.0),
+        ),
+        (
+            "Sammy A".to_owned(),
+            Some(45),
+            hi_bp.clone(),
+            Some(12),
+            Some(202.0),
+            Some(74.0),
+        ),
+        (
+            "Karan C".to_owned(),
+            Some(56),
+            hi_hr.clone(),
+            Some(9),
+            Some(202.0),
+            Some(74.0),
+        ),
+        (
+            "Karan C".to_owned(),
+            Some(56),
+            hi_bp.clone(),
+            Some(12),
+            Some(202.0),
+            Some(74.0),
+        ),
+        (
+            "Dara M".to_owned(),
+            Some(67),
+            hi_hr.clone(),
+            Some(9),
+            Some(202.0),
+            Some(74.0),
+        ),
+        (
+            "Dara M".to_owned(),
+            Some(67),
+            hi_bp.clone(),
+            Some(12),
+            Some(202.0),
+            Some(74.0),
+        ),
+        (
+            "Pam".to_owned(),
+            Some(72),
+            hi_hr,
+            Some(9),
+            Some(202.0),
+            Some(74.0),
+        ),
+        (
+            "Pam".to_owned(),
+            Some(72),
+            hi_bp,
+            Some(12),
+            Some(202.0),
+            Some(74.0),
+        ),
     ];
     assert_eq!(got, want);
 
@@ -180,9 +255,25 @@ fn reproduces_classic_alerts_for_the_classic_patients() {
     assert_eq!(again.events[0].ref_version, Some(1));
     let json = serde_json::to_value(&again.events[0]).unwrap();
     for key in [
-        "patientname", "age", "patientaddress", "phone_number", "admitted_ward", "bp", "heartBeat",
-        "input_message_time", "alert_generated_time", "alert_message", "alert_id", "patient_id", "vital",
-        "value", "ref_id", "ref_version", "priority", "rule", "state",
+        "patientname",
+        "age",
+        "patientaddress",
+        "phone_number",
+        "admitted_ward",
+        "bp",
+        "heartBeat",
+        "input_message_time",
+        "alert_generated_time",
+        "alert_message",
+        "alert_id",
+        "patient_id",
+        "vital",
+        "value",
+        "ref_id",
+        "ref_version",
+        "priority",
+        "rule",
+        "state",
     ] {
         assert!(json.get(key).is_some(), "alert JSON lacks {key}: {json}");
     }
@@ -200,23 +291,32 @@ fn standard(rules: impl FnOnce(&mut RulesConfig)) -> Engine {
 fn persistence_requires_the_condition_to_hold_without_a_break() {
     // Patient 5 (72): heart rate ≥ 74 is high. Persistence 10 s by default.
     let mut e = standard(|_| {});
-    let hr = |e: &mut Engine, s: i64, v: f64| run(e, &obs("5", at(s), &[(Vital::HeartRate, v)])).events;
+    let hr =
+        |e: &mut Engine, s: i64, v: f64| run(e, &obs("5", at(s), &[(Vital::HeartRate, v)])).events;
     assert!(hr(&mut e, 0, 90.0).is_empty());
     assert!(hr(&mut e, 9, 90.0).is_empty(), "9 s is not yet 10 s");
-    assert!(hr(&mut e, 11, 70.0).is_empty(), "back to normal: the pending condition resets");
+    assert!(
+        hr(&mut e, 11, 70.0).is_empty(),
+        "back to normal: the pending condition resets"
+    );
     assert!(hr(&mut e, 12, 90.0).is_empty());
     assert!(hr(&mut e, 21, 90.0).is_empty());
     let fired = hr(&mut e, 22, 90.0);
     assert_eq!(fired.len(), 1);
     assert_eq!(fired[0].event, AlertEventKind::Triggered);
-    assert_eq!(fired[0].episode_start, at(12), "the episode starts with its first abnormal reading");
+    assert_eq!(
+        fired[0].episode_start,
+        at(12),
+        "the episode starts with its first abnormal reading"
+    );
     assert_eq!(fired[0].input_message_time, at(22));
 }
 
 #[test]
 fn dedup_hysteresis_and_resolution() {
     let mut e = standard(|r| r.thresholds.persistence = Duration::ZERO);
-    let hr = |e: &mut Engine, s: i64, v: f64| run(e, &obs("5", at(s), &[(Vital::HeartRate, v)])).events;
+    let hr =
+        |e: &mut Engine, s: i64, v: f64| run(e, &obs("5", at(s), &[(Vital::HeartRate, v)])).events;
     let first = hr(&mut e, 0, 90.0);
     assert_eq!(first.len(), 1);
     let id = first[0].alert_id.clone();
@@ -252,14 +352,20 @@ fn renotify_until_acknowledged_then_resolve() {
     assert_eq!(out.events[0].event, AlertEventKind::Renotified);
     out.clear();
     e.tick(at(200), &mut out);
-    assert!(out.events.is_empty(), "the next re-notification is 2 min after the last");
+    assert!(
+        out.events.is_empty(),
+        "the next re-notification is 2 min after the last"
+    );
 
     let ack = e.acknowledge(&id, "nurse.jones", at(201)).unwrap();
     assert_eq!(ack.state, AlertState::Acknowledged);
     assert_eq!(ack.acknowledged_by.as_deref(), Some("nurse.jones"));
     assert!(e.acknowledge(&id, "nurse.jones", at(202)).is_err());
     e.tick(at(1000), &mut out);
-    assert!(out.events.is_empty(), "acknowledged alerts are not re-notified");
+    assert!(
+        out.events.is_empty(),
+        "acknowledged alerts are not re-notified"
+    );
     let f = run(&mut e, &obs("5", at(1001), &[(Vital::HeartRate, 70.0)]));
     assert_eq!(f.events[0].event, AlertEventKind::Resolved);
     assert!(e.active_alerts().is_empty());
@@ -269,7 +375,8 @@ fn renotify_until_acknowledged_then_resolve() {
 #[test]
 fn spo2_limit_rules_ignore_a_short_dropout_but_not_a_desaturation() {
     let mut e = standard(|_| {});
-    let spo2 = |e: &mut Engine, s: i64, v: f64| run(e, &obs("1", at(s), &[(Vital::Spo2, v)])).events;
+    let spo2 =
+        |e: &mut Engine, s: i64, v: f64| run(e, &obs("1", at(s), &[(Vital::Spo2, v)])).events;
     // A 5-second artifact to 85 %: below the 90 % limit, but shorter than its 15 s persistence.
     for s in 0..5 {
         assert!(spo2(&mut e, s, 85.0).is_empty());
@@ -285,10 +392,20 @@ fn spo2_limit_rules_ignore_a_short_dropout_but_not_a_desaturation() {
         assert!(spo2(&mut e, s, 78.0).is_empty(), "second {s}");
     }
     let f = spo2(&mut e, 25, 78.0);
-    assert_eq!(f.iter().map(|a| a.rule_key.as_str()).collect::<Vec<_>>(), vec!["limit:spo2_low"]);
+    assert_eq!(
+        f.iter().map(|a| a.rule_key.as_str()).collect::<Vec<_>>(),
+        vec!["limit:spo2_low"]
+    );
 }
 
-fn full_set(hr: f64, rr: f64, spo2: f64, sbp: f64, temp: f64, c: Consciousness) -> Vec<(Vital, f64)> {
+fn full_set(
+    hr: f64,
+    rr: f64,
+    spo2: f64,
+    sbp: f64,
+    temp: f64,
+    c: Consciousness,
+) -> Vec<(Vital, f64)> {
     vec![
         (Vital::HeartRate, hr),
         (Vital::RespRate, rr),
@@ -308,21 +425,54 @@ fn news2_alerts_escalate_and_resolve() {
         r.limits.clear();
     });
     let a = Consciousness::A;
-    assert!(run(&mut e, &obs("2", at(0), &full_set(70.0, 16.0, 97.0, 120.0, 37.0, a))).events.is_empty());
+    assert!(
+        run(
+            &mut e,
+            &obs("2", at(0), &full_set(70.0, 16.0, 97.0, 120.0, 37.0, a))
+        )
+        .events
+        .is_empty()
+    );
     // HR 115 (2) + RR 22 (2) + SpO2 95 (1) = 5: urgent, medium.
-    let f = run(&mut e, &obs("2", at(60), &full_set(115.0, 22.0, 95.0, 120.0, 37.0, a)));
+    let f = run(
+        &mut e,
+        &obs("2", at(60), &full_set(115.0, 22.0, 95.0, 120.0, 37.0, a)),
+    );
     assert_eq!(f.events.len(), 1);
-    assert_eq!((f.events[0].event, f.events[0].priority, f.events[0].news2_score), (AlertEventKind::Triggered, Priority::Medium, Some(5)));
+    assert_eq!(
+        (
+            f.events[0].event,
+            f.events[0].priority,
+            f.events[0].news2_score
+        ),
+        (AlertEventKind::Triggered, Priority::Medium, Some(5))
+    );
     let id = f.events[0].alert_id.clone();
     // + SBP 95 (2) = 7: emergency, the same episode escalates to high.
-    let f = run(&mut e, &obs("2", at(120), &full_set(115.0, 22.0, 95.0, 95.0, 37.0, a)));
+    let f = run(
+        &mut e,
+        &obs("2", at(120), &full_set(115.0, 22.0, 95.0, 95.0, 37.0, a)),
+    );
     assert_eq!(f.events.len(), 1);
-    assert_eq!((f.events[0].event, f.events[0].priority, f.events[0].alert_id.as_str()), (AlertEventKind::Escalated, Priority::High, id.as_str()));
+    assert_eq!(
+        (
+            f.events[0].event,
+            f.events[0].priority,
+            f.events[0].alert_id.as_str()
+        ),
+        (AlertEventKind::Escalated, Priority::High, id.as_str())
+    );
     // Back to 0: resolved.
-    let f = run(&mut e, &obs("2", at(180), &full_set(70.0, 16.0, 97.0, 120.0, 37.0, a)));
+    let f = run(
+        &mut e,
+        &obs("2", at(180), &full_set(70.0, 16.0, 97.0, 120.0, 37.0, a)),
+    );
     assert_eq!(f.events[0].event, AlertEventKind::Resolved);
     // Incomplete set (no temperature ever): no score.
-    let f = run(&mut e, &obs("3", at(0), &full_set(140.0, 30.0, 85.0, 80.0, 37.0, a)[..4]));
+    let f = run(
+        &mut e,
+        &obs("3", at(0), &full_set(140.0, 30.0, 85.0, 80.0, 37.0, a)[..4]),
+    );
     assert!(f.events.is_empty());
 }
 
@@ -372,27 +522,56 @@ fn per_patient_override_replaces_age_bands() {
         ..RulesConfig::default()
     };
     let mut e = Engine::new(rules, patients(), t);
-    assert!(run(&mut e, &obs("5", at(0), &[(Vital::HeartRate, 100.0)])).events.is_empty());
+    assert!(
+        run(&mut e, &obs("5", at(0), &[(Vital::HeartRate, 100.0)]))
+            .events
+            .is_empty()
+    );
     let f = run(&mut e, &obs("5", at(1), &[(Vital::HeartRate, 120.0)]));
-    assert_eq!((f.events[0].ref_id, f.events[0].priority), (Some(101), Priority::High));
+    assert_eq!(
+        (f.events[0].ref_id, f.events[0].priority),
+        (Some(101), Priority::High)
+    );
     // Other patients keep the age bands.
-    assert_eq!(run(&mut e, &obs("4", at(2), &[(Vital::HeartRate, 100.0)])).events[0].ref_id, Some(9));
+    assert_eq!(
+        run(&mut e, &obs("4", at(2), &[(Vital::HeartRate, 100.0)])).events[0].ref_id,
+        Some(9)
+    );
 }
 
 #[test]
 fn replaying_the_same_input_yields_the_same_alert_ids() {
     let input: Vec<Observation> = (0..200)
-        .map(|i| obs(["1", "2", "3", "4", "5"][i % 5], at(i as i64), &[(Vital::HeartRate, 40.0 + (i % 90) as f64), (Vital::Systolic, 100.0 + (i % 150) as f64)]))
+        .map(|i| {
+            obs(
+                ["1", "2", "3", "4", "5"][i % 5],
+                at(i as i64),
+                &[
+                    (Vital::HeartRate, 40.0 + (i % 90) as f64),
+                    (Vital::Systolic, 100.0 + (i % 150) as f64),
+                ],
+            )
+        })
         .collect();
     for profile in [Profile::Classic, Profile::Standard] {
         let ids = |now_offset: i64| {
-            let mut e = Engine::new(RulesConfig { profile, ..RulesConfig::default() }, patients(), table());
+            let mut e = Engine::new(
+                RulesConfig {
+                    profile,
+                    ..RulesConfig::default()
+                },
+                patients(),
+                table(),
+            );
             let mut f = Findings::default();
             for o in &input {
                 // The wall clock differs between runs; ids must not depend on it.
                 e.process(o, Timestamp(o.observed_at.0 + now_offset), &mut f);
             }
-            f.events.iter().map(|a| a.alert_id.clone()).collect::<Vec<_>>()
+            f.events
+                .iter()
+                .map(|a| a.alert_id.clone())
+                .collect::<Vec<_>>()
         };
         let first = ids(0);
         assert!(!first.is_empty());

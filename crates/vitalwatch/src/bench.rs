@@ -54,7 +54,10 @@ pub fn engine(patients: usize, readings: u64) -> anyhow::Result<()> {
         let mut done = 0u64;
         let mut events = 0u64;
         // Later passes shift time so the engine sees a continuing stream.
-        let span = input.last().map(|o| o.observed_at.0 - input[0].observed_at.0 + 1).unwrap_or(1);
+        let span = input
+            .last()
+            .map(|o| o.observed_at.0 - input[0].observed_at.0 + 1)
+            .unwrap_or(1);
         let mut pass = 0i64;
         let t = Instant::now();
         while done < readings {
@@ -90,16 +93,29 @@ pub fn engine(patients: usize, readings: u64) -> anyhow::Result<()> {
 }
 
 /// `vitalwatch bench http`
-pub async fn http(rate: u64, duration: vitalwatch_core::model::Duration, connections: usize) -> anyhow::Result<()> {
+pub async fn http(
+    rate: u64,
+    duration: vitalwatch_core::model::Duration,
+    connections: usize,
+) -> anyhow::Result<()> {
     let dir = tempfile_dir()?;
-    let mut cfg = Config::default();
-    cfg.data_dir = dir.clone();
+    let mut cfg = Config {
+        data_dir: dir.clone(),
+        ..Config::default()
+    };
     cfg.rules.profile = Profile::Classic;
     cfg.alerts.console = false;
     crate::commands::seed_for_bench(&cfg)?;
     let metrics = Arc::new(Metrics::default());
     metrics.keep_latency_samples();
-    let pipeline = Pipeline::start(&cfg, PipelineOptions { clock: Clock::Wall, console: false }, metrics.clone())?;
+    let pipeline = Pipeline::start(
+        &cfg,
+        PipelineOptions {
+            clock: Clock::Wall,
+            console: false,
+        },
+        metrics.clone(),
+    )?;
     let cancel = CancellationToken::new();
     let (addr, server) = crate::http::serve(
         "127.0.0.1:0".parse()?,
@@ -188,13 +204,21 @@ pub async fn http(rate: u64, duration: vitalwatch_core::model::Duration, connect
         ms(percentile(&rtts, 0.99)),
         ms(rtts.last().copied().unwrap_or(0))
     );
-    println!("  dead letters: {}, warehouse rows: {}", summary.dead_letters, metrics.archived_rows.load(Relaxed));
+    println!(
+        "  dead letters: {}, warehouse rows: {}",
+        summary.dead_letters,
+        metrics.archived_rows.load(Relaxed)
+    );
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
 
 fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
-    let d = std::env::temp_dir().join(format!("vitalwatch-bench-{}-{}", std::process::id(), wall_now().micros()));
+    let d = std::env::temp_dir().join(format!(
+        "vitalwatch-bench-{}-{}",
+        std::process::id(),
+        wall_now().micros()
+    ));
     std::fs::create_dir_all(&d).with_context(|| format!("cannot create {}", d.display()))?;
     Ok(d)
 }

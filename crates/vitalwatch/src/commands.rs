@@ -17,13 +17,16 @@ use vitalwatch_core::reference::{CLASSIC_THRESHOLDS_CSV, parse_patients_csv, par
 use vitalwatch_core::simulate::{SimConfig, Simulator, demo_patients};
 
 use crate::cli::{
-    AlertsCommand, ConfigCommand, DataArgs, PatientsCommand, ReplayArgs, RunArgs, SimFormat, SimulateArgs,
-    TableFormat, ThresholdsCommand, WarehouseCommand,
+    AlertsCommand, ConfigCommand, DataArgs, PatientsCommand, ReplayArgs, RunArgs, SimFormat,
+    SimulateArgs, TableFormat, ThresholdsCommand, WarehouseCommand,
 };
 use crate::config::{self, Config};
 use crate::http;
 use crate::metrics::Metrics;
-use crate::pipeline::{Clock, IngestMsg, Pipeline, PipelineHandle, PipelineOptions, catalog_path, wall_now, warehouse_root};
+use crate::pipeline::{
+    Clock, IngestMsg, Pipeline, PipelineHandle, PipelineOptions, catalog_path, wall_now,
+    warehouse_root,
+};
 
 /// Loads the config file (or defaults) and applies `--data`.
 pub fn load_config(args: &DataArgs) -> anyhow::Result<Config> {
@@ -55,11 +58,18 @@ fn seed_reference(cfg: &Config, demo: usize) -> anyhow::Result<()> {
     if cat.thresholds()?.version == 0 {
         let bands = parse_threshold_csv(CLASSIC_THRESHOLDS_CSV.as_bytes())?;
         let v = cat.import_thresholds(&bands, "built-in classic threshold_ref.csv", wall_now())?;
-        tracing::info!(version = v, bands = bands.len(), "loaded the classic threshold table");
+        tracing::info!(
+            version = v,
+            bands = bands.len(),
+            "loaded the classic threshold table"
+        );
     }
     if demo > 0 {
-        let have: std::collections::HashSet<String> =
-            cat.patients()?.into_iter().map(|p| p.patient_id.0).collect();
+        let have: std::collections::HashSet<String> = cat
+            .patients()?
+            .into_iter()
+            .map(|p| p.patient_id.0)
+            .collect();
         let missing: Vec<_> = demo_patients(demo)
             .into_iter()
             .filter(|p| !have.contains(p.patient_id.as_str()))
@@ -100,18 +110,42 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     if !problems.is_empty() {
         bail!("invalid settings:\n  - {}", problems.join("\n  - "));
     }
-    let duration = args.duration.as_deref().map(|d| parse_duration(d, "--duration")).transpose()?;
-    seed_reference(&cfg, if cfg.simulator.enabled { cfg.simulator.patients } else { 0 })?;
+    let duration = args
+        .duration
+        .as_deref()
+        .map(|d| parse_duration(d, "--duration"))
+        .transpose()?;
+    seed_reference(
+        &cfg,
+        if cfg.simulator.enabled {
+            cfg.simulator.patients
+        } else {
+            0
+        },
+    )?;
 
     let metrics = Arc::new(Metrics::default());
-    let pipeline = Pipeline::start(&cfg, PipelineOptions { clock: Clock::Wall, console: true }, metrics)?;
+    let pipeline = Pipeline::start(
+        &cfg,
+        PipelineOptions {
+            clock: Clock::Wall,
+            console: true,
+        },
+        metrics,
+    )?;
     let cancel = CancellationToken::new();
 
     let mut http_task = None;
     let mut listening = None;
     if cfg.http.enabled {
         let addr: SocketAddr = cfg.http.listen.parse()?;
-        let (local, task) = http::serve(addr, pipeline.handle(), cfg.http.max_body_bytes, cancel.clone()).await?;
+        let (local, task) = http::serve(
+            addr,
+            pipeline.handle(),
+            cfg.http.max_body_bytes,
+            cancel.clone(),
+        )
+        .await?;
         listening = Some(local);
         http_task = Some(task);
     }
@@ -125,7 +159,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             interval: cfg.simulator.interval,
             ..SimConfig::default()
         };
-        Some(std::thread::Builder::new().name("simulator".into()).spawn(move || simulate_live(sc, h, c))?)
+        Some(
+            std::thread::Builder::new()
+                .name("simulator".into())
+                .spawn(move || simulate_live(sc, h, c))?,
+        )
     } else {
         None
     };
@@ -184,7 +222,9 @@ fn simulate_live(config: SimConfig, h: PipelineHandle, cancel: CancellationToken
             batch.push(o);
         }
         if !batch.is_empty() {
-            h.metrics.received.fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            h.metrics
+                .received
+                .fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
             if h.ingest.send(IngestMsg::Batch(batch)).is_err() {
                 return;
             }
@@ -237,7 +277,9 @@ pub fn replay(args: ReplayArgs) -> anyhow::Result<()> {
                 Ok(())
             })?
     };
-    let read = reader.join().map_err(|_| anyhow::anyhow!("reader thread panicked"))?;
+    let read = reader
+        .join()
+        .map_err(|_| anyhow::anyhow!("reader thread panicked"))?;
     bar.finish_and_clear();
     let summary = pipeline.shutdown()?;
     read?;
@@ -255,9 +297,11 @@ fn progress_bar(total: u64, what: &str) -> indicatif::ProgressBar {
     }
     let bar = indicatif::ProgressBar::new(total);
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-            .progress_chars("=> "),
+        indicatif::ProgressStyle::with_template(
+            "{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
     );
     bar.set_message(what.to_owned());
     bar
@@ -266,12 +310,24 @@ fn progress_bar(total: u64, what: &str) -> indicatif::ProgressBar {
 /// Observations per batch sent to the engine.
 const REPLAY_BATCH: usize = 4096;
 
-fn read_file(path: &Path, format: InputFormat, h: &PipelineHandle, bar: &indicatif::ProgressBar) -> anyhow::Result<()> {
+fn read_file(
+    path: &Path,
+    format: InputFormat,
+    h: &PipelineHandle,
+    bar: &indicatif::ProgressBar,
+) -> anyhow::Result<()> {
     let (mut input, name): (Box<dyn BufRead>, String) = if path.as_os_str() == "-" {
-        (Box::new(BufReader::with_capacity(1 << 20, std::io::stdin())), "stdin".into())
+        (
+            Box::new(BufReader::with_capacity(1 << 20, std::io::stdin())),
+            "stdin".into(),
+        )
     } else {
-        let f = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-        (Box::new(BufReader::with_capacity(1 << 20, f)), path.display().to_string())
+        let f =
+            std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        (
+            Box::new(BufReader::with_capacity(1 << 20, f)),
+            path.display().to_string(),
+        )
     };
     let mut line = Vec::with_capacity(512);
     let mut batch = Vec::with_capacity(REPLAY_BATCH);
@@ -317,13 +373,18 @@ fn send_batch(
     dead: &mut Vec<DeadLetter>,
     received: &mut u64,
 ) -> anyhow::Result<()> {
-    h.metrics.received.fetch_add(std::mem::take(received), std::sync::atomic::Ordering::Relaxed);
+    h.metrics.received.fetch_add(
+        std::mem::take(received),
+        std::sync::atomic::Ordering::Relaxed,
+    );
     if !dead.is_empty() {
         h.dead_letters(std::mem::take(dead));
     }
     if !batch.is_empty() {
         let b = std::mem::replace(batch, Vec::with_capacity(REPLAY_BATCH));
-        h.ingest.send(IngestMsg::Batch(b)).map_err(|_| anyhow::anyhow!("pipeline stopped"))?;
+        h.ingest
+            .send(IngestMsg::Batch(b))
+            .map_err(|_| anyhow::anyhow!("pipeline stopped"))?;
     }
     Ok(())
 }
@@ -360,9 +421,11 @@ pub fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
     let bar = if args.output.as_os_str() != "-" && count > 100_000 {
         let b = progress_bar(count, "simulating");
         b.set_style(
-            indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} {per_sec} eta {eta}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-                .progress_chars("=> "),
+            indicatif::ProgressStyle::with_template(
+                "{msg} [{bar:40}] {pos}/{len} {per_sec} eta {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
         );
         b
     } else {
@@ -395,7 +458,9 @@ pub fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
     }
     bar.finish_and_clear();
     match out.flush() {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e).context("cannot write output"),
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(e).context("cannot write output")
+        }
         _ => Ok(()),
     }
 }
@@ -432,12 +497,25 @@ fn print_rows(headers: &[&str], rows: &[Vec<String>], format: TableFormat) -> an
                     w[i] = w[i].max(c.chars().count());
                 }
             }
-            let line = |out: &mut dyn Write, cells: &mut dyn Iterator<Item = &str>| -> std::io::Result<()> {
-                let parts: Vec<String> = cells.enumerate().map(|(i, c)| format!("{c:<width$}", width = w[i])).collect();
+            let line = |out: &mut dyn Write,
+                        cells: &mut dyn Iterator<Item = &str>|
+             -> std::io::Result<()> {
+                let parts: Vec<String> = cells
+                    .enumerate()
+                    .map(|(i, c)| format!("{c:<width$}", width = w[i]))
+                    .collect();
                 writeln!(out, "{}", parts.join("  ").trim_end())
             };
             line(&mut out, &mut headers.iter().copied())?;
-            line(&mut out, &mut w.iter().map(|n| "-".repeat(*n)).collect::<Vec<_>>().iter().map(String::as_str))?;
+            line(
+                &mut out,
+                &mut w
+                    .iter()
+                    .map(|n| "-".repeat(*n))
+                    .collect::<Vec<_>>()
+                    .iter()
+                    .map(String::as_str),
+            )?;
             for r in rows {
                 line(&mut out, &mut r.iter().map(String::as_str))?;
             }
@@ -473,10 +551,16 @@ pub fn patients(cmd: PatientsCommand) -> anyhow::Result<()> {
     match cmd {
         PatientsCommand::Import { data, file } => {
             let cfg = load_config(&data)?;
-            let bytes = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
-            let patients = parse_patients_csv(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let patients = parse_patients_csv(&bytes)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
             let n = open_catalog(&cfg)?.import_patients(&patients)?;
-            println!("imported {n} patients from {} into {}", file.display(), catalog_path(&cfg.data_dir).display());
+            println!(
+                "imported {n} patients from {} into {}",
+                file.display(),
+                catalog_path(&cfg.data_dir).display()
+            );
         }
         PatientsCommand::List { data, format } => {
             let cfg = load_config(&data)?;
@@ -498,7 +582,19 @@ pub fn patients(cmd: PatientsCommand) -> anyhow::Result<()> {
                     ]
                 })
                 .collect();
-            print_rows(&["patientid", "patientname", "age", "admitted_ward", "phone_number", "patientaddress", "spo2_scale"], &rows, format)?;
+            print_rows(
+                &[
+                    "patientid",
+                    "patientname",
+                    "age",
+                    "admitted_ward",
+                    "phone_number",
+                    "patientaddress",
+                    "spo2_scale",
+                ],
+                &rows,
+                format,
+            )?;
         }
     }
     Ok(())
@@ -509,29 +605,54 @@ pub fn thresholds(cmd: ThresholdsCommand) -> anyhow::Result<()> {
     match cmd {
         ThresholdsCommand::Import { data, file } => {
             let cfg = load_config(&data)?;
-            let bytes = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
-            let bands = parse_threshold_csv(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let bands = parse_threshold_csv(&bytes)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
             let source = file.display().to_string();
             let v = open_catalog(&cfg)?.import_thresholds(&bands, &source, wall_now())?;
-            println!("imported {} bands from {} as version {v}", bands.len(), file.display());
+            println!(
+                "imported {} bands from {} as version {v}",
+                bands.len(),
+                file.display()
+            );
         }
-        ThresholdsCommand::List { data, version, versions, format } => {
+        ThresholdsCommand::List {
+            data,
+            version,
+            versions,
+            format,
+        } => {
             let cfg = load_config(&data)?;
             let cat = open_catalog(&cfg)?;
             if versions {
                 let rows: Vec<Vec<String>> = cat
                     .threshold_versions()?
                     .into_iter()
-                    .map(|v| vec![v.version.to_string(), v.imported_at.to_string(), v.bands.to_string(), v.source])
+                    .map(|v| {
+                        vec![
+                            v.version.to_string(),
+                            v.imported_at.to_string(),
+                            v.bands.to_string(),
+                            v.source,
+                        ]
+                    })
                     .collect();
-                return print_rows(&["version", "imported_at", "bands", "source"], &rows, format);
+                return print_rows(
+                    &["version", "imported_at", "bands", "source"],
+                    &rows,
+                    format,
+                );
             }
             let t = match version {
                 Some(v) => cat.thresholds_version(v)?,
                 None => cat.thresholds()?,
             };
             if t.bands.is_empty() {
-                eprintln!("no threshold bands loaded (version {}); import some with `vitalwatch thresholds import FILE.csv`", t.version);
+                eprintln!(
+                    "no threshold bands loaded (version {}); import some with `vitalwatch thresholds import FILE.csv`",
+                    t.version
+                );
                 return Ok(());
             }
             eprintln!("threshold table version {}", t.version);
@@ -549,12 +670,26 @@ pub fn thresholds(cmd: ThresholdsCommand) -> anyhow::Result<()> {
                         u8::from(b.alert_flag).to_string(),
                         b.alert_message.clone(),
                         b.priority.to_string(),
-                        b.patient_id.as_ref().map(|p| p.0.clone()).unwrap_or_default(),
+                        b.patient_id
+                            .as_ref()
+                            .map(|p| p.0.clone())
+                            .unwrap_or_default(),
                     ]
                 })
                 .collect();
             print_rows(
-                &["ref_id", "attribute", "low_age_limit", "high_age_limit", "low_range_value", "high_range_value", "alert_flag", "alert_message", "priority", "patient_id"],
+                &[
+                    "ref_id",
+                    "attribute",
+                    "low_age_limit",
+                    "high_age_limit",
+                    "low_range_value",
+                    "high_range_value",
+                    "alert_flag",
+                    "alert_message",
+                    "priority",
+                    "patient_id",
+                ],
                 &rows,
                 format,
             )?;
@@ -566,7 +701,12 @@ pub fn thresholds(cmd: ThresholdsCommand) -> anyhow::Result<()> {
 /// `vitalwatch alerts …`
 pub fn alerts(cmd: AlertsCommand) -> anyhow::Result<()> {
     match cmd {
-        AlertsCommand::List { data, all, limit, format } => {
+        AlertsCommand::List {
+            data,
+            all,
+            limit,
+            format,
+        } => {
             let cfg = load_config(&data)?;
             let list = open_catalog(&cfg)?.alerts(!all, limit)?;
             let rows: Vec<Vec<String>> = list
@@ -586,7 +726,21 @@ pub fn alerts(cmd: AlertsCommand) -> anyhow::Result<()> {
                     ]
                 })
                 .collect();
-            print_rows(&["alert_id", "state", "priority", "patient_id", "rule", "value", "since", "events", "message"], &rows, format)
+            print_rows(
+                &[
+                    "alert_id",
+                    "state",
+                    "priority",
+                    "patient_id",
+                    "rule",
+                    "value",
+                    "since",
+                    "events",
+                    "message",
+                ],
+                &rows,
+                format,
+            )
         }
     }
 }
@@ -605,7 +759,11 @@ pub fn config_cmd(cmd: ConfigCommand) -> anyhow::Result<()> {
                 file.display(),
                 cfg.rules.profile.as_str(),
                 cfg.data_dir.display(),
-                if cfg.http.enabled { cfg.http.listen.as_str() } else { "off" },
+                if cfg.http.enabled {
+                    cfg.http.listen.as_str()
+                } else {
+                    "off"
+                },
                 if cfg.simulator.enabled { "on" } else { "off" }
             );
             Ok(())

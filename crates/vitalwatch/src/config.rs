@@ -180,7 +180,12 @@ pub struct ConfigProblems {
 
 impl std::fmt::Display for ConfigProblems {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(f, "{} problem(s) in {}:", self.problems.len(), self.path.display())?;
+        writeln!(
+            f,
+            "{} problem(s) in {}:",
+            self.problems.len(),
+            self.path.display()
+        )?;
         for p in &self.problems {
             writeln!(f, "  - {p}")?;
         }
@@ -196,14 +201,21 @@ const OPEN_MAPS: &[&str] = &["rules.thresholds.hysteresis"];
 /// Lists every key of `user` that the schema (the serialized defaults) does not have.
 fn unknown_keys(user: &toml::Table, schema: &toml::Table, prefix: &str, out: &mut Vec<String>) {
     for (k, v) in user {
-        let path = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+        let path = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
         if OPEN_MAPS.contains(&path.as_str()) {
             continue;
         }
         match (v, schema.get(k)) {
             (_, None) => {
                 let known: Vec<&str> = schema.keys().map(String::as_str).collect();
-                out.push(format!("unknown key `{path}` (known here: {})", known.join(", ")));
+                out.push(format!(
+                    "unknown key `{path}` (known here: {})",
+                    known.join(", ")
+                ));
             }
             (toml::Value::Table(u), Some(toml::Value::Table(s))) => unknown_keys(u, s, &path, out),
             (toml::Value::Array(items), Some(toml::Value::Array(s))) => {
@@ -231,7 +243,8 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigProblems> {
         path: path.to_owned(),
         problems,
     };
-    let table: toml::Table = toml::from_str(text).map_err(|e| fail(vec![format!("not valid TOML: {e}")]))?;
+    let table: toml::Table =
+        toml::from_str(text).map_err(|e| fail(vec![format!("not valid TOML: {e}")]))?;
     let mut problems = Vec::new();
     let schema = toml::Table::try_from(Config::default()).expect("default config serializes");
     unknown_keys(&table, &schema, "", &mut problems);
@@ -279,16 +292,25 @@ impl Config {
             p.push("http.max_body_bytes must be at least 1024".into());
         }
         if self.simulator.patients == 0 || self.simulator.patients > 100_000 {
-            p.push(format!("simulator.patients = {} must be 1–100000", self.simulator.patients));
+            p.push(format!(
+                "simulator.patients = {} must be 1–100000",
+                self.simulator.patients
+            ));
         }
         if self.simulator.interval < Duration::from_millis(10) {
-            p.push(format!("simulator.interval = {} must be at least 10ms", self.simulator.interval));
+            p.push(format!(
+                "simulator.interval = {} must be at least 10ms",
+                self.simulator.interval
+            ));
         }
         if self.warehouse.batch_rows == 0 || self.warehouse.roll_rows == 0 {
             p.push("warehouse.batch_rows and warehouse.roll_rows must be above 0".into());
         }
         if !(1..=22).contains(&self.warehouse.zstd_level) {
-            p.push(format!("warehouse.zstd_level = {} must be 1–22", self.warehouse.zstd_level));
+            p.push(format!(
+                "warehouse.zstd_level = {} must be 1–22",
+                self.warehouse.zstd_level
+            ));
         }
         if self.warehouse.roll_interval < Duration::from_secs(1) {
             p.push("warehouse.roll_interval must be at least 1s".into());
@@ -319,8 +341,14 @@ mod tests {
             .lines()
             .filter(|l| l.contains(" = ") && !l.starts_with('#'))
             .count();
-        let comments = DEFAULT_CONFIG_TOML.lines().filter(|l| l.trim_start().starts_with('#')).count();
-        assert!(comments >= documented, "{comments} comments for {documented} keys");
+        let comments = DEFAULT_CONFIG_TOML
+            .lines()
+            .filter(|l| l.trim_start().starts_with('#'))
+            .count();
+        assert!(
+            comments >= documented,
+            "{comments} comments for {documented} keys"
+        );
     }
 
     #[test]
@@ -355,10 +383,18 @@ mod tests {
         assert_eq!(err.problems.len(), 3, "{all}");
 
         // Once the keys are right, the semantic checks all report together.
-        let text = text.replace("colour = \"blue\"", "").replace("port = 80", "").replace("treshold = 3", "");
+        let text = text
+            .replace("colour = \"blue\"", "")
+            .replace("port = 80", "")
+            .replace("treshold = 3", "");
         let err = parse(&text, Path::new("bad.toml")).unwrap_err();
         let all = err.to_string();
-        for want in ["http.listen", "simulator.patients", "renotify_after", "rules.limits[0] (a): set `below`"] {
+        for want in [
+            "http.listen",
+            "simulator.patients",
+            "renotify_after",
+            "rules.limits[0] (a): set `below`",
+        ] {
             assert!(all.contains(want), "missing {want:?} in:\n{all}");
         }
         assert_eq!(err.problems.len(), 4, "{all}");

@@ -72,7 +72,10 @@ async fn post_readings(
                     reason: reason.clone(),
                     payload: truncate_payload(r.bytes, MAX_DEAD_LETTER_PAYLOAD),
                 });
-                rejected.push(Rejected { record: r.index, reason });
+                rejected.push(Rejected {
+                    record: r.index,
+                    reason,
+                });
             }
         }
     }
@@ -90,15 +93,31 @@ async fn post_readings(
     }
     h.dead_letters(dead);
     let n = accepted.len();
-    if n > 0 && h.ingest.send_async(IngestMsg::Batch(accepted)).await.is_err() {
-        return (StatusCode::SERVICE_UNAVAILABLE, "pipeline is shutting down\n").into_response();
+    if n > 0
+        && h.ingest
+            .send_async(IngestMsg::Batch(accepted))
+            .await
+            .is_err()
+    {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "pipeline is shutting down\n",
+        )
+            .into_response();
     }
     let status = if rejected.is_empty() {
         StatusCode::ACCEPTED
     } else {
         StatusCode::BAD_REQUEST
     };
-    (status, axum::Json(IngestReply { accepted: n, rejected })).into_response()
+    (
+        status,
+        axum::Json(IngestReply {
+            accepted: n,
+            rejected,
+        }),
+    )
+        .into_response()
 }
 
 async fn healthz() -> impl IntoResponse {
@@ -146,32 +165,59 @@ struct AckBody {
     by: Option<String>,
 }
 
-async fn ack_alert(State(h): State<PipelineHandle>, Path(id): Path<String>, body: Bytes) -> Response {
+async fn ack_alert(
+    State(h): State<PipelineHandle>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Response {
     let by = if body.is_empty() {
         None
     } else {
         match serde_json::from_slice::<AckBody>(&body) {
             Ok(b) => b.by,
-            Err(e) => return (StatusCode::BAD_REQUEST, format!("invalid body: {e}; expected {{\"by\":\"name\"}}\n")).into_response(),
+            Err(e) => {
+                return (
+                    StatusCode::BAD_REQUEST,
+                    format!("invalid body: {e}; expected {{\"by\":\"name\"}}\n"),
+                )
+                    .into_response();
+            }
         }
     };
     let Some(by) = by.filter(|b| !b.trim().is_empty()) else {
-        return (StatusCode::BAD_REQUEST, "say who acknowledges: {\"by\":\"nurse.jones\"}\n").into_response();
+        return (
+            StatusCode::BAD_REQUEST,
+            "say who acknowledges: {\"by\":\"nurse.jones\"}\n",
+        )
+            .into_response();
     };
     let (tx, rx) = flume::bounded(1);
-    if h
-        .ingest
-        .send_async(IngestMsg::Ack { alert_id: id, by, reply: tx })
+    if h.ingest
+        .send_async(IngestMsg::Ack {
+            alert_id: id,
+            by,
+            reply: tx,
+        })
         .await
         .is_err()
     {
-        return (StatusCode::SERVICE_UNAVAILABLE, "pipeline is shutting down\n").into_response();
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "pipeline is shutting down\n",
+        )
+            .into_response();
     }
     match rx.recv_async().await {
         Ok(Ok(ev)) => axum::Json(ev).into_response(),
-        Ok(Err(msg)) if msg.contains("already") => (StatusCode::CONFLICT, format!("{msg}\n")).into_response(),
+        Ok(Err(msg)) if msg.contains("already") => {
+            (StatusCode::CONFLICT, format!("{msg}\n")).into_response()
+        }
         Ok(Err(msg)) => (StatusCode::NOT_FOUND, format!("{msg}\n")).into_response(),
-        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "pipeline is shutting down\n").into_response(),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "pipeline is shutting down\n",
+        )
+            .into_response(),
     }
 }
 

@@ -46,8 +46,14 @@ pub fn main_with_args() -> anyhow::Result<()> {
         Command::Alerts(c) => commands::alerts(c),
         Command::Config(c) => commands::config_cmd(c),
         Command::Warehouse(c) => commands::warehouse_cmd(c),
-        Command::Bench(BenchCommand::Engine { patients, readings }) => bench::engine(patients, readings),
-        Command::Bench(BenchCommand::Http { rate, duration, connections }) => {
+        Command::Bench(BenchCommand::Engine { patients, readings }) => {
+            bench::engine(patients, readings)
+        }
+        Command::Bench(BenchCommand::Http {
+            rate,
+            duration,
+            connections,
+        }) => {
             let d = vitalwatch_core::model::Duration::parse(&duration)?;
             rt()?.block_on(bench::http(rate, d, connections))
         }

@@ -103,20 +103,56 @@ impl Metrics {
         let mut counter = |name: &str, help: &str, v: u64| {
             let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
         };
-        counter("vitalwatch_records_received_total", "Records received from all sources.", self.received.load(Relaxed));
-        counter("vitalwatch_observations_total", "Observation sets accepted.", self.observations.load(Relaxed));
-        counter("vitalwatch_readings_total", "Readings (one vital each) accepted.", self.readings.load(Relaxed));
-        counter("vitalwatch_dead_letters_total", "Records rejected as dead letters.", self.dead_letters.load(Relaxed));
-        counter("vitalwatch_unclassified_total", "Readings with an unknown patient or no band.", self.unclassified.load(Relaxed));
-        counter("vitalwatch_alert_events_total", "Alert events delivered to the outputs.", self.alert_events.load(Relaxed));
+        counter(
+            "vitalwatch_records_received_total",
+            "Records received from all sources.",
+            self.received.load(Relaxed),
+        );
+        counter(
+            "vitalwatch_observations_total",
+            "Observation sets accepted.",
+            self.observations.load(Relaxed),
+        );
+        counter(
+            "vitalwatch_readings_total",
+            "Readings (one vital each) accepted.",
+            self.readings.load(Relaxed),
+        );
+        counter(
+            "vitalwatch_dead_letters_total",
+            "Records rejected as dead letters.",
+            self.dead_letters.load(Relaxed),
+        );
+        counter(
+            "vitalwatch_unclassified_total",
+            "Readings with an unknown patient or no band.",
+            self.unclassified.load(Relaxed),
+        );
+        counter(
+            "vitalwatch_alert_events_total",
+            "Alert events delivered to the outputs.",
+            self.alert_events.load(Relaxed),
+        );
         counter(
             "vitalwatch_alert_events_replayed_total",
             "Alert events already recorded (replays), not delivered again.",
             self.alert_events_replayed.load(Relaxed),
         );
-        counter("vitalwatch_alert_output_errors_total", "Errors writing alert outputs.", self.alert_output_errors.load(Relaxed));
-        counter("vitalwatch_archived_rows_total", "Rows written to the warehouse.", self.archived_rows.load(Relaxed));
-        counter("vitalwatch_archive_errors_total", "Errors writing the warehouse.", self.archive_errors.load(Relaxed));
+        counter(
+            "vitalwatch_alert_output_errors_total",
+            "Errors writing alert outputs.",
+            self.alert_output_errors.load(Relaxed),
+        );
+        counter(
+            "vitalwatch_archived_rows_total",
+            "Rows written to the warehouse.",
+            self.archived_rows.load(Relaxed),
+        );
+        counter(
+            "vitalwatch_archive_errors_total",
+            "Errors writing the warehouse.",
+            self.archive_errors.load(Relaxed),
+        );
         let _ = writeln!(
             s,
             "# HELP vitalwatch_alerts_triggered_total Alerts triggered, by priority.\n# TYPE vitalwatch_alerts_triggered_total counter"
@@ -140,7 +176,10 @@ impl Metrics {
             );
         }
         let count = self.latency_count.load(Relaxed);
-        let _ = writeln!(s, "vitalwatch_alert_latency_seconds_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(
+            s,
+            "vitalwatch_alert_latency_seconds_bucket{{le=\"+Inf\"}} {count}"
+        );
         let _ = writeln!(
             s,
             "vitalwatch_alert_latency_seconds_sum {}",

@@ -94,7 +94,9 @@ impl PipelineHandle {
         if dls.is_empty() {
             return;
         }
-        self.metrics.dead_letters.fetch_add(dls.len() as u64, Relaxed);
+        self.metrics
+            .dead_letters
+            .fetch_add(dls.len() as u64, Relaxed);
         for d in &dls {
             tracing::debug!(source = %d.source, reason = %d.reason, "dead letter");
         }
@@ -153,7 +155,11 @@ impl std::fmt::Display for Summary {
             secs,
             self.readings as f64 / secs
         )?;
-        writeln!(f, "alerts: {} triggered, {} events", self.alerts, self.alert_events)?;
+        writeln!(
+            f,
+            "alerts: {} triggered, {} events",
+            self.alerts, self.alert_events
+        )?;
         writeln!(f, "dead letters: {}", self.dead_letters)?;
         writeln!(f, "unclassified: {}", self.unclassified)?;
         write!(
@@ -180,9 +186,14 @@ pub fn warehouse_root(data: &Path) -> PathBuf {
 
 impl Pipeline {
     /// Loads reference data from the catalog and starts the three threads.
-    pub fn start(config: &Config, opts: PipelineOptions, metrics: Arc<Metrics>) -> anyhow::Result<Pipeline> {
+    pub fn start(
+        config: &Config,
+        opts: PipelineOptions,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Pipeline> {
         let data = &config.data_dir;
-        std::fs::create_dir_all(data).with_context(|| format!("cannot create data directory {}", data.display()))?;
+        std::fs::create_dir_all(data)
+            .with_context(|| format!("cannot create data directory {}", data.display()))?;
         let cat_path = catalog_path(data);
         let catalog = SqliteCatalog::open(&cat_path)
             .with_context(|| format!("cannot open catalog {}", cat_path.display()))?;
@@ -229,7 +240,9 @@ impl Pipeline {
             let clock = opts.clock;
             std::thread::Builder::new()
                 .name("engine".into())
-                .spawn(move || engine_loop(engine, clock, ingest_rx, alert_tx, archive_tx, &metrics))?
+                .spawn(move || {
+                    engine_loop(engine, clock, ingest_rx, alert_tx, archive_tx, &metrics)
+                })?
         };
         Ok(Pipeline {
             handle: Some(PipelineHandle {
@@ -252,7 +265,11 @@ impl Pipeline {
 
     /// Drains and stops: call after every source has dropped its handles.
     pub fn shutdown(mut self) -> anyhow::Result<Summary> {
-        let metrics = self.handle.as_ref().map(|h| h.metrics.clone()).expect("pipeline running");
+        let metrics = self
+            .handle
+            .as_ref()
+            .map(|h| h.metrics.clone())
+            .expect("pipeline running");
         self.handle = None;
         let join = |name: &str, r: std::thread::Result<anyhow::Result<()>>| -> anyhow::Result<()> {
             r.map_err(|_| anyhow!("{name} thread panicked"))?
@@ -293,8 +310,12 @@ fn engine_loop(
             let _ = alert_tx.send(std::mem::take(&mut findings.events));
         }
         if !findings.unclassified.is_empty() {
-            metrics.unclassified.fetch_add(findings.unclassified.len() as u64, Relaxed);
-            let _ = archive_tx.send(ArchiveMsg::Unclassified(std::mem::take(&mut findings.unclassified)));
+            metrics
+                .unclassified
+                .fetch_add(findings.unclassified.len() as u64, Relaxed);
+            let _ = archive_tx.send(ArchiveMsg::Unclassified(std::mem::take(
+                &mut findings.unclassified,
+            )));
         }
     };
     loop {
@@ -309,7 +330,9 @@ fn engine_loop(
                 }
                 metrics.observations.fetch_add(batch.len() as u64, Relaxed);
                 metrics.readings.fetch_add(readings, Relaxed);
-                if clock == Clock::Stream && stream_now.since(last_stream_tick).micros() >= 1_000_000 {
+                if clock == Clock::Stream
+                    && stream_now.since(last_stream_tick).micros() >= 1_000_000
+                {
                     engine.tick(stream_now, &mut findings);
                     last_stream_tick = stream_now;
                 }
@@ -317,8 +340,14 @@ fn engine_loop(
                 emit(&mut findings);
                 let _ = archive_tx.send(ArchiveMsg::Observations(batch));
             }
-            Ok(IngestMsg::Ack { alert_id, by, reply }) => {
-                let r = engine.acknowledge(&alert_id, &by, wall_now()).map_err(|e| e.to_string());
+            Ok(IngestMsg::Ack {
+                alert_id,
+                by,
+                reply,
+            }) => {
+                let r = engine
+                    .acknowledge(&alert_id, &by, wall_now())
+                    .map_err(|e| e.to_string());
                 if let Ok(ev) = &r {
                     findings.events.push(ev.clone());
                     emit(&mut findings);
@@ -361,7 +390,11 @@ impl AlertOutputs {
             colour: std::io::stdout().is_terminal(),
             names: config.alerts.console_names,
         });
-        Ok(AlertOutputs { catalog, jsonl, console })
+        Ok(AlertOutputs {
+            catalog,
+            jsonl,
+            console,
+        })
     }
 }
 
@@ -399,7 +432,9 @@ fn alert_loop(
                 continue;
             }
             if let Some(w) = out.jsonl.as_mut() {
-                let r = serde_json::to_writer(&mut *w, &e).map_err(std::io::Error::from).and_then(|_| w.write_all(b"\n"));
+                let r = serde_json::to_writer(&mut *w, &e)
+                    .map_err(std::io::Error::from)
+                    .and_then(|_| w.write_all(b"\n"));
                 if let Err(err) = r {
                     metrics.alert_output_errors.fetch_add(1, Relaxed);
                     tracing::error!(error = %err, "cannot append to alerts.jsonl");
@@ -435,13 +470,19 @@ fn alert_loop(
     Ok(())
 }
 
-fn archive_loop(mut sink: ParquetSink, rx: flume::Receiver<ArchiveMsg>, metrics: &Metrics) -> anyhow::Result<WarehouseStats> {
+fn archive_loop(
+    mut sink: ParquetSink,
+    rx: flume::Receiver<ArchiveMsg>,
+    metrics: &Metrics,
+) -> anyhow::Result<WarehouseStats> {
     let mut last_tick = Instant::now();
     loop {
         let msg = rx.recv_timeout(std::time::Duration::from_millis(500));
         let r = match msg {
             Ok(ArchiveMsg::Observations(o)) => {
-                metrics.archived_rows.fetch_add(o.iter().map(|x| x.vitals.len() as u64).sum(), Relaxed);
+                metrics
+                    .archived_rows
+                    .fetch_add(o.iter().map(|x| x.vitals.len() as u64).sum(), Relaxed);
                 sink.write_observations(&o)
             }
             Ok(ArchiveMsg::Alerts(a)) => {

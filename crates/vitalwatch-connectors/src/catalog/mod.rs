@@ -261,8 +261,9 @@ impl SqliteCatalog {
         let mut bands = Vec::new();
         for row in rows {
             let (ref_id, attribute, la, ha, lv, hv, flag, msg, prio, pid) = row?;
-            let vital = Vital::from_name(&attribute)
-                .ok_or_else(|| CatalogError::Corrupt(format!("band {ref_id}: unknown attribute {attribute}")))?;
+            let vital = Vital::from_name(&attribute).ok_or_else(|| {
+                CatalogError::Corrupt(format!("band {ref_id}: unknown attribute {attribute}"))
+            })?;
             let priority = Priority::parse(&prio)
                 .ok_or_else(|| CatalogError::Corrupt(format!("band {ref_id}: priority {prio}")))?;
             bands.push(ThresholdBand {
@@ -302,7 +303,10 @@ impl SqliteCatalog {
 
     /// Records alert events in one transaction. Returns, per event, whether it was new:
     /// an event already recorded (a replay) is skipped, so callers notify only on `true`.
-    pub fn record_alert_events(&mut self, events: &[AlertEvent]) -> Result<Vec<bool>, CatalogError> {
+    pub fn record_alert_events(
+        &mut self,
+        events: &[AlertEvent],
+    ) -> Result<Vec<bool>, CatalogError> {
         let tx = self.conn.transaction()?;
         let mut fresh = Vec::with_capacity(events.len());
         {
@@ -349,7 +353,9 @@ impl SqliteCatalog {
             if only_open { "WHERE a.state <> 'resolved'" } else { "" }
         );
         let mut st = self.conn.prepare(&sql)?;
-        let rows = st.query_map([limit as i64], |r| Ok((r.get::<_, String>(0)?, r.get::<_, u32>(1)?)))?;
+        let rows = st.query_map([limit as i64], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, u32>(1)?))
+        })?;
         let mut out = Vec::new();
         for row in rows {
             let (body, events) = row?;
@@ -416,10 +422,17 @@ mod tests {
         let patients = parse_patients_csv(CLASSIC_PATIENTS_CSV.as_bytes()).unwrap();
         c.import_patients(&patients).unwrap();
         let bands = parse_threshold_csv(CLASSIC_THRESHOLDS_CSV.as_bytes()).unwrap();
-        assert_eq!(c.import_thresholds(&bands, "a.csv", Timestamp(1)).unwrap(), 1);
+        assert_eq!(
+            c.import_thresholds(&bands, "a.csv", Timestamp(1)).unwrap(),
+            1
+        );
         let mut changed = bands.clone();
         changed[0].alert_message = "Bradycardia".into();
-        assert_eq!(c.import_thresholds(&changed, "b.csv", Timestamp(2)).unwrap(), 2);
+        assert_eq!(
+            c.import_thresholds(&changed, "b.csv", Timestamp(2))
+                .unwrap(),
+            2
+        );
         drop(c);
 
         let c = SqliteCatalog::open(&path).unwrap();
@@ -429,7 +442,13 @@ mod tests {
         assert_eq!(t.bands, changed);
         assert_eq!(c.thresholds_version(1).unwrap().bands, bands);
         let versions = c.threshold_versions().unwrap();
-        assert_eq!(versions.iter().map(|v| (v.version, v.bands)).collect::<Vec<_>>(), vec![(1, 12), (2, 12)]);
+        assert_eq!(
+            versions
+                .iter()
+                .map(|v| (v.version, v.bands))
+                .collect::<Vec<_>>(),
+            vec![(1, 12), (2, 12)]
+        );
     }
 
     #[test]
@@ -442,7 +461,10 @@ mod tests {
         };
         let events = |now: i64| {
             let mut e = Engine::new(
-                RulesConfig { profile: Profile::Classic, ..RulesConfig::default() },
+                RulesConfig {
+                    profile: Profile::Classic,
+                    ..RulesConfig::default()
+                },
                 patients.clone(),
                 table.clone(),
             );
@@ -452,7 +474,9 @@ mod tests {
                 device_id: DeviceId("d".into()),
                 observed_at: Timestamp(1_000_000),
                 ingested_at: Timestamp(1_000_000),
-                vitals: VitalSet::default().with(Vital::HeartRate, 90.0).with(Vital::Systolic, 200.0),
+                vitals: VitalSet::default()
+                    .with(Vital::HeartRate, 90.0)
+                    .with(Vital::Systolic, 200.0),
             };
             e.process(&o, Timestamp(now), &mut f);
             f.events
@@ -461,10 +485,16 @@ mod tests {
         assert_eq!(first.len(), 2);
         assert_eq!(c.record_alert_events(&first).unwrap(), vec![true, true]);
         // A replay generates the same alerts at a later wall-clock time: nothing new.
-        assert_eq!(c.record_alert_events(&events(9_000_000)).unwrap(), vec![false, false]);
+        assert_eq!(
+            c.record_alert_events(&events(9_000_000)).unwrap(),
+            vec![false, false]
+        );
         let stored = c.alerts(true, 10).unwrap();
         assert_eq!(stored.len(), 2);
         assert_eq!(stored[0].events, 1);
-        assert_eq!(c.alert(&first[0].alert_id).unwrap().unwrap().alert_message, first[0].alert_message);
+        assert_eq!(
+            c.alert(&first[0].alert_id).unwrap().unwrap().alert_message,
+            first[0].alert_message
+        );
     }
 }

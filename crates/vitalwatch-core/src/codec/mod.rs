@@ -126,7 +126,11 @@ struct CanonicalVitals<'a> {
 /// Decodes one JSON record (a single object).
 ///
 /// `ingested_at` stamps the record and stands in for a missing observation time.
-pub fn decode_record(bytes: &[u8], format: InputFormat, ingested_at: Timestamp) -> Result<Observation, DecodeError> {
+pub fn decode_record(
+    bytes: &[u8],
+    format: InputFormat,
+    ingested_at: Timestamp,
+) -> Result<Observation, DecodeError> {
     let format = match format {
         InputFormat::Auto => sniff(bytes),
         f => f,
@@ -159,7 +163,11 @@ fn malformed(format: &'static str, e: serde_json::Error) -> DecodeError {
     }
 }
 
-fn parse_time(raw: Option<Cow<'_, str>>, ingested_at: Timestamp, field: &str) -> Result<Timestamp, DecodeError> {
+fn parse_time(
+    raw: Option<Cow<'_, str>>,
+    ingested_at: Timestamp,
+    field: &str,
+) -> Result<Timestamp, DecodeError> {
     match raw {
         None => Ok(ingested_at),
         Some(s) => Timestamp::parse(&s).map_err(|e| DecodeError::Invalid(format!("{field}: {e}"))),
@@ -167,7 +175,8 @@ fn parse_time(raw: Option<Cow<'_, str>>, ingested_at: Timestamp, field: &str) ->
 }
 
 fn decode_classic(bytes: &[u8], ingested_at: Timestamp) -> Result<Observation, DecodeError> {
-    let r: ClassicRecord<'_> = serde_json::from_slice(bytes).map_err(|e| malformed("classic", e))?;
+    let r: ClassicRecord<'_> =
+        serde_json::from_slice(bytes).map_err(|e| malformed("classic", e))?;
     let id = r.customer_id.into_string();
     if id.is_empty() {
         return Err(DecodeError::Invalid("customerId is empty".into()));
@@ -190,7 +199,8 @@ fn decode_classic(bytes: &[u8], ingested_at: Timestamp) -> Result<Observation, D
 }
 
 fn decode_canonical(bytes: &[u8], ingested_at: Timestamp) -> Result<Observation, DecodeError> {
-    let r: CanonicalRecord<'_> = serde_json::from_slice(bytes).map_err(|e| malformed("canonical", e))?;
+    let r: CanonicalRecord<'_> =
+        serde_json::from_slice(bytes).map_err(|e| malformed("canonical", e))?;
     let id = r.patient_id.into_string();
     if id.is_empty() {
         return Err(DecodeError::Invalid("patient_id is empty".into()));
@@ -211,8 +221,9 @@ fn decode_canonical(bytes: &[u8], ingested_at: Timestamp) -> Result<Observation,
         }
     }
     if let Some(c) = v.consciousness {
-        let level = Consciousness::from_letter(&c)
-            .ok_or_else(|| DecodeError::Invalid(format!("consciousness {c:?} is not one of A, C, V, P, U")))?;
+        let level = Consciousness::from_letter(&c).ok_or_else(|| {
+            DecodeError::Invalid(format!("consciousness {c:?} is not one of A, C, V, P, U"))
+        })?;
         vitals.set(Vital::Consciousness, level.code());
     }
     if let Some(o) = v.on_oxygen {
@@ -281,7 +292,10 @@ pub fn split_body(body: &[u8]) -> Vec<RawRecord<'_>> {
                 })
                 .collect();
         }
-        return vec![RawRecord { index: 1, bytes: trimmed }];
+        return vec![RawRecord {
+            index: 1,
+            bytes: trimmed,
+        }];
     }
     let lines: Vec<RawRecord<'_>> = trimmed
         .split(|&b| b == b'\n')
@@ -298,7 +312,10 @@ pub fn split_body(body: &[u8]) -> Vec<RawRecord<'_>> {
         && serde_json::from_slice::<&serde_json::value::RawValue>(lines[0].bytes).is_err()
         && serde_json::from_slice::<&serde_json::value::RawValue>(trimmed).is_ok()
     {
-        return vec![RawRecord { index: 1, bytes: trimmed }];
+        return vec![RawRecord {
+            index: 1,
+            bytes: trimmed,
+        }];
     }
     lines
 }
@@ -320,7 +337,11 @@ pub fn encode_classic(obs: &Observation, out: &mut String) {
             let _ = write!(out, "{n}");
         }
         Err(_) => {
-            let _ = write!(out, "{}", serde_json::Value::String(obs.patient_id.0.clone()));
+            let _ = write!(
+                out,
+                "{}",
+                serde_json::Value::String(obs.patient_id.0.clone())
+            );
         }
     }
     if let Some(hr) = obs.vitals.get(Vital::HeartRate) {
@@ -334,7 +355,9 @@ pub fn encode_classic(obs: &Observation, out: &mut String) {
     let _ = write!(
         out,
         ",\"message_time\":\"{}\"}}",
-        obs.observed_at.to_datetime().format("%Y-%m-%d %H:%M:%S%.3f")
+        obs.observed_at
+            .to_datetime()
+            .format("%Y-%m-%d %H:%M:%S%.3f")
     );
 }
 
@@ -345,7 +368,9 @@ pub fn encode_canonical(obs: &Observation, annotation: Option<&str>, out: &mut S
         "{{\"patient_id\":{},\"device_id\":{},\"observed_at\":\"{}\",\"vitals\":{{",
         serde_json::Value::String(obs.patient_id.0.clone()),
         serde_json::Value::String(obs.device_id.0.clone()),
-        obs.observed_at.to_datetime().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+        obs.observed_at
+            .to_datetime()
+            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
     );
     let mut first = true;
     for (vital, value) in obs.vitals.iter() {
@@ -356,7 +381,9 @@ pub fn encode_canonical(obs: &Observation, annotation: Option<&str>, out: &mut S
         let _ = write!(out, "\"{}\":", vital.name());
         match vital {
             Vital::Consciousness => {
-                let letter = Consciousness::from_code(value).map(Consciousness::letter).unwrap_or("A");
+                let letter = Consciousness::from_code(value)
+                    .map(Consciousness::letter)
+                    .unwrap_or("A");
                 let _ = write!(out, "\"{letter}\"");
             }
             Vital::OnOxygen => out.push_str(if value >= 0.5 { "true" } else { "false" }),
@@ -365,7 +392,11 @@ pub fn encode_canonical(obs: &Observation, annotation: Option<&str>, out: &mut S
     }
     out.push('}');
     if let Some(a) = annotation {
-        let _ = write!(out, ",\"annotation\":{}", serde_json::Value::String(a.to_owned()));
+        let _ = write!(
+            out,
+            ",\"annotation\":{}",
+            serde_json::Value::String(a.to_owned())
+        );
     }
     out.push('}');
 }
@@ -379,7 +410,12 @@ mod tests {
 
     #[test]
     fn classic_record_becomes_two_readings() {
-        let obs = decode_record(br#"{"customerId":1,"heartBeat":74,"bp":202}"#, InputFormat::Auto, T0).unwrap();
+        let obs = decode_record(
+            br#"{"customerId":1,"heartBeat":74,"bp":202}"#,
+            InputFormat::Auto,
+            T0,
+        )
+        .unwrap();
         assert_eq!(obs.patient_id.as_str(), "1");
         assert_eq!(obs.vitals.get(Vital::HeartRate), Some(74.0));
         assert_eq!(obs.vitals.get(Vital::Systolic), Some(202.0));
@@ -391,7 +427,10 @@ mod tests {
             Timestamp(0),
         )
         .unwrap();
-        assert_eq!(timed.observed_at, Timestamp::parse("2026-11-28T14:03:11.250Z").unwrap());
+        assert_eq!(
+            timed.observed_at,
+            Timestamp::parse("2026-11-28T14:03:11.250Z").unwrap()
+        );
     }
 
     #[test]
@@ -406,15 +445,29 @@ mod tests {
     #[test]
     fn rejects_with_reasons() {
         let cases: [(&[u8], &str); 6] = [
-            (br#"{"customerId":1,"heartBeat":900,"bp":120}"#, "heart_rate 900 outside plausible range"),
-            (br#"{"patient_id":"x","vitals":{"spo2":130}}"#, "spo2 130 outside plausible range"),
-            (br#"{"patient_id":"x","vitals":{"pulse_ox":97}}"#, "unknown field `pulse_ox`"),
+            (
+                br#"{"customerId":1,"heartBeat":900,"bp":120}"#,
+                "heart_rate 900 outside plausible range",
+            ),
+            (
+                br#"{"patient_id":"x","vitals":{"spo2":130}}"#,
+                "spo2 130 outside plausible range",
+            ),
+            (
+                br#"{"patient_id":"x","vitals":{"pulse_ox":97}}"#,
+                "unknown field `pulse_ox`",
+            ),
             (br#"{"customerId":1}"#, "no vitals"),
-            (br#"{"customerId":1,"heartBeat":70,"message_time":"yesterday"}"#, "message_time"),
+            (
+                br#"{"customerId":1,"heartBeat":70,"message_time":"yesterday"}"#,
+                "message_time",
+            ),
             (b"{not json", "invalid canonical record"),
         ];
         for (rec, want) in cases {
-            let err = decode_record(rec, InputFormat::Auto, T0).unwrap_err().to_string();
+            let err = decode_record(rec, InputFormat::Auto, T0)
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(want), "{err:?} should mention {want:?}");
         }
     }
@@ -426,7 +479,10 @@ mod tests {
         assert_eq!(arr.len(), 2);
         assert_eq!(arr[1].bytes, br#"{"customerId":2,"bp":2}"#);
         let nd = split_body(b"{\"customerId\":1}\n\n{bad\n{\"customerId\":3}\n");
-        assert_eq!(nd.iter().map(|r| r.index).collect::<Vec<_>>(), vec![1, 3, 4]);
+        assert_eq!(
+            nd.iter().map(|r| r.index).collect::<Vec<_>>(),
+            vec![1, 3, 4]
+        );
         let pretty = split_body(b"{\n  \"customerId\": 1,\n  \"bp\": 120\n}\n");
         assert_eq!(pretty.len(), 1);
     }
@@ -444,7 +500,9 @@ mod tests {
                     if let Some(v) = v {
                         let (lo, hi) = vital.plausible_range();
                         let x = match vital {
-                            Vital::TempC => ((lo + f64::from(v) * (hi - lo) / 100.0) * 10.0).round() / 10.0,
+                            Vital::TempC => {
+                                ((lo + f64::from(v) * (hi - lo) / 100.0) * 10.0).round() / 10.0
+                            }
                             Vital::OnOxygen => f64::from(v % 2),
                             Vital::Consciousness => f64::from(v % 5),
                             _ => (lo + f64::from(v) * (hi - lo) / 100.0).round(),

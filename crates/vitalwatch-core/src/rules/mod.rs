@@ -239,7 +239,9 @@ impl RulesConfig {
         }
         for (k, v) in &self.thresholds.hysteresis {
             if !(v.is_finite() && *v >= 0.0) {
-                p.push(format!("rules.thresholds.hysteresis.{k} = {v} must be 0 or more"));
+                p.push(format!(
+                    "rules.thresholds.hysteresis.{k} = {v} must be 0 or more"
+                ));
             }
         }
         if self.stale_device.enabled && self.stale_device.after < Duration::from_secs(1) {
@@ -248,13 +250,22 @@ impl RulesConfig {
         let mut names = std::collections::BTreeSet::new();
         for (i, l) in self.limits.iter().enumerate() {
             if !names.insert(l.name.as_str()) {
-                p.push(format!("rules.limits[{i}]: name {:?} is used twice", l.name));
+                p.push(format!(
+                    "rules.limits[{i}]: name {:?} is used twice",
+                    l.name
+                ));
             }
             if l.below.is_none() && l.above.is_none() {
-                p.push(format!("rules.limits[{i}] ({}): set `below`, `above` or both", l.name));
+                p.push(format!(
+                    "rules.limits[{i}] ({}): set `below`, `above` or both",
+                    l.name
+                ));
             }
             if !(l.hysteresis.is_finite() && l.hysteresis >= 0.0) {
-                p.push(format!("rules.limits[{i}] ({}): hysteresis must be 0 or more", l.name));
+                p.push(format!(
+                    "rules.limits[{i}] ({}): hysteresis must be 0 or more",
+                    l.name
+                ));
             }
         }
         p

@@ -208,8 +208,18 @@ mod tests {
     #[test]
     fn respiration_edges() {
         for (v, p) in [
-            (0.0, 3), (8.0, 3), (9.0, 1), (11.0, 1), (12.0, 0), (20.0, 0),
-            (21.0, 2), (24.0, 2), (25.0, 3), (60.0, 3), (8.4, 3), (8.5, 1),
+            (0.0, 3),
+            (8.0, 3),
+            (9.0, 1),
+            (11.0, 1),
+            (12.0, 0),
+            (20.0, 0),
+            (21.0, 2),
+            (24.0, 2),
+            (25.0, 3),
+            (60.0, 3),
+            (8.4, 3),
+            (8.5, 1),
         ] {
             assert_eq!(resp_rate_points(v), p, "rr {v}");
         }
@@ -217,7 +227,15 @@ mod tests {
 
     #[test]
     fn spo2_scale1_edges() {
-        for (v, p) in [(91.0, 3), (92.0, 2), (93.0, 2), (94.0, 1), (95.0, 1), (96.0, 0), (100.0, 0)] {
+        for (v, p) in [
+            (91.0, 3),
+            (92.0, 2),
+            (93.0, 2),
+            (94.0, 1),
+            (95.0, 1),
+            (96.0, 0),
+            (100.0, 0),
+        ] {
             assert_eq!(spo2_points(v, false, Spo2Scale::Scale1), p, "spo2 {v}");
             // Scale 1 ignores oxygen for the SpO2 points (oxygen scores separately).
             assert_eq!(spo2_points(v, true, Spo2Scale::Scale1), p, "spo2 {v} on O2");
@@ -228,11 +246,24 @@ mod tests {
     fn spo2_scale2_edges() {
         let s2 = Spo2Scale::Scale2;
         for (v, o2, p) in [
-            (83.0, false, 3), (84.0, false, 2), (85.0, false, 2), (86.0, false, 1),
-            (87.0, false, 1), (88.0, false, 0), (92.0, false, 0), (92.0, true, 0),
-            (93.0, false, 0), (100.0, false, 0), (93.0, true, 1), (94.0, true, 1),
-            (95.0, true, 2), (96.0, true, 2), (97.0, true, 3), (100.0, true, 3),
-            (83.0, true, 3), (87.0, true, 1),
+            (83.0, false, 3),
+            (84.0, false, 2),
+            (85.0, false, 2),
+            (86.0, false, 1),
+            (87.0, false, 1),
+            (88.0, false, 0),
+            (92.0, false, 0),
+            (92.0, true, 0),
+            (93.0, false, 0),
+            (100.0, false, 0),
+            (93.0, true, 1),
+            (94.0, true, 1),
+            (95.0, true, 2),
+            (96.0, true, 2),
+            (97.0, true, 3),
+            (100.0, true, 3),
+            (83.0, true, 3),
+            (87.0, true, 1),
         ] {
             assert_eq!(spo2_points(v, o2, s2), p, "spo2 {v} oxygen {o2}");
         }
@@ -241,8 +272,14 @@ mod tests {
     #[test]
     fn systolic_edges() {
         for (v, p) in [
-            (90.0, 3), (91.0, 2), (100.0, 2), (101.0, 1), (110.0, 1), (111.0, 0),
-            (219.0, 0), (220.0, 3),
+            (90.0, 3),
+            (91.0, 2),
+            (100.0, 2),
+            (101.0, 1),
+            (110.0, 1),
+            (111.0, 0),
+            (219.0, 0),
+            (220.0, 3),
         ] {
             assert_eq!(systolic_points(v), p, "sbp {v}");
         }
@@ -251,8 +288,16 @@ mod tests {
     #[test]
     fn pulse_edges() {
         for (v, p) in [
-            (40.0, 3), (41.0, 1), (50.0, 1), (51.0, 0), (90.0, 0), (91.0, 1),
-            (110.0, 1), (111.0, 2), (130.0, 2), (131.0, 3),
+            (40.0, 3),
+            (41.0, 1),
+            (50.0, 1),
+            (51.0, 0),
+            (90.0, 0),
+            (91.0, 1),
+            (110.0, 1),
+            (111.0, 2),
+            (130.0, 2),
+            (131.0, 3),
         ] {
             assert_eq!(pulse_points(v), p, "pulse {v}");
         }
@@ -261,8 +306,18 @@ mod tests {
     #[test]
     fn temperature_edges_and_rounding() {
         for (v, p) in [
-            (35.0, 3), (35.1, 1), (36.0, 1), (36.1, 0), (38.0, 0), (38.1, 1),
-            (39.0, 1), (39.1, 2), (41.0, 2), (35.05, 1), (35.04, 3), (38.05, 1),
+            (35.0, 3),
+            (35.1, 1),
+            (36.0, 1),
+            (36.1, 0),
+            (38.0, 0),
+            (38.1, 1),
+            (39.0, 1),
+            (39.1, 2),
+            (41.0, 2),
+            (35.05, 1),
+            (35.04, 3),
+            (38.05, 1),
         ] {
             assert_eq!(temperature_points(v), p, "temp {v}");
         }
@@ -271,7 +326,12 @@ mod tests {
     #[test]
     fn consciousness_and_oxygen() {
         assert_eq!(consciousness_points(Consciousness::A), 0);
-        for c in [Consciousness::C, Consciousness::V, Consciousness::P, Consciousness::U] {
+        for c in [
+            Consciousness::C,
+            Consciousness::V,
+            Consciousness::P,
+            Consciousness::U,
+        ] {
             assert_eq!(consciousness_points(c), 3);
         }
         assert_eq!(oxygen_points(true), 2);
@@ -294,27 +354,59 @@ mod tests {
     #[test]
     fn aggregate_responses_keep_zero_and_low_distinct() {
         assert_eq!(score(&normal()).response, ClinicalResponse::Zero);
-        let low = News2Input { pulse: 95.0, ..normal() };
+        let low = News2Input {
+            pulse: 95.0,
+            ..normal()
+        };
         assert_eq!(score(&low).total, 1);
         assert_eq!(score(&low).response, ClinicalResponse::Low);
-        let four = News2Input { pulse: 115.0, resp_rate: 22.0, ..normal() };
+        let four = News2Input {
+            pulse: 115.0,
+            resp_rate: 22.0,
+            ..normal()
+        };
         assert_eq!(score(&four).total, 4);
         assert_eq!(score(&four).response, ClinicalResponse::Low);
-        let single3 = News2Input { consciousness: Consciousness::V, ..normal() };
+        let single3 = News2Input {
+            consciousness: Consciousness::V,
+            ..normal()
+        };
         assert_eq!(score(&single3).total, 3);
         assert_eq!(score(&single3).response, ClinicalResponse::LowMedium);
-        let five = News2Input { pulse: 115.0, resp_rate: 22.0, spo2: 95.0, ..normal() };
+        let five = News2Input {
+            pulse: 115.0,
+            resp_rate: 22.0,
+            spo2: 95.0,
+            ..normal()
+        };
         assert_eq!(score(&five).total, 5);
         assert_eq!(score(&five).response, ClinicalResponse::Medium);
-        let six = News2Input { on_oxygen: true, pulse: 115.0, resp_rate: 22.0, ..normal() };
+        let six = News2Input {
+            on_oxygen: true,
+            pulse: 115.0,
+            resp_rate: 22.0,
+            ..normal()
+        };
         assert_eq!(score(&six).total, 6);
         assert_eq!(score(&six).response, ClinicalResponse::Medium);
-        let seven = News2Input { on_oxygen: true, pulse: 115.0, resp_rate: 22.0, spo2: 95.0, ..normal() };
+        let seven = News2Input {
+            on_oxygen: true,
+            pulse: 115.0,
+            resp_rate: 22.0,
+            spo2: 95.0,
+            ..normal()
+        };
         assert_eq!(score(&seven).total, 7);
         assert_eq!(score(&seven).response, ClinicalResponse::High);
         let worst = News2Input {
-            resp_rate: 30.0, spo2: 80.0, on_oxygen: true, systolic: 80.0, pulse: 140.0,
-            consciousness: Consciousness::U, temp_c: 34.0, scale: Spo2Scale::Scale1,
+            resp_rate: 30.0,
+            spo2: 80.0,
+            on_oxygen: true,
+            systolic: 80.0,
+            pulse: 140.0,
+            consciousness: Consciousness::U,
+            temp_c: 34.0,
+            scale: Spo2Scale::Scale1,
         };
         assert_eq!(score(&worst).total, 20);
     }

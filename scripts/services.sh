@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Starts the real servers the test suite needs, on 127.0.0.1 only, if they are not
+# already running. Idempotent: safe to run before every test run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# Nothing yet: the embedded default (SQLite, Parquet, HTTP) needs no server. Connectors
+# for PostgreSQL, MariaDB, Mosquitto, Kafka, SMTP and SNS add their start-up here.
+:

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The whole test suite: formatting, lints, every test in the workspace.
+# `.ci/run` calls exactly this. Run it from anywhere: bash scripts/test.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# One target directory outside the clone, so CI and fresh clones reuse the build.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/vitalwatch-target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+# Real services the tests talk to. This suite needs none beyond files and loopback
+# sockets it opens itself (SQLite, Parquet, an HTTP server on a free port).
+bash scripts/services.sh
+
+echo "== rustfmt"
+cargo fmt --all --check
+echo "== clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== tests"
+cargo test --workspace --locked
