@@ -4,7 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 # Nothing yet: the embedded default (SQLite, Parquet, HTTP) needs no server. Connectors
 # for PostgreSQL, MariaDB, Mosquitto, Kafka, SMTP and SNS add their start-up here.
