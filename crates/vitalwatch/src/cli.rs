@@ -8,7 +8,7 @@ use vitalwatch_core::rules::Profile;
 
 /// Real-time patient-vitals alerting: ingest, evaluate, alert, archive.
 #[derive(Debug, Parser)]
-#[command(name = "vitalwatch", version, about, propagate_version = true)]
+#[command(name = "vitalwatch", version, about)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
@@ -310,4 +310,15 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 16)]
         connections: usize,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// clap checks argument definitions only when a subcommand is parsed; check them all.
+    #[test]
+    fn command_line_definition_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
 }
