@@ -349,28 +349,19 @@ impl Engine {
         dev.last_seen = dev.last_seen.max(obs.observed_at);
         dev.patient_id.clone_from(&obs.patient_id);
         if let Some(active) = dev.active.take() {
-            let patient = self.directory.get(&dev.patient_id).map(|p| p.as_ref());
-            let latest = self
-                .states
-                .get(dev.patient_id.as_str())
-                .map(|s| s.info.latest)
-                .unwrap_or([f64::NAN; VITAL_COUNT]);
-            let ctx = EventContext {
-                patient_id: &dev.patient_id,
-                patient,
-                latest: &latest,
-                observed_at: obs.observed_at,
-                now,
-                device: Some(&obs.device_id),
+            let refs = DeviceRefs {
+                directory: &self.directory,
+                states: &self.states,
+                rules: &self.rules,
                 version: self.table.version,
             };
-            let detail = stale_detail(&obs.device_id, active.priority, &self.rules);
-            out.events.push(event(
-                &ctx,
-                &detail,
+            out.events.push(refs.event(
+                &obs.device_id,
+                &dev.patient_id,
                 &active,
+                obs.observed_at,
+                now,
                 AlertEventKind::Resolved,
-                AlertState::Resolved,
             ));
         }
     }
@@ -386,38 +377,30 @@ impl Engine {
         let renotify = self.rules.renotify_after;
         if self.rules.stale_device.enabled {
             let after = self.rules.stale_device.after;
+            let refs = DeviceRefs {
+                directory: &self.directory,
+                states: &self.states,
+                rules: &self.rules,
+                version: self.table.version,
+            };
             for (device_id, dev) in self.devices.iter_mut() {
-                let patient = self.directory.get(&dev.patient_id).map(|p| p.as_ref());
-                let latest = self
-                    .states
-                    .get(dev.patient_id.as_str())
-                    .map(|s| s.info.latest)
-                    .unwrap_or([f64::NAN; VITAL_COUNT]);
-                let ctx = EventContext {
-                    patient_id: &dev.patient_id,
-                    patient,
-                    latest: &latest,
-                    observed_at: dev.last_seen,
-                    now,
-                    device: Some(device_id),
-                    version: self.table.version,
-                };
-                let detail = stale_detail(device_id, self.rules.stale_device.priority, &self.rules);
                 match &mut dev.active {
                     None if now.since(dev.last_seen) > after => {
+                        let rule_key = stale_key(device_id);
                         let active = Active {
-                            alert_id: alert_id(&dev.patient_id, &detail.rule_key, dev.last_seen),
+                            alert_id: alert_id(&dev.patient_id, &rule_key, dev.last_seen),
                             episode_start: dev.last_seen,
-                            priority: detail.priority,
+                            priority: self.rules.stale_device.priority,
                             state: AlertState::Triggered,
                             last_notified: now,
                         };
-                        out.events.push(event(
-                            &ctx,
-                            &detail,
+                        out.events.push(refs.event(
+                            device_id,
+                            &dev.patient_id,
                             &active,
+                            dev.last_seen,
+                            now,
                             AlertEventKind::Triggered,
-                            AlertState::Triggered,
                         ));
                         dev.active = Some(active);
                     }
@@ -426,12 +409,13 @@ impl Engine {
                             && now.since(a.last_notified) >= renotify =>
                     {
                         a.last_notified = now;
-                        out.events.push(event(
-                            &ctx,
-                            &detail,
+                        out.events.push(refs.event(
+                            device_id,
+                            &dev.patient_id,
                             a,
+                            dev.last_seen,
+                            now,
                             AlertEventKind::Renotified,
-                            AlertState::Triggered,
                         ));
                     }
                     _ => {}
@@ -523,23 +507,19 @@ impl Engine {
                 return Err(AckError::AlreadyAcknowledged(id.to_owned()));
             }
             a.state = AlertState::Acknowledged;
-            let latest = [f64::NAN; VITAL_COUNT];
-            let ctx = EventContext {
-                patient_id: &dev.patient_id,
-                patient: self.directory.get(&dev.patient_id).map(|p| p.as_ref()),
-                latest: &latest,
-                observed_at: now,
-                now,
-                device: Some(device_id),
+            let refs = DeviceRefs {
+                directory: &self.directory,
+                states: &self.states,
+                rules,
                 version: self.table.version,
             };
-            let detail = stale_detail(device_id, a.priority, rules);
-            let mut e = event(
-                &ctx,
-                &detail,
+            let mut e = refs.event(
+                device_id,
+                &dev.patient_id,
                 a,
+                now,
+                now,
                 AlertEventKind::Acknowledged,
-                AlertState::Acknowledged,
             );
             e.acknowledged_by = Some(by.to_owned());
             self.stats.alert_events += 1;
@@ -876,6 +856,58 @@ fn band_detail(b: &ThresholdBand, vital: Vital, value: f64, rule_key: String) ->
     }
 }
 
+fn stale_key(device: &DeviceId) -> String {
+    format!("device_stale:{device}")
+}
+
+/// What a stale-device alarm event needs from the engine besides the device itself.
+struct DeviceRefs<'a> {
+    directory: &'a HashMap<PatientId, Arc<Patient>>,
+    states: &'a HashMap<PatientId, PatientState>,
+    rules: &'a RulesConfig,
+    version: u32,
+}
+
+impl DeviceRefs<'_> {
+    /// One lifecycle event of a device's stale alarm.
+    fn event(
+        &self,
+        device: &DeviceId,
+        patient_id: &PatientId,
+        active: &Active,
+        observed_at: Timestamp,
+        now: Timestamp,
+        kind: AlertEventKind,
+    ) -> AlertEvent {
+        let latest = self
+            .states
+            .get(patient_id.as_str())
+            .map(|s| s.info.latest)
+            .unwrap_or([f64::NAN; VITAL_COUNT]);
+        let ctx = EventContext {
+            patient_id,
+            patient: self.directory.get(patient_id).map(|p| p.as_ref()),
+            latest: &latest,
+            observed_at,
+            now,
+            device: Some(device),
+            version: self.version,
+        };
+        let state = match kind {
+            AlertEventKind::Resolved => AlertState::Resolved,
+            AlertEventKind::Acknowledged => AlertState::Acknowledged,
+            _ => active.state,
+        };
+        event(
+            &ctx,
+            &stale_detail(device, active.priority, self.rules),
+            active,
+            kind,
+            state,
+        )
+    }
+}
+
 fn stale_detail(
     device: &DeviceId,
     priority: Priority,
@@ -883,7 +915,7 @@ fn stale_detail(
 ) -> EventDetail<'static> {
     EventDetail {
         rule: "device_stale",
-        rule_key: format!("device_stale:{device}"),
+        rule_key: stale_key(device),
         priority,
         vital: None,
         value: None,

@@ -827,60 +827,23 @@ mod tests {
             .expect("every observation carries every vital")
     }
 
-    /// NEWS2 (RCP 2017, SpO2 scale 1) straight from the chart in clinical.md, independent of
-    /// the engine's implementation.
+    /// NEWS2 of one simulated observation set, by the engine's scorer (whose band edges
+    /// `rules::news2` tests against the RCP chart).
     fn news2(o: &Observation) -> u32 {
-        let rr = value(o, Vital::RespRate) as i64;
-        let spo2 = value(o, Vital::Spo2) as i64;
-        let sbp = value(o, Vital::Systolic) as i64;
-        let hr = value(o, Vital::HeartRate) as i64;
-        let temp = (value(o, Vital::TempC) * 10.0).round() as i64; // tenths of °C
-        let rr_pts = match rr {
-            ..=8 => 3,
-            9..=11 => 1,
-            12..=20 => 0,
-            21..=24 => 2,
-            _ => 3,
-        };
-        let spo2_pts = match spo2 {
-            ..=91 => 3,
-            92..=93 => 2,
-            94..=95 => 1,
-            _ => 0,
-        };
-        let air_pts = if value(o, Vital::OnOxygen) == 1.0 {
-            2
-        } else {
-            0
-        };
-        let sbp_pts = match sbp {
-            ..=90 => 3,
-            91..=100 => 2,
-            101..=110 => 1,
-            111..=219 => 0,
-            _ => 3,
-        };
-        let hr_pts = match hr {
-            ..=40 => 3,
-            41..=50 => 1,
-            51..=90 => 0,
-            91..=110 => 1,
-            111..=130 => 2,
-            _ => 3,
-        };
-        let acvpu_pts = if value(o, Vital::Consciousness) == 0.0 {
-            0
-        } else {
-            3
-        };
-        let temp_pts = match temp {
-            ..=350 => 3,
-            351..=360 => 1,
-            361..=380 => 0,
-            381..=390 => 1,
-            _ => 2,
-        };
-        rr_pts + spo2_pts + air_pts + sbp_pts + hr_pts + acvpu_pts + temp_pts
+        use crate::model::Consciousness;
+        use crate::rules::news2::{News2Input, score};
+        score(&News2Input {
+            resp_rate: value(o, Vital::RespRate),
+            spo2: value(o, Vital::Spo2),
+            on_oxygen: value(o, Vital::OnOxygen) >= 0.5,
+            systolic: value(o, Vital::Systolic),
+            pulse: value(o, Vital::HeartRate),
+            consciousness: Consciousness::from_code(value(o, Vital::Consciousness))
+                .unwrap_or(Consciousness::A),
+            temp_c: value(o, Vital::TempC),
+            scale: Default::default(),
+        })
+        .total
     }
 
     /// FNV-1a over everything an observation carries.
