@@ -55,7 +55,10 @@ pub fn engine(patients: usize, readings: u64) -> anyhow::Result<()> {
         let mut events = 0u64;
         let mut input = input.clone();
         // Later passes shift time (untimed) so the engine sees a continuing stream.
-        let span = input.last().map(|o| o.observed_at.0 - input[0].observed_at.0 + 1).unwrap_or(1);
+        let span = input
+            .last()
+            .map(|o| o.observed_at.0 - input[0].observed_at.0 + 1)
+            .unwrap_or(1);
         let mut elapsed = std::time::Duration::ZERO;
         while done < readings {
             let t = Instant::now();

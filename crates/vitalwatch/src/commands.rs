@@ -308,7 +308,7 @@ fn progress_bar(total: u64, what: &str) -> indicatif::ProgressBar {
 }
 
 /// Observations per batch sent to the engine.
-const REPLAY_BATCH: usize = 4096;
+const REPLAY_BATCH: usize = 1024;
 
 fn read_file(
     path: &Path,

@@ -152,16 +152,16 @@ pub struct PipelineConfig {
     /// Batches queued between the engine and the warehouse writer. Separate from the alert
     /// path, so a slow disk never delays an alarm.
     pub archive_capacity: usize,
-    /// Alert batches queued between the engine and the alert outputs.
+    /// Alert batches (of up to 256 events) queued between the engine and the alert outputs.
     pub alert_capacity: usize,
 }
 
 impl Default for PipelineConfig {
     fn default() -> Self {
         PipelineConfig {
-            ingest_capacity: 1024,
-            archive_capacity: 256,
-            alert_capacity: 4096,
+            ingest_capacity: 64,
+            archive_capacity: 32,
+            alert_capacity: 64,
         }
     }
 }

@@ -293,6 +293,9 @@ impl Pipeline {
     }
 }
 
+/// Most alert events per message on the alert channel.
+const ALERT_CHUNK: usize = 256;
+
 fn engine_loop(
     mut engine: Engine,
     clock: Clock,
@@ -306,8 +309,11 @@ fn engine_loop(
     let mut stream_now = Timestamp(i64::MIN);
     let mut last_stream_tick = Timestamp(i64::MIN);
     let emit = |findings: &mut Findings| {
-        if !findings.events.is_empty() {
-            let _ = alert_tx.send(std::mem::take(&mut findings.events));
+        // Chunks bound the alert queue by events, not batches: a classic-profile replay
+        // turns one batch into thousands of alerts.
+        while !findings.events.is_empty() {
+            let n = findings.events.len().min(ALERT_CHUNK);
+            let _ = alert_tx.send(findings.events.drain(..n).collect());
         }
         if !findings.unclassified.is_empty() {
             metrics

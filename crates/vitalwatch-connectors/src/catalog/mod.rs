@@ -104,7 +104,9 @@ CREATE TABLE IF NOT EXISTS alert_events (
     alert_id  TEXT NOT NULL,
     event     TEXT NOT NULL,
     at        INTEGER NOT NULL,
-    body      TEXT NOT NULL,
+    priority  TEXT NOT NULL,
+    state     TEXT NOT NULL,
+    actor     TEXT,
     PRIMARY KEY (alert_id, event, at)
 );
 "#;
@@ -126,6 +128,8 @@ impl SqliteCatalog {
         // guarantee the pipeline relies on.
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
+        // 32 MiB of page cache: the alert indexes stay in memory for a busy ward.
+        conn.pragma_update(None, "cache_size", -32_768)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
         Ok(SqliteCatalog { conn })
@@ -311,7 +315,8 @@ impl SqliteCatalog {
         let mut fresh = Vec::with_capacity(events.len());
         {
             let mut ins = tx.prepare(
-                "INSERT OR IGNORE INTO alert_events (alert_id, event, at, body) VALUES (?1, ?2, ?3, ?4)",
+                "INSERT OR IGNORE INTO alert_events (alert_id, event, at, priority, state, actor)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?;
             let mut up = tx.prepare(
                 "INSERT INTO alerts (alert_id, patient_id, rule_key, priority, state, opened_at, updated_at, latest_event)
@@ -321,13 +326,21 @@ impl SqliteCatalog {
                  WHERE excluded.updated_at >= alerts.updated_at",
             )?;
             for e in events {
-                let body = serde_json::to_string(e)?;
                 // Identity of an event: the reading time that caused it, or for events
                 // without a reading (acknowledgements, re-notifications) when it happened.
+                // The history keeps who and what; the full latest event lives in `alerts`.
                 let at = event_time(e);
-                let n = ins.execute(params![e.alert_id, e.event.as_str(), at.micros(), body])?;
+                let n = ins.execute(params![
+                    e.alert_id,
+                    e.event.as_str(),
+                    at.micros(),
+                    e.priority.as_str(),
+                    e.state.as_str(),
+                    e.acknowledged_by
+                ])?;
                 fresh.push(n == 1);
                 if n == 1 {
+                    let body = serde_json::to_string(e)?;
                     up.execute(params![
                         e.alert_id,
                         e.patient_id.as_str(),

@@ -83,8 +83,11 @@ impl ParquetSink {
         })?;
         fs::create_dir_all(&config.root)
             .map_err(|e| WarehouseError::io("create", &config.root, e))?;
+        // Row groups of at most 128 Ki rows: the writer holds a whole row group in memory,
+        // and the default (1 Mi rows of wide alert rows) took hundreds of MB in a replay.
         let props = WriterProperties::builder()
             .set_compression(Compression::ZSTD(level))
+            .set_max_row_group_row_count(Some(128 * 1024))
             .build();
         // Start time and pid: a restarted process (even one with a recycled pid) never
         // reuses a name, so a second run can never overwrite the first run's files.
