@@ -99,7 +99,7 @@ pub async fn http(
     };
     cfg.rules.profile = Profile::Classic;
     cfg.alerts.console = false;
-    crate::commands::seed_for_bench(&cfg)?;
+    crate::commands::seed_for_bench(&cfg, connections)?;
     let metrics = Arc::new(Metrics::default());
     metrics.keep_latency_samples();
     let pipeline = Pipeline::start(
@@ -140,9 +140,12 @@ pub async fn http(
             let mut rtts = Vec::with_capacity(n as usize);
             for i in 0..n {
                 ticker.tick().await;
-                // Patient 3 (56) at 120 bpm is in the classic "Higher Heart Rate" band.
+                // 100–149 bpm is in a classic "Higher Heart Rate" band at every age. One
+                // patient per connection: two readings of one patient in the same
+                // microsecond would be one alert (same id), by design.
                 let body = format!(
-                    r#"{{"patient_id":"3","device_id":"bench-{c}","observed_at":"{}","vitals":{{"heart_rate":{}}}}}"#,
+                    r#"{{"patient_id":"{}","device_id":"bench-{c}","observed_at":"{}","vitals":{{"heart_rate":{}}}}}"#,
+                    c + 1,
                     wall_now().to_datetime().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
                     100 + (i % 50)
                 );

@@ -784,7 +784,7 @@ pub fn warehouse_cmd(cmd: WarehouseCommand) -> anyhow::Result<()> {
     }
 }
 
-/// Reference data for `bench http`: the classic table and the classic patients.
-pub fn seed_for_bench(cfg: &Config) -> anyhow::Result<()> {
-    seed_reference(cfg, 5)
+/// Reference data for `bench http`: the classic table and demo patients 1..=n.
+pub fn seed_for_bench(cfg: &Config, n: usize) -> anyhow::Result<()> {
+    seed_reference(cfg, n)
 }

@@ -377,10 +377,39 @@ struct AlertOutputs {
     catalog: SqliteCatalog,
     jsonl: Option<BufWriter<std::fs::File>>,
     console: Option<ConsolePrinter>,
+    /// Dropped with the outputs: tells the checkpointer to do a last pass and stop.
+    _checkpointer: flume::Sender<()>,
+}
+
+/// Checkpoints the catalog's WAL from its own connection once a second, off the alert
+/// path (see [`SqliteCatalog::disable_autocheckpoint`]).
+fn spawn_checkpointer(path: PathBuf) -> anyhow::Result<flume::Sender<()>> {
+    let (tx, rx) = flume::bounded::<()>(1);
+    let cat = SqliteCatalog::open(&path)
+        .with_context(|| format!("cannot open catalog {}", path.display()))?;
+    std::thread::Builder::new()
+        .name("checkpoint".into())
+        .spawn(move || {
+            loop {
+                let stop = matches!(
+                    rx.recv_timeout(std::time::Duration::from_secs(1)),
+                    Err(flume::RecvTimeoutError::Disconnected)
+                );
+                if let Err(e) = cat.checkpoint() {
+                    tracing::warn!(error = %e, "catalog checkpoint failed");
+                }
+                if stop {
+                    break;
+                }
+            }
+        })?;
+    Ok(tx)
 }
 
 impl AlertOutputs {
     fn open(config: &Config, console: bool, catalog: SqliteCatalog) -> anyhow::Result<Self> {
+        catalog.disable_autocheckpoint()?;
+        let checkpointer = spawn_checkpointer(catalog_path(&config.data_dir))?;
         let jsonl = if config.alerts.jsonl {
             let path = config.data_dir.join("alerts.jsonl");
             let f = OpenOptions::new()
@@ -400,6 +429,7 @@ impl AlertOutputs {
             catalog,
             jsonl,
             console,
+            _checkpointer: checkpointer,
         })
     }
 }

@@ -135,6 +135,22 @@ impl SqliteCatalog {
         Ok(SqliteCatalog { conn })
     }
 
+    /// Stops SQLite from checkpointing the WAL inside commits. A checkpoint writes and
+    /// fsyncs the database file; inside the alert writer's commit that stalled alert
+    /// delivery for milliseconds once a second. Pair it with [`SqliteCatalog::checkpoint`]
+    /// on another connection.
+    pub fn disable_autocheckpoint(&self) -> Result<(), CatalogError> {
+        self.conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        Ok(())
+    }
+
+    /// Copies committed WAL pages into the database without blocking writers (PASSIVE).
+    pub fn checkpoint(&self) -> Result<(), CatalogError> {
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
+        Ok(())
+    }
+
     /// Inserts or replaces patients, all in one transaction.
     pub fn import_patients(&mut self, patients: &[Patient]) -> Result<usize, CatalogError> {
         let tx = self.conn.transaction()?;
