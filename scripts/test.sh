@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The whole test suite: formatting, lints, every test in the workspace.
+# The whole test suite: formatting, lints, every test in the workspace (cargo-nextest:
+# one summary line for the whole run; the crates have no doctests).
 # `.ci/run` calls exactly this. Run it from anywhere: bash scripts/test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,4 +18,9 @@ cargo fmt --all --check
 echo "== clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== tests"
-cargo test --workspace --locked
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --locked --no-fail-fast
+else
+  echo "(cargo-nextest not installed: falling back to cargo test; install it with cargo install --locked cargo-nextest)"
+  cargo test --workspace --locked
+fi
