@@ -429,22 +429,15 @@ impl Engine {
                     continue;
                 }
                 a.last_notified = now;
-                let ctx = EventContext {
-                    patient_id: pid,
-                    patient: st.info.patient.as_deref(),
-                    latest: &st.info.latest,
-                    observed_at: now,
-                    now,
-                    device: None,
-                    version: self.table.version,
-                };
-                let detail = describe(&c.key, &st.info, &self.rules, Some(a.priority));
-                out.events.push(event(
-                    &ctx,
-                    &detail,
+                out.events.push(condition_event(
+                    pid,
+                    &st.info,
+                    &c.key,
                     a,
+                    &self.rules,
+                    self.table.version,
+                    now,
                     AlertEventKind::Renotified,
-                    AlertState::Triggered,
                 ));
             }
         }
@@ -474,22 +467,15 @@ impl Engine {
                     return Err(AckError::AlreadyAcknowledged(id.to_owned()));
                 }
                 a.state = AlertState::Acknowledged;
-                let ctx = EventContext {
-                    patient_id: pid,
-                    patient: st.info.patient.as_deref(),
-                    latest: &st.info.latest,
-                    observed_at: now,
-                    now,
-                    device: None,
-                    version: self.table.version,
-                };
-                let detail = describe(&c.key, &st.info, rules, Some(a.priority));
-                let mut e = event(
-                    &ctx,
-                    &detail,
+                let mut e = condition_event(
+                    pid,
+                    &st.info,
+                    &c.key,
                     a,
+                    rules,
+                    self.table.version,
+                    now,
                     AlertEventKind::Acknowledged,
-                    AlertState::Acknowledged,
                 );
                 e.acknowledged_by = Some(by.to_owned());
                 self.stats.alert_events += 1;
@@ -837,6 +823,32 @@ fn news2_now(state: &PatientInfo, rules: &RulesConfig, t: Timestamp) -> Option<n
             .unwrap_or_default(),
     };
     Some(news2::score(&input))
+}
+
+/// An event of an active patient condition that no reading caused (re-notification,
+/// acknowledgement): stamped with `now`.
+#[allow(clippy::too_many_arguments)]
+fn condition_event(
+    patient_id: &PatientId,
+    info: &PatientInfo,
+    key: &RuleKey,
+    active: &Active,
+    rules: &RulesConfig,
+    version: u32,
+    now: Timestamp,
+    kind: AlertEventKind,
+) -> AlertEvent {
+    let ctx = EventContext {
+        patient_id,
+        patient: info.patient.as_deref(),
+        latest: &info.latest,
+        observed_at: now,
+        now,
+        device: None,
+        version,
+    };
+    let detail = describe(key, info, rules, Some(active.priority));
+    event(&ctx, &detail, active, kind, active.state)
 }
 
 fn band_key(vital: Vital, ref_id: u32) -> String {

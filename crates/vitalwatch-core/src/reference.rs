@@ -118,7 +118,8 @@ pub struct RowError {
 #[error("{} problem(s) in import:\n{}", .0.len(), .0.iter().map(|e| format!("  {e}")).collect::<Vec<_>>().join("\n"))]
 pub struct ImportError(pub Vec<RowError>);
 
-const THRESHOLD_COLUMNS: [&str; 8] = [
+/// The classic threshold table's columns, in order.
+pub const THRESHOLD_COLUMNS: [&str; 8] = [
     "ref_id",
     "attribute",
     "low_age_limit",
@@ -128,6 +129,9 @@ const THRESHOLD_COLUMNS: [&str; 8] = [
     "alert_flag",
     "alert_message",
 ];
+
+/// The optional extension columns of a threshold file, in the order vitalwatch writes them.
+pub const THRESHOLD_EXTRA_COLUMNS: [&str; 2] = ["priority", "patient_id"];
 
 const PATIENT_COLUMNS: [&str; 6] = [
     "patientid",

@@ -13,7 +13,10 @@ use vitalwatch_connectors::catalog::SqliteCatalog;
 use vitalwatch_connectors::warehouse::{self, OutputFormat};
 use vitalwatch_core::codec::{InputFormat, decode_record, encode_canonical, encode_classic};
 use vitalwatch_core::model::{DeadLetter, Duration, Observation, Timestamp};
-use vitalwatch_core::reference::{CLASSIC_THRESHOLDS_CSV, parse_patients_csv, parse_threshold_csv};
+use vitalwatch_core::reference::{
+    CLASSIC_THRESHOLDS_CSV, THRESHOLD_COLUMNS, THRESHOLD_EXTRA_COLUMNS, parse_patients_csv,
+    parse_threshold_csv,
+};
 use vitalwatch_core::simulate::{SimConfig, Simulator, demo_patients};
 
 use crate::cli::{
@@ -677,22 +680,12 @@ pub fn thresholds(cmd: ThresholdsCommand) -> anyhow::Result<()> {
                     ]
                 })
                 .collect();
-            print_rows(
-                &[
-                    "ref_id",
-                    "attribute",
-                    "low_age_limit",
-                    "high_age_limit",
-                    "low_range_value",
-                    "high_range_value",
-                    "alert_flag",
-                    "alert_message",
-                    "priority",
-                    "patient_id",
-                ],
-                &rows,
-                format,
-            )?;
+            let headers: Vec<&str> = THRESHOLD_COLUMNS
+                .iter()
+                .chain(&THRESHOLD_EXTRA_COLUMNS)
+                .copied()
+                .collect();
+            print_rows(&headers, &rows, format)?;
         }
     }
     Ok(())

@@ -116,58 +116,26 @@ impl ParquetSink {
 
     /// Table `vitals`: one row per present vital, partitioned by `observed_at`.
     pub fn write_observations(&mut self, obs: &[Observation]) -> Result<(), WarehouseError> {
-        let t = &mut self.vitals;
-        for o in obs {
-            let i = t.slot(hour_key(o.observed_at.micros()));
-            let n = t.parts[i].rows.push(o);
-            t.accepted(n);
-            if t.buffered >= self.files.config.batch_rows {
-                t.flush(&self.files)?;
-            }
-        }
-        Ok(())
+        self.vitals
+            .append(obs, &self.files, |o| o.observed_at.micros())
     }
 
     /// Table `alerts`, partitioned by `alert_generated_time`; no personal data.
     pub fn write_alert_events(&mut self, events: &[AlertEvent]) -> Result<(), WarehouseError> {
-        let t = &mut self.alerts;
-        for e in events {
-            let i = t.slot(hour_key(e.alert_generated_time.micros()));
-            let n = t.parts[i].rows.push(e);
-            t.accepted(n);
-            if t.buffered >= self.files.config.batch_rows {
-                t.flush(&self.files)?;
-            }
-        }
-        Ok(())
+        self.alerts
+            .append(events, &self.files, |e| e.alert_generated_time.micros())
     }
 
     /// Table `dead_letters`, partitioned by `received_at`.
     pub fn write_dead_letters(&mut self, dls: &[DeadLetter]) -> Result<(), WarehouseError> {
-        let t = &mut self.dead_letters;
-        for d in dls {
-            let i = t.slot(hour_key(d.received_at.micros()));
-            let n = t.parts[i].rows.push(d);
-            t.accepted(n);
-            if t.buffered >= self.files.config.batch_rows {
-                t.flush(&self.files)?;
-            }
-        }
-        Ok(())
+        self.dead_letters
+            .append(dls, &self.files, |d| d.received_at.micros())
     }
 
     /// Table `unclassified`, partitioned by `observed_at`.
     pub fn write_unclassified(&mut self, u: &[Unclassified]) -> Result<(), WarehouseError> {
-        let t = &mut self.unclassified;
-        for r in u {
-            let i = t.slot(hour_key(r.observed_at.micros()));
-            let n = t.parts[i].rows.push(r);
-            t.accepted(n);
-            if t.buffered >= self.files.config.batch_rows {
-                t.flush(&self.files)?;
-            }
-        }
-        Ok(())
+        self.unclassified
+            .append(u, &self.files, |r| r.observed_at.micros())
     }
 
     /// Periodic housekeeping: flushes the buffers and closes (publishes) every file open
@@ -379,6 +347,24 @@ struct Table<R> {
 }
 
 impl<R: Rows> Table<R> {
+    /// Buffers rows in their hour partitions, encoding a batch whenever enough are buffered.
+    fn append(
+        &mut self,
+        items: &[R::Item],
+        files: &Files,
+        time: impl Fn(&R::Item) -> i64,
+    ) -> Result<(), WarehouseError> {
+        for item in items {
+            let i = self.slot(hour_key(time(item)));
+            let n = self.parts[i].rows.push(item);
+            self.accepted(n);
+            if self.buffered >= files.config.batch_rows {
+                self.flush(files)?;
+            }
+        }
+        Ok(())
+    }
+
     fn new(name: &'static str) -> Result<Self, WarehouseError> {
         let schema = table_schema(name).ok_or_else(|| WarehouseError::Schema {
             table: name.to_owned(),
