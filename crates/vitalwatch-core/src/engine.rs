@@ -189,6 +189,26 @@ struct EventContext<'a> {
     version: u32,
 }
 
+impl<'a> EventContext<'a> {
+    /// The context of an event caused by an observation.
+    fn of_observation(
+        obs: &'a Observation,
+        info: &'a PatientInfo,
+        now: Timestamp,
+        version: u32,
+    ) -> Self {
+        EventContext {
+            patient_id: &obs.patient_id,
+            patient: info.patient.as_deref(),
+            latest: &info.latest,
+            observed_at: obs.observed_at,
+            now,
+            device: Some(&obs.device_id),
+            version,
+        }
+    }
+}
+
 struct EventDetail<'a> {
     rule: &'static str,
     rule_key: String,
@@ -701,15 +721,7 @@ fn standard(
                 a.priority = p;
                 a.last_notified = now;
                 let a = a.clone();
-                let ctx = EventContext {
-                    patient_id: &obs.patient_id,
-                    patient: state.info.patient.as_deref(),
-                    latest: &state.info.latest,
-                    observed_at: t,
-                    now,
-                    device: Some(&obs.device_id),
-                    version,
-                };
+                let ctx = EventContext::of_observation(obs, &state.info, now, version);
                 let detail = describe(&RuleKey::News2, &state.info, rules, Some(p));
                 out.events
                     .push(event(&ctx, &detail, &a, AlertEventKind::Escalated, a.state));
@@ -750,15 +762,7 @@ fn step(
         return;
     }
     let detail = describe(&key, &state.info, rules, None);
-    let ctx = EventContext {
-        patient_id: &obs.patient_id,
-        patient: state.info.patient.as_deref(),
-        latest: &state.info.latest,
-        observed_at: t,
-        now,
-        device: Some(&obs.device_id),
-        version,
-    };
+    let ctx = EventContext::of_observation(obs, &state.info, now, version);
     let cond = &mut state.conditions[idx];
     match transition {
         Transition::Triggered => {

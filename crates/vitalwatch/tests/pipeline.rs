@@ -57,6 +57,40 @@ fn seed(data: &Path) {
     }
 }
 
+/// A running pipeline with its HTTP server on a free loopback port.
+struct Live {
+    metrics: Arc<Metrics>,
+    pipeline: Pipeline,
+    cancel: CancellationToken,
+    addr: SocketAddr,
+    server: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+async fn start(cfg: &Config) -> Live {
+    let metrics = Arc::new(Metrics::default());
+    let opts = PipelineOptions {
+        clock: Clock::Wall,
+        console: false,
+    };
+    let pipeline = Pipeline::start(cfg, opts, metrics.clone()).unwrap();
+    let cancel = CancellationToken::new();
+    let (addr, server) = vitalwatch::http::serve(
+        "127.0.0.1:0".parse().unwrap(),
+        pipeline.handle(),
+        1 << 20,
+        cancel.clone(),
+    )
+    .await
+    .unwrap();
+    Live {
+        metrics,
+        pipeline,
+        cancel,
+        addr,
+        server,
+    }
+}
+
 async fn sql(data: &Path, q: &str) -> String {
     let batches = query(&warehouse_root(data), q).await.unwrap();
     format_batches(&batches, OutputFormat::Csv).unwrap()
@@ -72,25 +106,13 @@ async fn http_ingest_to_alerts_and_warehouse() {
         ..Config::default()
     };
     cfg.rules.profile = Profile::Classic;
-    let metrics = Arc::new(Metrics::default());
-    let pipeline = Pipeline::start(
-        &cfg,
-        PipelineOptions {
-            clock: Clock::Wall,
-            console: false,
-        },
-        metrics.clone(),
-    )
-    .unwrap();
-    let cancel = CancellationToken::new();
-    let (addr, server) = vitalwatch::http::serve(
-        "127.0.0.1:0".parse().unwrap(),
-        pipeline.handle(),
-        1 << 20,
-        cancel.clone(),
-    )
-    .await
-    .unwrap();
+    let Live {
+        metrics,
+        pipeline,
+        cancel,
+        addr,
+        server,
+    } = start(&cfg).await;
 
     assert_eq!(
         request(addr, "GET", "/healthz", "").await,
@@ -269,25 +291,13 @@ async fn standard_profile_acknowledge_over_http() {
     };
     cfg.rules.thresholds.persistence = vitalwatch_core::model::Duration::ZERO;
     cfg.rules.stale_device.enabled = false;
-    let metrics = Arc::new(Metrics::default());
-    let pipeline = Pipeline::start(
-        &cfg,
-        PipelineOptions {
-            clock: Clock::Wall,
-            console: false,
-        },
-        metrics.clone(),
-    )
-    .unwrap();
-    let cancel = CancellationToken::new();
-    let (addr, server) = vitalwatch::http::serve(
-        "127.0.0.1:0".parse().unwrap(),
-        pipeline.handle(),
-        1 << 20,
-        cancel.clone(),
-    )
-    .await
-    .unwrap();
+    let Live {
+        metrics,
+        pipeline,
+        cancel,
+        addr,
+        server,
+    } = start(&cfg).await;
     // Three high readings from Pam: one alert (dedup), not three.
     for s in 0..3 {
         let body = format!(
