@@ -65,12 +65,39 @@ pub enum DecodeError {
     NoVitals,
 }
 
-#[derive(Deserialize)]
-#[serde(untagged)]
+/// A patient id as JSON writes it: a number (`"customerId":1`) or a string.
 enum IdValue<'a> {
     Int(i64),
-    #[serde(borrow)]
     Str(Cow<'a, str>),
+}
+
+// Hand-written instead of `#[serde(untagged)]`, which buffers every value into an
+// intermediate tree before trying each variant: this is on every record's path.
+impl<'de: 'a, 'a> Deserialize<'de> for IdValue<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for V<'a> {
+            type Value = IdValue<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a patient id (string or integer)")
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(IdValue::Int(v))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                i64::try_from(v)
+                    .map(IdValue::Int)
+                    .map_err(|_| E::custom("patient id is too large"))
+            }
+            fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(IdValue::Str(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(IdValue::Str(Cow::Owned(v.to_owned())))
+            }
+        }
+        d.deserialize_any(V(std::marker::PhantomData))
+    }
 }
 
 impl IdValue<'_> {
