@@ -89,7 +89,10 @@ impl<'de: 'a, 'a> Deserialize<'de> for IdValue<'a> {
                     .map(IdValue::Int)
                     .map_err(|_| E::custom("patient id is too large"))
             }
-            fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+            fn visit_borrowed_str<E: serde::de::Error>(
+                self,
+                v: &'de str,
+            ) -> Result<Self::Value, E> {
                 Ok(IdValue::Str(Cow::Borrowed(v)))
             }
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
@@ -216,8 +219,12 @@ fn decode_classic(bytes: &[u8], ingested_at: Timestamp) -> Result<Observation, D
     if let Some(v) = r.bp {
         vitals.set(Vital::Systolic, v);
     }
+    // The classic producer names no device: one pseudo-device per patient.
+    let mut device = String::with_capacity(8 + id.len());
+    device.push_str("classic-");
+    device.push_str(&id);
     Ok(Observation {
-        device_id: DeviceId(format!("classic-{id}")),
+        device_id: DeviceId(device),
         patient_id: PatientId(id),
         observed_at,
         ingested_at,
