@@ -242,13 +242,12 @@ pub fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     if let Some(p) = args.profile {
         cfg.rules.profile = p.into();
     }
-    // Replays run against the stream's own clock: no wall-clock roll-over needed.
-    seed_reference(&cfg, args.demo_patients)?;
     for f in &args.files {
         if f.as_os_str() != "-" && !f.is_file() {
             bail!("no such file: {}", f.display());
         }
     }
+    seed_reference(&cfg, args.demo_patients)?;
     let metrics = Arc::new(Metrics::default());
     let pipeline = Pipeline::start(
         &cfg,

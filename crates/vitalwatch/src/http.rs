@@ -91,7 +91,7 @@ async fn post_readings(
             payload: String::new(),
         });
     }
-    h.dead_letters(dead);
+    h.dead_letters_async(dead).await;
     let n = accepted.len();
     if n > 0
         && h.ingest

@@ -89,10 +89,10 @@ pub struct PipelineHandle {
 }
 
 impl PipelineHandle {
-    /// Records dead letters (counted, then archived).
-    pub fn dead_letters(&self, dls: Vec<DeadLetter>) {
+    /// Counts and logs dead letters; `None` when there are none.
+    fn dead_letter_msg(&self, dls: Vec<DeadLetter>) -> Option<ArchiveMsg> {
         if dls.is_empty() {
-            return;
+            return None;
         }
         self.metrics
             .dead_letters
@@ -100,7 +100,22 @@ impl PipelineHandle {
         for d in &dls {
             tracing::debug!(source = %d.source, reason = %d.reason, "dead letter");
         }
-        let _ = self.archive.send(ArchiveMsg::DeadLetters(dls));
+        Some(ArchiveMsg::DeadLetters(dls))
+    }
+
+    /// Records dead letters (counted, then archived), from a thread that may block.
+    pub fn dead_letters(&self, dls: Vec<DeadLetter>) {
+        if let Some(m) = self.dead_letter_msg(dls) {
+            let _ = self.archive.send(m);
+        }
+    }
+
+    /// Records dead letters from async code: waits for queue space without blocking the
+    /// runtime's worker thread.
+    pub async fn dead_letters_async(&self, dls: Vec<DeadLetter>) {
+        if let Some(m) = self.dead_letter_msg(dls) {
+            let _ = self.archive.send_async(m).await;
+        }
     }
 }
 
