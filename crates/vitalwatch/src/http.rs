@@ -99,11 +99,7 @@ async fn post_readings(
             .await
             .is_err()
     {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "pipeline is shutting down\n",
-        )
-            .into_response();
+        return shutting_down();
     }
     let status = if rejected.is_empty() {
         StatusCode::ACCEPTED
@@ -116,6 +112,15 @@ async fn post_readings(
             accepted: n,
             rejected,
         }),
+    )
+        .into_response()
+}
+
+/// 503: the pipeline stopped taking input (Ctrl-C or shutdown in progress).
+fn shutting_down() -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        "pipeline is shutting down\n",
     )
         .into_response()
 }
@@ -201,11 +206,7 @@ async fn ack_alert(
         .await
         .is_err()
     {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "pipeline is shutting down\n",
-        )
-            .into_response();
+        return shutting_down();
     }
     match rx.recv_async().await {
         Ok(Ok(ev)) => axum::Json(ev).into_response(),
@@ -213,11 +214,7 @@ async fn ack_alert(
             (StatusCode::CONFLICT, format!("{msg}\n")).into_response()
         }
         Ok(Err(msg)) => (StatusCode::NOT_FOUND, format!("{msg}\n")).into_response(),
-        Err(_) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "pipeline is shutting down\n",
-        )
-            .into_response(),
+        Err(_) => shutting_down(),
     }
 }
 
