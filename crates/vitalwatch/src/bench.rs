@@ -91,8 +91,15 @@ pub async fn http(
     rate: u64,
     duration: vitalwatch_core::model::Duration,
     connections: usize,
+    keep_data: Option<std::path::PathBuf>,
 ) -> anyhow::Result<()> {
-    let dir = tempfile_dir()?;
+    let dir = match &keep_data {
+        Some(d) => {
+            std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
+            d.clone()
+        }
+        None => tempfile_dir()?,
+    };
     let mut cfg = Config {
         data_dir: dir.clone(),
         ..Config::default()
@@ -206,7 +213,12 @@ pub async fn http(
         summary.dead_letters,
         metrics.archived_rows.load(Relaxed)
     );
-    let _ = std::fs::remove_dir_all(&dir);
+    match keep_data {
+        Some(d) => println!("  data kept in {}", d.display()),
+        None => {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
     Ok(())
 }
 

@@ -309,6 +309,10 @@ pub enum BenchCommand {
         /// Concurrent client connections.
         #[arg(long, default_value_t = 16)]
         connections: usize,
+        /// Keep the run's data directory here (catalog, alerts.jsonl, warehouse) to
+        /// inspect it afterwards; by default a temporary one is removed.
+        #[arg(long)]
+        keep_data: Option<PathBuf>,
     },
 }
 

@@ -53,9 +53,10 @@ pub fn main_with_args() -> anyhow::Result<()> {
             rate,
             duration,
             connections,
+            keep_data,
         }) => {
             let d = vitalwatch_core::model::Duration::parse(&duration)?;
-            rt()?.block_on(bench::http(rate, d, connections))
+            rt()?.block_on(bench::http(rate, d, connections, keep_data))
         }
     }
 }
