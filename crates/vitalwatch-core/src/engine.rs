@@ -39,26 +39,6 @@ impl Findings {
         self.events.clear();
         self.unclassified.clear();
     }
-
-    /// Whether nothing was found.
-    pub fn is_empty(&self) -> bool {
-        self.events.is_empty() && self.unclassified.is_empty()
-    }
-}
-
-/// Counters the engine keeps.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct EngineStats {
-    /// Observation sets processed.
-    pub observations: u64,
-    /// Readings (vitals) processed.
-    pub readings: u64,
-    /// Alerts triggered (new episodes).
-    pub alerts_triggered: u64,
-    /// All alert events emitted.
-    pub alert_events: u64,
-    /// Unclassified readings reported.
-    pub unclassified: u64,
 }
 
 /// Why an acknowledgement was refused.
@@ -174,7 +154,6 @@ pub struct Engine {
     directory: HashMap<PatientId, Arc<Patient>>,
     states: HashMap<PatientId, PatientState>,
     devices: HashMap<DeviceId, DeviceState>,
-    stats: EngineStats,
 }
 
 /// Everything an event needs besides the transition itself.
@@ -231,7 +210,6 @@ impl Engine {
             directory: HashMap::new(),
             states: HashMap::new(),
             devices: HashMap::new(),
-            stats: EngineStats::default(),
         };
         e.load_reference(patients, table);
         e
@@ -258,21 +236,6 @@ impl Engine {
         }
     }
 
-    /// The rules in force.
-    pub fn rules(&self) -> &RulesConfig {
-        &self.rules
-    }
-
-    /// Counters so far.
-    pub fn stats(&self) -> EngineStats {
-        self.stats
-    }
-
-    /// The threshold table version in force.
-    pub fn table_version(&self) -> u32 {
-        self.table.version
-    }
-
     fn new_state(&self, id: &PatientId) -> PatientState {
         let patient = self.directory.get(id).cloned();
         let bands = Vital::ALL
@@ -295,17 +258,13 @@ impl Engine {
 
     /// Evaluates one observation set at time `now` and appends what it caused to `out`.
     pub fn process(&mut self, obs: &Observation, now: Timestamp, out: &mut Findings) {
-        self.stats.observations += 1;
-        self.stats.readings += obs.vitals.len() as u64;
-        let before_events = out.events.len();
-        let before_unclassified = out.unclassified.len();
-
-        if !self.states.contains_key(obs.patient_id.as_str()) {
-            let st = self.new_state(&obs.patient_id);
-            self.states.insert(obs.patient_id.clone(), st);
-        }
-        let Some(state) = self.states.get_mut(obs.patient_id.as_str()) else {
-            return;
+        // One hash lookup for a known patient; the id is cloned only for a new one.
+        let state = match self.states.get_mut(obs.patient_id.as_str()) {
+            Some(s) => s,
+            None => {
+                let fresh = self.new_state(&obs.patient_id);
+                self.states.entry(obs.patient_id.clone()).or_insert(fresh)
+            }
         };
         for (vital, value) in obs.vitals.iter() {
             // Out-of-order readings must not overwrite a newer value.
@@ -345,13 +304,6 @@ impl Engine {
                 }
             }
         }
-        let new_events = &out.events[before_events..];
-        self.stats.alert_events += new_events.len() as u64;
-        self.stats.alerts_triggered += new_events
-            .iter()
-            .filter(|e| e.event == AlertEventKind::Triggered)
-            .count() as u64;
-        self.stats.unclassified += (out.unclassified.len() - before_unclassified) as u64;
     }
 
     fn device_seen(&mut self, obs: &Observation, now: Timestamp, out: &mut Findings) {
@@ -393,7 +345,6 @@ impl Engine {
         if self.rules.profile == Profile::Classic {
             return;
         }
-        let before = out.events.len();
         let renotify = self.rules.renotify_after;
         if self.rules.stale_device.enabled {
             let after = self.rules.stale_device.after;
@@ -461,11 +412,6 @@ impl Engine {
                 ));
             }
         }
-        self.stats.alert_events += (out.events.len() - before) as u64;
-        self.stats.alerts_triggered += out.events[before..]
-            .iter()
-            .filter(|e| e.event == AlertEventKind::Triggered)
-            .count() as u64;
     }
 
     /// Acknowledges an active alert: re-notification stops; it resolves when its condition
@@ -498,7 +444,6 @@ impl Engine {
                     AlertEventKind::Acknowledged,
                 );
                 e.acknowledged_by = Some(by.to_owned());
-                self.stats.alert_events += 1;
                 return Ok(e);
             }
         }
@@ -528,7 +473,6 @@ impl Engine {
                 AlertEventKind::Acknowledged,
             );
             e.acknowledged_by = Some(by.to_owned());
-            self.stats.alert_events += 1;
             return Ok(e);
         }
         Err(AckError::NotActive(id.to_owned()))
@@ -557,9 +501,9 @@ fn classic(
     now: Timestamp,
     out: &mut Findings,
 ) {
-    let Some(patient) = state.info.patient.clone() else {
+    if state.info.patient.is_none() {
         return;
-    };
+    }
     for (vital, value) in obs.vitals.iter() {
         let bands = &state.info.bands[vital.index()];
         if !table_vitals[vital.index()] {
@@ -578,15 +522,7 @@ fn classic(
                     state: AlertState::Triggered,
                     last_notified: now,
                 };
-                let ctx = EventContext {
-                    patient_id: &obs.patient_id,
-                    patient: Some(&patient),
-                    latest: &state.info.latest,
-                    observed_at: obs.observed_at,
-                    now,
-                    device: Some(&obs.device_id),
-                    version,
-                };
+                let ctx = EventContext::of_observation(obs, &state.info, now, version);
                 let detail = band_detail(b, vital, value, rule_key);
                 out.events.push(event(
                     &ctx,

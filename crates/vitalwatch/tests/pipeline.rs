@@ -17,6 +17,19 @@ use vitalwatch::pipeline::{Clock, Pipeline, PipelineOptions, warehouse_root};
 use vitalwatch_connectors::warehouse::{OutputFormat, format_batches, query};
 use vitalwatch_core::rules::Profile;
 
+/// Runs the built binary with these arguments.
+fn vitalwatch(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_vitalwatch"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// A path as a command-line argument (test paths are UTF-8).
+fn os(p: impl AsRef<Path>) -> String {
+    p.as_ref().to_str().expect("UTF-8 path").to_owned()
+}
+
 async fn request(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let io = hyper_util::rt::TokioIo::new(stream);
@@ -37,18 +50,12 @@ async fn request(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16
 }
 
 fn seed(data: &Path) {
-    let bin = env!("CARGO_BIN_EXE_vitalwatch");
     let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data");
     for (what, file) in [
         ("patients", "patients_information.csv"),
         ("thresholds", "threshold_ref.csv"),
     ] {
-        let out = Command::new(bin)
-            .args([what, "import", "--data"])
-            .arg(data)
-            .arg(shared.join(file))
-            .output()
-            .unwrap();
+        let out = vitalwatch(&[what, "import", "--data", &os(data), &os(shared.join(file))]);
         assert!(
             out.status.success(),
             "{what} import: {}",
@@ -356,28 +363,24 @@ async fn standard_profile_acknowledge_over_http() {
 /// same file adds no alert (ids are deterministic, the catalog makes it idempotent).
 #[test]
 fn simulate_then_replay_is_idempotent() {
-    let bin = env!("CARGO_BIN_EXE_vitalwatch");
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("sim.jsonl");
     let sim = |out: &Path| {
-        let o = Command::new(bin)
-            .args([
-                "simulate",
-                "--patients",
-                "10",
-                "--rate",
-                "100",
-                "--duration",
-                "10m",
-                "--seed",
-                "7",
-                "--format",
-                "classic",
-                "--output",
-            ])
-            .arg(out)
-            .output()
-            .unwrap();
+        let o = vitalwatch(&[
+            "simulate",
+            "--patients",
+            "10",
+            "--rate",
+            "100",
+            "--duration",
+            "10m",
+            "--seed",
+            "7",
+            "--format",
+            "classic",
+            "--output",
+            &os(out),
+        ]);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     };
     sim(&file);
@@ -403,19 +406,16 @@ fn simulate_then_replay_is_idempotent() {
 
     let data = dir.path().join("data");
     let replay = || {
-        let o = Command::new(bin)
-            .args([
-                "replay",
-                "--format",
-                "classic",
-                "--profile",
-                "classic",
-                "--data",
-            ])
-            .arg(&data)
-            .arg(&again)
-            .output()
-            .unwrap();
+        let o = vitalwatch(&[
+            "replay",
+            "--format",
+            "classic",
+            "--profile",
+            "classic",
+            "--data",
+            &os(&data),
+            &os(&again),
+        ]);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         String::from_utf8(o.stdout).unwrap()
     };
@@ -444,12 +444,14 @@ fn simulate_then_replay_is_idempotent() {
         "a replay sends no second notification"
     );
     // The warehouse is queryable through the CLI.
-    let o = Command::new(bin)
-        .args(["query", "--format", "csv", "--data"])
-        .arg(&data)
-        .arg("SELECT count(*) AS n FROM vitals")
-        .output()
-        .unwrap();
+    let o = vitalwatch(&[
+        "query",
+        "--format",
+        "csv",
+        "--data",
+        &os(&data),
+        "SELECT count(*) AS n FROM vitals",
+    ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(
         String::from_utf8(o.stdout).unwrap(),
@@ -460,27 +462,15 @@ fn simulate_then_replay_is_idempotent() {
 
 #[test]
 fn config_check_lists_every_problem() {
-    let bin = env!("CARGO_BIN_EXE_vitalwatch");
     let dir = tempfile::tempdir().unwrap();
     let good = dir.path().join("good.toml");
-    let o = Command::new(bin)
-        .args(["config", "default"])
-        .output()
-        .unwrap();
+    let o = vitalwatch(&["config", "default"]);
     std::fs::write(&good, &o.stdout).unwrap();
-    let o = Command::new(bin)
-        .args(["config", "check"])
-        .arg(&good)
-        .output()
-        .unwrap();
+    let o = vitalwatch(&["config", "check", &os(&good)]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "colour = 1\n[http]\nlisten = \"nowhere\"\nport = 1\n").unwrap();
-    let o = Command::new(bin)
-        .args(["config", "check"])
-        .arg(&bad)
-        .output()
-        .unwrap();
+    let o = vitalwatch(&["config", "check", &os(&bad)]);
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
@@ -491,26 +481,16 @@ fn config_check_lists_every_problem() {
 
 #[test]
 fn bad_csv_imports_report_lines_and_change_nothing() {
-    let bin = env!("CARGO_BIN_EXE_vitalwatch");
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let csv = dir.path().join("p.csv");
     std::fs::write(&csv, "patientid,patientname,patientaddress,phone_number,admitted_ward,age,other_details\n1,A,x,1,1,40,\n2,B,x,1,1,old,\n").unwrap();
-    let o = Command::new(bin)
-        .args(["patients", "import", "--data"])
-        .arg(&data)
-        .arg(&csv)
-        .output()
-        .unwrap();
+    let o = vitalwatch(&["patients", "import", "--data", &os(&data), &os(&csv)]);
     assert!(!o.status.success());
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("line 3: age \"old\" is not a valid number")
     );
-    let o = Command::new(bin)
-        .args(["patients", "list", "--format", "csv", "--data"])
-        .arg(&data)
-        .output()
-        .unwrap();
+    let o = vitalwatch(&["patients", "list", "--format", "csv", "--data", &os(&data)]);
     assert_eq!(
         String::from_utf8(o.stdout).unwrap().lines().count(),
         1,
