@@ -465,7 +465,14 @@ fn alert_loop(
                 break;
             }
         }
-        let fresh = match out.catalog.record_alert_events(&events) {
+        // Encoded once, for both the catalog and the alert log. Serializing an AlertEvent
+        // cannot fail: it has only strings, numbers and timestamps.
+        let json: Vec<String> = events
+            .iter()
+            .map(|e| serde_json::to_string(e).expect("alert events serialize"))
+            .collect();
+        let pairs = events.iter().zip(json.iter().map(String::as_str));
+        let fresh = match out.catalog.record_alert_events(pairs) {
             Ok(f) => f,
             Err(e) => {
                 // The catalog is the dedup record; if it fails, deliver anyway: a duplicate
@@ -477,14 +484,14 @@ fn alert_loop(
         };
         let mut delivered = Vec::with_capacity(events.len());
         let mut lock = stdout.lock();
-        for (e, new) in events.into_iter().zip(fresh) {
+        for ((e, body), new) in events.into_iter().zip(&json).zip(fresh) {
             if !new {
                 metrics.alert_events_replayed.fetch_add(1, Relaxed);
                 continue;
             }
             if let Some(w) = out.jsonl.as_mut() {
-                let r = serde_json::to_writer(&mut *w, &e)
-                    .map_err(std::io::Error::from)
+                let r = w
+                    .write_all(body.as_bytes())
                     .and_then(|_| w.write_all(b"\n"));
                 if let Err(err) = r {
                     metrics.alert_output_errors.fetch_add(1, Relaxed);

@@ -321,14 +321,15 @@ impl SqliteCatalog {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Records alert events in one transaction. Returns, per event, whether it was new:
-    /// an event already recorded (a replay) is skipped, so callers notify only on `true`.
-    pub fn record_alert_events(
+    /// Records alert events, each with its JSON encoding (which callers already have for
+    /// the alert log), in one transaction. Returns, per event, whether it was new: an
+    /// event already recorded (a replay) is skipped, so callers notify only on `true`.
+    pub fn record_alert_events<'a>(
         &mut self,
-        events: &[AlertEvent],
+        events: impl IntoIterator<Item = (&'a AlertEvent, &'a str)>,
     ) -> Result<Vec<bool>, CatalogError> {
         let tx = self.conn.transaction()?;
-        let mut fresh = Vec::with_capacity(events.len());
+        let mut fresh = Vec::new();
         {
             let mut ins = tx.prepare(
                 "INSERT OR IGNORE INTO alert_events (alert_id, event, at, priority, state, actor)
@@ -341,7 +342,7 @@ impl SqliteCatalog {
                    updated_at = excluded.updated_at, latest_event = excluded.latest_event
                  WHERE excluded.updated_at >= alerts.updated_at",
             )?;
-            for e in events {
+            for (e, body) in events {
                 // Identity of an event: the reading time that caused it, or for events
                 // without a reading (acknowledgements, re-notifications) when it happened.
                 // The history keeps who and what; the full latest event lives in `alerts`.
@@ -356,7 +357,6 @@ impl SqliteCatalog {
                 ])?;
                 fresh.push(n == 1);
                 if n == 1 {
-                    let body = serde_json::to_string(e)?;
                     up.execute(params![
                         e.alert_id,
                         e.patient_id.as_str(),
@@ -480,6 +480,15 @@ mod tests {
         );
     }
 
+    fn record(c: &mut SqliteCatalog, events: &[AlertEvent]) -> Vec<bool> {
+        let json: Vec<String> = events
+            .iter()
+            .map(|e| serde_json::to_string(e).unwrap())
+            .collect();
+        c.record_alert_events(events.iter().zip(json.iter().map(String::as_str)))
+            .unwrap()
+    }
+
     #[test]
     fn replayed_alert_events_are_not_new() {
         let mut c = SqliteCatalog::open_in_memory().unwrap();
@@ -512,12 +521,9 @@ mod tests {
         };
         let first = events(2_000_000);
         assert_eq!(first.len(), 2);
-        assert_eq!(c.record_alert_events(&first).unwrap(), vec![true, true]);
+        assert_eq!(record(&mut c, &first), vec![true, true]);
         // A replay generates the same alerts at a later wall-clock time: nothing new.
-        assert_eq!(
-            c.record_alert_events(&events(9_000_000)).unwrap(),
-            vec![false, false]
-        );
+        assert_eq!(record(&mut c, &events(9_000_000)), vec![false, false]);
         let stored = c.alerts(true, 10).unwrap();
         assert_eq!(stored.len(), 2);
         assert_eq!(stored[0].events, 1);
