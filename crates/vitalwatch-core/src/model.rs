@@ -675,6 +675,24 @@ pub struct DeadLetter {
     pub payload: String,
 }
 
+impl DeadLetter {
+    /// Most payload bytes a dead letter keeps: enough to diagnose any real record,
+    /// bounded so a hostile body cannot bloat the warehouse.
+    pub const MAX_PAYLOAD: usize = 64 * 1024;
+
+    /// A dead letter for a raw record, its payload cut to [`DeadLetter::MAX_PAYLOAD`] bytes
+    /// (invalid UTF-8 replaced, never rejected).
+    pub fn new(received_at: Timestamp, source: String, reason: String, payload: &[u8]) -> Self {
+        let kept = &payload[..payload.len().min(Self::MAX_PAYLOAD)];
+        DeadLetter {
+            received_at,
+            source,
+            reason,
+            payload: String::from_utf8_lossy(kept).into_owned(),
+        }
+    }
+}
+
 /// Why a valid reading could not be classified against the reference data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

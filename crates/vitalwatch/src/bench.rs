@@ -106,7 +106,7 @@ pub async fn http(
     };
     cfg.rules.profile = Profile::Classic;
     cfg.alerts.console = false;
-    crate::commands::seed_for_bench(&cfg, connections)?;
+    crate::commands::seed_reference(&cfg, connections)?;
     let metrics = Arc::new(Metrics::default());
     metrics.keep_latency_samples();
     let pipeline = Pipeline::start(

@@ -56,7 +56,7 @@ fn open_catalog(cfg: &Config) -> anyhow::Result<SqliteCatalog> {
 
 /// First-run set-up: the classic threshold table when none is loaded, and demo patients
 /// 1..=n that are missing (existing patients are never overwritten).
-fn seed_reference(cfg: &Config, demo: usize) -> anyhow::Result<()> {
+pub fn seed_reference(cfg: &Config, demo: usize) -> anyhow::Result<()> {
     let mut cat = open_catalog(cfg)?;
     if cat.thresholds()?.version == 0 {
         let bands = parse_threshold_csv(CLASSIC_THRESHOLDS_CSV.as_bytes())?;
@@ -356,12 +356,12 @@ fn read_file(
         received += 1;
         match decode_record(rec, format, now) {
             Ok(o) => batch.push(o),
-            Err(e) => dead.push(DeadLetter {
-                received_at: now,
-                source: format!("replay:{name}:{lineno}"),
-                reason: e.to_string(),
-                payload: http::truncate_payload(rec, 64 * 1024),
-            }),
+            Err(e) => dead.push(DeadLetter::new(
+                now,
+                format!("replay:{name}:{lineno}"),
+                e.to_string(),
+                rec,
+            )),
         }
         if batch.len() >= REPLAY_BATCH {
             send_batch(h, &mut batch, &mut dead, &mut received)?;
@@ -778,9 +778,4 @@ pub fn warehouse_cmd(cmd: WarehouseCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
-}
-
-/// Reference data for `bench http`: the classic table and demo patients 1..=n.
-pub fn seed_for_bench(cfg: &Config, n: usize) -> anyhow::Result<()> {
-    seed_reference(cfg, n)
 }

@@ -23,9 +23,6 @@ use vitalwatch_core::model::DeadLetter;
 
 use crate::pipeline::{IngestMsg, PipelineHandle, wall_now};
 
-/// Largest payload kept in a dead letter.
-const MAX_DEAD_LETTER_PAYLOAD: usize = 64 * 1024;
-
 #[derive(Debug, Deserialize)]
 struct ReadingsQuery {
     #[serde(default)]
@@ -44,12 +41,6 @@ struct IngestReply {
     rejected: Vec<Rejected>,
 }
 
-/// Keeps at most `max` bytes of a payload, on a character boundary.
-pub fn truncate_payload(bytes: &[u8], max: usize) -> String {
-    let s = String::from_utf8_lossy(&bytes[..bytes.len().min(max)]);
-    s.into_owned()
-}
-
 async fn post_readings(
     State(h): State<PipelineHandle>,
     Query(q): Query<ReadingsQuery>,
@@ -66,12 +57,12 @@ async fn post_readings(
             Ok(o) => accepted.push(o),
             Err(e) => {
                 let reason = e.to_string();
-                dead.push(DeadLetter {
-                    received_at: now,
-                    source: format!("http:record {}", r.index),
-                    reason: reason.clone(),
-                    payload: truncate_payload(r.bytes, MAX_DEAD_LETTER_PAYLOAD),
-                });
+                dead.push(DeadLetter::new(
+                    now,
+                    format!("http:record {}", r.index),
+                    reason.clone(),
+                    r.bytes,
+                ));
                 rejected.push(Rejected {
                     record: r.index,
                     reason,
@@ -84,12 +75,12 @@ async fn post_readings(
             record: 0,
             reason: "empty body: send a JSON object, a JSON array or newline-delimited JSON".into(),
         });
-        dead.push(DeadLetter {
-            received_at: now,
-            source: "http".into(),
-            reason: "empty body".into(),
-            payload: String::new(),
-        });
+        dead.push(DeadLetter::new(
+            now,
+            "http".into(),
+            "empty body".into(),
+            b"",
+        ));
     }
     h.dead_letters_async(dead).await;
     let n = accepted.len();
