@@ -43,6 +43,15 @@ pub fn load_config(args: &DataArgs) -> anyhow::Result<Config> {
     Ok(cfg)
 }
 
+/// Writes to standard output; a reader that went away (`| head`) ends the output quietly
+/// instead of panicking like `print!` does.
+fn emit(text: &str) -> anyhow::Result<()> {
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => r.context("cannot write to standard output"),
+    }
+}
+
 fn parse_duration(s: &str, what: &str) -> anyhow::Result<Duration> {
     Duration::parse(s).with_context(|| format!("bad {what}"))
 }
@@ -285,11 +294,14 @@ pub fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     bar.finish_and_clear();
     let summary = pipeline.shutdown()?;
     read?;
-    println!("{summary}");
-    println!("alert log: {}", cfg.data_dir.join("alerts.jsonl").display());
+    let mut text = format!(
+        "{summary}\nalert log: {}\n",
+        cfg.data_dir.join("alerts.jsonl").display()
+    );
     if let Some(m) = peak_rss_mib() {
-        println!("peak memory: {m:.1} MiB");
+        text.push_str(&format!("peak memory: {m:.1} MiB\n"));
     }
+    emit(&text)?;
     Ok(())
 }
 
@@ -485,9 +497,9 @@ pub async fn query(data: &DataArgs, sql: &str, format: TableFormat) -> anyhow::R
     let root = warehouse_root(&cfg.data_dir);
     let batches = warehouse::query(&root, sql).await.context("query failed")?;
     let text = warehouse::format_batches(&batches, output_format(format))?;
-    print!("{text}");
+    emit(&text)?;
     if !text.ends_with('\n') && !text.is_empty() {
-        println!();
+        emit("\n")?;
     }
     Ok(())
 }
@@ -744,10 +756,7 @@ pub fn alerts(cmd: AlertsCommand) -> anyhow::Result<()> {
 /// `vitalwatch config …`
 pub fn config_cmd(cmd: ConfigCommand) -> anyhow::Result<()> {
     match cmd {
-        ConfigCommand::Default => {
-            print!("{}", config::DEFAULT_CONFIG_TOML);
-            Ok(())
-        }
+        ConfigCommand::Default => emit(config::DEFAULT_CONFIG_TOML),
         ConfigCommand::Check { file } => {
             let cfg = config::load(&file)?;
             println!(
@@ -774,8 +783,7 @@ pub fn warehouse_cmd(cmd: WarehouseCommand) -> anyhow::Result<()> {
             let cfg = load_config(&data)?;
             let root = warehouse_root(&cfg.data_dir);
             let abs: PathBuf = std::path::absolute(&root).unwrap_or(root);
-            print!("{}", warehouse::hive_ddl(&abs));
-            Ok(())
+            emit(&warehouse::hive_ddl(&abs))
         }
     }
 }
