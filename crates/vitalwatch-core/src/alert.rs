@@ -75,7 +75,7 @@ impl AlertState {
 
 /// What happened to an alert.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum AlertEventKind {
     /// A new alert (a new episode).
     Triggered,
@@ -85,6 +85,9 @@ pub enum AlertEventKind {
     Escalated,
     /// A clinician acknowledged it.
     Acknowledged,
+    /// The alert's inputs went stale (a NEWS2 parameter older than the observation age):
+    /// it stays open, and asks for a full set of observations.
+    InputsStale,
     /// The condition cleared.
     Resolved,
 }
@@ -97,6 +100,7 @@ impl AlertEventKind {
             AlertEventKind::Renotified => "renotified",
             AlertEventKind::Escalated => "escalated",
             AlertEventKind::Acknowledged => "acknowledged",
+            AlertEventKind::InputsStale => "inputs_stale",
             AlertEventKind::Resolved => "resolved",
         }
     }
@@ -105,7 +109,10 @@ impl AlertEventKind {
     pub fn notifies(self) -> bool {
         matches!(
             self,
-            AlertEventKind::Triggered | AlertEventKind::Renotified | AlertEventKind::Escalated
+            AlertEventKind::Triggered
+                | AlertEventKind::Renotified
+                | AlertEventKind::Escalated
+                | AlertEventKind::InputsStale
         )
     }
 }

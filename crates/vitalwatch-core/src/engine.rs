@@ -1,28 +1,45 @@
 //! The alert engine: per-patient state plus rules, observations in, alert events out.
 //!
 //! Sits between the codecs and every sink. [`Engine::process`] takes one observation set and
-//! the current time (a parameter: this crate never reads a clock), updates the patient's
-//! latest vitals, applies the rules of the configured [`Profile`], and appends alert
-//! lifecycle events and unclassified readings to a caller-owned [`Findings`] buffer, so the
-//! hot path allocates nothing for a normal reading. [`Engine::tick`] drives time-based
-//! behaviour (stale devices, re-notification) and [`Engine::acknowledge`] the lifecycle.
+//! the pipeline's clock `now` (a parameter: this crate never reads a clock), updates the
+//! patient's latest vitals, applies the rules of the configured [`Profile`], and appends
+//! alert lifecycle events and unclassified readings to a caller-owned [`Findings`] buffer,
+//! so the hot path allocates nothing for a normal reading. [`Engine::tick`] drives
+//! time-based behaviour (stale devices, re-notification, eviction of idle state) and
+//! [`Engine::acknowledge`] the lifecycle.
 //!
+//! # Time
+//! Rules run on event time (`observed_at`); everything that measures how long something
+//! lasted on our side (re-notification, a device's silence, eviction) uses `now`, the one
+//! clock the pipeline injects (wall clock live, stream clock in a replay). A device's
+//! silence is measured from the arrival (on that clock) of its newest reading, so a
+//! monitor whose clock runs 90 s behind is not "silent", and one whose clock runs ahead is
+//! not "talking" after it stops.
+//!
+//! # Order
 //! Every condition goes through one state machine ([`Condition::observe`]): pending while
 //! its persistence time runs, active once it fires (one active alert per patient and rule
 //! key: deduplication), cleared only when the value is back inside by the hysteresis
-//! margin.
+//! margin (and, for NEWS2, has stayed there for a while). Readings may arrive out of
+//! order. A condition remembers the newest event time at which it held and at which it
+//! did not: a reading older than the newest evidence against it is history, never a
+//! decision, so a late normal reading cannot resolve an alert that newer abnormal readings
+//! keep alive, and a late abnormal one cannot restart an episode that newer normal readings
+//! ended. A reading more than the lateness window older than its device's newest reading is
+//! not evaluated at all ([`Processed::Late`]); the pipeline still archives it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::alert::{AlertEvent, AlertEventKind, AlertPatient, AlertState, Priority, alert_id};
+use crate::clock::TimeConfig;
 use crate::model::{
-    Consciousness, DeviceId, Duration, Observation, Patient, PatientId, Timestamp, Unclassified,
-    UnclassifiedReason, VITAL_COUNT, Vital,
+    Consciousness, DeviceId, Duration, Observation, Patient, PatientId, Spo2Scale, Timestamp,
+    Unclassified, UnclassifiedReason, VITAL_COUNT, Vital,
 };
-use crate::reference::{ThresholdBand, ThresholdTable, match_band};
-use crate::rules::news2::{self, News2Input};
-use crate::rules::{Profile, RulesConfig};
+use crate::reference::{ThresholdBand, ThresholdTable, match_band, match_band_exact};
+use crate::rules::news2::{self, News2Input, News2Score};
+use crate::rules::{Profile, RulesConfig, UnknownOxygen};
 
 /// What one call to the engine produced. Reuse it across calls (call [`Findings::clear`]).
 #[derive(Debug, Default, Clone)]
@@ -39,6 +56,18 @@ impl Findings {
         self.events.clear();
         self.unclassified.clear();
     }
+}
+
+/// What the engine did with one observation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Processed {
+    /// Evaluated against the rules.
+    Evaluated,
+    /// Older than its device's newest reading by more than the lateness window: not
+    /// evaluated (archive and count it).
+    Late,
+    /// Not taken, with the reason (a state bound was reached): make it a dead letter.
+    Rejected(String),
 }
 
 /// Why an acknowledgement was refused.
@@ -66,12 +95,52 @@ struct Active {
     priority: Priority,
     state: AlertState,
     last_notified: Timestamp,
+    /// An `inputs_stale` event was sent and no complete set has come since.
+    inputs_stale: bool,
 }
+
+impl Active {
+    fn new(alert_id: String, episode_start: Timestamp, priority: Priority, now: Timestamp) -> Self {
+        Active {
+            alert_id,
+            episode_start,
+            priority,
+            state: AlertState::Triggered,
+            last_notified: now,
+            inputs_stale: false,
+        }
+    }
+}
+
+/// How long a condition must hold before it fires, and be clear before it resolves.
+#[derive(Debug, Clone, Copy)]
+struct Timing {
+    persistence: Duration,
+    clear_after: Duration,
+}
+
+impl Timing {
+    fn at_once(persistence: Duration) -> Self {
+        Timing {
+            persistence,
+            clear_after: Duration::ZERO,
+        }
+    }
+}
+
+const NEVER: Timestamp = Timestamp(i64::MIN);
 
 #[derive(Debug, Clone)]
 struct Condition {
     key: RuleKey,
+    /// Start of the current abnormal run, while persistence runs.
     pending_since: Option<Timestamp>,
+    /// Newest event time at which the condition held.
+    last_abnormal: Timestamp,
+    /// Newest event time at which it did not.
+    last_normal: Timestamp,
+    /// Start of the current run of cleared readings, while an alert is active.
+    clear_since: Option<Timestamp>,
     active: Option<Active>,
 }
 
@@ -84,45 +153,101 @@ enum Transition {
 }
 
 impl Condition {
-    /// The one state machine every rule shares: persistence, dedup, hysteresis.
-    ///
-    /// `abnormal`: the rule's condition holds now. `cleared`: the value is back inside by the
-    /// hysteresis margin (only consulted when not abnormal).
-    fn observe(
-        &mut self,
-        abnormal: bool,
-        cleared: bool,
-        t: Timestamp,
-        persistence: Duration,
-    ) -> Transition {
-        if abnormal {
-            if self.active.is_some() {
-                return Transition::Nothing;
-            }
-            let since = *self.pending_since.get_or_insert(t);
-            if t.since(since) >= persistence {
-                return Transition::Triggered;
-            }
-            Transition::Nothing
-        } else {
-            // Persistence needs the condition to hold without a break.
-            self.pending_since = None;
-            if self.active.is_some() && cleared {
-                return Transition::Resolved;
-            }
-            Transition::Nothing
+    fn new(key: RuleKey) -> Self {
+        Condition {
+            key,
+            pending_since: None,
+            last_abnormal: NEVER,
+            last_normal: NEVER,
+            clear_since: None,
+            active: None,
         }
     }
 
-    fn is_idle(&self) -> bool {
-        self.pending_since.is_none() && self.active.is_none()
+    /// The one state machine every rule shares: persistence, dedup, hysteresis, order.
+    ///
+    /// `abnormal`: the rule's condition holds at event time `t`. `cleared`: the value is
+    /// back inside by the hysteresis margin (only consulted when not abnormal).
+    fn observe(&mut self, abnormal: bool, cleared: bool, t: Timestamp, timing: Timing) -> Transition {
+        if abnormal {
+            // Newer readings showed it did not hold: this one is history.
+            if t < self.last_normal {
+                return Transition::Nothing;
+            }
+            self.last_abnormal = self.last_abnormal.max(t);
+            if self.active.is_some() {
+                self.clear_since = None;
+                return Transition::Nothing;
+            }
+            let since = self.pending_since.map_or(t, |s| s.min(t));
+            self.pending_since = Some(since);
+            if self.last_abnormal.since(since) >= timing.persistence {
+                return Transition::Triggered;
+            }
+            return Transition::Nothing;
+        }
+        if t < self.last_abnormal {
+            // Late: newer readings showed the condition holding, so this one can clear
+            // nothing. It still proves a break in a pending run that began before it:
+            // persistence restarts from the newest abnormal reading.
+            self.last_normal = self.last_normal.max(t);
+            if self.pending_since.is_some_and(|s| s < t) {
+                self.pending_since = Some(self.last_abnormal);
+            }
+            return Transition::Nothing;
+        }
+        self.last_normal = self.last_normal.max(t);
+        // Persistence needs the condition to hold without a break.
+        self.pending_since = None;
+        if self.active.is_none() {
+            return Transition::Nothing;
+        }
+        if !cleared {
+            self.clear_since = None;
+            return Transition::Nothing;
+        }
+        let since = self.clear_since.map_or(t, |s| s.min(t));
+        self.clear_since = Some(since);
+        if t.since(since) >= timing.clear_after {
+            self.clear_since = None;
+            return Transition::Resolved;
+        }
+        Transition::Nothing
     }
+
+    /// Nothing pending or active, and no evidence recent enough to judge a late reading.
+    fn is_forgettable(&self, t: Timestamp, lateness: Duration) -> bool {
+        self.pending_since.is_none()
+            && self.active.is_none()
+            && t.since(self.last_abnormal.max(self.last_normal)) > lateness
+    }
+}
+
+/// The bands that apply to one patient, per vital index; shared by every patient of the
+/// same age (a hundred thousand patients need a handful of these, not one each).
+type Bands = Arc<Vec<Vec<ThresholdBand>>>;
+
+/// The key under which compiled bands are shared.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum BandsKey {
+    Age(u32),
+    Override(PatientId),
+}
+
+/// A NEWS2 score and how it was obtained.
+#[derive(Debug, Clone, Copy)]
+struct Scored {
+    score: News2Score,
+    /// Oxygen status unknown, scored as room air (`news2.unknown_oxygen = "air"`).
+    assumed_air: bool,
 }
 
 #[derive(Debug)]
 struct PatientState {
     info: PatientInfo,
     conditions: Vec<Condition>,
+    /// Arrival of the newest reading, on the pipeline's clock (for eviction).
+    last_arrival: Timestamp,
 }
 
 /// What is known about a patient, apart from their alert conditions (kept apart so a
@@ -130,15 +255,28 @@ struct PatientState {
 #[derive(Debug)]
 struct PatientInfo {
     patient: Option<Arc<Patient>>,
-    /// Bands that apply to this patient, per vital (age-filtered or the patient's overrides).
-    bands: Vec<Vec<ThresholdBand>>,
+    bands: Bands,
     latest: [f64; VITAL_COUNT],
     latest_at: [Timestamp; VITAL_COUNT],
+    /// The newest NEWS2 score.
+    news2: Option<Scored>,
+}
+
+impl PatientInfo {
+    fn scale(&self) -> Spo2Scale {
+        self.patient
+            .as_ref()
+            .map(|p| p.spo2_scale)
+            .unwrap_or_default()
+    }
 }
 
 #[derive(Debug)]
 struct DeviceState {
     patient_id: PatientId,
+    /// Newest observation time from this device (its own clock): judges lateness.
+    newest_at: Timestamp,
+    /// Arrival of its newest reading on the pipeline's clock: judges silence.
     last_seen: Timestamp,
     active: Option<Active>,
 }
@@ -147,20 +285,30 @@ struct DeviceState {
 #[derive(Debug)]
 pub struct Engine {
     rules: RulesConfig,
+    lateness: Duration,
     margins: [f64; VITAL_COUNT],
     table: ThresholdTable,
     /// Which vitals the table has any band for (else a vital is not band-checked).
     table_vitals: [bool; VITAL_COUNT],
     directory: HashMap<PatientId, Arc<Patient>>,
+    band_cache: HashMap<BandsKey, Bands>,
     states: HashMap<PatientId, PatientState>,
     devices: HashMap<DeviceId, DeviceState>,
+    /// Open alerts of evicted patients, back with their next reading.
+    parked: HashMap<PatientId, Vec<Condition>>,
+    /// Evicted devices with an open stale-device alarm.
+    parked_devices: HashMap<DeviceId, DeviceState>,
+    last_eviction: Timestamp,
 }
 
 /// Everything an event needs besides the transition itself.
 struct EventContext<'a> {
     patient_id: &'a PatientId,
     patient: Option<&'a Patient>,
-    latest: &'a [f64; VITAL_COUNT],
+    /// Classic `heartBeat` and `bp`: the reading's own, or the latest for events that no
+    /// reading caused.
+    heart_beat: Option<f64>,
+    bp: Option<f64>,
     observed_at: Timestamp,
     now: Timestamp,
     device: Option<&'a DeviceId>,
@@ -172,17 +320,42 @@ impl<'a> EventContext<'a> {
     /// The context of an event caused by an observation.
     fn of_observation(
         obs: &'a Observation,
-        info: &'a PatientInfo,
+        patient: Option<&'a Patient>,
         now: Timestamp,
         version: u32,
     ) -> Self {
         EventContext {
             patient_id: &obs.patient_id,
-            patient: info.patient.as_deref(),
-            latest: &info.latest,
+            patient,
+            heart_beat: obs.vitals.get(Vital::HeartRate),
+            bp: obs.vitals.get(Vital::Systolic),
             observed_at: obs.observed_at,
             now,
             device: Some(&obs.device_id),
+            version,
+        }
+    }
+
+    /// The context of an event no reading caused (re-notification, acknowledgement).
+    fn of_state(
+        patient_id: &'a PatientId,
+        info: Option<&'a PatientInfo>,
+        patient: Option<&'a Patient>,
+        now: Timestamp,
+        version: u32,
+    ) -> Self {
+        let latest = |v: Vital| {
+            info.map(|i| i.latest[v.index()])
+                .filter(|x| !x.is_nan())
+        };
+        EventContext {
+            patient_id,
+            patient,
+            heart_beat: latest(Vital::HeartRate),
+            bp: latest(Vital::Systolic),
+            observed_at: now,
+            now,
+            device: None,
             version,
         }
     }
@@ -199,20 +372,42 @@ struct EventDetail<'a> {
     message: String,
 }
 
+/// What every rule step needs to know about the observation being evaluated.
+struct StepCtx<'a> {
+    rules: &'a RulesConfig,
+    version: u32,
+    obs: &'a Observation,
+    /// The event time rules use: `observed_at`, but never later than `now`.
+    t: Timestamp,
+    now: Timestamp,
+}
+
 impl Engine {
-    /// A new engine with these rules and reference data.
+    /// A new engine with these rules and reference data, and the default lateness window
+    /// (see [`Engine::with_lateness`]).
     pub fn new(rules: RulesConfig, patients: Vec<Patient>, table: ThresholdTable) -> Self {
         let mut e = Engine {
             margins: rules.thresholds.margins(),
             rules,
+            lateness: TimeConfig::default().lateness,
             table: ThresholdTable::default(),
             table_vitals: [false; VITAL_COUNT],
             directory: HashMap::new(),
+            band_cache: HashMap::new(),
             states: HashMap::new(),
             devices: HashMap::new(),
+            parked: HashMap::new(),
+            parked_devices: HashMap::new(),
+            last_eviction: NEVER,
         };
         e.load_reference(patients, table);
         e
+    }
+
+    /// Sets the out-of-order tolerance (`time.lateness`).
+    pub fn with_lateness(mut self, lateness: Duration) -> Self {
+        self.lateness = lateness;
+        self
     }
 
     /// Replaces the reference data (hot reload): patient state and active alerts are kept,
@@ -226,53 +421,95 @@ impl Engine {
             self.table_vitals[v.index()] = table.has_vital(v);
         }
         self.table = table;
+        self.band_cache.clear();
         let ids: Vec<PatientId> = self.states.keys().cloned().collect();
         for id in ids {
-            let fresh = self.new_state(&id);
+            let (patient, bands) = self.reference_of(&id);
             if let Some(st) = self.states.get_mut(&id) {
-                st.info.patient = fresh.info.patient;
-                st.info.bands = fresh.info.bands;
+                st.info.patient = patient;
+                st.info.bands = bands;
             }
         }
     }
 
-    fn new_state(&self, id: &PatientId) -> PatientState {
+    /// A patient's catalog entry and compiled bands.
+    fn reference_of(&mut self, id: &PatientId) -> (Option<Arc<Patient>>, Bands) {
         let patient = self.directory.get(id).cloned();
-        let bands = Vital::ALL
-            .iter()
-            .map(|&v| match &patient {
-                Some(p) => self.table.bands_for(v, id, p.age),
-                None => Vec::new(),
-            })
-            .collect();
+        let key = match &patient {
+            None => None,
+            Some(_) if self.table.bands.iter().any(|b| b.patient_id.as_ref() == Some(id)) => {
+                Some(BandsKey::Override(id.clone()))
+            }
+            Some(p) => Some(BandsKey::Age(p.age)),
+        };
+        let table = &self.table;
+        let bands = match key {
+            None => self
+                .band_cache
+                .entry(BandsKey::Age(u32::MAX))
+                .or_insert_with(|| Arc::new(vec![Vec::new(); VITAL_COUNT]))
+                .clone(),
+            Some(key) => {
+                let age = patient.as_ref().map_or(0, |p| p.age);
+                self.band_cache
+                    .entry(key)
+                    .or_insert_with(|| {
+                        Arc::new(
+                            Vital::ALL
+                                .iter()
+                                .map(|&v| table.bands_for(v, id, age))
+                                .collect(),
+                        )
+                    })
+                    .clone()
+            }
+        };
+        (patient, bands)
+    }
+
+    fn new_state(&mut self, id: &PatientId, now: Timestamp) -> PatientState {
+        let (patient, bands) = self.reference_of(id);
         PatientState {
             info: PatientInfo {
                 patient,
                 bands,
                 latest: [f64::NAN; VITAL_COUNT],
-                latest_at: [Timestamp(i64::MIN); VITAL_COUNT],
+                latest_at: [NEVER; VITAL_COUNT],
+                news2: None,
             },
-            conditions: Vec::new(),
+            conditions: self.parked.remove(id.as_str()).unwrap_or_default(),
+            last_arrival: now,
         }
     }
 
-    /// Evaluates one observation set at time `now` and appends what it caused to `out`.
-    pub fn process(&mut self, obs: &Observation, now: Timestamp, out: &mut Findings) {
-        // One hash lookup for a known patient; the id is cloned only for a new one.
-        let state = match self.states.get_mut(obs.patient_id.as_str()) {
-            Some(s) => s,
-            None => {
-                let fresh = self.new_state(&obs.patient_id);
-                self.states.entry(obs.patient_id.clone()).or_insert(fresh)
-            }
-        };
-        for (vital, value) in obs.vitals.iter() {
-            // Out-of-order readings must not overwrite a newer value.
-            if obs.observed_at >= state.info.latest_at[vital.index()] {
-                state.info.latest[vital.index()] = value;
-                state.info.latest_at[vital.index()] = obs.observed_at;
+    /// Evaluates one observation set; `now` is the pipeline's clock at its arrival.
+    /// Appends what it caused to `out` and says what it did with the observation.
+    pub fn process(&mut self, obs: &Observation, now: Timestamp, out: &mut Findings) -> Processed {
+        let known = self.states.contains_key(obs.patient_id.as_str());
+        if !known && self.states.len() >= self.rules.state.max_patients {
+            return Processed::Rejected(format!(
+                "the engine already tracks {} patients (rules.state.max_patients)",
+                self.rules.state.max_patients
+            ));
+        }
+        // Nothing is observed after now: a reading stamped ahead of the clock (within
+        // `time.max_future`, or the engine would never see it) counts as observed now, so
+        // one fast device clock cannot make every later reading look late.
+        let t = obs.observed_at.min(now);
+        if self.rules.profile == Profile::Standard {
+            match self.device_seen(obs, t, now, out) {
+                Processed::Evaluated => {}
+                other => return other,
             }
         }
+        if !known {
+            let fresh = self.new_state(&obs.patient_id, now);
+            self.states.insert(obs.patient_id.clone(), fresh);
+        }
+        let Some(state) = self.states.get_mut(obs.patient_id.as_str()) else {
+            return Processed::Evaluated;
+        };
+        state.last_arrival = now;
         if state.info.patient.is_none() {
             out.unclassified.push(Unclassified {
                 patient_id: obs.patient_id.clone(),
@@ -283,43 +520,70 @@ impl Engine {
                 reason: UnclassifiedReason::UnknownPatient,
             });
         }
-
+        let ctx = StepCtx {
+            rules: &self.rules,
+            version: self.table.version,
+            obs,
+            t,
+            now,
+        };
         match self.rules.profile {
-            Profile::Classic => {
-                classic(state, &self.table_vitals, self.table.version, obs, now, out)
-            }
-            Profile::Standard => {
-                standard(
-                    state,
-                    &self.rules,
-                    &self.margins,
-                    &self.table_vitals,
-                    self.table.version,
-                    obs,
-                    now,
-                    out,
-                );
-                if self.rules.stale_device.enabled {
-                    self.device_seen(obs, now, out);
-                }
-            }
+            Profile::Classic => classic(state, &self.table_vitals, &ctx, out),
+            Profile::Standard => standard(
+                state,
+                &self.margins,
+                &self.table_vitals,
+                self.lateness,
+                &ctx,
+                out,
+            ),
         }
+        Processed::Evaluated
     }
 
-    fn device_seen(&mut self, obs: &Observation, now: Timestamp, out: &mut Findings) {
+    /// Device bookkeeping of the standard profile: the lateness check, the device's
+    /// silence clock, and the end of its stale alarm.
+    fn device_seen(
+        &mut self,
+        obs: &Observation,
+        t: Timestamp,
+        now: Timestamp,
+        out: &mut Findings,
+    ) -> Processed {
         let dev = match self.devices.get_mut(obs.device_id.as_str()) {
             Some(d) => d,
-            None => self
-                .devices
-                .entry(obs.device_id.clone())
-                .or_insert_with(|| DeviceState {
-                    patient_id: obs.patient_id.clone(),
-                    last_seen: obs.observed_at,
-                    active: None,
-                }),
+            None => {
+                let d = match self.parked_devices.remove(obs.device_id.as_str()) {
+                    Some(d) => d,
+                    None if self.devices.len() >= self.rules.state.max_devices => {
+                        return Processed::Rejected(format!(
+                            "the engine already tracks {} devices (rules.state.max_devices)",
+                            self.rules.state.max_devices
+                        ));
+                    }
+                    None => DeviceState {
+                        patient_id: obs.patient_id.clone(),
+                        newest_at: t,
+                        last_seen: now,
+                        active: None,
+                    },
+                };
+                self.devices.entry(obs.device_id.clone()).or_insert(d)
+            }
         };
-        dev.last_seen = dev.last_seen.max(obs.observed_at);
-        dev.patient_id.clone_from(&obs.patient_id);
+        if dev.newest_at.since(t) > self.lateness {
+            return Processed::Late;
+        }
+        if t < dev.newest_at {
+            // Late within the window: evaluated, but old data does not prove the device
+            // is delivering now.
+            return Processed::Evaluated;
+        }
+        dev.newest_at = t;
+        dev.last_seen = now;
+        if dev.patient_id != obs.patient_id {
+            dev.patient_id.clone_from(&obs.patient_id);
+        }
         if let Some(active) = dev.active.take() {
             let refs = DeviceRefs {
                 directory: &self.directory,
@@ -336,12 +600,14 @@ impl Engine {
                 AlertEventKind::Resolved,
             ));
         }
+        Processed::Evaluated
     }
 
-    /// Time-driven rules at time `now`: stale devices and re-notification of alerts that
-    /// are still abnormal and unacknowledged. Call it about once a second (stream time in
-    /// a replay, wall time in a live run).
+    /// Time-driven rules at time `now` (the pipeline's clock): stale devices,
+    /// re-notification of alerts that are still abnormal and unacknowledged, and eviction
+    /// of idle state. Call it about once a second of that clock.
     pub fn tick(&mut self, now: Timestamp, out: &mut Findings) {
+        self.evict_idle(now);
         if self.rules.profile == Profile::Classic {
             return;
         }
@@ -358,18 +624,17 @@ impl Engine {
                 match &mut dev.active {
                     None if now.since(dev.last_seen) > after => {
                         let rule_key = stale_key(device_id);
-                        let active = Active {
-                            alert_id: alert_id(&dev.patient_id, &rule_key, dev.last_seen),
-                            episode_start: dev.last_seen,
-                            priority: self.rules.stale_device.priority,
-                            state: AlertState::Triggered,
-                            last_notified: now,
-                        };
+                        let active = Active::new(
+                            alert_id(&dev.patient_id, &rule_key, dev.last_seen),
+                            dev.last_seen,
+                            self.rules.stale_device.priority,
+                            now,
+                        );
                         out.events.push(refs.event(
                             device_id,
                             &dev.patient_id,
                             &active,
-                            dev.last_seen,
+                            dev.newest_at,
                             now,
                             AlertEventKind::Triggered,
                         ));
@@ -384,7 +649,7 @@ impl Engine {
                             device_id,
                             &dev.patient_id,
                             a,
-                            dev.last_seen,
+                            dev.newest_at,
                             now,
                             AlertEventKind::Renotified,
                         ));
@@ -402,7 +667,8 @@ impl Engine {
                 a.last_notified = now;
                 out.events.push(condition_event(
                     pid,
-                    &st.info,
+                    Some(&st.info),
+                    self.directory.get(pid).map(|p| p.as_ref()),
                     &c.key,
                     a,
                     &self.rules,
@@ -414,6 +680,52 @@ impl Engine {
         }
     }
 
+    /// Forgets patients and devices idle for longer than `rules.state.evict_after`,
+    /// keeping their open alerts aside. Runs at most once a minute of the clock.
+    fn evict_idle(&mut self, now: Timestamp) {
+        if now.since(self.last_eviction) < Duration::from_secs(60) {
+            return;
+        }
+        self.last_eviction = now;
+        let after = self.rules.state.evict_after;
+        let idle: Vec<PatientId> = self
+            .states
+            .iter()
+            .filter(|(_, s)| now.since(s.last_arrival) > after)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in idle {
+            if let Some(st) = self.states.remove(&id) {
+                let open: Vec<Condition> = st
+                    .conditions
+                    .into_iter()
+                    .filter(|c| c.active.is_some())
+                    .collect();
+                if !open.is_empty() {
+                    self.parked.insert(id, open);
+                }
+            }
+        }
+        let idle: Vec<DeviceId> = self
+            .devices
+            .iter()
+            .filter(|(_, d)| now.since(d.last_seen) > after)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in idle {
+            if let Some(d) = self.devices.remove(&id)
+                && d.active.is_some()
+            {
+                self.parked_devices.insert(id, d);
+            }
+        }
+    }
+
+    /// How many patients and devices the engine tracks now (parked alerts not counted).
+    pub fn tracked(&self) -> (usize, usize) {
+        (self.states.len(), self.devices.len())
+    }
+
     /// Acknowledges an active alert: re-notification stops; it resolves when its condition
     /// clears.
     pub fn acknowledge(
@@ -423,8 +735,18 @@ impl Engine {
         now: Timestamp,
     ) -> Result<AlertEvent, AckError> {
         let rules = &self.rules;
-        for (pid, st) in self.states.iter_mut() {
-            for c in st.conditions.iter_mut() {
+        let version = self.table.version;
+        let patients = self
+            .states
+            .iter_mut()
+            .map(|(pid, st)| (pid, Some(&st.info), &mut st.conditions))
+            .chain(
+                self.parked
+                    .iter_mut()
+                    .map(|(pid, conds)| (pid, None, conds)),
+            );
+        for (pid, info, conditions) in patients {
+            for c in conditions.iter_mut() {
                 let Some(a) = c.active.as_mut() else { continue };
                 if a.alert_id != id {
                     continue;
@@ -435,11 +757,12 @@ impl Engine {
                 a.state = AlertState::Acknowledged;
                 let mut e = condition_event(
                     pid,
-                    &st.info,
+                    info,
+                    self.directory.get(pid).map(|p| p.as_ref()),
                     &c.key,
                     a,
                     rules,
-                    self.table.version,
+                    version,
                     now,
                     AlertEventKind::Acknowledged,
                 );
@@ -447,7 +770,13 @@ impl Engine {
                 return Ok(e);
             }
         }
-        for (device_id, dev) in self.devices.iter_mut() {
+        let refs = DeviceRefs {
+            directory: &self.directory,
+            states: &self.states,
+            rules,
+            version,
+        };
+        for (device_id, dev) in self.devices.iter_mut().chain(self.parked_devices.iter_mut()) {
             let Some(a) = dev.active.as_mut() else {
                 continue;
             };
@@ -458,12 +787,6 @@ impl Engine {
                 return Err(AckError::AlreadyAcknowledged(id.to_owned()));
             }
             a.state = AlertState::Acknowledged;
-            let refs = DeviceRefs {
-                directory: &self.directory,
-                states: &self.states,
-                rules,
-                version: self.table.version,
-            };
             let mut e = refs.event(
                 device_id,
                 &dev.patient_id,
@@ -478,14 +801,21 @@ impl Engine {
         Err(AckError::NotActive(id.to_owned()))
     }
 
-    /// Ids of the alerts active now (triggered or acknowledged), with their state.
+    /// Ids of the alerts active now (triggered or acknowledged), with their state,
+    /// including those of evicted patients and devices.
     pub fn active_alerts(&self) -> Vec<(String, AlertState, Priority)> {
         let mut v: Vec<_> = self
             .states
             .values()
             .flat_map(|s| s.conditions.iter())
+            .chain(self.parked.values().flatten())
             .filter_map(|c| c.active.as_ref())
-            .chain(self.devices.values().filter_map(|d| d.active.as_ref()))
+            .chain(
+                self.devices
+                    .values()
+                    .chain(self.parked_devices.values())
+                    .filter_map(|d| d.active.as_ref()),
+            )
             .map(|a| (a.alert_id.clone(), a.state, a.priority))
             .collect();
         v.sort();
@@ -496,36 +826,47 @@ impl Engine {
 fn classic(
     state: &mut PatientState,
     table_vitals: &[bool; VITAL_COUNT],
-    version: u32,
-    obs: &Observation,
-    now: Timestamp,
+    ctx: &StepCtx<'_>,
     out: &mut Findings,
 ) {
+    let obs = ctx.obs;
+    for (vital, value) in obs.vitals.iter() {
+        if state.info.latest_at[vital.index()] <= ctx.t {
+            state.info.latest[vital.index()] = value;
+            state.info.latest_at[vital.index()] = ctx.t;
+        }
+    }
     if state.info.patient.is_none() {
         return;
     }
     for (vital, value) in obs.vitals.iter() {
-        let bands = &state.info.bands[vital.index()];
         if !table_vitals[vital.index()] {
             continue;
         }
-        match match_band(bands, value) {
+        // The classic `between`: a value in a gap between bands matches none.
+        match match_band_exact(&state.info.bands[vital.index()], value) {
             None => out.unclassified.push(no_band(obs, vital, value)),
             Some(b) if b.alert_flag => {
                 let rule_key = band_key(vital, b.ref_id);
-                // Classic semantics: every abnormal reading is its own alert, so the
-                // episode is the reading itself.
-                let active = Active {
-                    alert_id: alert_id(&obs.patient_id, &rule_key, obs.observed_at),
-                    episode_start: obs.observed_at,
-                    priority: b.priority,
-                    state: AlertState::Triggered,
-                    last_notified: now,
-                };
-                let ctx = EventContext::of_observation(obs, &state.info, now, version);
+                // Classic semantics: every abnormal reading is its own alert. Its identity
+                // is the reading's content (device, value, time), so two readings in the
+                // same second are two alerts and a re-delivered one is the same alert.
+                let identity = format!("{rule_key}|{}|{}", obs.device_id, value);
+                let active = Active::new(
+                    alert_id(&obs.patient_id, &identity, obs.observed_at),
+                    obs.observed_at,
+                    b.priority,
+                    ctx.now,
+                );
+                let ev = EventContext::of_observation(
+                    obs,
+                    state.info.patient.as_deref(),
+                    ctx.now,
+                    ctx.version,
+                );
                 let detail = band_detail(b, vital, value, rule_key);
                 out.events.push(event(
-                    &ctx,
+                    &ev,
                     &detail,
                     &active,
                     AlertEventKind::Triggered,
@@ -537,74 +878,65 @@ fn classic(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 fn standard(
     state: &mut PatientState,
-    rules: &RulesConfig,
     margins: &[f64; VITAL_COUNT],
     table_vitals: &[bool; VITAL_COUNT],
-    version: u32,
-    obs: &Observation,
-    now: Timestamp,
+    lateness: Duration,
+    ctx: &StepCtx<'_>,
     out: &mut Findings,
 ) {
-    let t = obs.observed_at;
+    let rules = ctx.rules;
+    let obs = ctx.obs;
+    let t = ctx.t;
+    // Out-of-order readings never overwrite a newer value.
+    let mut newest = false;
+    for (vital, value) in obs.vitals.iter() {
+        let i = vital.index();
+        if t >= state.info.latest_at[i] {
+            state.info.latest[i] = value;
+            state.info.latest_at[i] = t;
+            newest = true;
+        }
+    }
+    let scale = state.info.scale();
     for (vital, value) in obs.vitals.iter() {
         // Threshold bands.
         if rules.thresholds.enabled && table_vitals[vital.index()] && state.info.patient.is_some() {
             let margin = margins[vital.index()];
-            let matched = match_band(&state.info.bands[vital.index()], value)
-                .map(|b| (b.ref_id, b.alert_flag));
-            match matched {
+            let bands = state.info.bands.clone();
+            let bands = &bands[vital.index()];
+            match match_band(bands, value) {
                 None => out.unclassified.push(no_band(obs, vital, value)),
-                Some((ref_id, flagged)) => {
-                    let bands = &state.info.bands[vital.index()];
+                Some(band) => {
                     let flagged_at = |x: f64| match_band(bands, x).is_some_and(|b| b.alert_flag);
                     let cleared = !flagged_at(value - margin) && !flagged_at(value + margin);
-                    if flagged {
-                        let key = RuleKey::Band { vital, ref_id };
-                        step(
-                            state,
-                            key,
-                            true,
-                            false,
-                            t,
-                            rules.thresholds.persistence,
-                            rules,
-                            version,
-                            obs,
-                            now,
-                            out,
-                        );
+                    let timing = Timing::at_once(rules.thresholds.persistence);
+                    if band.alert_flag {
+                        let key = RuleKey::Band {
+                            vital,
+                            ref_id: band.ref_id,
+                        };
+                        step(state, key, true, false, Some(value), timing, ctx, out);
                     }
                     // Other band conditions of this vital see a value outside their band.
-                    let others: Vec<RuleKey> = state
-                        .conditions
-                        .iter()
-                        .filter(|c| matches!(c.key, RuleKey::Band { vital: v, ref_id: r } if v == vital && r != ref_id))
-                        .map(|c| c.key.clone())
-                        .collect();
-                    for key in others {
-                        step(
-                            state,
-                            key,
-                            false,
-                            cleared,
-                            t,
-                            rules.thresholds.persistence,
-                            rules,
-                            version,
-                            obs,
-                            now,
-                            out,
-                        );
+                    let mut i = 0;
+                    while i < state.conditions.len() {
+                        if let RuleKey::Band { vital: v, ref_id } = state.conditions[i].key
+                            && v == vital
+                            && ref_id != band.ref_id
+                        {
+                            let key = state.conditions[i].key.clone();
+                            step(state, key, false, cleared, Some(value), timing, ctx, out);
+                        }
+                        i += 1;
                     }
                 }
             }
         }
         // Fixed limit rules.
         for (i, l) in rules.limits.iter().enumerate() {
-            if l.vital != vital {
+            if l.vital != vital || !l.applies_to(scale) {
                 continue;
             }
             let breached = l.breached(value);
@@ -614,57 +946,100 @@ fn standard(
                     RuleKey::Limit(i),
                     breached,
                     l.cleared(value),
-                    t,
-                    l.persistence,
-                    rules,
-                    version,
-                    obs,
-                    now,
+                    Some(value),
+                    Timing::at_once(l.persistence),
+                    ctx,
                     out,
                 );
             }
         }
     }
-    if rules.news2.enabled
-        && let Some(score) = news2_now(&state.info, rules, t)
-    {
-        let prio = score.response.alarm_priority();
-        let abnormal = prio.is_some();
-        if abnormal || state.conditions.iter().any(|c| c.key == RuleKey::News2) {
-            step(
-                state,
-                RuleKey::News2,
-                abnormal,
-                !abnormal,
-                t,
-                Duration::ZERO,
-                rules,
-                version,
-                obs,
-                now,
-                out,
-            );
-            // Escalation: the same episode got worse.
-            if let (Some(p), Some(c)) = (
-                prio,
-                state
-                    .conditions
-                    .iter_mut()
-                    .find(|c| c.key == RuleKey::News2),
-            ) && let Some(a) = c.active.as_mut()
-                && p > a.priority
-            {
-                a.priority = p;
-                a.last_notified = now;
-                let a = a.clone();
-                let ctx = EventContext::of_observation(obs, &state.info, now, version);
-                let detail = describe(&RuleKey::News2, &state.info, rules, Some(p));
-                out.events
-                    .push(event(&ctx, &detail, &a, AlertEventKind::Escalated, a.state));
-            }
-        }
+    // NEWS2 scores the newest set: a reading that updated nothing changes no score.
+    if rules.news2.enabled && newest {
+        news2_step(state, ctx, out);
     }
-    state.conditions.retain(|c| !c.is_idle());
+    state
+        .conditions
+        .retain(|c| !c.is_forgettable(t, lateness));
+}
+
+fn news2_step(state: &mut PatientState, ctx: &StepCtx<'_>, out: &mut Findings) {
+    let rules = ctx.rules;
+    let t = ctx.t;
+    let scored = news2_now(&state.info, rules, t);
+    if scored.is_some() {
+        state.info.news2 = scored;
+    }
+    let has_condition = state.conditions.iter().any(|c| c.key == RuleKey::News2);
+    let Some(s) = scored else {
+        // Incomplete set. An open NEWS2 alert stays open (no alarm is silenced for want of
+        // data), but says once that its inputs are stale.
+        let Some(c) = state
+            .conditions
+            .iter_mut()
+            .find(|c| c.key == RuleKey::News2)
+        else {
+            return;
+        };
+        let Some(a) = c.active.as_mut().filter(|a| !a.inputs_stale) else {
+            return;
+        };
+        a.inputs_stale = true;
+        let a = a.clone();
+        let mut detail = describe(&RuleKey::News2, &state.info, rules, Some(a.priority), None);
+        detail.message = format!(
+            "NEWS2 cannot be scored: {} older than {} or never reported; take a full set of observations",
+            stale_parameters(&state.info, rules, t).join(", "),
+            rules.news2.max_observation_age
+        );
+        let ev = EventContext::of_observation(
+            ctx.obs,
+            state.info.patient.as_deref(),
+            ctx.now,
+            ctx.version,
+        );
+        out.events
+            .push(event(&ev, &detail, &a, AlertEventKind::InputsStale, a.state));
+        return;
+    };
+    let prio = s.score.response.alarm_priority();
+    let abnormal = prio.is_some();
+    if !abnormal && !has_condition {
+        return;
+    }
+    let timing = Timing {
+        persistence: rules.news2.persistence,
+        clear_after: rules.news2.clear_after,
+    };
+    step(state, RuleKey::News2, abnormal, !abnormal, None, timing, ctx, out);
+    let Some(c) = state
+        .conditions
+        .iter_mut()
+        .find(|c| c.key == RuleKey::News2)
+    else {
+        return;
+    };
+    let Some(a) = c.active.as_mut() else { return };
+    a.inputs_stale = false;
+    // Escalation: the same episode got worse. Acknowledging a medium alert does not
+    // acknowledge a high one: the alert is unacknowledged again and notifies.
+    if let Some(p) = prio
+        && p > a.priority
+    {
+        a.priority = p;
+        a.state = AlertState::Triggered;
+        a.last_notified = ctx.now;
+        let a = a.clone();
+        let ev = EventContext::of_observation(
+            ctx.obs,
+            state.info.patient.as_deref(),
+            ctx.now,
+            ctx.version,
+        );
+        let detail = describe(&RuleKey::News2, &state.info, rules, Some(p), None);
+        out.events
+            .push(event(&ev, &detail, &a, AlertEventKind::Escalated, a.state));
+    }
 }
 
 /// Runs one condition's state machine and emits the event its transition causes.
@@ -674,44 +1049,42 @@ fn step(
     key: RuleKey,
     abnormal: bool,
     cleared: bool,
-    t: Timestamp,
-    persistence: Duration,
-    rules: &RulesConfig,
-    version: u32,
-    obs: &Observation,
-    now: Timestamp,
+    value: Option<f64>,
+    timing: Timing,
+    ctx: &StepCtx<'_>,
     out: &mut Findings,
 ) {
+    let t = ctx.t;
     let idx = match state.conditions.iter().position(|c| c.key == key) {
         Some(i) => i,
         None => {
-            state.conditions.push(Condition {
-                key: key.clone(),
-                pending_since: None,
-                active: None,
-            });
+            state.conditions.push(Condition::new(key.clone()));
             state.conditions.len() - 1
         }
     };
-    let transition = state.conditions[idx].observe(abnormal, cleared, t, persistence);
+    let transition = state.conditions[idx].observe(abnormal, cleared, t, timing);
     if transition == Transition::Nothing {
         return;
     }
-    let detail = describe(&key, &state.info, rules, None);
-    let ctx = EventContext::of_observation(obs, &state.info, now, version);
+    let detail = describe(&key, &state.info, ctx.rules, None, value);
+    let ev = EventContext::of_observation(
+        ctx.obs,
+        state.info.patient.as_deref(),
+        ctx.now,
+        ctx.version,
+    );
     let cond = &mut state.conditions[idx];
     match transition {
         Transition::Triggered => {
             let episode_start = cond.pending_since.unwrap_or(t);
-            let active = Active {
-                alert_id: alert_id(&obs.patient_id, &detail.rule_key, episode_start),
+            let active = Active::new(
+                alert_id(&ctx.obs.patient_id, &detail.rule_key, episode_start),
                 episode_start,
-                priority: detail.priority,
-                state: AlertState::Triggered,
-                last_notified: now,
-            };
+                detail.priority,
+                ctx.now,
+            );
             out.events.push(event(
-                &ctx,
+                &ev,
                 &detail,
                 &active,
                 AlertEventKind::Triggered,
@@ -727,7 +1100,7 @@ fn step(
                     ..detail
                 };
                 out.events.push(event(
-                    &ctx,
+                    &ev,
                     &detail,
                     &active,
                     AlertEventKind::Resolved,
@@ -739,30 +1112,63 @@ fn step(
     }
 }
 
-/// NEWS2 from the patient's latest vitals, if the set is complete and fresh.
-/// Supplemental oxygen that was never reported counts as room air.
-fn news2_now(state: &PatientInfo, rules: &RulesConfig, t: Timestamp) -> Option<news2::News2Score> {
-    let max_age = rules.news2.max_observation_age;
-    let get = |v: Vital| {
-        let i = v.index();
-        let x = state.latest[i];
-        (!x.is_nan() && t.since(state.latest_at[i]) <= max_age).then_some(x)
+/// The NEWS2 parameters (vitals other than oxygen status).
+const NEWS2_VITALS: [Vital; 6] = [
+    Vital::RespRate,
+    Vital::Spo2,
+    Vital::Systolic,
+    Vital::HeartRate,
+    Vital::Consciousness,
+    Vital::TempC,
+];
+
+/// A vital's latest value, if it is no older than `max_age` at event time `t`.
+fn fresh(info: &PatientInfo, v: Vital, t: Timestamp, max_age: Duration) -> Option<f64> {
+    let i = v.index();
+    let x = info.latest[i];
+    (!x.is_nan() && t.since(info.latest_at[i]) <= max_age).then_some(x)
+}
+
+/// NEWS2 from the patient's latest vitals, if the set is complete and fresh. Oxygen status
+/// follows `news2.oxygen_status_max_age` and `news2.unknown_oxygen`.
+fn news2_now(info: &PatientInfo, rules: &RulesConfig, t: Timestamp) -> Option<Scored> {
+    let cfg = &rules.news2;
+    let get = |v: Vital| fresh(info, v, t, cfg.max_observation_age);
+    let oxygen = fresh(info, Vital::OnOxygen, t, cfg.oxygen_status_max_age);
+    let (on_oxygen, assumed_air) = match (oxygen, cfg.unknown_oxygen) {
+        (Some(x), _) => (x >= 0.5, false),
+        (None, UnknownOxygen::Air) => (false, true),
+        (None, UnknownOxygen::Incomplete) => return None,
     };
     let input = News2Input {
         resp_rate: get(Vital::RespRate)?,
         spo2: get(Vital::Spo2)?,
-        on_oxygen: get(Vital::OnOxygen).is_some_and(|x| x >= 0.5),
+        on_oxygen,
         systolic: get(Vital::Systolic)?,
         pulse: get(Vital::HeartRate)?,
         consciousness: Consciousness::from_code(get(Vital::Consciousness)?)?,
         temp_c: get(Vital::TempC)?,
-        scale: state
-            .patient
-            .as_ref()
-            .map(|p| p.spo2_scale)
-            .unwrap_or_default(),
+        scale: info.scale(),
     };
-    Some(news2::score(&input))
+    Some(Scored {
+        score: news2::score(&input),
+        assumed_air,
+    })
+}
+
+/// The NEWS2 parameters that are missing or too old at `t`.
+fn stale_parameters(info: &PatientInfo, rules: &RulesConfig, t: Timestamp) -> Vec<&'static str> {
+    let mut v: Vec<&'static str> = NEWS2_VITALS
+        .iter()
+        .filter(|&&v| fresh(info, v, t, rules.news2.max_observation_age).is_none())
+        .map(|v| v.name())
+        .collect();
+    if rules.news2.unknown_oxygen == UnknownOxygen::Incomplete
+        && fresh(info, Vital::OnOxygen, t, rules.news2.oxygen_status_max_age).is_none()
+    {
+        v.push(Vital::OnOxygen.name());
+    }
+    v
 }
 
 /// An event of an active patient condition that no reading caused (re-notification,
@@ -770,7 +1176,8 @@ fn news2_now(state: &PatientInfo, rules: &RulesConfig, t: Timestamp) -> Option<n
 #[allow(clippy::too_many_arguments)]
 fn condition_event(
     patient_id: &PatientId,
-    info: &PatientInfo,
+    info: Option<&PatientInfo>,
+    patient: Option<&Patient>,
     key: &RuleKey,
     active: &Active,
     rules: &RulesConfig,
@@ -778,21 +1185,42 @@ fn condition_event(
     now: Timestamp,
     kind: AlertEventKind,
 ) -> AlertEvent {
-    let ctx = EventContext {
-        patient_id,
-        patient: info.patient.as_deref(),
-        latest: &info.latest,
-        observed_at: now,
-        now,
-        device: None,
-        version,
+    let ctx = EventContext::of_state(patient_id, info, patient, now, version);
+    let detail = match info {
+        Some(info) => describe(key, info, rules, Some(active.priority), None),
+        // An evicted patient: what the key alone says.
+        None => EventDetail {
+            rule: rule_family(key),
+            rule_key: rule_key_text(key, rules),
+            priority: active.priority,
+            vital: None,
+            value: None,
+            band: None,
+            news2_score: None,
+            message: String::new(),
+        },
     };
-    let detail = describe(key, info, rules, Some(active.priority));
     event(&ctx, &detail, active, kind, active.state)
 }
 
 fn band_key(vital: Vital, ref_id: u32) -> String {
     format!("threshold:{}:{}", vital.name(), ref_id)
+}
+
+fn rule_family(key: &RuleKey) -> &'static str {
+    match key {
+        RuleKey::Band { .. } => "threshold",
+        RuleKey::Limit(_) => "limit",
+        RuleKey::News2 => "news2",
+    }
+}
+
+fn rule_key_text(key: &RuleKey, rules: &RulesConfig) -> String {
+    match key {
+        RuleKey::Band { vital, ref_id } => band_key(*vital, *ref_id),
+        RuleKey::Limit(i) => format!("limit:{}", rules.limits[*i].name),
+        RuleKey::News2 => "news2".into(),
+    }
 }
 
 fn band_detail(b: &ThresholdBand, vital: Vital, value: f64, rule_key: String) -> EventDetail<'_> {
@@ -831,20 +1259,15 @@ impl DeviceRefs<'_> {
         now: Timestamp,
         kind: AlertEventKind,
     ) -> AlertEvent {
-        let latest = self
-            .states
-            .get(patient_id.as_str())
-            .map(|s| s.info.latest)
-            .unwrap_or([f64::NAN; VITAL_COUNT]);
-        let ctx = EventContext {
+        let mut ctx = EventContext::of_state(
             patient_id,
-            patient: self.directory.get(patient_id).map(|p| p.as_ref()),
-            latest: &latest,
-            observed_at,
+            self.states.get(patient_id.as_str()).map(|s| &s.info),
+            self.directory.get(patient_id).map(|p| p.as_ref()),
             now,
-            device: Some(device),
-            version: self.version,
-        };
+            self.version,
+        );
+        ctx.observed_at = observed_at;
+        ctx.device = Some(device);
         let state = match kind {
             AlertEventKind::Resolved => AlertState::Resolved,
             AlertEventKind::Acknowledged => AlertState::Acknowledged,
@@ -880,16 +1303,17 @@ fn stale_detail(
     }
 }
 
-/// The rule, message and reference row behind a condition.
+/// The rule, message and reference row behind a condition. `value`: the reading that
+/// caused the event, if one did (else the patient's latest value).
 fn describe<'a>(
     key: &RuleKey,
     state: &'a PatientInfo,
     rules: &RulesConfig,
     priority: Option<Priority>,
+    value: Option<f64>,
 ) -> EventDetail<'a> {
     match key {
         RuleKey::Band { vital, ref_id } => {
-            let value = state.latest[vital.index()];
             let band = state.bands[vital.index()]
                 .iter()
                 .find(|b| b.ref_id == *ref_id);
@@ -900,7 +1324,7 @@ fn describe<'a>(
                     .or(band.map(|b| b.priority))
                     .unwrap_or(Priority::Medium),
                 vital: Some(*vital),
-                value: Some(value),
+                value: value.or(Some(state.latest[vital.index()])),
                 band,
                 news2_score: None,
                 message: band.map(|b| b.alert_message.clone()).unwrap_or_default(),
@@ -913,37 +1337,36 @@ fn describe<'a>(
                 rule_key: format!("limit:{}", l.name),
                 priority: priority.unwrap_or(l.priority),
                 vital: Some(l.vital),
-                value: Some(state.latest[l.vital.index()]),
+                value: value.or(Some(state.latest[l.vital.index()])),
                 band: None,
                 news2_score: None,
                 message: l.message.clone(),
             }
         }
         RuleKey::News2 => {
-            let score = news2_now(
-                state,
-                rules,
-                Timestamp(
-                    state
-                        .latest_at
-                        .iter()
-                        .copied()
-                        .max()
-                        .unwrap_or(Timestamp(0))
-                        .0,
-                ),
-            );
-            let prio = score.and_then(|s| s.response.alarm_priority());
+            let scored = state.news2;
+            let prio = scored.and_then(|s| s.score.response.alarm_priority());
             EventDetail {
                 rule: "news2",
                 rule_key: "news2".into(),
                 priority: priority.or(prio).unwrap_or(Priority::Low),
                 vital: None,
-                value: score.map(|s| f64::from(s.total)),
+                value: scored.map(|s| f64::from(s.score.total)),
                 band: None,
-                news2_score: score.map(|s| s.total),
-                message: score
-                    .map(|s| format!("{} (score {})", s.response.describe(), s.total))
+                news2_score: scored.map(|s| s.score.total),
+                message: scored
+                    .map(|s| {
+                        format!(
+                            "{} (score {}){}",
+                            s.score.response.describe(),
+                            s.score.total,
+                            if s.assumed_air {
+                                "; oxygen status unknown, scored as air"
+                            } else {
+                                ""
+                            }
+                        )
+                    })
                     .unwrap_or_else(|| "NEWS2".into()),
             }
         }
@@ -968,10 +1391,6 @@ fn event(
     kind: AlertEventKind,
     state: AlertState,
 ) -> AlertEvent {
-    let latest = |v: Vital| {
-        let x = ctx.latest[v.index()];
-        (!x.is_nan()).then_some(x)
-    };
     AlertEvent {
         alert_id: a.alert_id.clone(),
         event: kind,
@@ -996,8 +1415,8 @@ fn event(
             .unwrap_or_default(),
         vital: d.vital,
         value: d.value.filter(|v| !v.is_nan()),
-        bp: latest(Vital::Systolic),
-        heart_beat: latest(Vital::HeartRate),
+        bp: ctx.bp,
+        heart_beat: ctx.heart_beat,
         news2_score: d.news2_score,
         ref_id: d.band.map(|b| b.ref_id),
         ref_version: d.band.map(|_| ctx.version),

@@ -4,6 +4,7 @@
 //! clinical rule is testable in microseconds and a replay is deterministic.
 //!
 //! # Layout
+//! - [`clock`]: event-time admission of readings and the stream clock of replays.
 //! - [`model`]: vitals, ids, timestamps, observations, patients, dead letters.
 //! - [`reference`]: threshold bands and patients, classic CSV layouts.
 //! - [`codec`]: classic and canonical JSON to observations, and back.
@@ -16,6 +17,7 @@
 //! engine evaluates them against compiled reference data and emits alert events.
 
 pub mod alert;
+pub mod clock;
 pub mod codec;
 pub mod engine;
 pub mod model;

@@ -271,6 +271,37 @@ impl Duration {
         std::time::Duration::from_micros(self.0.max(0) as u64)
     }
 
+    /// For people: the two largest non-zero units, rounded down (`1d 3h`, `5m 12s`,
+    /// `850ms`); negative spans print with a minus sign.
+    pub fn human(self) -> String {
+        const UNITS: [(i64, &str); 5] = [
+            (86_400_000_000, "d"),
+            (3_600_000_000, "h"),
+            (60_000_000, "m"),
+            (1_000_000, "s"),
+            (1_000, "ms"),
+        ];
+        let sign = if self.0 < 0 { "-" } else { "" };
+        let mut rest = self.0.unsigned_abs();
+        let mut parts = Vec::with_capacity(2);
+        for (size, unit) in UNITS {
+            let size = size as u64;
+            if rest >= size {
+                parts.push(format!("{}{unit}", rest / size));
+                rest %= size;
+                if parts.len() == 2 {
+                    break;
+                }
+            } else if !parts.is_empty() {
+                break;
+            }
+        }
+        if parts.is_empty() {
+            return format!("{sign}{}us", rest);
+        }
+        format!("{sign}{}", parts.join(" "))
+    }
+
     /// Parses `"250ms"`, `"15s"`, `"2m"`, `"1h"`, `"1d"`; a bare number is seconds.
     pub fn parse(s: &str) -> Result<Self, DurationError> {
         let t = s.trim();
@@ -788,6 +819,11 @@ mod tests {
             Duration::from_millis(250)
         );
         assert_eq!(Duration::from_secs(120).to_string(), "2m");
+        assert_eq!(Duration::from_secs(90_061).human(), "1d 1h");
+        assert_eq!(Duration::from_secs(312).human(), "5m 12s");
+        assert_eq!(Duration::from_secs(3_600).human(), "1h");
+        assert_eq!(Duration::from_millis(850).human(), "850ms");
+        assert_eq!(Duration(-2_000_000).human(), "-2s");
         assert!(Duration::parse("soon").is_err());
         assert!(Duration::parse("-3s").is_err());
     }

@@ -91,16 +91,21 @@ impl ThresholdTable {
     }
 }
 
-/// Finds the band a value falls in among bands already filtered for vital and age.
+/// Finds the band a value falls in among bands already filtered for vital and age
+/// (the standard profile's rule).
 ///
 /// Bounds are inclusive. A value between two integer bands (69.5 between 0–69 and 70–78)
 /// is rounded to the table's resolution (the nearest integer, half away from zero) and
 /// matched again, so no reading falls through a gap the table did not mean to leave.
 pub fn match_band(bands: &[ThresholdBand], value: f64) -> Option<&ThresholdBand> {
-    bands.iter().find(|b| b.covers_value(value)).or_else(|| {
-        let r = value.round();
-        bands.iter().find(|b| b.covers_value(r))
-    })
+    match_band_exact(bands, value).or_else(|| match_band_exact(bands, value.round()))
+}
+
+/// The classic rule: the first band whose inclusive range holds the value as it is, the
+/// classic `value BETWEEN low_range_value AND high_range_value`. A value in a gap between
+/// bands matches none.
+pub fn match_band_exact(bands: &[ThresholdBand], value: f64) -> Option<&ThresholdBand> {
+    bands.iter().find(|b| b.covers_value(value))
 }
 
 /// One bad row of a CSV import.

@@ -427,7 +427,7 @@ impl SqliteCatalog {
 fn event_time(e: &AlertEvent) -> Timestamp {
     use vitalwatch_core::alert::AlertEventKind::*;
     match e.event {
-        Triggered | Resolved | Escalated => e.input_message_time,
+        Triggered | Resolved | Escalated | InputsStale => e.input_message_time,
         Renotified | Acknowledged => e.alert_generated_time,
     }
 }

@@ -52,10 +52,13 @@ pub struct RulesConfig {
     pub news2: News2Config,
     /// Technical alarm when a device goes silent.
     pub stale_device: StaleDeviceConfig,
+    /// How much per-patient and per-device state the engine keeps.
+    pub state: StateConfig,
     /// Fixed limit rules, e.g. SpO2 below 90 % for 15 s. Default: SpO2 < 90 % for 15 s
-    /// (medium) and desaturation < 80 % at once (high): a 15 s delay at a 90 % limit cuts
-    /// SpO2 alarms by 60–70 % without missing real desaturations, which the 80 % rule
-    /// catches without delay.
+    /// (medium) for patients on SpO2 scale 1, < 86 % for 15 s for patients on scale 2
+    /// (their prescribed target is 88–92 %), and desaturation < 80 % at once (high) for
+    /// everyone: a 15 s delay cuts SpO2 alarms by 60–70 % without missing real
+    /// desaturations, which the 80 % rule catches without delay.
     pub limits: Vec<LimitRule>,
 }
 
@@ -67,6 +70,7 @@ impl Default for RulesConfig {
             thresholds: ThresholdRuleConfig::default(),
             news2: News2Config::default(),
             stale_device: StaleDeviceConfig::default(),
+            state: StateConfig::default(),
             limits: vec![
                 LimitRule {
                     name: "spo2_low".into(),
@@ -77,6 +81,18 @@ impl Default for RulesConfig {
                     persistence: Duration::from_secs(15),
                     hysteresis: 1.0,
                     message: "SpO2 below 90%".into(),
+                    scale: Some(1),
+                },
+                LimitRule {
+                    name: "spo2_low_scale2".into(),
+                    vital: Vital::Spo2,
+                    below: Some(86.0),
+                    above: None,
+                    priority: Priority::Medium,
+                    persistence: Duration::from_secs(15),
+                    hysteresis: 1.0,
+                    message: "SpO2 below 86% (SpO2 scale 2, target 88-92%)".into(),
+                    scale: Some(2),
                 },
                 LimitRule {
                     name: "spo2_desaturation".into(),
@@ -87,6 +103,7 @@ impl Default for RulesConfig {
                     persistence: Duration::ZERO,
                     hysteresis: 2.0,
                     message: "SpO2 desaturation below 80%".into(),
+                    scale: None,
                 },
             ],
         }
@@ -98,6 +115,12 @@ impl Default for RulesConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct ThresholdRuleConfig {
     /// Check readings against the catalog's threshold bands. Default true.
+    ///
+    /// A value between two bands of the table (69.5 with bands 0–69 and 70–78) is
+    /// rounded to the table's resolution, the nearest whole number (halves away from
+    /// zero), and matched again, so no reading falls through a gap the table did not mean
+    /// to leave. (The classic profile does not round: like the classic `between`, such a
+    /// value matches no band and is reported as unclassified.)
     pub enabled: bool,
     /// A reading must stay in an alerting band this long before the alert fires.
     /// Default 10s: movement and probe artifacts rarely last longer, real changes do.
@@ -148,8 +171,37 @@ pub struct News2Config {
     pub enabled: bool,
     /// A parameter older than this does not count towards a complete set. Default 1h:
     /// consciousness and temperature are charted by hand far less often than monitors
-    /// stream, but an hour-old value is no longer the patient's state.
+    /// stream, but an hour-old value is no longer the patient's state. When a parameter of
+    /// an active NEWS2 alert goes stale, the alert stays open and an `inputs_stale` event
+    /// asks for a full set of observations.
     pub max_observation_age: Duration,
+    /// The score must stay at or above the alarm level this long before it alarms.
+    /// Default 30s: a monitor streams a set every second, and one noisy parameter flips a
+    /// score of 4 to 5 and back; a real deterioration lasts minutes.
+    pub persistence: Duration,
+    /// An active NEWS2 alert resolves only after the score has stayed below the alarm
+    /// level this long. Default 5m: a score hovering at the trigger keeps one alert open
+    /// instead of paging on every crossing.
+    pub clear_after: Duration,
+    /// Supplemental oxygen is a therapy state, charted when it changes: the latest report
+    /// holds for this long, whatever `max_observation_age` says. Default 12h.
+    pub oxygen_status_max_age: Duration,
+    /// What an unknown oxygen status (never reported, or older than
+    /// `oxygen_status_max_age`) means: `air` (default: score it as room air, and say so
+    /// in the alert message, "oxygen status unknown, scored as air") or `incomplete`
+    /// (no score until a device or a nurse reports it).
+    pub unknown_oxygen: UnknownOxygen,
+}
+
+/// What an unknown oxygen status means for NEWS2.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnknownOxygen {
+    /// Score as room air, and mark the score as assumed.
+    #[default]
+    Air,
+    /// The observation set is incomplete: no score.
+    Incomplete,
 }
 
 impl Default for News2Config {
@@ -157,6 +209,36 @@ impl Default for News2Config {
         News2Config {
             enabled: true,
             max_observation_age: Duration::from_secs(3600),
+            persistence: Duration::from_secs(30),
+            clear_after: Duration::from_secs(300),
+            oxygen_status_max_age: Duration::from_secs(12 * 3600),
+            unknown_oxygen: UnknownOxygen::Air,
+        }
+    }
+}
+
+/// Bounds on engine state (`[rules.state]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StateConfig {
+    /// Forget a patient or device after this long without a reading (on the pipeline's
+    /// clock). Their open alerts stay open, in the alert store and the engine, stop
+    /// re-notifying, and carry on with the next reading. Default 1h: as long as
+    /// `news2.max_observation_age`, so nothing evicted could still count.
+    pub evict_after: Duration,
+    /// Most patients tracked at once. A reading of a new patient beyond it is a dead
+    /// letter (counted), not memory growth. Default 200000.
+    pub max_patients: usize,
+    /// Most devices tracked at once, likewise. Default 200000.
+    pub max_devices: usize,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig {
+            evict_after: Duration::from_secs(3600),
+            max_patients: 200_000,
+            max_devices: 200_000,
         }
     }
 }
@@ -207,12 +289,25 @@ pub struct LimitRule {
     pub hysteresis: f64,
     /// Alert message.
     pub message: String,
+    /// Only for patients on this NEWS2 SpO2 scale (1 or 2; patients not in the catalog
+    /// are on scale 1). Absent: every patient.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale: Option<u8>,
 }
 
 impl LimitRule {
     /// Whether a value breaches the limit.
     pub fn breached(&self, v: f64) -> bool {
         self.below.is_some_and(|b| v < b) || self.above.is_some_and(|a| v > a)
+    }
+
+    /// Whether the rule applies to a patient on this SpO2 scale.
+    pub fn applies_to(&self, scale: crate::model::Spo2Scale) -> bool {
+        match self.scale {
+            None => true,
+            Some(1) => scale == crate::model::Spo2Scale::Scale1,
+            Some(_) => scale == crate::model::Spo2Scale::Scale2,
+        }
     }
 
     /// Whether a value is back inside by the hysteresis margin.
@@ -247,6 +342,32 @@ impl RulesConfig {
         if self.stale_device.enabled && self.stale_device.after < Duration::from_secs(1) {
             p.push("rules.stale_device.after must be at least 1s".into());
         }
+        if self.news2.clear_after > self.state.evict_after {
+            p.push(format!(
+                "rules.news2.clear_after = {} is longer than rules.state.evict_after = {}",
+                self.news2.clear_after, self.state.evict_after
+            ));
+        }
+        if self.state.evict_after < self.news2.max_observation_age {
+            p.push(format!(
+                "rules.state.evict_after = {} is shorter than rules.news2.max_observation_age = {}: evicted vitals would still count towards NEWS2",
+                self.state.evict_after, self.news2.max_observation_age
+            ));
+        }
+        if self.stale_device.enabled && self.state.evict_after <= self.stale_device.after {
+            p.push(format!(
+                "rules.state.evict_after = {} must be longer than rules.stale_device.after = {}: a silent device would be forgotten before it alarms",
+                self.state.evict_after, self.stale_device.after
+            ));
+        }
+        for (key, n) in [
+            ("max_patients", self.state.max_patients),
+            ("max_devices", self.state.max_devices),
+        ] {
+            if n == 0 {
+                p.push(format!("rules.state.{key} must be at least 1"));
+            }
+        }
         let mut names = std::collections::BTreeSet::new();
         for (i, l) in self.limits.iter().enumerate() {
             if !names.insert(l.name.as_str()) {
@@ -258,6 +379,12 @@ impl RulesConfig {
             if l.below.is_none() && l.above.is_none() {
                 p.push(format!(
                     "rules.limits[{i}] ({}): set `below`, `above` or both",
+                    l.name
+                ));
+            }
+            if l.scale.is_some_and(|s| s != 1 && s != 2) {
+                p.push(format!(
+                    "rules.limits[{i}] ({}): scale must be 1 or 2",
                     l.name
                 ));
             }
