@@ -168,7 +168,13 @@ impl Condition {
     ///
     /// `abnormal`: the rule's condition holds at event time `t`. `cleared`: the value is
     /// back inside by the hysteresis margin (only consulted when not abnormal).
-    fn observe(&mut self, abnormal: bool, cleared: bool, t: Timestamp, timing: Timing) -> Transition {
+    fn observe(
+        &mut self,
+        abnormal: bool,
+        cleared: bool,
+        t: Timestamp,
+        timing: Timing,
+    ) -> Transition {
         if abnormal {
             // Newer readings showed it did not hold: this one is history.
             if t < self.last_normal {
@@ -344,10 +350,7 @@ impl<'a> EventContext<'a> {
         now: Timestamp,
         version: u32,
     ) -> Self {
-        let latest = |v: Vital| {
-            info.map(|i| i.latest[v.index()])
-                .filter(|x| !x.is_nan())
-        };
+        let latest = |v: Vital| info.map(|i| i.latest[v.index()]).filter(|x| !x.is_nan());
         EventContext {
             patient_id,
             patient,
@@ -437,7 +440,13 @@ impl Engine {
         let patient = self.directory.get(id).cloned();
         let key = match &patient {
             None => None,
-            Some(_) if self.table.bands.iter().any(|b| b.patient_id.as_ref() == Some(id)) => {
+            Some(_)
+                if self
+                    .table
+                    .bands
+                    .iter()
+                    .any(|b| b.patient_id.as_ref() == Some(id)) =>
+            {
                 Some(BandsKey::Override(id.clone()))
             }
             Some(p) => Some(BandsKey::Age(p.age)),
@@ -611,6 +620,14 @@ impl Engine {
         if self.rules.profile == Profile::Classic {
             return;
         }
+        let first = out.events.len();
+        self.tick_rules(now, out);
+        // State lives in hash maps; events of one tick go out in alert-id order, so the
+        // same input gives the same alert log, line for line.
+        out.events[first..].sort_by(|a, b| a.alert_id.cmp(&b.alert_id));
+    }
+
+    fn tick_rules(&mut self, now: Timestamp, out: &mut Findings) {
         let renotify = self.rules.renotify_after;
         if self.rules.stale_device.enabled {
             let after = self.rules.stale_device.after;
@@ -623,10 +640,12 @@ impl Engine {
             for (device_id, dev) in self.devices.iter_mut() {
                 match &mut dev.active {
                     None if now.since(dev.last_seen) > after => {
+                        // Silence is measured on our clock; the episode is named after the
+                        // device's newest reading, so a replay names it the same way.
                         let rule_key = stale_key(device_id);
                         let active = Active::new(
-                            alert_id(&dev.patient_id, &rule_key, dev.last_seen),
-                            dev.last_seen,
+                            alert_id(&dev.patient_id, &rule_key, dev.newest_at),
+                            dev.newest_at,
                             self.rules.stale_device.priority,
                             now,
                         );
@@ -776,7 +795,11 @@ impl Engine {
             rules,
             version,
         };
-        for (device_id, dev) in self.devices.iter_mut().chain(self.parked_devices.iter_mut()) {
+        for (device_id, dev) in self
+            .devices
+            .iter_mut()
+            .chain(self.parked_devices.iter_mut())
+        {
             let Some(a) = dev.active.as_mut() else {
                 continue;
             };
@@ -958,9 +981,7 @@ fn standard(
     if rules.news2.enabled && newest {
         news2_step(state, ctx, out);
     }
-    state
-        .conditions
-        .retain(|c| !c.is_forgettable(t, lateness));
+    state.conditions.retain(|c| !c.is_forgettable(t, lateness));
 }
 
 fn news2_step(state: &mut PatientState, ctx: &StepCtx<'_>, out: &mut Findings) {
@@ -998,8 +1019,13 @@ fn news2_step(state: &mut PatientState, ctx: &StepCtx<'_>, out: &mut Findings) {
             ctx.now,
             ctx.version,
         );
-        out.events
-            .push(event(&ev, &detail, &a, AlertEventKind::InputsStale, a.state));
+        out.events.push(event(
+            &ev,
+            &detail,
+            &a,
+            AlertEventKind::InputsStale,
+            a.state,
+        ));
         return;
     };
     let prio = s.score.response.alarm_priority();
@@ -1011,7 +1037,16 @@ fn news2_step(state: &mut PatientState, ctx: &StepCtx<'_>, out: &mut Findings) {
         persistence: rules.news2.persistence,
         clear_after: rules.news2.clear_after,
     };
-    step(state, RuleKey::News2, abnormal, !abnormal, None, timing, ctx, out);
+    step(
+        state,
+        RuleKey::News2,
+        abnormal,
+        !abnormal,
+        None,
+        timing,
+        ctx,
+        out,
+    );
     let Some(c) = state
         .conditions
         .iter_mut()
@@ -1067,12 +1102,8 @@ fn step(
         return;
     }
     let detail = describe(&key, &state.info, ctx.rules, None, value);
-    let ev = EventContext::of_observation(
-        ctx.obs,
-        state.info.patient.as_deref(),
-        ctx.now,
-        ctx.version,
-    );
+    let ev =
+        EventContext::of_observation(ctx.obs, state.info.patient.as_deref(), ctx.now, ctx.version);
     let cond = &mut state.conditions[idx];
     match transition {
         Transition::Triggered => {

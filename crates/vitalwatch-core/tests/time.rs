@@ -98,11 +98,19 @@ fn a_far_future_reading_is_a_dead_letter_and_cannot_silence_the_patient() {
     // 4 minutes ahead is within max_future and reaches the engine: it must not stop
     // persistence, freeze the latest vitals or hide the device's silence.
     let mut e = engine(Profile::Standard, |_| {});
-    let ahead = obs("1", at(240), &[(Vital::HeartRate, 75.0), (Vital::Spo2, 97.0)]);
+    let ahead = obs(
+        "1",
+        at(240),
+        &[(Vital::HeartRate, 75.0), (Vital::Spo2, 97.0)],
+    );
     assert!(feed(&mut e, &ahead, at(0)).is_empty());
     let mut fired = Vec::new();
     for s in 1..=120 {
-        let o = obs("1", at(s), &[(Vital::HeartRate, 125.0), (Vital::Spo2, 84.0)]);
+        let o = obs(
+            "1",
+            at(s),
+            &[(Vital::HeartRate, 125.0), (Vital::Spo2, 84.0)],
+        );
         fired.extend(feed(&mut e, &o, at(s)));
         fired.extend(tick(&mut e, at(s)));
     }
@@ -140,18 +148,33 @@ fn a_late_normal_reading_cannot_resolve_or_duplicate_an_episode() {
     let id = evs[0].alert_id.clone();
     assert_eq!(evs[0].episode_start, at(0));
     // A gateway re-sends a normal reading from second 5.
-    assert!(feed(&mut e, &hr(5, 74.0), at(31)).is_empty(), "late: no resolve");
-    assert!(feed(&mut e, &hr(32, 96.0), at(32)).is_empty(), "no second alert");
+    assert!(
+        feed(&mut e, &hr(5, 74.0), at(31)).is_empty(),
+        "late: no resolve"
+    );
+    assert!(
+        feed(&mut e, &hr(32, 96.0), at(32)).is_empty(),
+        "no second alert"
+    );
     let resolved = feed(&mut e, &hr(40, 74.0), at(40));
-    assert_eq!(kinds(&resolved), [(AlertEventKind::Resolved, "threshold:heart_rate:3".into())]);
+    assert_eq!(
+        kinds(&resolved),
+        [(AlertEventKind::Resolved, "threshold:heart_rate:3".into())]
+    );
     assert_eq!(resolved[0].alert_id, id);
     // A late abnormal reading from before the resolution cannot restart the episode,
     // even for a rule without persistence.
     assert!(feed(&mut e, &hr(38, 96.0), at(41)).is_empty());
     let sp = |s: i64, v: f64| obs("1", at(s), &[(Vital::Spo2, v)]);
     assert_eq!(feed(&mut e, &sp(100, 78.0), at(100)).len(), 1);
-    assert_eq!(feed(&mut e, &sp(105, 97.0), at(105))[0].event, AlertEventKind::Resolved);
-    assert!(feed(&mut e, &sp(103, 78.0), at(106)).is_empty(), "no restart");
+    assert_eq!(
+        feed(&mut e, &sp(105, 97.0), at(105))[0].event,
+        AlertEventKind::Resolved
+    );
+    assert!(
+        feed(&mut e, &sp(103, 78.0), at(106)).is_empty(),
+        "no restart"
+    );
     assert!(e.active_alerts().is_empty());
 }
 
@@ -164,7 +187,10 @@ fn readings_later_than_the_window_are_not_evaluated() {
     assert_eq!(e.process(&now, at(600), &mut f), Processed::Evaluated);
     let old = obs("1", at(500), &[(Vital::Spo2, 70.0)]);
     assert_eq!(e.process(&old, at(601), &mut f), Processed::Late);
-    assert!(f.events.is_empty(), "a 100 s old desaturation is history, not an alarm");
+    assert!(
+        f.events.is_empty(),
+        "a 100 s old desaturation is history, not an alarm"
+    );
     let within = obs("1", at(570), &[(Vital::Spo2, 70.0)]);
     assert_eq!(e.process(&within, at(602), &mut f), Processed::Evaluated);
     assert_eq!(f.events.len(), 1, "late within the window still raises");
@@ -185,7 +211,10 @@ fn a_late_reading_cannot_end_a_stale_device_alarm_and_a_new_silence_is_a_new_ale
     assert_eq!(back[0].alert_id, first[0].alert_id);
     let again = tick(&mut e, at(150));
     assert_eq!(again[0].event, AlertEventKind::Triggered);
-    assert_ne!(again[0].alert_id, first[0].alert_id, "a new episode, a new id");
+    assert_ne!(
+        again[0].alert_id, first[0].alert_id,
+        "a new episode, a new id"
+    );
 }
 
 #[test]
@@ -197,8 +226,16 @@ fn clock_skew_neither_floods_nor_hides_the_stale_alarm() {
         let now = Timestamp(at(0).0 + k * 1_200_000);
         let behind = Timestamp(now.0 - 90_000_000);
         let ahead = Timestamp(now.0 + 90_000_000);
-        evs.extend(feed(&mut e, &obs_from("1", "a", behind, &[(Vital::HeartRate, 74.0)]), now));
-        evs.extend(feed(&mut e, &obs_from("2", "b", ahead, &[(Vital::HeartRate, 74.0)]), now));
+        evs.extend(feed(
+            &mut e,
+            &obs_from("1", "a", behind, &[(Vital::HeartRate, 74.0)]),
+            now,
+        ));
+        evs.extend(feed(
+            &mut e,
+            &obs_from("2", "b", ahead, &[(Vital::HeartRate, 74.0)]),
+            now,
+        ));
         evs.extend(tick(&mut e, now));
     }
     assert!(evs.is_empty(), "{:?}", kinds(&evs));
@@ -260,7 +297,10 @@ fn news2_hovering_at_its_trigger_gives_one_alert_not_thirty() {
     assert_eq!(kinds(&evs), [(AlertEventKind::Triggered, "news2".into())]);
     assert_eq!(evs[0].priority, Priority::Medium);
     assert_eq!(evs[0].news2_score, Some(5));
-    assert_eq!((evs[0].episode_start, evs[0].input_message_time), (at(59), at(89)));
+    assert_eq!(
+        (evs[0].episode_start, evs[0].input_message_time),
+        (at(59), at(89))
+    );
     // Ten minutes alternating 4/5: the same alert stays open, nothing new.
     for _ in 0..300 {
         send(&mut e, &four, 1, &mut evs);
@@ -290,11 +330,19 @@ fn oxygen_status_outlives_the_observation_age_and_unknown_is_never_silent() {
     let evs = feed(&mut e, &obs("2", at(5400), &streamed), at(5400));
     assert_eq!(evs.len(), 1, "scored with oxygen: 5");
     assert_eq!(evs[0].news2_score, Some(5));
-    assert!(!evs[0].alert_message.contains("unknown"), "{}", evs[0].alert_message);
+    assert!(
+        !evs[0].alert_message.contains("unknown"),
+        "{}",
+        evs[0].alert_message
+    );
 
     // Never reported: scored as air, and the alert says so.
     let mut e = news2_only(|r| r.news2.persistence = Duration::ZERO);
-    let evs = feed(&mut e, &obs("3", at(0), &set(115.0, 22.0, 95.0, 120.0, 37.0)[..6]), at(0));
+    let evs = feed(
+        &mut e,
+        &obs("3", at(0), &set(115.0, 22.0, 95.0, 120.0, 37.0)[..6]),
+        at(0),
+    );
     assert_eq!(evs.len(), 1);
     assert!(
         evs[0]
@@ -308,7 +356,14 @@ fn oxygen_status_outlives_the_observation_age_and_unknown_is_never_silent() {
         r.news2.persistence = Duration::ZERO;
         r.news2.unknown_oxygen = UnknownOxygen::Incomplete;
     });
-    assert!(feed(&mut e, &obs("3", at(0), &set(115.0, 22.0, 95.0, 120.0, 37.0)[..6]), at(0)).is_empty());
+    assert!(
+        feed(
+            &mut e,
+            &obs("3", at(0), &set(115.0, 22.0, 95.0, 120.0, 37.0)[..6]),
+            at(0)
+        )
+        .is_empty()
+    );
 }
 
 #[test]
@@ -321,32 +376,63 @@ fn an_active_news2_alert_whose_inputs_go_stale_is_marked_not_frozen() {
     let evs = feed(&mut e, &obs("2", at(0), &five), at(0));
     assert_eq!(evs[0].event, AlertEventKind::Triggered);
     // Monitors keep streaming, nobody charts temperature again.
-    let streamed: Vec<(Vital, f64)> = five.iter().copied().filter(|(v, _)| *v != Vital::TempC).collect();
+    let streamed: Vec<(Vital, f64)> = five
+        .iter()
+        .copied()
+        .filter(|(v, _)| *v != Vital::TempC)
+        .collect();
     let mut marks = Vec::new();
     for s in (60..=4200).step_by(60) {
         marks.extend(feed(&mut e, &obs("2", at(s), &streamed), at(s)));
     }
-    assert_eq!(kinds(&marks), [(AlertEventKind::InputsStale, "news2".into())]);
-    assert!(marks[0].alert_message.contains("temp_c"), "{}", marks[0].alert_message);
+    assert_eq!(
+        kinds(&marks),
+        [(AlertEventKind::InputsStale, "news2".into())]
+    );
+    assert!(
+        marks[0].alert_message.contains("temp_c"),
+        "{}",
+        marks[0].alert_message
+    );
     assert!(AlertEventKind::InputsStale.notifies());
-    assert_eq!(e.active_alerts().len(), 1, "still open: no alarm silenced for want of data");
+    assert_eq!(
+        e.active_alerts().len(),
+        1,
+        "still open: no alarm silenced for want of data"
+    );
     // A nurse charts a full, normal set: it resolves.
-    let evs = feed(&mut e, &obs("2", at(4300), &set(70.0, 16.0, 97.0, 120.0, 37.0)), at(4300));
+    let evs = feed(
+        &mut e,
+        &obs("2", at(4300), &set(70.0, 16.0, 97.0, 120.0, 37.0)),
+        at(4300),
+    );
     assert_eq!(evs[0].event, AlertEventKind::Resolved);
 }
 
 #[test]
 fn escalation_un_acknowledges_and_notifies_again() {
     let mut e = news2_only(|r| r.news2.persistence = Duration::ZERO);
-    let evs = feed(&mut e, &obs("2", at(0), &set(115.0, 22.0, 95.0, 120.0, 37.0)), at(0));
+    let evs = feed(
+        &mut e,
+        &obs("2", at(0), &set(115.0, 22.0, 95.0, 120.0, 37.0)),
+        at(0),
+    );
     let id = evs[0].alert_id.clone();
     e.acknowledge(&id, "nurse", at(10)).unwrap();
     // + SBP 95 (2): 7, an emergency.
-    let evs = feed(&mut e, &obs("2", at(20), &set(115.0, 22.0, 95.0, 95.0, 37.0)), at(20));
+    let evs = feed(
+        &mut e,
+        &obs("2", at(20), &set(115.0, 22.0, 95.0, 95.0, 37.0)),
+        at(20),
+    );
     assert_eq!(evs.len(), 1);
     assert_eq!(
         (evs[0].event, evs[0].priority, evs[0].state),
-        (AlertEventKind::Escalated, Priority::High, AlertState::Triggered)
+        (
+            AlertEventKind::Escalated,
+            Priority::High,
+            AlertState::Triggered
+        )
     );
     assert!(evs[0].event.notifies());
     assert_eq!(evs[0].news2_score, Some(7));
@@ -371,9 +457,18 @@ fn spo2_limits_respect_the_patients_spo2_scale() {
         }
         keys
     };
-    assert!(fired("copd", 88.0).is_empty(), "88 % is on target for scale 2");
-    assert_eq!(fired("1", 88.0), BTreeSet::from(["limit:spo2_low".to_owned()]));
-    assert_eq!(fired("copd", 85.0), BTreeSet::from(["limit:spo2_low_scale2".to_owned()]));
+    assert!(
+        fired("copd", 88.0).is_empty(),
+        "88 % is on target for scale 2"
+    );
+    assert_eq!(
+        fired("1", 88.0),
+        BTreeSet::from(["limit:spo2_low".to_owned()])
+    );
+    assert_eq!(
+        fired("copd", 85.0),
+        BTreeSet::from(["limit:spo2_low_scale2".to_owned()])
+    );
 }
 
 #[test]
@@ -381,12 +476,35 @@ fn classic_same_second_readings_each_alert_and_exact_duplicates_collapse() {
     let mut e = engine(Profile::Classic, |_| {});
     // Patient 2 (45): heart rate ≥ 74 is high. Three readings in one second.
     // Systolic 160 is normal (151–180) at that age.
-    let a = feed(&mut e, &obs("2", at(0), &[(Vital::HeartRate, 80.0), (Vital::Systolic, 160.0)]), at(0));
-    let b = feed(&mut e, &obs("2", at(0), &[(Vital::HeartRate, 120.0)]), at(0));
-    let dup = feed(&mut e, &obs("2", at(0), &[(Vital::HeartRate, 80.0), (Vital::Systolic, 160.0)]), at(1));
+    let a = feed(
+        &mut e,
+        &obs(
+            "2",
+            at(0),
+            &[(Vital::HeartRate, 80.0), (Vital::Systolic, 160.0)],
+        ),
+        at(0),
+    );
+    let b = feed(
+        &mut e,
+        &obs("2", at(0), &[(Vital::HeartRate, 120.0)]),
+        at(0),
+    );
+    let dup = feed(
+        &mut e,
+        &obs(
+            "2",
+            at(0),
+            &[(Vital::HeartRate, 80.0), (Vital::Systolic, 160.0)],
+        ),
+        at(1),
+    );
     assert_eq!((a.len(), b.len(), dup.len()), (1, 1, 1));
     assert_ne!(a[0].alert_id, b[0].alert_id, "a worse value is a new alert");
-    assert_eq!(a[0].alert_id, dup[0].alert_id, "the same record twice is one alert");
+    assert_eq!(
+        a[0].alert_id, dup[0].alert_id,
+        "the same record twice is one alert"
+    );
     // heartBeat and bp are the reading's own, not the patient's latest.
     assert_eq!((a[0].heart_beat, a[0].bp), (Some(80.0), Some(160.0)));
     assert_eq!((b[0].heart_beat, b[0].bp), (Some(120.0), None));
@@ -425,13 +543,27 @@ fn idle_patients_and_devices_are_evicted_and_their_open_alerts_come_back() {
     // Two hours of silence: evicted; the re-notifications stop with it.
     tick(&mut e, at(2 * 3600));
     assert_eq!(e.tracked(), (0, 0));
-    assert!(tick(&mut e, at(2 * 3600 + 600)).is_empty(), "evicted: no more re-notification");
+    assert!(
+        tick(&mut e, at(2 * 3600 + 600)).is_empty(),
+        "evicted: no more re-notification"
+    );
     assert_eq!(e.active_alerts().len(), 2, "open alerts are kept");
     assert!(e.acknowledge(&id, "nurse", at(7300)).is_ok());
     // The patient is back, still tachycardic: the same episode, then it resolves.
-    let back = feed(&mut e, &obs("1", at(7400), &[(Vital::HeartRate, 96.0)]), at(7400));
-    assert_eq!(kinds(&back), [(AlertEventKind::Resolved, format!("device_stale:dev-1"))]);
-    let end = feed(&mut e, &obs("1", at(7401), &[(Vital::HeartRate, 74.0)]), at(7401));
+    let back = feed(
+        &mut e,
+        &obs("1", at(7400), &[(Vital::HeartRate, 96.0)]),
+        at(7400),
+    );
+    assert_eq!(
+        kinds(&back),
+        [(AlertEventKind::Resolved, "device_stale:dev-1".to_owned())]
+    );
+    let end = feed(
+        &mut e,
+        &obs("1", at(7401), &[(Vital::HeartRate, 74.0)]),
+        at(7401),
+    );
     assert_eq!(end[0].alert_id, id);
     assert_eq!(end[0].event, AlertEventKind::Resolved);
 }

@@ -11,6 +11,7 @@ use anyhow::{Context, bail};
 use tokio_util::sync::CancellationToken;
 use vitalwatch_connectors::catalog::SqliteCatalog;
 use vitalwatch_connectors::warehouse::{self, OutputFormat};
+use vitalwatch_core::clock::{Offered, Reference, StreamClock, TimeConfig, TimeError};
 use vitalwatch_core::codec::{InputFormat, decode_record, encode_canonical, encode_classic};
 use vitalwatch_core::model::{DeadLetter, Duration, Observation, Timestamp};
 use vitalwatch_core::reference::{
@@ -279,13 +280,16 @@ pub fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     let reader = {
         let bar = bar.clone();
         let files = args.files.clone();
+        let time = cfg.time.clone();
         std::thread::Builder::new()
             .name("replay-reader".into())
             .spawn(move || -> anyhow::Result<()> {
+                // One clock over all files: they are one recording, in order.
+                let mut admission = ReplayAdmission::new(time);
                 for f in &files {
-                    read_file(f, format, &h, &bar)?;
+                    read_file(f, format, &h, &bar, &mut admission)?;
                 }
-                Ok(())
+                admission.finish(&h)
             })?
     };
     let read = reader
@@ -324,11 +328,91 @@ fn progress_bar(total: u64, what: &str) -> indicatif::ProgressBar {
 /// Observations per batch sent to the engine.
 const REPLAY_BATCH: usize = 1024;
 
+/// Judges a replay's readings against the recording's own clock ([`StreamClock`]): too
+/// old, or a jump ahead that no later reading confirms, is a dead letter; a confirmed jump
+/// (a gap in the recording) is accepted with the reading that confirmed it.
+struct ReplayAdmission {
+    time: TimeConfig,
+    clock: StreamClock,
+    /// The reading held while its jump waits for confirmation, and its dead letter if it
+    /// turns out to be an outlier.
+    held: Option<(Observation, DeadLetter)>,
+    batch: Vec<Observation>,
+    dead: Vec<DeadLetter>,
+    /// Ingest times: wall clock, strictly increasing per record.
+    last_stamp: Timestamp,
+}
+
+impl ReplayAdmission {
+    fn new(time: TimeConfig) -> Self {
+        ReplayAdmission {
+            clock: StreamClock::new(time.max_future),
+            time,
+            held: None,
+            batch: Vec::with_capacity(REPLAY_BATCH),
+            dead: Vec::new(),
+            last_stamp: Timestamp(i64::MIN),
+        }
+    }
+
+    fn stamp(&mut self, wall: Timestamp) -> Timestamp {
+        self.last_stamp = wall.max(Timestamp(self.last_stamp.0.saturating_add(1)));
+        self.last_stamp
+    }
+
+    /// Settles the held reading: into the batch, or a dead letter.
+    fn settle(&mut self, verdict: Offered) {
+        if let Some((o, mut dl)) = self.held.take() {
+            if verdict == Offered::Accepted {
+                self.batch.push(o);
+            } else {
+                dl.reason = TimeError::Outlier {
+                    observed: o.observed_at,
+                    reference: self.clock.confirmed().unwrap_or(o.observed_at),
+                }
+                .to_string();
+                self.dead.push(dl);
+            }
+        }
+    }
+
+    /// Admits one decoded observation; `dead_letter` makes its dead letter (with a
+    /// reason), should it need one.
+    fn admit(&mut self, o: Observation, dead_letter: impl FnOnce(String) -> DeadLetter) {
+        if let Some(now) = self.clock.confirmed()
+            && o.observed_at <= now
+            && let Err(e) = self.time.admit(o.observed_at, now, Reference::StreamClock)
+        {
+            self.dead.push(dead_letter(e.to_string()));
+            return;
+        }
+        let offer = self.clock.offer(o.observed_at);
+        if let Some(v) = offer.earlier {
+            self.settle(v);
+        }
+        match offer.this {
+            Offered::Accepted => self.batch.push(o),
+            Offered::Deferred => self.held = Some((o, dead_letter(String::new()))),
+            Offered::Outlier => {}
+        }
+    }
+
+    /// Settles what is still held at the end of the recording and sends the rest.
+    fn finish(mut self, h: &PipelineHandle) -> anyhow::Result<()> {
+        if let Some(v) = self.clock.finish() {
+            self.settle(v);
+        }
+        let mut received = 0;
+        send_batch(h, &mut self.batch, &mut self.dead, &mut received)
+    }
+}
+
 fn read_file(
     path: &Path,
     format: InputFormat,
     h: &PipelineHandle,
     bar: &indicatif::ProgressBar,
+    adm: &mut ReplayAdmission,
 ) -> anyhow::Result<()> {
     let (mut input, name): (Box<dyn BufRead>, String) = if path.as_os_str() == "-" {
         (
@@ -344,12 +428,10 @@ fn read_file(
         )
     };
     let mut line = Vec::with_capacity(512);
-    let mut batch = Vec::with_capacity(REPLAY_BATCH);
-    let mut dead = Vec::new();
     let mut lineno = 0u64;
     let mut received = 0u64;
     let mut unreported = 0u64;
-    let mut now = wall_now();
+    let mut wall = wall_now();
     loop {
         line.clear();
         let n = input
@@ -366,23 +448,22 @@ fn read_file(
             continue;
         }
         received += 1;
+        let now = adm.stamp(wall);
+        let source = || format!("replay:{name}:{lineno}");
         match decode_record(rec, format, now) {
-            Ok(o) => batch.push(o),
-            Err(e) => dead.push(DeadLetter::new(
-                now,
-                format!("replay:{name}:{lineno}"),
-                e.to_string(),
-                rec,
-            )),
+            Ok(o) => adm.admit(o, |reason| DeadLetter::new(now, source(), reason, rec)),
+            Err(e) => adm
+                .dead
+                .push(DeadLetter::new(now, source(), e.to_string(), rec)),
         }
-        if batch.len() >= REPLAY_BATCH {
-            send_batch(h, &mut batch, &mut dead, &mut received)?;
+        if adm.batch.len() >= REPLAY_BATCH {
+            send_batch(h, &mut adm.batch, &mut adm.dead, &mut received)?;
             bar.inc(std::mem::take(&mut unreported));
-            now = wall_now();
+            wall = wall_now();
         }
     }
     bar.inc(unreported);
-    send_batch(h, &mut batch, &mut dead, &mut received)
+    send_batch(h, &mut adm.batch, &mut adm.dead, &mut received)
 }
 
 fn send_batch(

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 
 use axum::Router;
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -41,19 +41,73 @@ struct IngestReply {
     rejected: Vec<Rejected>,
 }
 
+/// Reads a request body up to `max` bytes. Past that, stops reading and returns the
+/// first bytes (up to a dead letter's payload bound) as the error.
+async fn read_body(body: Body, max: usize) -> Result<Vec<u8>, Result<Vec<u8>, String>> {
+    use http_body_util::BodyExt as _;
+    let mut body = body;
+    let mut buf = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| Err(format!("cannot read the request body: {e}")))?;
+        if let Ok(data) = frame.into_data() {
+            if buf.len() + data.len() > max {
+                let keep = DeadLetter::MAX_PAYLOAD.saturating_sub(buf.len());
+                buf.extend_from_slice(&data[..data.len().min(keep)]);
+                buf.truncate(DeadLetter::MAX_PAYLOAD);
+                return Err(Ok(buf));
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(buf)
+}
+
 async fn post_readings(
     State(h): State<PipelineHandle>,
     Query(q): Query<ReadingsQuery>,
-    body: Bytes,
+    max_body: usize,
+    body: Body,
 ) -> Response {
-    let now = wall_now();
+    let wall = wall_now();
+    let body = match read_body(body, max_body).await {
+        Ok(b) => b,
+        Err(Ok(head)) => {
+            // Too big to take, too important to drop: its head is kept as a dead letter.
+            let reason = format!(
+                "request body over http.max_body_bytes = {max_body} bytes; send smaller batches (the first 64 KiB are kept as a dead letter)"
+            );
+            h.dead_letters_async(vec![DeadLetter::new(
+                wall,
+                "http".into(),
+                reason.clone(),
+                &head,
+            )])
+            .await;
+            return (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                axum::Json(IngestReply {
+                    accepted: 0,
+                    rejected: vec![Rejected { record: 0, reason }],
+                }),
+            )
+                .into_response();
+        }
+        Err(Err(reason)) => return error_json(StatusCode::BAD_REQUEST, reason),
+    };
     let records = split_body(&body);
     h.metrics.received.fetch_add(records.len() as u64, Relaxed);
     let mut accepted = Vec::with_capacity(records.len());
     let mut rejected = Vec::new();
     let mut dead = Vec::new();
     for r in &records {
-        match decode_record(r.bytes, q.format, now) {
+        // Each record its own ingest time: two records without a time of their own are
+        // two readings, not one.
+        let now = h.stamps.next(wall);
+        let decoded = decode_record(r.bytes, q.format, now).and_then(|o| {
+            h.admit_live(&o)?;
+            Ok(o)
+        });
+        match decoded {
             Ok(o) => accepted.push(o),
             Err(e) => {
                 let reason = e.to_string();
@@ -76,7 +130,7 @@ async fn post_readings(
             reason: "empty body: send a JSON object, a JSON array or newline-delimited JSON".into(),
         });
         dead.push(DeadLetter::new(
-            now,
+            wall,
             "http".into(),
             "empty body".into(),
             b"",
@@ -105,6 +159,10 @@ async fn post_readings(
         }),
     )
         .into_response()
+}
+
+fn error_json(status: StatusCode, error: String) -> Response {
+    (status, axum::Json(serde_json::json!({ "error": error }))).into_response()
 }
 
 /// 503: the pipeline stopped taking input (Ctrl-C or shutdown in progress).
@@ -212,7 +270,14 @@ async fn ack_alert(
 /// The router, for a server or a test.
 pub fn router(handle: PipelineHandle, max_body: usize) -> Router {
     Router::new()
-        .route("/v1/readings", post(post_readings))
+        .route(
+            "/v1/readings",
+            post(
+                move |h: State<PipelineHandle>, q: Query<ReadingsQuery>, body: Body| {
+                    post_readings(h, q, max_body, body)
+                },
+            ),
+        )
         .route("/v1/alerts", get(list_alerts))
         .route("/v1/alerts/{id}/ack", post(ack_alert))
         .route("/healthz", get(healthz))

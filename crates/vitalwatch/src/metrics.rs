@@ -28,6 +28,9 @@ pub struct Metrics {
     pub dead_letters: AtomicU64,
     /// Readings reported as unclassified (unknown patient, no band).
     pub unclassified: AtomicU64,
+    /// Readings older than their device's newest by more than `time.lateness`: archived,
+    /// not evaluated.
+    pub late_readings: AtomicU64,
     /// Alerts triggered (new episodes), by priority low/medium/high.
     pub alerts_triggered: [AtomicU64; 3],
     /// All alert events delivered to the outputs (triggered, renotified, ...).
@@ -127,6 +130,11 @@ impl Metrics {
             "vitalwatch_unclassified_total",
             "Readings with an unknown patient or no band.",
             self.unclassified.load(Relaxed),
+        );
+        counter(
+            "vitalwatch_late_readings_total",
+            "Readings later than the lateness window: archived, not evaluated.",
+            self.late_readings.load(Relaxed),
         );
         counter(
             "vitalwatch_alert_events_total",

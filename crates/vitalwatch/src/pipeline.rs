@@ -17,6 +17,7 @@ use std::fs::OpenOptions;
 use std::io::{BufWriter, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::AtomicI64;
 use std::sync::atomic::Ordering::Relaxed;
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -25,8 +26,10 @@ use anyhow::{Context, anyhow};
 use vitalwatch_connectors::catalog::SqliteCatalog;
 use vitalwatch_connectors::warehouse::{ParquetSink, WarehouseConfig, WarehouseStats};
 use vitalwatch_core::alert::{AlertEvent, AlertEventKind, Priority};
-use vitalwatch_core::engine::{Engine, Findings};
-use vitalwatch_core::model::{DeadLetter, Observation, Timestamp, Unclassified};
+use vitalwatch_core::clock::{Reference, StreamClock, TimeConfig, TimeError};
+use vitalwatch_core::codec::encode_canonical;
+use vitalwatch_core::engine::{Engine, Findings, Processed};
+use vitalwatch_core::model::{DeadLetter, Duration, Observation, Timestamp, Unclassified};
 
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -36,13 +39,31 @@ pub fn wall_now() -> Timestamp {
     Timestamp::from_datetime(chrono::Utc::now())
 }
 
-/// Which clock drives time-based rules (stale devices, re-notification).
+/// Which clock drives time-based rules (stale devices, re-notification, eviction).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Clock {
     /// The wall clock: live runs.
     Wall,
-    /// The newest observation time seen: replays, so a replayed hour behaves like an hour.
+    /// The recording's own clock ([`StreamClock`]): replays, so a replayed hour behaves
+    /// like an hour.
     Stream,
+}
+
+/// Hands out ingest times: the wall clock, but strictly increasing, so two records that
+/// carry no time of their own (classic records without `message_time`) never share one,
+/// and stay two readings.
+#[derive(Debug, Default)]
+pub struct IngestStamps(AtomicI64);
+
+impl IngestStamps {
+    /// The next ingest time at wall time `wall`.
+    pub fn next(&self, wall: Timestamp) -> Timestamp {
+        let prev = self
+            .0
+            .fetch_update(Relaxed, Relaxed, |last| Some(wall.0.max(last + 1)))
+            .unwrap_or(wall.0);
+        Timestamp(wall.0.max(prev + 1))
+    }
 }
 
 /// A message to the engine thread.
@@ -86,9 +107,19 @@ pub struct PipelineHandle {
     pub metrics: Arc<Metrics>,
     /// Catalog file, for read-only API requests.
     pub catalog_path: PathBuf,
+    /// Event-time limits live sources apply to what they decode.
+    pub time: TimeConfig,
+    /// Ingest times for live sources.
+    pub stamps: Arc<IngestStamps>,
 }
 
 impl PipelineHandle {
+    /// Admits a live reading: its observation time against its ingest time.
+    pub fn admit_live(&self, o: &Observation) -> Result<(), TimeError> {
+        self.time
+            .admit(o.observed_at, o.ingested_at, Reference::IngestTime)
+    }
+
     /// Counts and logs dead letters; `None` when there are none.
     fn dead_letter_msg(&self, dls: Vec<DeadLetter>) -> Option<ArchiveMsg> {
         if dls.is_empty() {
@@ -221,7 +252,8 @@ impl Pipeline {
             profile = config.rules.profile.as_str(),
             "reference data loaded"
         );
-        let engine = Engine::new(config.rules.clone(), patients, table);
+        let engine =
+            Engine::new(config.rules.clone(), patients, table).with_lateness(config.time.lateness);
 
         let (ingest_tx, ingest_rx) = flume::bounded(config.pipeline.ingest_capacity);
         let (archive_tx, archive_rx) = flume::bounded(config.pipeline.archive_capacity);
@@ -252,7 +284,13 @@ impl Pipeline {
         let engine = {
             let metrics = metrics.clone();
             let archive_tx = archive_tx.clone();
-            let clock = opts.clock;
+            let clock = match opts.clock {
+                Clock::Wall => EngineClock::Wall,
+                // A step of the stream larger than the lateness window needs a second
+                // reading to confirm it, so one fast device clock cannot drag re-notify,
+                // stale-device and eviction times ahead.
+                Clock::Stream => EngineClock::Stream(StreamClock::new(config.time.lateness)),
+            };
             std::thread::Builder::new()
                 .name("engine".into())
                 .spawn(move || {
@@ -265,6 +303,8 @@ impl Pipeline {
                 archive: archive_tx,
                 metrics,
                 catalog_path: cat_path,
+                time: config.time.clone(),
+                stamps: Arc::new(IngestStamps::default()),
             }),
             engine,
             alerts,
@@ -311,18 +351,27 @@ impl Pipeline {
 /// Most alert events per message on the alert channel.
 const ALERT_CHUNK: usize = 256;
 
+/// The clock the engine thread injects.
+enum EngineClock {
+    Wall,
+    Stream(StreamClock),
+}
+
+/// Ticks come once a second of the injected clock.
+const TICK: Duration = Duration::from_secs(1);
+
 fn engine_loop(
     mut engine: Engine,
-    clock: Clock,
+    mut clock: EngineClock,
     rx: flume::Receiver<IngestMsg>,
     alert_tx: flume::Sender<Vec<AlertEvent>>,
     archive_tx: flume::Sender<ArchiveMsg>,
     metrics: &Metrics,
 ) -> anyhow::Result<()> {
     let mut findings = Findings::default();
-    let mut last_wall_tick = Instant::now();
+    let mut last_tick = Timestamp(i64::MIN);
+    // The stream clock's time, for acknowledgements during a replay.
     let mut stream_now = Timestamp(i64::MIN);
-    let mut last_stream_tick = Timestamp(i64::MIN);
     let emit = |findings: &mut Findings| {
         // Chunks bound the alert queue by events, not batches: a classic-profile replay
         // turns one batch into thousands of alerts.
@@ -341,22 +390,40 @@ fn engine_loop(
     };
     loop {
         match rx.recv_timeout(std::time::Duration::from_millis(200)) {
-            Ok(IngestMsg::Batch(batch)) => {
-                let now = wall_now();
+            Ok(IngestMsg::Batch(mut batch)) => {
+                let wall = wall_now();
                 let mut readings = 0u64;
-                for o in &batch {
-                    engine.process(o, now, &mut findings);
+                let mut rejected: Vec<(usize, String)> = Vec::new();
+                for (i, o) in batch.iter().enumerate() {
+                    let now = match &mut clock {
+                        EngineClock::Wall => wall,
+                        EngineClock::Stream(c) => {
+                            c.offer(o.observed_at);
+                            stream_now = stream_now.max(c.now().unwrap_or(o.observed_at));
+                            stream_now
+                        }
+                    };
+                    match engine.process(o, now, &mut findings) {
+                        Processed::Evaluated => {}
+                        Processed::Late => {
+                            metrics
+                                .late_readings
+                                .fetch_add(o.vitals.len() as u64, Relaxed);
+                        }
+                        Processed::Rejected(why) => rejected.push((i, why)),
+                    }
                     readings += o.vitals.len() as u64;
-                    stream_now = stream_now.max(o.observed_at);
+                    // Time-driven rules follow the clock, not batch boundaries.
+                    if matches!(clock, EngineClock::Stream(_)) && now.since(last_tick) >= TICK {
+                        engine.tick(now, &mut findings);
+                        last_tick = now;
+                    }
+                }
+                if !rejected.is_empty() {
+                    readings -= reject(&mut batch, rejected, &archive_tx, metrics);
                 }
                 metrics.observations.fetch_add(batch.len() as u64, Relaxed);
                 metrics.readings.fetch_add(readings, Relaxed);
-                if clock == Clock::Stream
-                    && stream_now.since(last_stream_tick).micros() >= 1_000_000
-                {
-                    engine.tick(stream_now, &mut findings);
-                    last_stream_tick = stream_now;
-                }
                 // Alerts first: the archive channel may make us wait, the alarm must not.
                 emit(&mut findings);
                 let _ = archive_tx.send(ArchiveMsg::Observations(batch));
@@ -366,8 +433,12 @@ fn engine_loop(
                 by,
                 reply,
             }) => {
+                let now = match clock {
+                    EngineClock::Wall => wall_now(),
+                    EngineClock::Stream(_) => stream_now,
+                };
                 let r = engine
-                    .acknowledge(&alert_id, &by, wall_now())
+                    .acknowledge(&alert_id, &by, now)
                     .map_err(|e| e.to_string());
                 if let Ok(ev) = &r {
                     findings.events.push(ev.clone());
@@ -378,13 +449,45 @@ fn engine_loop(
             Err(flume::RecvTimeoutError::Timeout) => {}
             Err(flume::RecvTimeoutError::Disconnected) => break,
         }
-        if clock == Clock::Wall && last_wall_tick.elapsed() >= std::time::Duration::from_secs(1) {
-            engine.tick(wall_now(), &mut findings);
-            emit(&mut findings);
-            last_wall_tick = Instant::now();
+        if matches!(clock, EngineClock::Wall) {
+            let now = wall_now();
+            if now.since(last_tick) >= TICK {
+                engine.tick(now, &mut findings);
+                emit(&mut findings);
+                last_tick = now;
+            }
         }
     }
     Ok(())
+}
+
+/// Turns the observations the engine refused (a state bound was reached) into dead
+/// letters, out of the batch. Returns how many readings they held.
+fn reject(
+    batch: &mut Vec<Observation>,
+    rejected: Vec<(usize, String)>,
+    archive_tx: &flume::Sender<ArchiveMsg>,
+    metrics: &Metrics,
+) -> u64 {
+    let mut readings = 0;
+    let mut dead = Vec::with_capacity(rejected.len());
+    let mut payload = String::new();
+    for (i, why) in rejected.iter().rev() {
+        let o = batch.remove(*i);
+        readings += o.vitals.len() as u64;
+        payload.clear();
+        encode_canonical(&o, None, &mut payload);
+        dead.push(DeadLetter::new(
+            o.ingested_at,
+            "engine".into(),
+            why.clone(),
+            payload.as_bytes(),
+        ));
+    }
+    metrics.dead_letters.fetch_add(dead.len() as u64, Relaxed);
+    tracing::warn!(count = dead.len(), reason = %rejected[0].1, "observations refused by the engine");
+    let _ = archive_tx.send(ArchiveMsg::DeadLetters(dead));
+    readings
 }
 
 /// Where alerts go: the catalog (durable, idempotent), the alert log, the console.

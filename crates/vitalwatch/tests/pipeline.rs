@@ -49,6 +49,17 @@ async fn request(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16
     (status, String::from_utf8_lossy(&bytes).into_owned())
 }
 
+/// A time `secs` seconds before now: live sources refuse readings a day old or minutes in
+/// the future, so test data is stamped relative to the clock. (`classic` layout, RFC 3339.)
+fn recent(secs: i64) -> (String, String) {
+    let t = chrono::Utc::now() - chrono::Duration::seconds(secs);
+    let t = t - chrono::Duration::nanoseconds(i64::from(t.timestamp_subsec_nanos()));
+    (
+        t.format("%Y-%m-%d %H:%M:%S%.3f").to_string(),
+        t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+    )
+}
+
 fn seed(data: &Path) {
     let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data");
     for (what, file) in [
@@ -84,7 +95,7 @@ async fn start(cfg: &Config) -> Live {
     let (addr, server) = vitalwatch::http::serve(
         "127.0.0.1:0".parse().unwrap(),
         pipeline.handle(),
-        1 << 20,
+        cfg.http.max_body_bytes,
         cancel.clone(),
     )
     .await
@@ -126,12 +137,16 @@ async fn http_ingest_to_alerts_and_warehouse() {
         (200, r#"{"status":"ok"}"#.to_owned())
     );
 
+    let (t1, t1_rfc) = recent(60);
+    let (_, t2_rfc) = recent(59);
+    let (t3, _) = recent(58);
+    let (t4, _) = recent(57);
     // One classic object: Karan C (56) with heartBeat 74 and bp 202 → two classic alerts.
     let (status, body) = request(
         addr,
         "POST",
         "/v1/readings",
-        r#"{"customerId":3,"heartBeat":74,"bp":202,"message_time":"2026-11-28 14:03:11.250"}"#,
+        &format!(r#"{{"customerId":3,"heartBeat":74,"bp":202,"message_time":"{t1}"}}"#),
     )
     .await;
     assert_eq!(
@@ -144,18 +159,21 @@ async fn http_ingest_to_alerts_and_warehouse() {
         addr,
         "POST",
         "/v1/readings",
-        r#"[{"patient_id":"1","device_id":"bed-1","observed_at":"2026-11-28T14:03:12Z","vitals":{"heart_rate":75,"spo2":97}},
-            {"patient_id":"2","device_id":"bed-2","observed_at":"2026-11-28T14:03:12Z","vitals":{"heart_rate":60}}]"#,
+        &format!(r#"[{{"patient_id":"1","device_id":"bed-1","observed_at":"{t2_rfc}","vitals":{{"heart_rate":75,"spo2":97}}}},
+            {{"patient_id":"2","device_id":"bed-2","observed_at":"{t2_rfc}","vitals":{{"heart_rate":60}}}}]"#),
     )
     .await;
     assert_eq!(status, 202);
 
     // NDJSON with a bad line, an implausible value and an unknown patient: 400 with a reason
     // per rejected record; the good records are still processed.
-    let ndjson = "{\"customerId\":5,\"heartBeat\":60,\"bp\":170,\"message_time\":\"2026-11-28 14:03:13\"}\n\
-                  {\"customerId\":5,\"heartBeat\":900}\n\
-                  not json\n\
-                  {\"customerId\":99,\"heartBeat\":80,\"bp\":120,\"message_time\":\"2026-11-28 14:03:14\"}\n";
+    let ndjson = format!(
+        "{{\"customerId\":5,\"heartBeat\":60,\"bp\":170,\"message_time\":\"{t3}\"}}\n\
+         {{\"customerId\":5,\"heartBeat\":900}}\n\
+         not json\n\
+         {{\"customerId\":99,\"heartBeat\":80,\"bp\":120,\"message_time\":\"{t4}\"}}\n"
+    );
+    let ndjson = ndjson.as_str();
     let (status, body) = request(addr, "POST", "/v1/readings", ndjson).await;
     assert_eq!(status, 400, "{body}");
     let reply: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -210,7 +228,11 @@ async fn http_ingest_to_alerts_and_warehouse() {
         .iter()
         .find(|a| a["patientname"] == "Karan C")
         .unwrap();
-    assert_eq!(karan["input_message_time"], "2026-11-28T14:03:11.250Z");
+    let parse = |s: &str| chrono::DateTime::parse_from_rfc3339(s).unwrap();
+    assert_eq!(
+        parse(karan["input_message_time"].as_str().unwrap()),
+        parse(&t1_rfc)
+    );
     assert_eq!(karan["bp"], 202.0);
     assert_eq!(karan["heartBeat"], 74.0);
     assert_eq!(karan["ref_version"], 1);
@@ -307,8 +329,9 @@ async fn standard_profile_acknowledge_over_http() {
     } = start(&cfg).await;
     // Three high readings from Pam: one alert (dedup), not three.
     for s in 0..3 {
+        let (_, t) = recent(10 - s);
         let body = format!(
-            r#"{{"patient_id":"5","device_id":"m","observed_at":"2026-11-28T14:00:0{s}Z","vitals":{{"heart_rate":95}}}}"#
+            r#"{{"patient_id":"5","device_id":"m","observed_at":"{t}","vitals":{{"heart_rate":95}}}}"#
         );
         assert_eq!(request(addr, "POST", "/v1/readings", &body).await.0, 202);
     }
@@ -357,6 +380,305 @@ async fn standard_profile_acknowledge_over_http() {
     server.await.unwrap().unwrap();
     pipeline.shutdown().unwrap();
     assert_eq!(metrics.alerts_total(), 1);
+}
+
+/// What a live source must not trust becomes a dead letter with a reason, never engine
+/// input and never silently dropped: a clock 40 years ahead, a reading two days old, a
+/// classic field the codec does not know, a body over the size limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_turns_untrustworthy_input_into_dead_letters() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_path_buf();
+    seed(&data);
+    let mut cfg = Config {
+        data_dir: data.clone(),
+        ..Config::default()
+    };
+    cfg.http.max_body_bytes = 4096;
+    let Live {
+        metrics,
+        pipeline,
+        cancel,
+        addr,
+        server,
+    } = start(&cfg).await;
+    let (old, _) = recent(2 * 86_400);
+    let (now, _) = recent(0);
+    let body = format!(
+        "{{\"customerId\":1,\"heartBeat\":80,\"message_time\":\"2066-01-01 00:00:00\"}}\n\
+         {{\"customerId\":1,\"heartBeat\":80,\"message_time\":\"{old}\"}}\n\
+         {{\"customerId\":1,\"heartbeat\":80,\"message_time\":\"{now}\"}}\n\
+         {{\"customerId\":1,\"heartBeat\":80,\"spo2\":91,\"message_time\":\"{now}\"}}\n\
+         {{\"customerId\":1,\"heartBeat\":80}}\n"
+    );
+    let (status, reply) = request(addr, "POST", "/v1/readings", &body).await;
+    assert_eq!(status, 400, "{reply}");
+    let reply: serde_json::Value = serde_json::from_str(&reply).unwrap();
+    assert_eq!(reply["accepted"], 1);
+    let reasons: Vec<&str> = reply["rejected"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(reasons.len(), 4, "{reasons:?}");
+    assert!(
+        reasons[0].contains("ahead of the ingest time") && reasons[0].contains("time.max_future"),
+        "{}",
+        reasons[0]
+    );
+    assert!(
+        reasons[1].contains("older than the ingest time") && reasons[1].contains("time.max_age"),
+        "{}",
+        reasons[1]
+    );
+    assert!(
+        reasons[2].contains("unknown field `heartbeat`"),
+        "{}",
+        reasons[2]
+    );
+    assert!(
+        reasons[3].contains("unknown field `spo2`"),
+        "{}",
+        reasons[3]
+    );
+
+    // 5 KiB of readings against a 4 KiB limit: 413, and the head (up to 64 KiB) is kept.
+    let big = "{\"customerId\":1,\"heartBeat\":80}\n".repeat(160);
+    let (status, reply) = request(addr, "POST", "/v1/readings", &big).await;
+    assert_eq!(status, 413, "{reply}");
+    assert!(reply.contains("http.max_body_bytes"), "{reply}");
+
+    cancel.cancel();
+    server.await.unwrap().unwrap();
+    let summary = pipeline.shutdown().unwrap();
+    assert_eq!((summary.observations, summary.dead_letters), (1, 5));
+    assert_eq!(
+        metrics
+            .dead_letters
+            .load(std::sync::atomic::Ordering::Relaxed),
+        5
+    );
+    let dl = sql(
+        &data,
+        "SELECT source, length(payload) AS bytes FROM dead_letters WHERE reason LIKE '%max_body_bytes%'",
+    )
+    .await;
+    assert_eq!(dl, "source,bytes\nhttp,5120\n");
+}
+
+/// A canonical record `secs` after 2025-03-01T08:00:00Z: replays judge time against the
+/// recording's own clock, so an old recording replays as it happened.
+fn canon(patient: &str, device: &str, secs: f64, vitals: &str) -> String {
+    let t = chrono::DateTime::parse_from_rfc3339("2025-03-01T08:00:00Z").unwrap()
+        + chrono::Duration::milliseconds((secs * 1000.0) as i64);
+    format!(
+        r#"{{"patient_id":"{patient}","device_id":"{device}","observed_at":"{}","vitals":{{{vitals}}}}}"#,
+        t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    )
+}
+
+/// Replays these lines into a fresh data directory; returns it, the summary and the alert
+/// log.
+fn replay_lines(
+    lines: &[String],
+    extra: &[&str],
+) -> (tempfile::TempDir, String, Vec<serde_json::Value>) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("in.jsonl");
+    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+    let data = dir.path().join("data");
+    let mut args = vec!["replay", "--data", data.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let file = os(&file);
+    args.push(&file);
+    let o = vitalwatch(&args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let log = std::fs::read_to_string(data.join("alerts.jsonl")).unwrap_or_default();
+    let alerts = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    (dir, String::from_utf8(o.stdout).unwrap(), alerts)
+}
+
+/// (event, rule_key) of every alert event, in log order.
+fn events(alerts: &[serde_json::Value]) -> Vec<(String, String)> {
+    alerts
+        .iter()
+        .map(|a| {
+            (
+                a["event"].as_str().unwrap().to_owned(),
+                a["rule_key"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn count(evs: &[(String, String)], event: &str, key: &str) -> usize {
+    evs.iter().filter(|(e, k)| e == event && k == key).count()
+}
+
+#[test]
+fn replay_a_far_future_reading_is_a_dead_letter_and_alarms_go_on() {
+    let mut lines: Vec<String> = (0..200)
+        .map(|s| canon("1", "m1", f64::from(s), r#""heart_rate":125,"spo2":84"#))
+        .collect();
+    // The device's clock jumps 40 years for one reading.
+    lines.insert(
+        10,
+        r#"{"patient_id":"1","device_id":"m1","observed_at":"2066-01-01T00:00:00Z","vitals":{"heart_rate":70,"spo2":98}}"#.into(),
+    );
+    let (dir, summary, alerts) = replay_lines(&lines, &[]);
+    assert!(summary.contains("dead letters: 1"), "{summary}");
+    let evs = events(&alerts);
+    assert_eq!(
+        count(&evs, "triggered", "threshold:heart_rate:3"),
+        1,
+        "{evs:?}"
+    );
+    assert_eq!(count(&evs, "triggered", "limit:spo2_low"), 1, "{evs:?}");
+    assert!(
+        !evs.iter().any(|(_, k)| k.starts_with("device_stale")),
+        "no false stale alarm dated in the future: {evs:?}"
+    );
+    let o = vitalwatch(&[
+        "query",
+        "--format",
+        "csv",
+        "--data",
+        &os(dir.path().join("data")),
+        "SELECT reason FROM dead_letters",
+    ]);
+    let out = String::from_utf8(o.stdout).unwrap();
+    assert!(
+        out.contains("no reading after it confirmed the jump"),
+        "{out}"
+    );
+}
+
+#[test]
+fn replay_a_late_normal_reading_neither_resolves_nor_duplicates() {
+    let mut lines: Vec<String> = (0..60)
+        .map(|s| canon("1", "m1", f64::from(s), r#""heart_rate":95"#))
+        .collect();
+    // A gateway re-sends a normal reading from second 5, after second 39.
+    lines.insert(40, canon("1", "m1", 5.0, r#""heart_rate":74"#));
+    lines.extend((60..80).map(|s| canon("1", "m1", f64::from(s), r#""heart_rate":74"#)));
+    let (_dir, _, alerts) = replay_lines(&lines, &[]);
+    let evs = events(&alerts);
+    let key = "threshold:heart_rate:3";
+    assert_eq!(
+        (count(&evs, "triggered", key), count(&evs, "resolved", key)),
+        (1, 1),
+        "{evs:?}"
+    );
+    let resolved = alerts
+        .iter()
+        .find(|a| a["event"] == "resolved" && a["rule_key"] == key)
+        .unwrap();
+    assert_eq!(resolved["input_message_time"], "2025-03-01T08:01:00Z");
+}
+
+#[test]
+fn replay_a_skewed_device_neither_floods_nor_hides_the_stale_alarm() {
+    let mut lines = Vec::new();
+    // Monitor a (patient 1) keeps time for 10 minutes; monitor b (patient 2) runs 90 s
+    // behind, posts every 1.2 s, and stops after 5 minutes.
+    for k in 0..500 {
+        let t = f64::from(k) * 1.2;
+        lines.push(canon("1", "a", t, r#""heart_rate":74"#));
+        if t < 300.0 {
+            lines.push(canon("2", "b", t - 90.0, r#""heart_rate":70"#));
+        }
+    }
+    let (_dir, _, alerts) = replay_lines(&lines, &[]);
+    let evs = events(&alerts);
+    assert!(count(&evs, "triggered", "device_stale:a") == 0, "{evs:?}");
+    assert_eq!(count(&evs, "triggered", "device_stale:b"), 1, "{evs:?}");
+    assert_eq!(count(&evs, "resolved", "device_stale:b"), 0, "{evs:?}");
+}
+
+/// A full NEWS2 set for patient 2 (45) on air; the score comes from HR, RR and SpO2.
+fn news2_set(secs: f64, hr: u32, rr: u32, spo2: u32) -> String {
+    canon(
+        "2",
+        "m2",
+        secs,
+        &format!(
+            r#""heart_rate":{hr},"resp_rate":{rr},"spo2":{spo2},"systolic":120,"temp_c":37.0,"consciousness":"A","on_oxygen":false"#
+        ),
+    )
+}
+
+#[test]
+fn replay_news2_hovering_at_its_trigger_gives_one_alert() {
+    let mut lines = Vec::new();
+    // HR 115 (2) + RR 22 (2) = 4; with SpO2 95 (1) = 5. Heart rate 115 is in the classic
+    // table's high band too, so the band and NEWS2 are told apart by rule key.
+    let mut s = 0.0;
+    for k in 0..700 {
+        let spo2 = if (60..100).contains(&k) || k % 2 == 1 {
+            95
+        } else {
+            97
+        };
+        lines.push(news2_set(s, 115, 22, spo2));
+        s += 1.0;
+    }
+    let (_dir, _, alerts) = replay_lines(&lines, &[]);
+    let evs = events(&alerts);
+    assert_eq!(count(&evs, "triggered", "news2"), 1, "{evs:?}");
+    assert_eq!(count(&evs, "resolved", "news2"), 0, "{evs:?}");
+}
+
+#[test]
+fn replay_renotifies_on_the_recordings_clock() {
+    // Fifteen minutes of heart rate 128, nobody acknowledges.
+    let lines: Vec<String> = (0..900)
+        .map(|s| canon("1", "m1", f64::from(s), r#""heart_rate":128"#))
+        .collect();
+    let (_dir, _, alerts) = replay_lines(&lines, &[]);
+    let times: Vec<chrono::DateTime<chrono::FixedOffset>> = alerts
+        .iter()
+        .filter(|a| a["rule_key"] == "threshold:heart_rate:3")
+        .map(|a| {
+            chrono::DateTime::parse_from_rfc3339(a["alert_generated_time"].as_str().unwrap())
+                .unwrap()
+        })
+        .collect();
+    // Triggered at 10 s (persistence), then every 2 minutes of the recording: 130 … 850.
+    assert_eq!(times.len(), 8, "{alerts:?}");
+    for w in times.windows(2) {
+        assert_eq!((w[1] - w[0]).num_seconds(), 120);
+    }
+}
+
+#[test]
+fn replay_classic_same_second_readings_duplicates_decimals_and_unknown_fields() {
+    let lines: Vec<String> = [
+        // Patient 2 (45): heartBeat ≥ 74 high; three readings in one second, the second a
+        // worse value, the third an exact re-delivery of the first.
+        r#"{"customerId":2,"heartBeat":80,"bp":160,"message_time":"2025-03-01 08:00:00"}"#,
+        r#"{"customerId":2,"heartBeat":120,"bp":160,"message_time":"2025-03-01 08:00:00"}"#,
+        r#"{"customerId":2,"heartBeat":80,"bp":160,"message_time":"2025-03-01 08:00:00"}"#,
+        // Patient 1 (23): 78.5 lies between the 70–78 and 79–9999 bands: no band.
+        r#"{"customerId":1,"heartBeat":78.5,"message_time":"2025-03-01 08:00:01"}"#,
+        // A field the classic layout does not have: a dead letter, not a lost value.
+        r#"{"customerId":1,"heartbeat":130,"message_time":"2025-03-01 08:00:02"}"#,
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    let (_dir, summary, alerts) =
+        replay_lines(&lines, &["--profile", "classic", "--format", "classic"]);
+    assert!(summary.contains("dead letters: 1"), "{summary}");
+    assert!(summary.contains("unclassified: 1"), "{summary}");
+    let hr: Vec<(f64, f64)> = alerts
+        .iter()
+        .map(|a| (a["heartBeat"].as_f64().unwrap(), a["bp"].as_f64().unwrap()))
+        .collect();
+    assert_eq!(hr, vec![(80.0, 160.0), (120.0, 160.0)], "{alerts:?}");
 }
 
 /// `simulate | replay` through the binary: same seed → same file; a second replay of the
@@ -433,6 +755,41 @@ fn simulate_then_replay_is_idempotent() {
         alerts_after_first > 1000,
         "the classic table flags most simulated readings"
     );
+    // The replay path is deterministic: the same file into a fresh data directory, in
+    // the standard profile too, gives the same alert events with the same ids.
+    let story = |profile: &str, data: &Path| -> Vec<(String, String)> {
+        let o = vitalwatch(&[
+            "replay",
+            "--format",
+            "classic",
+            "--profile",
+            profile,
+            "--data",
+            &os(data),
+            &os(&file),
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        std::fs::read_to_string(data.join("alerts.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                (
+                    v["alert_id"].as_str().unwrap().to_owned(),
+                    v["event"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    };
+    for profile in ["classic", "standard"] {
+        let a = story(profile, &dir.path().join(format!("{profile}-a")));
+        assert!(!a.is_empty());
+        assert_eq!(
+            a,
+            story(profile, &dir.path().join(format!("{profile}-b"))),
+            "{profile}"
+        );
+    }
     let second = replay();
     assert!(second.contains("alerts: 0 triggered"), "{second}");
     assert_eq!(

@@ -10,7 +10,9 @@
 //!   "vitals":{"heart_rate":88,"spo2":95,"consciousness":"A","on_oxygen":false,…}}`.
 //!
 //! A record with any value outside its vital's plausible range is rejected whole: a device
-//! that reports a heart rate of 900 is not trusted for its other values either.
+//! that reports a heart rate of 900 is not trusted for its other values either. Unknown
+//! fields are refused in both layouts (a dead letter names them), so no value is ever
+//! dropped silently.
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
@@ -63,6 +65,9 @@ pub enum DecodeError {
     /// No vital in the record.
     #[error("record has no vitals")]
     NoVitals,
+    /// An observation time too far from the reference clock.
+    #[error(transparent)]
+    Time(#[from] crate::clock::TimeError),
 }
 
 /// A patient id as JSON writes it: a number (`"customerId":1`) or a string.
@@ -112,7 +117,10 @@ impl IdValue<'_> {
     }
 }
 
+// Unknown fields are refused: a producer that sends `heartbeat` (lower case) or an extra
+// `spo2` would otherwise lose that value without a trace.
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct ClassicRecord<'a> {
     #[serde(rename = "customerId", borrow)]
     customer_id: IdValue<'a>,
@@ -585,6 +593,345 @@ mod tests {
         fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
             let _ = decode_record(&bytes, InputFormat::Auto, T0);
             let _ = split_body(&bytes);
+        }
+    }
+
+    // --- Near-valid records with hostile values ------------------------------------------
+    //
+    // `decoding_arbitrary_bytes_never_panics` rarely gets past the JSON parser. These
+    // records are JSON objects in the classic and canonical layouts, with each field valid,
+    // missing or hostile (wrong type, extreme number, odd string, bad timestamp), keys in
+    // any order, and sometimes a duplicate or unknown key.
+
+    /// JSON texts of hostile values: wrong types, extreme and odd numbers (including ones
+    /// JSON does not allow), odd strings.
+    const HOSTILE: &[&str] = &[
+        "null",
+        "true",
+        "false",
+        "[]",
+        "[70]",
+        "{}",
+        r#"{"value":70}"#,
+        r#""""#,
+        r#""74""#,
+        r#"" ""#,
+        "1e308",
+        "-1e308",
+        "1e309",
+        "1.7976931348623157e308",
+        "-0.0",
+        "-0",
+        "1e-320",
+        "4.9e-324",
+        "-1",
+        "0.1",
+        "350.00000000001",
+        "18446744073709551615",
+        "18446744073709551616",
+        "9223372036854775807",
+        "-9223372036854775808",
+        "NaN",
+        "-Infinity",
+        "1E2",
+        "01",
+        "+1",
+        ".5",
+        r#""\u0000""#,
+        r#""\ud800""#,
+        r#""患者 🫀""#,
+        r#""\u202eA""#,
+        r#""A\u0301""#,
+    ];
+
+    /// Timestamps that are wrong, odd or at the edge of what a timestamp can hold.
+    const BAD_TIMES: &[&str] = &[
+        r#""yesterday""#,
+        r#""2026-13-45T25:61:61Z""#,
+        r#""2026-02-29T00:00:00Z""#,
+        r#""2026-11-28T14:03:60Z""#,
+        r#""2026-11-28T14:03:11+99:00""#,
+        r#""2026-11-28T14:03:11.1234567890123456789Z""#,
+        r#""2026-11-28T14:03:11.Z""#,
+        r#""2026-11-28T14:03:11.250z""#,
+        r#""2026-11-28T14:03:11.250+14:00""#,
+        r#"" 2026-11-28 14:03:11 ""#,
+        r#""2026-11-28""#,
+        r#""0000-01-01T00:00:00Z""#,
+        r#""9999-12-31T23:59:59.999999999Z""#,
+        r#""+275760-09-13T00:00:00Z""#,
+        r#""262143-12-31T23:59:59Z""#,
+        r#""-262144-01-01T00:00:00Z""#,
+        r#""١٩٧٠-٠١-٠١T00:00:00Z""#,
+        "1764338591",
+    ];
+
+    fn hostile_value() -> BoxedStrategy<String> {
+        prop_oneof![
+            4 => proptest::sample::select(HOSTILE).prop_map(str::to_owned),
+            1 => any::<f64>().prop_map(|x| format!("{x:?}")),
+            1 => any::<i64>().prop_map(|x| x.to_string()),
+            1 => any::<String>().prop_map(|s| serde_json::Value::String(s).to_string()),
+            1 => Just(format!("\"{}\"", "x".repeat(70_000))),
+            1 => Just("9".repeat(400)),
+        ]
+        .boxed()
+    }
+
+    /// How hostile a record is: the weight of a hostile value (against 12 for a valid one
+    /// and 1 for a missing one) for each field, and of an extra entry. Drawn per record, so
+    /// some records are entirely valid and get as far as validation.
+    fn hostility() -> impl Strategy<Value = u32> {
+        prop_oneof![Just(0), Just(1), Just(4)]
+    }
+
+    /// A field: missing (`None`), valid, or (with weight `hostile`) hostile, as JSON text.
+    fn field(
+        valid: impl Strategy<Value = String> + 'static,
+        hostile: u32,
+    ) -> BoxedStrategy<Option<String>> {
+        if hostile == 0 {
+            return prop_oneof![1 => Just(None), 12 => valid.prop_map(Some)].boxed();
+        }
+        prop_oneof![
+            1 => Just(None),
+            12 => valid.prop_map(Some),
+            hostile => hostile_value().prop_map(Some),
+        ]
+        .boxed()
+    }
+
+    /// A number in `lo..=hi` with one decimal place, as JSON text.
+    fn number(lo: u32, hi: u32) -> impl Strategy<Value = String> {
+        (lo * 10..=hi * 10).prop_map(|t| format!("{}", f64::from(t) / 10.0))
+    }
+
+    fn patient_id() -> impl Strategy<Value = String> {
+        prop_oneof![
+            (0i64..100_000).prop_map(|n| n.to_string()),
+            "[a-z0-9-]{1,12}".prop_map(|s| format!("\"{s}\"")),
+        ]
+    }
+
+    fn timestamp(hostile: u32) -> BoxedStrategy<Option<String>> {
+        let good = prop_oneof![
+            (0i64..4_000_000_000_000_000).prop_map(|us| format!(
+                "\"{}\"",
+                Timestamp(us)
+                    .to_datetime()
+                    .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+            )),
+            (0i64..4_000_000_000_000).prop_map(|ms| format!(
+                "\"{}\"",
+                Timestamp(ms * 1000)
+                    .to_datetime()
+                    .format("%Y-%m-%d %H:%M:%S%.3f")
+            )),
+        ];
+        if hostile == 0 {
+            return field(good, 0);
+        }
+        prop_oneof![
+            12 => field(good, hostile),
+            hostile => proptest::sample::select(BAD_TIMES).prop_map(|s| Some(s.to_owned())),
+        ]
+        .boxed()
+    }
+
+    /// A JSON object of the named fields (missing ones left out), keys in any order, with
+    /// (weight `hostile` against 12) one or two extra entries: an unknown key or a duplicate
+    /// of a known one.
+    fn object(
+        named: Vec<(&'static str, BoxedStrategy<Option<String>>)>,
+        unknown: &'static [&'static str],
+        hostile: u32,
+    ) -> BoxedStrategy<String> {
+        let keys: Vec<&'static str> = named.iter().map(|(k, _)| *k).collect();
+        let values: Vec<BoxedStrategy<Option<String>>> =
+            named.into_iter().map(|(_, v)| v).collect();
+        let any_key: Vec<&'static str> = keys.iter().chain(unknown).copied().collect();
+        let extras = prop_oneof![
+            12 => Just(Vec::new()),
+            hostile.max(1) => proptest::collection::vec(
+                (proptest::sample::select(any_key), hostile_value()),
+                1..=2
+            ),
+        ];
+        (values, extras)
+            .prop_map(move |(values, mut extras)| {
+                if hostile == 0 {
+                    extras.clear();
+                }
+                let mut pairs: Vec<(String, String)> = keys
+                    .iter()
+                    .zip(values)
+                    .filter_map(|(k, v)| v.map(|v| ((*k).to_owned(), v)))
+                    .collect();
+                pairs.extend(extras.into_iter().map(|(k, v)| (k.to_owned(), v)));
+                pairs
+            })
+            .prop_shuffle()
+            .prop_map(|pairs| {
+                let body: Vec<String> = pairs
+                    .iter()
+                    .map(|(k, v)| format!("{}:{v}", serde_json::Value::String(k.clone())))
+                    .collect();
+                format!("{{{}}}", body.join(","))
+            })
+            .boxed()
+    }
+
+    /// `{"customerId":…,"heartBeat":…,"bp":…,"message_time":…}`, near-valid.
+    fn classic_record() -> BoxedStrategy<String> {
+        hostility()
+            .prop_flat_map(|h| {
+                object(
+                    vec![
+                        ("customerId", field(patient_id(), h)),
+                        ("heartBeat", field(number(0, 380), h)),
+                        ("bp", field(number(0, 380), h)),
+                        ("message_time", timestamp(h)),
+                    ],
+                    &["heartbeat", "BP", "customerid", "spo2"],
+                    h,
+                )
+            })
+            .boxed()
+    }
+
+    /// The canonical layout, near-valid.
+    fn canonical_record() -> BoxedStrategy<String> {
+        hostility().prop_flat_map(canonical_record_with).boxed()
+    }
+
+    fn canonical_record_with(h: u32) -> BoxedStrategy<String> {
+        let letter = proptest::sample::select(&["A", "C", "V", "P", "U", "alert", "v", " P "][..]);
+        let consciousness = if h == 0 {
+            letter.boxed()
+        } else {
+            let bad = proptest::sample::select(&["X", "", "AVPU", "ａ", "Ü", "A\u{0}"][..]);
+            prop_oneof![12 => letter, h => bad].boxed()
+        }
+        .prop_map(|c| serde_json::Value::String(c.to_owned()).to_string());
+        let vitals = object(
+            vec![
+                ("heart_rate", field(number(0, 380), h)),
+                ("resp_rate", field(number(0, 130), h)),
+                ("spo2", field(number(0, 110), h)),
+                ("temp_c", field(number(18, 48), h)),
+                ("systolic", field(number(0, 380), h)),
+                ("diastolic", field(number(0, 320), h)),
+                ("consciousness", field(consciousness, h)),
+                (
+                    "on_oxygen",
+                    field(
+                        prop_oneof![Just("true".to_owned()), Just("false".to_owned())],
+                        h,
+                    ),
+                ),
+            ],
+            &["pulse_ox", "heartRate", "HEART_RATE", "map"],
+            h,
+        );
+        let device = prop_oneof![
+            "[a-z0-9-]{0,16}".prop_map(|s| format!("\"{s}\"")),
+            any::<String>().prop_map(|s| serde_json::Value::String(s).to_string()),
+        ];
+        object(
+            vec![
+                ("patient_id", field(patient_id(), h)),
+                ("device_id", field(device, h)),
+                ("observed_at", timestamp(h)),
+                ("vitals", field(vitals, h)),
+                (
+                    "annotation",
+                    field("[a-z:_]{0,24}".prop_map(|s| format!("\"{s}\"")), h),
+                ),
+            ],
+            &["customer_id", "patientId", "vital", "ingested_at"],
+            h,
+        )
+    }
+
+    /// What the decoder may answer: an observation that passes `validate`, with a patient
+    /// and finite, plausible values, or an error that says what is wrong.
+    fn check_decoded(
+        record: &str,
+        result: Result<Observation, DecodeError>,
+    ) -> Result<(), TestCaseError> {
+        match result {
+            Ok(obs) => {
+                prop_assert!(validate(&obs).is_ok(), "{:?} from {}", obs, record);
+                prop_assert!(!obs.patient_id.as_str().is_empty(), "{}", record);
+                prop_assert!(!obs.vitals.is_empty(), "{}", record);
+                for (vital, x) in obs.vitals.iter() {
+                    let (lo, hi) = vital.plausible_range();
+                    prop_assert!(
+                        x.is_finite() && lo <= x && x <= hi,
+                        "{} {} from {}",
+                        vital,
+                        x,
+                        record
+                    );
+                }
+            }
+            Err(e) => {
+                let detail = match &e {
+                    DecodeError::Malformed { message, .. } => message.clone(),
+                    DecodeError::Implausible(m) | DecodeError::Invalid(m) => m.clone(),
+                    other => other.to_string(),
+                };
+                prop_assert!(!detail.trim().is_empty(), "{:?} for {}", e, record);
+                prop_assert!(!e.to_string().trim().is_empty());
+            }
+        }
+        Ok(())
+    }
+
+    /// The generators reach every outcome, valid records included, in both layouts.
+    #[test]
+    fn hostile_records_get_past_the_parser() {
+        use proptest::strategy::ValueTree;
+        use proptest::test_runner::TestRunner;
+        for (layout, strategy) in [
+            ("classic", classic_record()),
+            ("canonical", canonical_record()),
+        ] {
+            let mut runner = TestRunner::deterministic();
+            // Ok, Malformed, Implausible, Invalid, any other error.
+            let mut outcomes = [0usize; 5];
+            for _ in 0..1000 {
+                let record = strategy.new_tree(&mut runner).unwrap().current();
+                outcomes[match decode_record(record.as_bytes(), InputFormat::Auto, T0) {
+                    Ok(_) => 0,
+                    Err(DecodeError::Malformed { .. }) => 1,
+                    Err(DecodeError::Implausible(_)) => 2,
+                    Err(DecodeError::Invalid(_)) => 3,
+                    Err(_) => 4,
+                }] += 1;
+            }
+            assert!(outcomes[0] >= 100, "{layout}: outcomes {outcomes:?}");
+            assert!(
+                outcomes[1..4].iter().all(|&n| n >= 10),
+                "{layout}: outcomes {outcomes:?}"
+            );
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn decoding_hostile_records_never_panics_and_keeps_only_plausible_values(
+            record in prop_oneof![classic_record(), canonical_record()],
+            format in prop_oneof![
+                3 => Just(InputFormat::Auto),
+                1 => Just(InputFormat::Classic),
+                1 => Just(InputFormat::Canonical),
+            ],
+        ) {
+            check_decoded(&record, decode_record(record.as_bytes(), format, T0))?;
+            for raw in split_body(record.as_bytes()) {
+                check_decoded(&record, decode_record(raw.bytes, format, T0))?;
+            }
         }
     }
 }
