@@ -1,7 +1,8 @@
 //! `vitalwatch bench`: measured speed, printed as readings/s and latency percentiles.
 //!
 //! - `bench engine`: the pure rules engine on one thread over pre-generated simulator
-//!   observations (decoding and I/O excluded), for the standard and classic profiles.
+//!   observations (decoding and I/O excluded), for the standard and classic profiles, and
+//!   the memory its per-patient and per-device state takes.
 //! - `bench http`: a real server on a loopback port and a paced HTTP/1.1 client in the same
 //!   process; latency is from each reading's `observed_at` (set by the client as it sends)
 //!   to its alert being written to the catalog and the alert log.
@@ -15,7 +16,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use tokio_util::sync::CancellationToken;
 use vitalwatch_core::engine::{Engine, Findings};
-use vitalwatch_core::model::{Observation, Timestamp};
+use vitalwatch_core::model::Observation;
 use vitalwatch_core::reference::{CLASSIC_THRESHOLDS_CSV, ThresholdTable, parse_threshold_csv};
 use vitalwatch_core::rules::{Profile, RulesConfig};
 use vitalwatch_core::simulate::{SimConfig, Simulator};
@@ -48,9 +49,9 @@ pub fn engine(patients: usize, readings: u64) -> anyhow::Result<()> {
             profile,
             ..RulesConfig::default()
         };
+        let rss_before = crate::commands::rss_mib();
         let mut engine = Engine::new(rules, sim.patients().to_vec(), table.clone());
         let mut findings = Findings::default();
-        let now = Timestamp(0);
         let mut done = 0u64;
         let mut events = 0u64;
         let mut input = input.clone();
@@ -63,7 +64,8 @@ pub fn engine(patients: usize, readings: u64) -> anyhow::Result<()> {
         while done < readings {
             let t = Instant::now();
             for o in &input {
-                engine.process(o, now, &mut findings);
+                // The clock reads the reading's own time: a stream with no delay.
+                engine.process(o, o.observed_at, &mut findings);
                 done += o.vitals.len() as u64;
                 events += findings.events.len() as u64;
                 findings.clear();
@@ -82,6 +84,16 @@ pub fn engine(patients: usize, readings: u64) -> anyhow::Result<()> {
             profile.as_str(),
             done as f64 / secs
         );
+        let (tracked_patients, tracked_devices) = engine.tracked();
+        if let (Some(a), Some(b)) = (rss_before, crate::commands::rss_mib()) {
+            println!(
+                "  {:<16} state: {tracked_patients} patients, {tracked_devices} devices, {:.1} MiB resident ({:.0} bytes per patient)",
+                "",
+                b - a,
+                (b - a) * 1_048_576.0 / tracked_patients.max(1) as f64
+            );
+        }
+        drop(engine);
     }
     Ok(())
 }
