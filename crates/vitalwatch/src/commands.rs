@@ -160,7 +160,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut http_task = None;
     let mut listening = None;
     if cfg.http.enabled {
-        let addr: SocketAddr = cfg.http.listen.parse()?;
+        let addr: SocketAddr = tokio::net::lookup_host(cfg.http.listen.as_str())
+            .await
+            .with_context(|| format!("cannot resolve http.listen = {}", cfg.http.listen))?
+            .next()
+            .with_context(|| format!("http.listen = {} resolves to no address", cfg.http.listen))?;
         let (local, task) = http::serve(
             addr,
             pipeline.handle(),

@@ -202,8 +202,71 @@ impl std::error::Error for ConfigProblems {}
 /// Keys whose values are open maps (any key allowed).
 const OPEN_MAPS: &[&str] = &["rules.thresholds.hysteresis"];
 
+/// Arrays of tables, checked item by item.
+const TABLE_ARRAYS: &[&str] = &["rules.limits"];
+
+/// One problem, with the key it is about when there is one.
+struct Problem {
+    key: Option<String>,
+    message: String,
+}
+
+/// Where each key of a TOML document is written (1-based line), by key path
+/// (`rules.news2.enabled`, `rules.limits[1].name`).
+#[derive(Default)]
+struct KeyLines(std::collections::HashMap<String, usize>);
+
+impl KeyLines {
+    fn scan(text: &str) -> Self {
+        let mut lines = KeyLines::default();
+        let mut prefix = String::new();
+        let mut arrays: std::collections::HashMap<String, usize> = Default::default();
+        let clean = |k: &str| {
+            k.split('.')
+                .map(|p| p.trim().trim_matches('"').trim_matches('\''))
+                .collect::<Vec<_>>()
+                .join(".")
+        };
+        for (i, raw) in text.lines().enumerate() {
+            let l = raw.trim();
+            if let Some(h) = l.strip_prefix("[[").and_then(|h| h.split("]]").next()) {
+                let h = clean(h);
+                let n = arrays.entry(h.clone()).or_insert(0);
+                prefix = format!("{h}[{n}]");
+                *n += 1;
+                lines.0.entry(prefix.clone()).or_insert(i + 1);
+            } else if let Some(h) = l.strip_prefix('[').and_then(|h| h.split(']').next()) {
+                prefix = clean(h);
+                lines.0.entry(prefix.clone()).or_insert(i + 1);
+            } else if !l.starts_with('#')
+                && let Some((k, _)) = l.split_once('=')
+            {
+                let k = clean(k);
+                let path = if prefix.is_empty() {
+                    k
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                lines.0.entry(path).or_insert(i + 1);
+            }
+        }
+        lines
+    }
+
+    /// The line of a key, or of the nearest enclosing table written in the file.
+    fn line(&self, key: &str) -> Option<usize> {
+        let mut k = key;
+        loop {
+            if let Some(l) = self.0.get(k) {
+                return Some(*l);
+            }
+            k = &k[..k.rfind(['.', '['])?];
+        }
+    }
+}
+
 /// Lists every key of `user` that the schema (the serialized defaults) does not have.
-fn unknown_keys(user: &toml::Table, schema: &toml::Table, prefix: &str, out: &mut Vec<String>) {
+fn unknown_keys(user: &toml::Table, schema: &toml::Table, prefix: &str, out: &mut Vec<Problem>) {
     for (k, v) in user {
         let path = if prefix.is_empty() {
             k.clone()
@@ -216,17 +279,17 @@ fn unknown_keys(user: &toml::Table, schema: &toml::Table, prefix: &str, out: &mu
         match (v, schema.get(k)) {
             (_, None) => {
                 let known: Vec<&str> = schema.keys().map(String::as_str).collect();
-                out.push(format!(
-                    "unknown key `{path}` (known here: {})",
-                    known.join(", ")
-                ));
+                out.push(Problem {
+                    message: format!("unknown key `{path}` (known here: {})", known.join(", ")),
+                    key: Some(path),
+                });
             }
             (toml::Value::Table(u), Some(toml::Value::Table(s))) => unknown_keys(u, s, &path, out),
             (toml::Value::Array(items), Some(toml::Value::Array(s))) => {
                 if let Some(toml::Value::Table(first)) = s.first() {
                     let mut item_schema = first.clone();
                     // Optional fields absent from the default item.
-                    for opt in ["below", "above", "scale"] {
+                    for opt in limit_item_keys(schema) {
                         item_schema.entry(opt).or_insert(toml::Value::Float(0.0));
                     }
                     for (i, item) in items.iter().enumerate() {
@@ -241,7 +304,80 @@ fn unknown_keys(user: &toml::Table, schema: &toml::Table, prefix: &str, out: &mu
     }
 }
 
-/// Parses and validates configuration text.
+/// Every value of `user` the schema knows, by path: leaves, open maps and arrays of tables
+/// as whole values.
+fn known_values<'a>(
+    user: &'a toml::Table,
+    schema: &toml::Table,
+    prefix: &str,
+    out: &mut Vec<(Vec<String>, &'a toml::Value)>,
+    path: &mut Vec<String>,
+) {
+    for (k, v) in user {
+        let Some(s) = schema.get(k) else { continue };
+        path.push(k.clone());
+        let dotted = path.join(".");
+        match (v, s) {
+            (toml::Value::Table(u), toml::Value::Table(st))
+                if !OPEN_MAPS.contains(&dotted.as_str()) =>
+            {
+                known_values(u, st, prefix, out, path)
+            }
+            _ => out.push((path.clone(), v)),
+        }
+        path.pop();
+    }
+}
+
+/// Sets a value at a path of tables, creating tables on the way.
+fn set_path(t: &mut toml::Table, path: &[String], v: toml::Value) {
+    let Some((last, parents)) = path.split_last() else {
+        return;
+    };
+    let mut cur = t;
+    for p in parents {
+        let entry = cur
+            .entry(p.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if !entry.is_table() {
+            *entry = toml::Value::Table(toml::Table::new());
+        }
+        let toml::Value::Table(next) = entry else {
+            return;
+        };
+        cur = next;
+    }
+    cur.insert(last.clone(), v);
+}
+
+/// The keys a `[[rules.limits]]` item may have.
+fn limit_item_keys(schema: &toml::Table) -> Vec<String> {
+    let mut keys: Vec<String> = schema
+        .get("rules")
+        .and_then(|r| r.get("limits"))
+        .and_then(|l| l.as_array())
+        .and_then(|a| a.first())
+        .and_then(|f| f.as_table())
+        .map(|t| t.keys().cloned().collect())
+        .unwrap_or_default();
+    keys.extend(["below", "above", "scale"].map(String::from));
+    keys
+}
+
+/// A deserialization error in one line, without serde's "in `...`" suffix noise.
+fn one_line(e: impl std::fmt::Display) -> String {
+    e.to_string()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Parses and validates configuration text. Every problem is reported in one pass:
+/// unknown keys, values of the wrong type or form (each key on its own), and the
+/// semantic checks (ranges, cross-field rules) over everything that did parse, each with
+/// its key path and line.
 pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigProblems> {
     let fail = |problems| ConfigProblems {
         path: path.to_owned(),
@@ -249,26 +385,84 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigProblems> {
     };
     let table: toml::Table =
         toml::from_str(text).map_err(|e| fail(vec![format!("not valid TOML: {e}")]))?;
+    let lines = KeyLines::scan(text);
     let mut problems = Vec::new();
     let schema = toml::Table::try_from(Config::default()).expect("default config serializes");
     unknown_keys(&table, &schema, "", &mut problems);
-    let cfg = match Config::deserialize(toml::Value::Table(table)) {
+
+    // Each known value on its own, over the defaults: one bad value cannot hide another.
+    let mut merged = schema.clone();
+    let mut values = Vec::new();
+    known_values(&table, &schema, "", &mut values, &mut Vec::new());
+    for (key, value) in values {
+        let dotted = key.join(".");
+        let value = if TABLE_ARRAYS.contains(&dotted.as_str()) {
+            // Item by item: keep the good ones, report each bad one with its index.
+            let items = value.as_array().cloned().unwrap_or_default();
+            let item_keys = limit_item_keys(&schema);
+            let mut good = Vec::new();
+            for (i, mut item) in items.into_iter().enumerate() {
+                // Unknown keys are reported above, once.
+                if let toml::Value::Table(t) = &mut item {
+                    t.retain(|k, _| item_keys.iter().any(|x| x == k));
+                }
+                match vitalwatch_core::rules::LimitRule::deserialize(item.clone()) {
+                    Ok(_) => good.push(item),
+                    Err(e) => problems.push(Problem {
+                        key: Some(format!("{dotted}[{i}]")),
+                        message: format!("`{dotted}[{i}]`: {}", one_line(e)),
+                    }),
+                }
+            }
+            toml::Value::Array(good)
+        } else {
+            value.clone()
+        };
+        let mut trial = schema.clone();
+        set_path(&mut trial, &key, value.clone());
+        match Config::deserialize(toml::Value::Table(trial)) {
+            Ok(_) => set_path(&mut merged, &key, value),
+            Err(e) => problems.push(Problem {
+                message: format!(
+                    "`{dotted}`: {}",
+                    one_line(e).trim_end_matches(&format!(" in `{dotted}`"))
+                ),
+                key: Some(dotted),
+            }),
+        }
+    }
+    let cfg = match Config::deserialize(toml::Value::Table(merged)) {
         Ok(c) => Some(c),
         Err(e) => {
-            let msg = e.to_string();
-            // Unknown keys were listed above with their full paths.
-            if !msg.contains("unknown field") {
-                problems.push(msg.trim().to_owned());
-            }
+            problems.push(Problem {
+                key: None,
+                message: one_line(e),
+            });
             None
         }
     };
     if let Some(c) = &cfg {
-        problems.extend(c.problems());
+        for message in c.problems() {
+            // Semantic problems start with the key they are about.
+            let key = message
+                .split([' ', ':'])
+                .next()
+                .filter(|k| k.contains('.') || schema.contains_key(*k))
+                .map(str::to_owned);
+            problems.push(Problem { key, message });
+        }
     }
     match cfg {
         Some(c) if problems.is_empty() => Ok(c),
-        _ => Err(fail(problems)),
+        _ => Err(fail(
+            problems
+                .into_iter()
+                .map(|p| match p.key.as_deref().and_then(|k| lines.line(k)) {
+                    Some(l) => format!("line {l}: {}", p.message),
+                    None => p.message,
+                })
+                .collect(),
+        )),
     }
 }
 
@@ -279,6 +473,23 @@ pub fn load(path: &Path) -> anyhow::Result<Config> {
     Ok(parse(&text, path)?)
 }
 
+/// `HOST:PORT` with a port number and a host (a name, an IPv4 address, or `[IPv6]`).
+pub fn is_host_port(s: &str) -> bool {
+    if s.parse::<SocketAddr>().is_ok() {
+        return true;
+    }
+    match s.rsplit_once(':') {
+        Some((host, port)) => {
+            port.parse::<u16>().is_ok()
+                && !host.is_empty()
+                && host
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
+        }
+        None => false,
+    }
+}
+
 impl Config {
     /// Every semantic problem with the settings.
     pub fn problems(&self) -> Vec<String> {
@@ -287,9 +498,9 @@ impl Config {
         if self.data_dir.as_os_str().is_empty() {
             p.push("data_dir is empty".into());
         }
-        if self.http.enabled && self.http.listen.parse::<SocketAddr>().is_err() {
+        if self.http.enabled && !is_host_port(&self.http.listen) {
             p.push(format!(
-                "http.listen = {:?} is not an address such as 127.0.0.1:8080",
+                "http.listen = {:?} is not HOST:PORT, such as 127.0.0.1:8080 or localhost:8080",
                 self.http.listen
             ));
         }
@@ -403,8 +614,14 @@ mod tests {
             port = 80
             [simulator]
             patients = 0
+            seed = "forty-two"
+            [warehouse]
+            zstd_level = 40
             [rules]
+            profile = "fancy"
             renotify_after = "1s"
+            [rules.thresholds]
+            persistence = "ten seconds"
             [[rules.limits]]
             name = "a"
             vital = "spo2"
@@ -412,34 +629,38 @@ mod tests {
             persistence = "0s"
             message = "m"
             treshold = 3
+            [[rules.limits]]
+            name = "b"
+            vital = "pulse_ox"
+            below = 90.0
+            priority = "high"
+            persistence = "0s"
+            message = "m"
         "#;
         let err = parse(text, Path::new("bad.toml")).unwrap_err();
         let all = err.to_string();
+        // One pass: unknown keys, types (each on its own), ranges and cross-field rules,
+        // each with its line.
         for want in [
-            "unknown key `colour`",
-            "unknown key `http.port`",
-            "unknown key `rules.limits[0].treshold`",
+            "line 3: unknown key `colour`",
+            "line 6: unknown key `http.port`",
+            "line 23: unknown key `rules.limits[0].treshold`",
+            "line 9: `simulator.seed`",
+            "line 13: `rules.profile`: unknown variant `fancy`",
+            "line 16: `rules.thresholds.persistence`: invalid duration \"ten seconds\"",
+            "line 24: `rules.limits[1]`: unknown variant `pulse_ox`",
+            "line 5: http.listen = \"localhost\" is not HOST:PORT",
+            "line 8: simulator.patients = 0",
+            "line 11: warehouse.zstd_level = 40",
+            "line 14: rules.renotify_after = 1s is too short",
+            "line 17: rules.limits[0] (a): set `below`",
         ] {
             assert!(all.contains(want), "missing {want:?} in:\n{all}");
         }
-        assert_eq!(err.problems.len(), 3, "{all}");
-
-        // Once the keys are right, the semantic checks all report together.
-        let text = text
-            .replace("colour = \"blue\"", "")
-            .replace("port = 80", "")
-            .replace("treshold = 3", "");
-        let err = parse(&text, Path::new("bad.toml")).unwrap_err();
-        let all = err.to_string();
-        for want in [
-            "http.listen",
-            "simulator.patients",
-            "renotify_after",
-            "rules.limits[0] (a): set `below`",
-        ] {
-            assert!(all.contains(want), "missing {want:?} in:\n{all}");
-        }
-        assert_eq!(err.problems.len(), 4, "{all}");
+        assert_eq!(err.problems.len(), 12, "{all}");
+        // Host names are addresses too.
+        let ok = parse("[http]\nlisten = \"localhost:8080\"\n", Path::new("ok.toml")).unwrap();
+        assert_eq!(ok.http.listen, "localhost:8080");
     }
 
     #[test]
