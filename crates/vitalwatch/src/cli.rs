@@ -7,9 +7,14 @@ use vitalwatch_core::codec::InputFormat;
 use vitalwatch_core::rules::Profile;
 
 /// Real-time patient-vitals alerting: ingest, evaluate, alert, archive.
+///
+/// Exit status: 0 success, 1 error, 2 usage error (unknown command or option, bad value).
 #[derive(Debug, Parser)]
 #[command(name = "vitalwatch", version, about)]
 pub struct Cli {
+    /// No confirmation lines from commands that write (errors still print).
+    #[arg(long, short = 'q', global = true)]
+    pub quiet: bool,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,

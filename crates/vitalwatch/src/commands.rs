@@ -44,6 +44,22 @@ pub fn load_config(args: &DataArgs) -> anyhow::Result<Config> {
     Ok(cfg)
 }
 
+/// `--quiet`: no confirmation lines.
+pub static QUIET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// One confirmation line for a command that wrote something (what, where, how many), on
+/// standard error so standard output stays data; silent with `--quiet`.
+pub fn confirm(line: impl std::fmt::Display) {
+    if !QUIET.load(std::sync::atomic::Ordering::Relaxed) {
+        eprintln!("{line}");
+    }
+}
+
+/// Colour on a terminal only, and never when `NO_COLOR` is set (https://no-color.org).
+pub fn colour_on(is_terminal: bool) -> bool {
+    is_terminal && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
 /// Writes to standard output; a reader that went away (`| head`) ends the output quietly
 /// instead of panicking like `print!` does.
 fn emit(text: &str) -> anyhow::Result<()> {
@@ -55,6 +71,91 @@ fn emit(text: &str) -> anyhow::Result<()> {
 
 fn parse_duration(s: &str, what: &str) -> anyhow::Result<Duration> {
     Duration::parse(s).with_context(|| format!("bad {what}"))
+}
+
+/// The exclusive hold of a writing command on a data directory, released when dropped
+/// (or when the process dies: the operating system drops the lock with it).
+#[derive(Debug)]
+pub struct DataLock {
+    _file: std::fs::File,
+}
+
+/// Takes the data directory for a writing command (`run`, `replay`, imports), creating
+/// it if needed; names the holder when another process has it. Read commands take no lock
+/// and work while `run` holds it.
+pub fn lock_data_dir(dir: &Path, what: &str) -> anyhow::Result<DataLock> {
+    use std::io::{Read, Seek};
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create data directory {}", dir.display()))?;
+    let path = dir.join(".vitalwatch.lock");
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    match f.try_lock() {
+        Ok(()) => {
+            f.set_len(0)?;
+            f.rewind()?;
+            write!(
+                f,
+                "`vitalwatch {what}` (pid {}, since {})",
+                std::process::id(),
+                wall_now()
+            )?;
+            Ok(DataLock { _file: f })
+        }
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = f.read_to_string(&mut holder);
+            bail!(
+                "data directory {} is in use by {}; stop it first, or pass another --data",
+                dir.display(),
+                if holder.is_empty() {
+                    "another vitalwatch process".to_owned()
+                } else {
+                    holder
+                }
+            )
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("cannot lock {}", path.display()))
+        }
+    }
+}
+
+/// A data directory a read command can use: it must exist (read commands never create
+/// one, so a mistyped `--data` is an error, not an empty table).
+fn existing_data_dir(cfg: &Config) -> anyhow::Result<()> {
+    let dir = &cfg.data_dir;
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let nearest = dir
+        .ancestors()
+        .skip(1)
+        .find(|a| a.is_dir() && !a.as_os_str().is_empty())
+        .map(|a| format!(" (nearest existing directory: {})", a.display()))
+        .unwrap_or_default();
+    bail!(
+        "no data directory {}{nearest}; pass the --data of a `vitalwatch run`, `replay` or import",
+        dir.display()
+    )
+}
+
+/// The catalog of an existing data directory, for reading.
+fn open_catalog_read(cfg: &Config) -> anyhow::Result<SqliteCatalog> {
+    existing_data_dir(cfg)?;
+    let p = catalog_path(&cfg.data_dir);
+    if !p.is_file() {
+        bail!(
+            "no catalog in {}: nothing was imported, run or replayed there yet",
+            cfg.data_dir.display()
+        );
+    }
+    SqliteCatalog::open(&p).with_context(|| format!("cannot open catalog {}", p.display()))
 }
 
 fn open_catalog(cfg: &Config) -> anyhow::Result<SqliteCatalog> {
@@ -88,7 +189,7 @@ pub fn seed_reference(cfg: &Config, demo: usize) -> anyhow::Result<()> {
             .filter(|p| !have.contains(p.patient_id.as_str()))
             .collect();
         if !missing.is_empty() {
-            cat.import_patients(&missing)?;
+            cat.import_patients(&missing, "demo patients", wall_now())?;
             tracing::info!(added = missing.len(), "added demo patients");
         }
     }
@@ -137,6 +238,19 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .as_deref()
         .map(|d| parse_duration(d, "--duration"))
         .transpose()?;
+    // Everything that can fail at start-up fails before anything is written: the port,
+    // then the data directory's lock.
+    let listener = if cfg.http.enabled {
+        let addr: SocketAddr = tokio::net::lookup_host(cfg.http.listen.as_str())
+            .await
+            .with_context(|| format!("cannot resolve http.listen = {}", cfg.http.listen))?
+            .next()
+            .with_context(|| format!("http.listen = {} resolves to no address", cfg.http.listen))?;
+        Some(http::bind(addr).await?)
+    } else {
+        None
+    };
+    let _lock = lock_data_dir(&cfg.data_dir, "run")?;
     seed_reference(
         &cfg,
         if cfg.simulator.enabled {
@@ -159,19 +273,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let mut http_task = None;
     let mut listening = None;
-    if cfg.http.enabled {
-        let addr: SocketAddr = tokio::net::lookup_host(cfg.http.listen.as_str())
-            .await
-            .with_context(|| format!("cannot resolve http.listen = {}", cfg.http.listen))?
-            .next()
-            .with_context(|| format!("http.listen = {} resolves to no address", cfg.http.listen))?;
-        let (local, task) = http::serve(
-            addr,
+    if let Some(listener) = listener {
+        let (local, task) = http::serve_on(
+            listener,
             pipeline.handle(),
             cfg.http.max_body_bytes,
             cancel.clone(),
-        )
-        .await?;
+        )?;
         listening = Some(local);
         http_task = Some(task);
     }
@@ -270,6 +378,7 @@ pub fn replay(args: ReplayArgs) -> anyhow::Result<()> {
             bail!("no such file: {}", f.display());
         }
     }
+    let _lock = lock_data_dir(&cfg.data_dir, "replay")?;
     seed_reference(&cfg, args.demo_patients)?;
     let metrics = Arc::new(Metrics::default());
     let pipeline = Pipeline::start(
@@ -573,7 +682,20 @@ pub fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
             Err(e).context("cannot write output")
         }
-        _ => Ok(()),
+        _ => {
+            if args.output.as_os_str() != "-" {
+                confirm(format_args!(
+                    "wrote {count} observation sets ({} patients, {} format) to {}",
+                    args.patients,
+                    match args.format {
+                        SimFormat::Classic => "classic",
+                        SimFormat::Canonical => "canonical",
+                    },
+                    args.output.display()
+                ));
+            }
+            Ok(())
+        }
     }
 }
 
@@ -588,6 +710,7 @@ fn output_format(f: TableFormat) -> OutputFormat {
 /// `vitalwatch query`
 pub async fn query(data: &DataArgs, sql: &str, format: TableFormat) -> anyhow::Result<()> {
     let cfg = load_config(data)?;
+    existing_data_dir(&cfg)?;
     let root = warehouse_root(&cfg.data_dir);
     let batches = warehouse::query(&root, sql).await.context("query failed")?;
     let text = warehouse::format_batches(&batches, output_format(format))?;
@@ -599,8 +722,25 @@ pub async fn query(data: &DataArgs, sql: &str, format: TableFormat) -> anyhow::R
 }
 
 /// Prints rows as a table, CSV or JSON lines.
+/// Columns whose cells are numbers (JSON output writes them as numbers).
+const NUMERIC_COLUMNS: &[&str] = &[
+    "age",
+    "spo2_scale",
+    "ref_id",
+    "low_age_limit",
+    "high_age_limit",
+    "low_range_value",
+    "high_range_value",
+    "alert_flag",
+    "version",
+    "bands",
+    "value",
+    "events",
+];
+
 fn print_rows(headers: &[&str], rows: &[Vec<String>], format: TableFormat) -> anyhow::Result<()> {
-    let mut out = std::io::stdout().lock();
+    // Built whole, then written: a closed pipe (`| head`) ends the command quietly.
+    let mut out: Vec<u8> = Vec::new();
     match format {
         TableFormat::Table => {
             let mut w: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
@@ -645,13 +785,27 @@ fn print_rows(headers: &[&str], rows: &[Vec<String>], format: TableFormat) -> an
                 let obj: serde_json::Map<String, serde_json::Value> = headers
                     .iter()
                     .zip(r)
-                    .map(|(h, v)| ((*h).to_owned(), serde_json::Value::String(v.clone())))
+                    .map(|(h, v)| {
+                        let typed = match v.parse::<f64>() {
+                            _ if v.is_empty() => serde_json::Value::Null,
+                            Ok(n)
+                                if NUMERIC_COLUMNS.contains(h)
+                                    && n.fract() == 0.0
+                                    && n.abs() < 9e15 =>
+                            {
+                                serde_json::json!(n as i64)
+                            }
+                            Ok(n) if NUMERIC_COLUMNS.contains(h) => serde_json::json!(n),
+                            _ => serde_json::Value::String(v.clone()),
+                        };
+                        ((*h).to_owned(), typed)
+                    })
                     .collect();
                 writeln!(out, "{}", serde_json::Value::Object(obj))?;
             }
         }
     }
-    Ok(())
+    emit(&String::from_utf8_lossy(&out))
 }
 
 fn csv_writer<W: Write>(w: W) -> csv::Writer<W> {
@@ -667,16 +821,27 @@ pub fn patients(cmd: PatientsCommand) -> anyhow::Result<()> {
                 std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
             let patients = parse_patients_csv(&bytes)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-            let n = open_catalog(&cfg)?.import_patients(&patients)?;
-            println!(
-                "imported {n} patients from {} into {}",
+            let source = format!("patients import {}", file.display());
+            let _lock = lock_data_dir(&cfg.data_dir, "patients import")?;
+            let r = open_catalog(&cfg)?.import_patients(&patients, &source, wall_now())?;
+            confirm(format_args!(
+                "{}: {} added, {} updated, {} unchanged, in {}",
                 file.display(),
+                r.added,
+                r.updated.len(),
+                r.unchanged,
                 catalog_path(&cfg.data_dir).display()
-            );
+            ));
+            for (id, fields) in &r.updated {
+                confirm(format_args!(
+                    "  updated patient {id}: {}",
+                    fields.join(", ")
+                ));
+            }
         }
         PatientsCommand::List { data, format } => {
             let cfg = load_config(&data)?;
-            let ps = open_catalog(&cfg)?.patients()?;
+            let ps = open_catalog_read(&cfg)?.patients()?;
             let rows: Vec<Vec<String>> = ps
                 .iter()
                 .map(|p| {
@@ -722,12 +887,23 @@ pub fn thresholds(cmd: ThresholdsCommand) -> anyhow::Result<()> {
             let bands = parse_threshold_csv(&bytes)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
             let source = file.display().to_string();
-            let v = open_catalog(&cfg)?.import_thresholds(&bands, &source, wall_now())?;
-            println!(
-                "imported {} bands from {} as version {v}",
-                bands.len(),
-                file.display()
-            );
+            let _lock = lock_data_dir(&cfg.data_dir, "thresholds import")?;
+            let mut cat = open_catalog(&cfg)?;
+            let before = cat.thresholds()?.version;
+            let v = cat.import_thresholds(&bands, &source, wall_now())?;
+            if v == before {
+                confirm(format_args!(
+                    "{}: unchanged, still version {v} ({} bands)",
+                    file.display(),
+                    bands.len()
+                ));
+            } else {
+                confirm(format_args!(
+                    "imported {} bands from {} as version {v}",
+                    bands.len(),
+                    file.display()
+                ));
+            }
         }
         ThresholdsCommand::List {
             data,
@@ -736,7 +912,7 @@ pub fn thresholds(cmd: ThresholdsCommand) -> anyhow::Result<()> {
             format,
         } => {
             let cfg = load_config(&data)?;
-            let cat = open_catalog(&cfg)?;
+            let cat = open_catalog_read(&cfg)?;
             if versions {
                 let rows: Vec<Vec<String>> = cat
                     .threshold_versions()?
@@ -757,7 +933,25 @@ pub fn thresholds(cmd: ThresholdsCommand) -> anyhow::Result<()> {
                 );
             }
             let t = match version {
-                Some(v) => cat.thresholds_version(v)?,
+                Some(v) => {
+                    let t = cat.thresholds_version(v)?;
+                    if t.bands.is_empty() {
+                        let known: Vec<String> = cat
+                            .threshold_versions()?
+                            .iter()
+                            .map(|v| v.version.to_string())
+                            .collect();
+                        bail!(
+                            "no threshold table version {v} (versions: {})",
+                            if known.is_empty() {
+                                "none yet".to_owned()
+                            } else {
+                                known.join(", ")
+                            }
+                        );
+                    }
+                    t
+                }
                 None => cat.thresholds()?,
             };
             if t.bands.is_empty() {
@@ -810,7 +1004,7 @@ pub fn alerts(cmd: AlertsCommand) -> anyhow::Result<()> {
             format,
         } => {
             let cfg = load_config(&data)?;
-            let list = open_catalog(&cfg)?.alerts(!all, limit)?;
+            let list = open_catalog_read(&cfg)?.alerts(!all, limit)?;
             let rows: Vec<Vec<String>> = list
                 .into_iter()
                 .map(|a| {

@@ -659,7 +659,11 @@ mod tests {
         }
         assert_eq!(err.problems.len(), 12, "{all}");
         // Host names are addresses too.
-        let ok = parse("[http]\nlisten = \"localhost:8080\"\n", Path::new("ok.toml")).unwrap();
+        let ok = parse(
+            "[http]\nlisten = \"localhost:8080\"\n",
+            Path::new("ok.toml"),
+        )
+        .unwrap();
         assert_eq!(ok.http.listen, "localhost:8080");
     }
 

@@ -11,6 +11,7 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -19,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use vitalwatch_connectors::catalog::SqliteCatalog;
 use vitalwatch_core::codec::{InputFormat, decode_record, split_body};
+use vitalwatch_core::engine::AckError;
 use vitalwatch_core::model::DeadLetter;
 
 use crate::pipeline::{IngestMsg, PipelineHandle, wall_now};
@@ -92,7 +94,7 @@ async fn post_readings(
             )
                 .into_response();
         }
-        Err(Err(reason)) => return error_json(StatusCode::BAD_REQUEST, reason),
+        Err(Err(reason)) => return error_json(StatusCode::BAD_REQUEST, "bad_body", reason),
     };
     let records = split_body(&body);
     h.metrics.received.fetch_add(records.len() as u64, Relaxed);
@@ -161,17 +163,37 @@ async fn post_readings(
         .into_response()
 }
 
-fn error_json(status: StatusCode, error: String) -> Response {
-    (status, axum::Json(serde_json::json!({ "error": error }))).into_response()
+/// Every error has one shape: `{"error": {"code": "...", "message": "..."}}`, where
+/// `code` is stable (for programs) and `message` is for people.
+fn error_json(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    (
+        status,
+        axum::Json(serde_json::json!({ "error": { "code": code, "message": message.into() } })),
+    )
+        .into_response()
 }
 
 /// 503: the pipeline stopped taking input (Ctrl-C or shutdown in progress).
 fn shutting_down() -> Response {
-    (
+    error_json(
         StatusCode::SERVICE_UNAVAILABLE,
-        "pipeline is shutting down\n",
+        "shutting_down",
+        "pipeline is shutting down",
     )
-        .into_response()
+}
+
+/// 404 for paths the API does not have.
+async fn not_found(uri: axum::http::Uri) -> Response {
+    error_json(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no such endpoint {uri}; see the README for the API"),
+    )
+}
+
+/// A query string that does not parse.
+fn bad_query(e: axum::extract::rejection::QueryRejection) -> Response {
+    error_json(StatusCode::BAD_REQUEST, "bad_query", e.body_text())
 }
 
 async fn healthz() -> impl IntoResponse {
@@ -208,8 +230,8 @@ async fn list_alerts(State(h): State<PipelineHandle>, Query(q): Query<AlertsQuer
             let list: Vec<_> = alerts.into_iter().map(|a| a.latest).collect();
             axum::Json(list).into_response()
         }
-        Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+        Ok(Err(e)) => error_json(StatusCode::INTERNAL_SERVER_ERROR, "catalog", e.to_string()),
+        Err(e) => error_json(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
     }
 }
 
@@ -230,20 +252,20 @@ async fn ack_alert(
         match serde_json::from_slice::<AckBody>(&body) {
             Ok(b) => b.by,
             Err(e) => {
-                return (
+                return error_json(
                     StatusCode::BAD_REQUEST,
-                    format!("invalid body: {e}; expected {{\"by\":\"name\"}}\n"),
-                )
-                    .into_response();
+                    "bad_body",
+                    format!("invalid body: {e}; expected {{\"by\":\"name\"}}"),
+                );
             }
         }
     };
     let Some(by) = by.filter(|b| !b.trim().is_empty()) else {
-        return (
+        return error_json(
             StatusCode::BAD_REQUEST,
-            "say who acknowledges: {\"by\":\"nurse.jones\"}\n",
-        )
-            .into_response();
+            "missing_actor",
+            "say who acknowledges: {\"by\":\"nurse.jones\"}",
+        );
     };
     let (tx, rx) = flume::bounded(1);
     if h.ingest
@@ -259,10 +281,12 @@ async fn ack_alert(
     }
     match rx.recv_async().await {
         Ok(Ok(ev)) => axum::Json(ev).into_response(),
-        Ok(Err(msg)) if msg.contains("already") => {
-            (StatusCode::CONFLICT, format!("{msg}\n")).into_response()
+        Ok(Err(e @ AckError::AlreadyAcknowledged(_))) => {
+            error_json(StatusCode::CONFLICT, "already_acknowledged", e.to_string())
         }
-        Ok(Err(msg)) => (StatusCode::NOT_FOUND, format!("{msg}\n")).into_response(),
+        Ok(Err(e @ AckError::NotActive(_))) => {
+            error_json(StatusCode::NOT_FOUND, "not_active", e.to_string())
+        }
         Err(_) => shutting_down(),
     }
 }
@@ -273,15 +297,31 @@ pub fn router(handle: PipelineHandle, max_body: usize) -> Router {
         .route(
             "/v1/readings",
             post(
-                move |h: State<PipelineHandle>, q: Query<ReadingsQuery>, body: Body| {
-                    post_readings(h, q, max_body, body)
+                move |h: State<PipelineHandle>,
+                      q: Result<Query<ReadingsQuery>, QueryRejection>,
+                      body: Body| async move {
+                    match q {
+                        Ok(q) => post_readings(h, q, max_body, body).await,
+                        Err(e) => bad_query(e),
+                    }
                 },
             ),
         )
-        .route("/v1/alerts", get(list_alerts))
+        .route(
+            "/v1/alerts",
+            get(
+                |h: State<PipelineHandle>, q: Result<Query<AlertsQuery>, QueryRejection>| async move {
+                    match q {
+                        Ok(q) => list_alerts(h, q).await,
+                        Err(e) => bad_query(e),
+                    }
+                },
+            ),
+        )
         .route("/v1/alerts/{id}/ack", post(ack_alert))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(handle)
 }
@@ -293,9 +333,25 @@ pub async fn serve(
     max_body: usize,
     cancel: CancellationToken,
 ) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<anyhow::Result<()>>)> {
-    let listener = tokio::net::TcpListener::bind(addr)
+    let listener = bind(addr).await?;
+    serve_on(listener, handle, max_body, cancel)
+}
+
+/// Binds the HTTP port: `run` does this before it touches the data directory, so a port
+/// in use fails before anything is written.
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))
+}
+
+/// Serves on a bound listener until `cancel`.
+pub fn serve_on(
+    listener: tokio::net::TcpListener,
+    handle: PipelineHandle,
+    max_body: usize,
+    cancel: CancellationToken,
+) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<anyhow::Result<()>>)> {
     let local = listener.local_addr()?;
     let app = router(handle, max_body);
     let task = tokio::spawn(async move {

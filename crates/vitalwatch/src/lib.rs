@@ -23,8 +23,11 @@ use cli::{BenchCommand, Cli, Command};
 /// Runs the command line; the binary's `main` is just this.
 pub fn main_with_args() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    commands::QUIET.store(cli.quiet, std::sync::atomic::Ordering::Relaxed);
+    use std::io::IsTerminal as _;
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(commands::colour_on(std::io::stderr().is_terminal()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("VITALWATCH_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,vitalwatch=info")),

@@ -28,7 +28,7 @@ use vitalwatch_connectors::warehouse::{ParquetSink, WarehouseConfig, WarehouseSt
 use vitalwatch_core::alert::{AlertEvent, AlertEventKind, Priority};
 use vitalwatch_core::clock::{Reference, StreamClock, TimeConfig, TimeError};
 use vitalwatch_core::codec::encode_canonical;
-use vitalwatch_core::engine::{Engine, Findings, Processed};
+use vitalwatch_core::engine::{AckError, Engine, Findings, Processed};
 use vitalwatch_core::model::{DeadLetter, Duration, Observation, Timestamp, Unclassified};
 
 use crate::config::Config;
@@ -78,7 +78,7 @@ pub enum IngestMsg {
         /// Who acknowledges.
         by: String,
         /// Where the result goes.
-        reply: flume::Sender<Result<AlertEvent, String>>,
+        reply: flume::Sender<Result<AlertEvent, AckError>>,
     },
 }
 
@@ -437,9 +437,7 @@ fn engine_loop(
                     EngineClock::Wall => wall_now(),
                     EngineClock::Stream(_) => stream_now,
                 };
-                let r = engine
-                    .acknowledge(&alert_id, &by, now)
-                    .map_err(|e| e.to_string());
+                let r = engine.acknowledge(&alert_id, &by, now);
                 if let Ok(ev) = &r {
                     findings.events.push(ev.clone());
                     emit(&mut findings);
@@ -540,7 +538,7 @@ impl AlertOutputs {
             None
         };
         let console = (console && config.alerts.console).then(|| ConsolePrinter {
-            colour: std::io::stdout().is_terminal(),
+            colour: crate::commands::colour_on(std::io::stdout().is_terminal()),
             names: config.alerts.console_names,
         });
         Ok(AlertOutputs {

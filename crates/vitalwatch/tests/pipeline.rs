@@ -847,10 +847,100 @@ fn bad_csv_imports_report_lines_and_change_nothing() {
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("line 3: age \"old\" is not a valid number")
     );
-    let o = vitalwatch(&["patients", "list", "--format", "csv", "--data", &os(&data)]);
-    assert_eq!(
-        String::from_utf8(o.stdout).unwrap().lines().count(),
-        1,
-        "header only: nothing half-imported"
+    assert!(
+        !data.exists(),
+        "a rejected import writes nothing, not even the directory"
     );
+}
+
+/// Read commands never create a data directory; writing commands own theirs (and say
+/// who holds it); imports say what changed; a closed pipe ends output quietly.
+#[test]
+fn data_directories_are_read_safely_and_owned_by_one_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data");
+    for args in [
+        vec!["patients", "list"],
+        vec!["alerts", "list"],
+        vec!["thresholds", "list"],
+        vec!["query", "SELECT count(*) FROM vitals"],
+    ] {
+        let mut a = args.clone();
+        let d = os(&data);
+        a.extend(["--data", d.as_str()]);
+        let o = vitalwatch(&a);
+        assert_eq!(o.status.code(), Some(1), "{args:?}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains("no data directory") && err.contains(&d),
+            "{err}"
+        );
+        assert!(!data.exists(), "{args:?} created the data directory");
+    }
+    let patients = os(shared.join("patients_information.csv"));
+    let thresholds = os(shared.join("threshold_ref.csv"));
+    let d = os(&data);
+    let o = vitalwatch(&["patients", "import", "--data", &d, &patients]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("5 added, 0 updated, 0 unchanged"));
+    let o = vitalwatch(&["patients", "import", "--data", &d, &patients]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("0 added, 0 updated, 5 unchanged"));
+    vitalwatch(&["thresholds", "import", "--data", &d, &thresholds]);
+    let o = vitalwatch(&["thresholds", "import", "--data", &d, &thresholds]);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("unchanged, still version 1"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let o = vitalwatch(&["-q", "thresholds", "import", "--data", &d, &thresholds]);
+    assert!(o.stderr.is_empty(), "--quiet");
+    let o = vitalwatch(&["thresholds", "list", "--version", "99", "--data", &d]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("no threshold table version 99 (versions: 1)")
+    );
+    let o = vitalwatch(&["patients", "list", "--format", "json", "--data", &d]);
+    let first: serde_json::Value =
+        serde_json::from_str(String::from_utf8(o.stdout).unwrap().lines().next().unwrap()).unwrap();
+    assert_eq!(first["age"], 23, "numbers are numbers: {first}");
+
+    // Another process holds the data directory: writers refuse and name it, readers read.
+    let lock = std::fs::OpenOptions::new()
+        .write(true)
+        .open(data.join(".vitalwatch.lock"))
+        .unwrap();
+    lock.try_lock().unwrap();
+    std::fs::write(data.join(".vitalwatch.lock"), "`vitalwatch run` (pid 4242)").unwrap();
+    let o = vitalwatch(&["patients", "import", "--data", &d, &patients]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("is in use by `vitalwatch run` (pid 4242)"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        vitalwatch(&["patients", "list", "--data", &d])
+            .status
+            .success()
+    );
+    drop(lock);
+
+    // `| head` closed the pipe: no "Broken pipe" error, exit 0.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vitalwatch"))
+        .args(["patients", "list", "--data", &d])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+
+    // Usage errors exit 2.
+    assert_eq!(vitalwatch(&["patients", "lst"]).status.code(), Some(2));
 }

@@ -53,6 +53,36 @@ pub struct StoredAlert {
     pub events: u32,
 }
 
+/// What a patient import changed.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct PatientImport {
+    /// New patients.
+    pub added: usize,
+    /// Existing patients whose record changed, with the fields that changed.
+    pub updated: Vec<(PatientId, Vec<&'static str>)>,
+    /// Patients already in the catalog exactly as imported.
+    pub unchanged: usize,
+}
+
+/// The fields (catalog column names) in which two records of one patient differ.
+fn changed_fields(old: &Patient, new: &Patient) -> Vec<&'static str> {
+    let mut f = Vec::new();
+    for (name, differs) in [
+        ("patientname", old.name != new.name),
+        ("patientaddress", old.address != new.address),
+        ("phone_number", old.phone != new.phone),
+        ("admitted_ward", old.ward != new.ward),
+        ("age", old.age != new.age),
+        ("spo2_scale", old.spo2_scale != new.spo2_scale),
+        ("other_details", old.other_details != new.other_details),
+    ] {
+        if differs {
+            f.push(name);
+        }
+    }
+    f
+}
+
 /// The SQLite catalog.
 #[derive(Debug)]
 pub struct SqliteCatalog {
@@ -100,6 +130,13 @@ CREATE TABLE IF NOT EXISTS alerts (
     latest_event TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS alerts_state ON alerts(state);
+CREATE TABLE IF NOT EXISTS audit_log (
+    at       INTEGER NOT NULL,
+    actor    TEXT NOT NULL,
+    action   TEXT NOT NULL,
+    subject  TEXT NOT NULL,
+    detail   TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS alert_events (
     alert_id  TEXT NOT NULL,
     event     TEXT NOT NULL,
@@ -152,14 +189,39 @@ impl SqliteCatalog {
     }
 
     /// Inserts or replaces patients, all in one transaction.
-    pub fn import_patients(&mut self, patients: &[Patient]) -> Result<usize, CatalogError> {
+    pub fn import_patients(
+        &mut self,
+        patients: &[Patient],
+        source: &str,
+        at: Timestamp,
+    ) -> Result<PatientImport, CatalogError> {
+        let existing: std::collections::HashMap<String, Patient> = self
+            .patients()?
+            .into_iter()
+            .map(|p| (p.patient_id.0.clone(), p))
+            .collect();
+        let mut report = PatientImport::default();
         let tx = self.conn.transaction()?;
         {
             let mut st = tx.prepare(
                 "INSERT OR REPLACE INTO patients (patient_id, name, address, phone, ward, age, spo2_scale, other_details)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )?;
+            let mut audit = tx.prepare(
+                "INSERT INTO audit_log (at, actor, action, subject, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
             for p in patients {
+                let (action, fields) = match existing.get(p.patient_id.as_str()) {
+                    None => ("patient added", Vec::new()),
+                    Some(old) => {
+                        let changed = changed_fields(old, p);
+                        if changed.is_empty() {
+                            report.unchanged += 1;
+                            continue;
+                        }
+                        ("patient updated", changed)
+                    }
+                };
                 st.execute(params![
                     p.patient_id.as_str(),
                     p.name,
@@ -173,10 +235,43 @@ impl SqliteCatalog {
                     },
                     p.other_details
                 ])?;
+                // The audit trail names the fields, never their values (no personal data).
+                audit.execute(params![
+                    at.micros(),
+                    source,
+                    action,
+                    p.patient_id.as_str(),
+                    fields.join(",")
+                ])?;
+                if fields.is_empty() {
+                    report.added += 1;
+                } else {
+                    report.updated.push((p.patient_id.clone(), fields));
+                }
             }
         }
         tx.commit()?;
-        Ok(patients.len())
+        Ok(report)
+    }
+
+    /// The audit trail, newest first: (time, actor, action, subject, detail).
+    pub fn audit_log(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<(Timestamp, String, String, String, String)>, CatalogError> {
+        let mut st = self.conn.prepare(
+            "SELECT at, actor, action, subject, detail FROM audit_log ORDER BY rowid DESC LIMIT ?1",
+        )?;
+        let rows = st.query_map([limit as i64], |r| {
+            Ok((
+                Timestamp(r.get(0)?),
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+            ))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// Every patient, ordered by id (numerically where ids are numbers).
@@ -211,6 +306,11 @@ impl SqliteCatalog {
         source: &str,
         at: Timestamp,
     ) -> Result<u32, CatalogError> {
+        // An identical table is not a new version: alerts keep naming the one they fired on.
+        let current = self.thresholds()?;
+        if current.version > 0 && current.bands == bands {
+            return Ok(current.version);
+        }
         let tx = self.conn.transaction()?;
         let version: u32 = tx.query_row(
             "SELECT COALESCE(MAX(version), 0) + 1 FROM threshold_versions",
@@ -449,11 +549,40 @@ mod tests {
         let mut c = SqliteCatalog::open(&path).unwrap();
         assert!(c.is_empty().unwrap());
         let patients = parse_patients_csv(CLASSIC_PATIENTS_CSV.as_bytes()).unwrap();
-        c.import_patients(&patients).unwrap();
+        let first = c.import_patients(&patients, "a.csv", Timestamp(1)).unwrap();
+        assert_eq!((first.added, first.unchanged), (patients.len(), 0));
+        // Again, with one phone number changed: one update naming the field, the rest
+        // unchanged, and an audit row per change.
+        let mut moved = patients.clone();
+        moved[2].phone = "0000".into();
+        let again = c.import_patients(&moved, "b.csv", Timestamp(2)).unwrap();
+        assert_eq!(again.added, 0);
+        assert_eq!(again.unchanged, patients.len() - 1);
+        assert_eq!(
+            again.updated,
+            vec![(patients[2].patient_id.clone(), vec!["phone_number"])]
+        );
+        let audit = c.audit_log(10).unwrap();
+        assert_eq!(audit.len(), patients.len() + 1);
+        assert_eq!(
+            (
+                audit[0].1.as_str(),
+                audit[0].2.as_str(),
+                audit[0].4.as_str()
+            ),
+            ("b.csv", "patient updated", "phone_number")
+        );
+        c.import_patients(&patients, "c.csv", Timestamp(3)).unwrap();
         let bands = parse_threshold_csv(CLASSIC_THRESHOLDS_CSV.as_bytes()).unwrap();
         assert_eq!(
             c.import_thresholds(&bands, "a.csv", Timestamp(1)).unwrap(),
             1
+        );
+        assert_eq!(
+            c.import_thresholds(&bands, "again.csv", Timestamp(1))
+                .unwrap(),
+            1,
+            "an identical table is not a new version"
         );
         let mut changed = bands.clone();
         changed[0].alert_message = "Bradycardia".into();

@@ -152,6 +152,10 @@ pub fn format_batches(
 
     let mut out = Vec::new();
     match format {
+        // An empty result is said in words, not drawn as an empty box.
+        OutputFormat::Table if batches.iter().all(|b| b.num_rows() == 0) => {
+            return Ok("(0 rows)\n".into());
+        }
         OutputFormat::Table => return Ok(pretty::pretty_format_batches(batches)?.to_string()),
         OutputFormat::Csv => {
             // One writer for all batches: the header is written once, before the first.
