@@ -29,7 +29,10 @@ fn value() -> impl Strategy<Value = f64> {
         (0u32..300).prop_map(f64::from),
         (0u32..300).prop_map(|v| f64::from(v) + 0.5),
         (0u32..3000).prop_map(|v| f64::from(v) / 10.0),
-        prop::sample::select(vec![65.0, 65.5, 66.0, 69.0, 69.5, 70.0, 73.5, 74.0, 78.0, 78.5, 79.0, 150.0, 150.5, 151.0, 160.0, 160.5, 161.0, 180.5, 181.0, 220.0, 220.5, 221.0]),
+        prop::sample::select(vec![
+            65.0, 65.5, 66.0, 69.0, 69.5, 70.0, 73.5, 74.0, 78.0, 78.5, 79.0, 150.0, 150.5, 151.0,
+            160.0, 160.5, 161.0, 180.5, 181.0, 220.0, 220.5, 221.0
+        ]),
     ]
 }
 
@@ -42,7 +45,9 @@ fn record() -> impl Strategy<Value = Record> {
         proptest::option::of(value()),
         proptest::option::of(value()),
     )
-        .prop_filter("a record carries a vital", |r| r.2.is_some() || r.3.is_some())
+        .prop_filter("a record carries a vital", |r| {
+            r.2.is_some() || r.3.is_some()
+        })
 }
 
 /// Records, some delivered twice.
@@ -59,8 +64,11 @@ fn records() -> impl Strategy<Value = Vec<Record>> {
     })
 }
 
-/// What the classic job raises for one record: (patient, ref_id, value, heartBeat, bp).
-fn oracle(table: &ThresholdTable, ages: &BTreeMap<u32, u32>, r: &Record) -> Vec<(u32, u32, u64, Option<u64>, Option<u64>)> {
+/// One alert as compared: (patient, ref_id, value, heartBeat, bp), floats as bits.
+type AlertRow = (u32, u32, u64, Option<u64>, Option<u64>);
+
+/// What the classic job raises for one record.
+fn oracle(table: &ThresholdTable, ages: &BTreeMap<u32, u32>, r: &Record) -> Vec<AlertRow> {
     let Some(&age) = ages.get(&r.0) else {
         return Vec::new();
     };

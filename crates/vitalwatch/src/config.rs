@@ -309,7 +309,6 @@ fn unknown_keys(user: &toml::Table, schema: &toml::Table, prefix: &str, out: &mu
 fn known_values<'a>(
     user: &'a toml::Table,
     schema: &toml::Table,
-    prefix: &str,
     out: &mut Vec<(Vec<String>, &'a toml::Value)>,
     path: &mut Vec<String>,
 ) {
@@ -321,7 +320,7 @@ fn known_values<'a>(
             (toml::Value::Table(u), toml::Value::Table(st))
                 if !OPEN_MAPS.contains(&dotted.as_str()) =>
             {
-                known_values(u, st, prefix, out, path)
+                known_values(u, st, out, path)
             }
             _ => out.push((path.clone(), v)),
         }
@@ -393,7 +392,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigProblems> {
     // Each known value on its own, over the defaults: one bad value cannot hide another.
     let mut merged = schema.clone();
     let mut values = Vec::new();
-    known_values(&table, &schema, "", &mut values, &mut Vec::new());
+    known_values(&table, &schema, &mut values, &mut Vec::new());
     for (key, value) in values {
         let dotted = key.join(".");
         let value = if TABLE_ARRAYS.contains(&dotted.as_str()) {

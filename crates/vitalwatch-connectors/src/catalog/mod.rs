@@ -53,6 +53,21 @@ pub struct StoredAlert {
     pub events: u32,
 }
 
+/// One row of the audit trail: who did what to which record, when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEntry {
+    /// When.
+    pub at: Timestamp,
+    /// Who or what (a person, or the import and its file).
+    pub actor: String,
+    /// What (`patient added`, `patient updated`, ...).
+    pub action: String,
+    /// Which record (a patient id, an alert id).
+    pub subject: String,
+    /// Details: for updates, the changed fields (names only, never values).
+    pub detail: String,
+}
+
 /// What a patient import changed.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct PatientImport {
@@ -254,22 +269,19 @@ impl SqliteCatalog {
         Ok(report)
     }
 
-    /// The audit trail, newest first: (time, actor, action, subject, detail).
-    pub fn audit_log(
-        &self,
-        limit: usize,
-    ) -> Result<Vec<(Timestamp, String, String, String, String)>, CatalogError> {
+    /// The audit trail, newest first.
+    pub fn audit_log(&self, limit: usize) -> Result<Vec<AuditEntry>, CatalogError> {
         let mut st = self.conn.prepare(
             "SELECT at, actor, action, subject, detail FROM audit_log ORDER BY rowid DESC LIMIT ?1",
         )?;
         let rows = st.query_map([limit as i64], |r| {
-            Ok((
-                Timestamp(r.get(0)?),
-                r.get(1)?,
-                r.get(2)?,
-                r.get(3)?,
-                r.get(4)?,
-            ))
+            Ok(AuditEntry {
+                at: Timestamp(r.get(0)?),
+                actor: r.get(1)?,
+                action: r.get(2)?,
+                subject: r.get(3)?,
+                detail: r.get(4)?,
+            })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
@@ -566,9 +578,9 @@ mod tests {
         assert_eq!(audit.len(), patients.len() + 1);
         assert_eq!(
             (
-                audit[0].1.as_str(),
-                audit[0].2.as_str(),
-                audit[0].4.as_str()
+                audit[0].actor.as_str(),
+                audit[0].action.as_str(),
+                audit[0].detail.as_str()
             ),
             ("b.csv", "patient updated", "phone_number")
         );
