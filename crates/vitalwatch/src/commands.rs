@@ -1047,8 +1047,8 @@ pub fn config_cmd(cmd: ConfigCommand) -> anyhow::Result<()> {
         ConfigCommand::Default => emit(config::DEFAULT_CONFIG_TOML),
         ConfigCommand::Check { file } => {
             let cfg = config::load(&file)?;
-            println!(
-                "{}: ok (profile {}, data in {}, HTTP {}, simulator {})",
+            emit(&format!(
+                "{}: ok (profile {}, data in {}, HTTP {}, simulator {})\n",
                 file.display(),
                 cfg.rules.profile.as_str(),
                 cfg.data_dir.display(),
@@ -1058,7 +1058,7 @@ pub fn config_cmd(cmd: ConfigCommand) -> anyhow::Result<()> {
                     "off"
                 },
                 if cfg.simulator.enabled { "on" } else { "off" }
-            );
+            ))?;
             Ok(())
         }
     }
