@@ -2,35 +2,17 @@
 //! as a parameter: classic band semantics at every edge, persistence, hysteresis,
 //! deduplication, re-notification, acknowledgement, stale devices and determinism.
 
+mod common;
+
+use common::{at, obs, patients, table};
 use proptest::prelude::*;
 use vitalwatch_core::alert::{AlertEventKind, AlertState, Priority};
 use vitalwatch_core::engine::{Engine, Findings};
 use vitalwatch_core::model::{
-    Consciousness, DeviceId, Duration, Observation, Patient, PatientId, Timestamp,
-    UnclassifiedReason, Vital, VitalSet,
+    Consciousness, Duration, Observation, Patient, PatientId, Timestamp, UnclassifiedReason, Vital,
 };
-use vitalwatch_core::reference::{
-    CLASSIC_PATIENTS_CSV, CLASSIC_THRESHOLDS_CSV, ThresholdBand, ThresholdTable,
-    parse_patients_csv, parse_threshold_csv,
-};
+use vitalwatch_core::reference::{ThresholdBand, ThresholdTable};
 use vitalwatch_core::rules::{Profile, RulesConfig};
-
-const T0: i64 = 1_764_338_400_000_000; // 2025-11-28T14:00:00Z
-
-fn at(secs: i64) -> Timestamp {
-    Timestamp(T0 + secs * 1_000_000)
-}
-
-fn table() -> ThresholdTable {
-    ThresholdTable {
-        version: 1,
-        bands: parse_threshold_csv(CLASSIC_THRESHOLDS_CSV.as_bytes()).unwrap(),
-    }
-}
-
-fn patients() -> Vec<Patient> {
-    parse_patients_csv(CLASSIC_PATIENTS_CSV.as_bytes()).unwrap()
-}
 
 fn patient(id: &str, age: u32) -> Patient {
     Patient {
@@ -53,20 +35,6 @@ fn classic_engine(extra: Vec<Patient>) -> Engine {
     let mut ps = patients();
     ps.extend(extra);
     Engine::new(rules, ps, table())
-}
-
-fn obs(patient: &str, t: Timestamp, vitals: &[(Vital, f64)]) -> Observation {
-    let mut set = VitalSet::default();
-    for &(v, x) in vitals {
-        set.set(v, x);
-    }
-    Observation {
-        patient_id: PatientId(patient.into()),
-        device_id: DeviceId(format!("dev-{patient}")),
-        observed_at: t,
-        ingested_at: t,
-        vitals: set,
-    }
 }
 
 fn run(engine: &mut Engine, o: &Observation) -> Findings {

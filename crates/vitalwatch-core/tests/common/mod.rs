@@ -1,0 +1,53 @@
+//! Fixtures the engine test files share: a fixed instant, the classic reference table and
+//! patients of `data/` (compiled into the crate), and observations built from pairs.
+
+#![allow(dead_code, unreachable_pub)]
+
+use vitalwatch_core::model::{
+    DeviceId, Observation, Patient, PatientId, Timestamp, Vital, VitalSet,
+};
+use vitalwatch_core::reference::{
+    CLASSIC_PATIENTS_CSV, CLASSIC_THRESHOLDS_CSV, ThresholdTable, parse_patients_csv,
+    parse_threshold_csv,
+};
+
+/// 2025-11-28T14:00:00Z.
+pub const T0: i64 = 1_764_338_400_000_000;
+
+/// `secs` seconds after [`T0`].
+pub fn at(secs: i64) -> Timestamp {
+    Timestamp(T0 + secs * 1_000_000)
+}
+
+/// The classic threshold table, as version 1.
+pub fn table() -> ThresholdTable {
+    ThresholdTable {
+        version: 1,
+        bands: parse_threshold_csv(CLASSIC_THRESHOLDS_CSV.as_bytes()).unwrap(),
+    }
+}
+
+/// The classic patients 1-5.
+pub fn patients() -> Vec<Patient> {
+    parse_patients_csv(CLASSIC_PATIENTS_CSV.as_bytes()).unwrap()
+}
+
+/// One observation set of `patient` from `device` at `t`.
+pub fn obs_from(patient: &str, device: &str, t: Timestamp, vitals: &[(Vital, f64)]) -> Observation {
+    let mut set = VitalSet::default();
+    for &(v, x) in vitals {
+        set.set(v, x);
+    }
+    Observation {
+        patient_id: PatientId(patient.into()),
+        device_id: DeviceId(device.into()),
+        observed_at: t,
+        ingested_at: t,
+        vitals: set,
+    }
+}
+
+/// One observation set of `patient` from its own device `dev-{patient}`.
+pub fn obs(patient: &str, t: Timestamp, vitals: &[(Vital, f64)]) -> Observation {
+    obs_from(patient, &format!("dev-{patient}"), t, vitals)
+}
