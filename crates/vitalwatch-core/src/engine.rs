@@ -117,6 +117,9 @@ impl Active {
 struct Timing {
     persistence: Duration,
     clear_after: Duration,
+    /// A break in a pending run (readings where the condition does not hold) no longer
+    /// than this does not restart persistence. Zero: any break restarts it.
+    tolerance: Duration,
 }
 
 impl Timing {
@@ -124,6 +127,7 @@ impl Timing {
         Timing {
             persistence,
             clear_after: Duration::ZERO,
+            tolerance: Duration::ZERO,
         }
     }
 }
@@ -194,17 +198,22 @@ impl Condition {
         }
         if t < self.last_abnormal {
             // Late: newer readings showed the condition holding, so this one can clear
-            // nothing. It still proves a break in a pending run that began before it:
-            // persistence restarts from the newest abnormal reading.
+            // nothing. Without a tolerance it still proves a break in a pending run that
+            // began before it: persistence restarts from the newest abnormal reading. With
+            // one it proves nothing (a lone late reading cannot tell how long the break
+            // was), so it leaves the run alone.
             self.last_normal = self.last_normal.max(t);
-            if self.pending_since.is_some_and(|s| s < t) {
+            if timing.tolerance == Duration::ZERO && self.pending_since.is_some_and(|s| s < t) {
                 self.pending_since = Some(self.last_abnormal);
             }
             return Transition::Nothing;
         }
         self.last_normal = self.last_normal.max(t);
-        // Persistence needs the condition to hold without a break.
-        self.pending_since = None;
+        // Persistence needs the condition to hold without a break longer than the
+        // tolerance (without one, without any break).
+        if timing.tolerance == Duration::ZERO || t.since(self.last_abnormal) > timing.tolerance {
+            self.pending_since = None;
+        }
         if self.active.is_none() {
             return Transition::Nothing;
         }
@@ -683,6 +692,11 @@ impl Engine {
                 if a.state != AlertState::Triggered || now.since(a.last_notified) < renotify {
                     continue;
                 }
+                // Re-notify only while still abnormal: an alert whose newest evidence is
+                // normal is clearing (hysteresis, NEWS2's `clear_after`) and pages nobody.
+                if c.last_normal > c.last_abnormal {
+                    continue;
+                }
                 a.last_notified = now;
                 out.events.push(condition_event(
                     pid,
@@ -1036,6 +1050,7 @@ fn news2_step(state: &mut PatientState, ctx: &StepCtx<'_>, out: &mut Findings) {
     let timing = Timing {
         persistence: rules.news2.persistence,
         clear_after: rules.news2.clear_after,
+        tolerance: rules.news2.tolerance,
     };
     step(
         state,

@@ -12,6 +12,7 @@
 //! - [`engine`]: per-patient state + rules → alert lifecycle events.
 //! - [`alert`]: priorities, lifecycle, alert events, deterministic alert ids.
 //! - [`simulate`]: deterministic patient simulator with labelled episodes and artifacts.
+//! - [`evaluate`]: alarm quality: alert events scored against labelled episodes.
 //!
 //! Data flow: a codec turns bytes into [`model::Observation`]s (or dead letters), the
 //! engine evaluates them against compiled reference data and emits alert events.
@@ -20,6 +21,7 @@ pub mod alert;
 pub mod clock;
 pub mod codec;
 pub mod engine;
+pub mod evaluate;
 pub mod model;
 pub mod reference;
 pub mod rules;

@@ -427,6 +427,86 @@ pub const CLASSIC_THRESHOLDS_CSV: &str = include_str!("../../../data/threshold_r
 /// The classic patients shipped with vitalwatch (`data/patients_information.csv`).
 pub const CLASSIC_PATIENTS_CSV: &str = include_str!("../../../data/patients_information.csv");
 
+/// The standard profile's default adult reference table (`data/standard_thresholds.csv`),
+/// ages 16–130 (NEWS2 is for adults: a younger patient's readings match no band and are
+/// reported as unclassified until a paediatric table is imported). Every limit and its
+/// source; priorities follow IEC 60601-1-8 (medium: prompt response, delayed harm):
+///
+/// | vital | alarm | priority | source |
+/// |---|---|---|---|
+/// | heart rate | ≤ 40 /min | medium | NEWS2 pulse scores 3 |
+/// | heart rate | 41–49 /min | low | below the usual monitor default low limit, 50 (LIFEPAK 15 default); NEWS2 41–50 scores 1 |
+/// | heart rate | 121–130 /min | low | inside NEWS2's 2-point band (111–130), below monitor defaults (LIFEPAK 15: 150) |
+/// | heart rate | ≥ 131 /min | medium | NEWS2 pulse scores 3 |
+/// | respiration | ≤ 8 /min | medium | NEWS2 scores 3 (LIFEPAK 15 default low limit: 5) |
+/// | respiration | ≥ 25 /min | medium | NEWS2 scores 3 (LIFEPAK 15 default high limit: 30) |
+/// | SpO2 | < 80 % | high | desaturation: `shared/clinical.md` suggested default, Mindray TM70 factory "SpO2 Desat" 80 % high |
+/// | temperature | ≤ 35.0 °C | medium | NEWS2 scores 3; LIFEPAK 15 default low limit 35 °C |
+/// | temperature | ≥ 39.1 °C | low | NEWS2 scores 2; LIFEPAK 15 default high limit 39 °C |
+/// | systolic | ≤ 90 mmHg | medium | NEWS2 scores 3; Mindray TM70 factory NIBP-S low limit 90 |
+/// | systolic | 181–219 mmHg | low | severe hypertension (above 180 mmHg); between monitor defaults 160 (Mindray) and 200 (LIFEPAK 15) |
+/// | systolic | ≥ 220 mmHg | medium | NEWS2 scores 3 |
+///
+/// SpO2 below 90 % (scale 1) or 86 % (scale 2) is not a band: bands cannot tell the
+/// patient's SpO2 scale apart, so those alarms are the limit rules of `[rules]`. The
+/// table has no diastolic bands (NEWS2 does not use diastolic pressure). Values between
+/// two bands (35.05 °C) are rounded to whole numbers and matched again, like every table.
+pub const STANDARD_THRESHOLDS_CSV: &str = include_str!("../../../data/standard_thresholds.csv");
+
+/// A threshold table vitalwatch ships, and the source name the catalog records for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BuiltinTable {
+    /// The table, in the threshold CSV layout.
+    pub csv: &'static str,
+    /// Its source in the catalog's version list.
+    pub source: &'static str,
+}
+
+/// The classic table, the classic profile's default.
+pub const CLASSIC_TABLE: BuiltinTable = BuiltinTable {
+    csv: CLASSIC_THRESHOLDS_CSV,
+    source: "built-in classic threshold_ref.csv",
+};
+
+/// The standard adult table, the standard profile's default.
+pub const STANDARD_TABLE: BuiltinTable = BuiltinTable {
+    csv: STANDARD_THRESHOLDS_CSV,
+    source: "built-in standard_thresholds.csv",
+};
+
+impl BuiltinTable {
+    /// The default table of a profile.
+    pub fn of(profile: crate::rules::Profile) -> BuiltinTable {
+        match profile {
+            crate::rules::Profile::Classic => CLASSIC_TABLE,
+            crate::rules::Profile::Standard => STANDARD_TABLE,
+        }
+    }
+
+    /// The built-in table a data directory must load before starting under `profile`,
+    /// given the source of its current table (`None`: no table yet): the profile's
+    /// default when there is no table, or when the current one is the other profile's
+    /// built-in default. A table someone imported is never replaced.
+    pub fn needed(
+        profile: crate::rules::Profile,
+        current_source: Option<&str>,
+    ) -> Option<BuiltinTable> {
+        let want = BuiltinTable::of(profile);
+        match current_source {
+            None => Some(want),
+            Some(s)
+                if s != want.source
+                    && [CLASSIC_TABLE, STANDARD_TABLE]
+                        .iter()
+                        .any(|b| b.source == s) =>
+            {
+                Some(want)
+            }
+            Some(_) => None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -441,6 +521,73 @@ mod tests {
         assert_eq!(patients.len(), 5);
         assert_eq!(patients[4].name, "Pam");
         assert_eq!(patients[4].age, 72);
+    }
+
+    #[test]
+    fn the_standard_table_covers_every_adult_value_without_a_gap() {
+        let bands = parse_threshold_csv(STANDARD_THRESHOLDS_CSV.as_bytes()).unwrap();
+        let table = ThresholdTable { version: 1, bands };
+        let vitals = [
+            Vital::HeartRate,
+            Vital::RespRate,
+            Vital::Spo2,
+            Vital::TempC,
+            Vital::Systolic,
+        ];
+        let id = PatientId("p".into());
+        for age in [16, 18, 45, 95, 130] {
+            for v in vitals {
+                let bands = table.bands_for(v, &id, age);
+                let (lo, hi) = v.plausible_range();
+                // Every value at device resolution (0.1 °C, whole numbers) matches a band.
+                let per_unit = if v == Vital::TempC { 10.0 } else { 1.0 };
+                let (lo, hi) = ((lo * per_unit) as i64, (hi * per_unit) as i64);
+                for k in lo..=hi {
+                    let x = k as f64 / per_unit;
+                    assert!(match_band_exact(&bands, x).is_some(), "{v} {x} age {age}");
+                }
+                assert!(bands.iter().any(|b| b.alert_flag), "{v} alarms somewhere");
+            }
+            assert!(table.bands_for(Vital::Diastolic, &id, age).is_empty());
+        }
+        assert!(
+            table.bands_for(Vital::HeartRate, &id, 15).is_empty(),
+            "adults only"
+        );
+        let hr = |x: f64| match_band(&table.bands_for(Vital::HeartRate, &id, 50), x).cloned();
+        assert_eq!(hr(75.0).map(|b| b.alert_flag), Some(false));
+        assert_eq!(hr(40.0).map(|b| b.priority), Some(Priority::Medium));
+        assert_eq!(hr(125.0).map(|b| b.priority), Some(Priority::Low));
+        let spo2 = table.bands_for(Vital::Spo2, &id, 50);
+        assert_eq!(
+            match_band(&spo2, 79.0).map(|b| b.priority),
+            Some(Priority::High)
+        );
+        assert_eq!(match_band(&spo2, 85.0).map(|b| b.alert_flag), Some(false));
+    }
+
+    #[test]
+    fn each_profile_starts_with_its_own_table_and_an_imported_one_stays() {
+        use crate::rules::Profile::{Classic, Standard};
+        assert_eq!(BuiltinTable::needed(Standard, None), Some(STANDARD_TABLE));
+        assert_eq!(BuiltinTable::needed(Classic, None), Some(CLASSIC_TABLE));
+        assert_eq!(
+            BuiltinTable::needed(Classic, Some(CLASSIC_TABLE.source)),
+            None
+        );
+        assert_eq!(
+            BuiltinTable::needed(Classic, Some(STANDARD_TABLE.source)),
+            Some(CLASSIC_TABLE)
+        );
+        assert_eq!(
+            BuiltinTable::needed(Standard, Some(CLASSIC_TABLE.source)),
+            Some(STANDARD_TABLE)
+        );
+        assert_eq!(
+            BuiltinTable::needed(Standard, Some("data/threshold_ref.csv")),
+            None
+        );
+        assert_eq!(BuiltinTable::needed(Classic, Some("mine.csv")), None);
     }
 
     #[test]

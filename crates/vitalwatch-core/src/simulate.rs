@@ -338,6 +338,33 @@ impl Simulator {
     /// `k` is at `start + k * interval`, the patients staggered evenly within the interval.
     /// The stream never ends; `ingested_at` equals `observed_at`.
     pub fn next_observation(&mut self) -> Observation {
+        let (i, t, vitals) = self.advance();
+        let sim = &self.sims[i];
+        Observation {
+            patient_id: sim.patient_id.clone(),
+            device_id: sim.device_id.clone(),
+            observed_at: Timestamp(t),
+            ingested_at: Timestamp(t),
+            vitals,
+        }
+    }
+
+    /// The next observation set written into `out` (its id strings are reused, so a long
+    /// run allocates nothing), and its label: what `evaluate` feeds the engine and the
+    /// scorer, without [`Simulator::patient_index`]'s search per observation.
+    pub fn next_into(&mut self, out: &mut Observation) -> Option<Label> {
+        let (i, t, vitals) = self.advance();
+        let sim = &self.sims[i];
+        out.patient_id.0.clone_from(&sim.patient_id.0);
+        out.device_id.0.clone_from(&sim.device_id.0);
+        out.observed_at = Timestamp(t);
+        out.ingested_at = Timestamp(t);
+        out.vitals = vitals;
+        self.label_at(i, Timestamp(t))
+    }
+
+    /// Produces the next patient's vitals: (patient index, time, vitals).
+    fn advance(&mut self) -> (usize, i64, VitalSet) {
         let i = self.next_patient;
         let start = self.config.start.0;
         let t = start
@@ -349,14 +376,7 @@ impl Simulator {
             self.next_patient = 0;
             self.tick += 1;
         }
-        let sim = &self.sims[i];
-        Observation {
-            patient_id: sim.patient_id.clone(),
-            device_id: sim.device_id.clone(),
-            observed_at: Timestamp(t),
-            ingested_at: Timestamp(t),
-            vitals,
-        }
+        (i, t, vitals)
     }
 
     /// What was going on with patient `patient_index` at `t`: a deterioration episode, an

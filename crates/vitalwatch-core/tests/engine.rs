@@ -342,7 +342,7 @@ fn renotify_until_acknowledged_then_resolve() {
 
 #[test]
 fn spo2_limit_rules_ignore_a_short_dropout_but_not_a_desaturation() {
-    let mut e = standard(|_| {});
+    let mut e = standard(|r| r.limits.push(common::desaturation_limit()));
     let spo2 =
         |e: &mut Engine, s: i64, v: f64| run(e, &obs("1", at(s), &[(Vital::Spo2, v)])).events;
     // A 5-second artifact to 85 %: below the 90 % limit, but shorter than its 15 s persistence.

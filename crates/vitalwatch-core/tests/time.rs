@@ -107,7 +107,10 @@ fn a_far_future_reading_is_a_dead_letter_and_cannot_silence_the_patient() {
 
 #[test]
 fn a_late_normal_reading_cannot_resolve_or_duplicate_an_episode() {
-    let mut e = engine(Profile::Standard, |r| r.news2.enabled = false);
+    let mut e = engine(Profile::Standard, |r| {
+        r.news2.enabled = false;
+        r.limits.push(common::desaturation_limit());
+    });
     let hr = |s: i64, v: f64| obs("1", at(s), &[(Vital::HeartRate, v)]);
     let mut evs = Vec::new();
     for s in 0..=30 {
@@ -149,8 +152,11 @@ fn a_late_normal_reading_cannot_resolve_or_duplicate_an_episode() {
 
 #[test]
 fn readings_later_than_the_window_are_not_evaluated() {
-    let mut e = engine(Profile::Standard, |r| r.news2.enabled = false)
-        .with_lateness(Duration::from_secs(60));
+    let mut e = engine(Profile::Standard, |r| {
+        r.news2.enabled = false;
+        r.limits.push(common::desaturation_limit());
+    })
+    .with_lateness(Duration::from_secs(60));
     let mut f = Findings::default();
     let now = obs("1", at(600), &[(Vital::HeartRate, 74.0)]);
     assert_eq!(e.process(&now, at(600), &mut f), Processed::Evaluated);

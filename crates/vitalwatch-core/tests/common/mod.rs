@@ -3,6 +3,7 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+use vitalwatch_core::alert::Priority;
 use vitalwatch_core::model::{
     DeviceId, Observation, Patient, PatientId, Timestamp, Vital, VitalSet,
 };
@@ -50,4 +51,21 @@ pub fn obs_from(patient: &str, device: &str, t: Timestamp, vitals: &[(Vital, f64
 /// One observation set of `patient` from its own device `dev-{patient}`.
 pub fn obs(patient: &str, t: Timestamp, vitals: &[(Vital, f64)]) -> Observation {
     obs_from(patient, &format!("dev-{patient}"), t, vitals)
+}
+
+/// An SpO2 < 80 % limit rule that fires at once (high): the tests of rules without
+/// persistence use it. (vitalwatch's default desaturation alarm is a band of the standard
+/// reference table, with the bands' persistence.)
+pub fn desaturation_limit() -> vitalwatch_core::rules::LimitRule {
+    vitalwatch_core::rules::LimitRule {
+        name: "spo2_desaturation".into(),
+        vital: Vital::Spo2,
+        below: Some(80.0),
+        above: None,
+        priority: Priority::High,
+        persistence: vitalwatch_core::model::Duration::ZERO,
+        hysteresis: 2.0,
+        message: "SpO2 desaturation below 80%".into(),
+        scale: None,
+    }
 }
