@@ -937,12 +937,14 @@ fn standard(
         }
     }
     let scale = state.info.scale();
+    // The patient's bands, held once for the whole observation (the rule steps borrow the
+    // state mutably), not cloned per vital: two atomic operations per vital saved.
+    let all_bands = state.info.bands.clone();
     for (vital, value) in obs.vitals.iter() {
         // Threshold bands.
         if rules.thresholds.enabled && table_vitals[vital.index()] && state.info.patient.is_some() {
             let margin = margins[vital.index()];
-            let bands = state.info.bands.clone();
-            let bands = &bands[vital.index()];
+            let bands = &all_bands[vital.index()];
             match match_band(bands, value) {
                 None => out.unclassified.push(no_band(obs, vital, value)),
                 Some(band) => {

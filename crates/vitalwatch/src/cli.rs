@@ -49,6 +49,8 @@ pub enum Command {
     /// Measure speed: the rules engine, or HTTP ingest-to-alert latency.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Measure alarm quality on labelled episodes: detection, delay, nuisance alarms.
+    Evaluate(crate::evaluate::EvaluateArgs),
 }
 
 /// Options shared by commands that use a data directory.

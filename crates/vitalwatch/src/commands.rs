@@ -15,7 +15,7 @@ use vitalwatch_core::clock::{Offered, Reference, StreamClock, TimeConfig, TimeEr
 use vitalwatch_core::codec::{InputFormat, decode_record, encode_canonical, encode_classic};
 use vitalwatch_core::model::{DeadLetter, Duration, Observation, Timestamp};
 use vitalwatch_core::reference::{
-    CLASSIC_THRESHOLDS_CSV, THRESHOLD_COLUMNS, THRESHOLD_EXTRA_COLUMNS, parse_patients_csv,
+    BuiltinTable, THRESHOLD_COLUMNS, THRESHOLD_EXTRA_COLUMNS, parse_patients_csv,
     parse_threshold_csv,
 };
 use vitalwatch_core::simulate::{SimConfig, Simulator, demo_patients};
@@ -62,7 +62,7 @@ pub fn colour_on(is_terminal: bool) -> bool {
 
 /// Writes to standard output; a reader that went away (`| head`) ends the output quietly
 /// instead of panicking like `print!` does.
-fn emit(text: &str) -> anyhow::Result<()> {
+pub fn emit(text: &str) -> anyhow::Result<()> {
     match std::io::stdout().lock().write_all(text.as_bytes()) {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         r => r.context("cannot write to standard output"),
@@ -165,17 +165,21 @@ fn open_catalog(cfg: &Config) -> anyhow::Result<SqliteCatalog> {
     SqliteCatalog::open(&p).with_context(|| format!("cannot open catalog {}", p.display()))
 }
 
-/// First-run set-up: the classic threshold table when none is loaded, and demo patients
-/// 1..=n that are missing (existing patients are never overwritten).
+/// First-run set-up: the profile's built-in threshold table when none is loaded (or when
+/// the loaded one is the other profile's built-in table; one someone imported is never
+/// replaced: [`BuiltinTable::needed`]), and demo patients 1..=n that are missing (existing
+/// patients are never overwritten).
 pub fn seed_reference(cfg: &Config, demo: usize) -> anyhow::Result<()> {
     let mut cat = open_catalog(cfg)?;
-    if cat.thresholds()?.version == 0 {
-        let bands = parse_threshold_csv(CLASSIC_THRESHOLDS_CSV.as_bytes())?;
-        let v = cat.import_thresholds(&bands, "built-in classic threshold_ref.csv", wall_now())?;
+    let current = cat.threshold_versions()?.pop().map(|v| v.source);
+    if let Some(builtin) = BuiltinTable::needed(cfg.rules.profile, current.as_deref()) {
+        let bands = parse_threshold_csv(builtin.csv.as_bytes())?;
+        let v = cat.import_thresholds(&bands, builtin.source, wall_now())?;
         tracing::info!(
             version = v,
             bands = bands.len(),
-            "loaded the classic threshold table"
+            profile = cfg.rules.profile.as_str(),
+            "loaded the profile's built-in threshold table"
         );
     }
     if demo > 0 {

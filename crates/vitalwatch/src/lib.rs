@@ -8,11 +8,13 @@
 //! - [`http`]: HTTP ingest, health, metrics, alert API.
 //! - [`metrics`]: counters and the alert-latency histogram (Prometheus).
 //! - [`bench`]: `vitalwatch bench`.
+//! - [`evaluate`]: `vitalwatch evaluate`, alarm quality on labelled episodes.
 
 pub mod bench;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod evaluate;
 pub mod http;
 pub mod metrics;
 pub mod pipeline;
@@ -49,6 +51,7 @@ pub fn main_with_args() -> anyhow::Result<()> {
         Command::Alerts(c) => commands::alerts(c),
         Command::Config(c) => commands::config_cmd(c),
         Command::Warehouse(c) => commands::warehouse_cmd(c),
+        Command::Evaluate(a) => evaluate::evaluate(a),
         Command::Bench(BenchCommand::Engine { patients, readings }) => {
             bench::engine(patients, readings)
         }

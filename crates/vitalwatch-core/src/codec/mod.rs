@@ -142,9 +142,10 @@ struct CanonicalRecord<'a> {
     #[serde(default, borrow)]
     observed_at: Option<Cow<'a, str>>,
     vitals: CanonicalVitals<'a>,
-    /// Free-text label (the simulator marks episodes and artifacts); not stored.
-    #[serde(default, borrow, rename = "annotation")]
-    _annotation: Option<Cow<'a, str>>,
+    /// Label (the simulator marks episodes and artifacts); not stored, read by
+    /// `vitalwatch evaluate` through [`decode_annotated`].
+    #[serde(default, borrow)]
+    annotation: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -240,9 +241,30 @@ fn decode_classic(bytes: &[u8], ingested_at: Timestamp) -> Result<Observation, D
     })
 }
 
+/// Decodes one canonical record and its `annotation` field, the label `vitalwatch
+/// evaluate` scores against (see `evaluate::Annotation`). Validated like [`decode_record`].
+pub fn decode_annotated(
+    bytes: &[u8],
+    ingested_at: Timestamp,
+) -> Result<(Observation, Option<String>), DecodeError> {
+    let r: CanonicalRecord<'_> =
+        serde_json::from_slice(bytes).map_err(|e| malformed("canonical", e))?;
+    let annotation = r.annotation.as_deref().map(str::to_owned);
+    let obs = canonical_observation(r, ingested_at)?;
+    validate(&obs)?;
+    Ok((obs, annotation))
+}
+
 fn decode_canonical(bytes: &[u8], ingested_at: Timestamp) -> Result<Observation, DecodeError> {
     let r: CanonicalRecord<'_> =
         serde_json::from_slice(bytes).map_err(|e| malformed("canonical", e))?;
+    canonical_observation(r, ingested_at)
+}
+
+fn canonical_observation(
+    r: CanonicalRecord<'_>,
+    ingested_at: Timestamp,
+) -> Result<Observation, DecodeError> {
     let id = r.patient_id.into_string();
     if id.is_empty() {
         return Err(DecodeError::Invalid("patient_id is empty".into()));
