@@ -49,12 +49,12 @@ pub fn engine(patients: usize, readings: u64) -> anyhow::Result<()> {
             profile,
             ..RulesConfig::default()
         };
+        let mut input = input.clone();
         let rss_before = crate::commands::rss_mib();
         let mut engine = Engine::new(rules, sim.patients().to_vec(), table.clone());
         let mut findings = Findings::default();
         let mut done = 0u64;
         let mut events = 0u64;
-        let mut input = input.clone();
         // Later passes shift time (untimed) so the engine sees a continuing stream.
         let span = input
             .last()
