@@ -31,7 +31,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::alert::{AlertEvent, AlertEventKind, AlertPatient, AlertState, Priority, alert_id};
+use crate::alert::{
+    AlertEvent, AlertEventKind, AlertPatient, AlertState, Priority, alert_id, reading_alert_id,
+};
 use crate::clock::TimeConfig;
 use crate::model::{
     Consciousness, DeviceId, Duration, Observation, Patient, PatientId, Spo2Scale, Timestamp,
@@ -721,34 +723,24 @@ impl Engine {
         }
         self.last_eviction = now;
         let after = self.rules.state.evict_after;
-        let idle: Vec<PatientId> = self
+        for (id, st) in self
             .states
-            .iter()
-            .filter(|(_, s)| now.since(s.last_arrival) > after)
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in idle {
-            if let Some(st) = self.states.remove(&id) {
-                let open: Vec<Condition> = st
-                    .conditions
-                    .into_iter()
-                    .filter(|c| c.active.is_some())
-                    .collect();
-                if !open.is_empty() {
-                    self.parked.insert(id, open);
-                }
+            .extract_if(|_, s| now.since(s.last_arrival) > after)
+        {
+            let open: Vec<Condition> = st
+                .conditions
+                .into_iter()
+                .filter(|c| c.active.is_some())
+                .collect();
+            if !open.is_empty() {
+                self.parked.insert(id, open);
             }
         }
-        let idle: Vec<DeviceId> = self
+        for (id, d) in self
             .devices
-            .iter()
-            .filter(|(_, d)| now.since(d.last_seen) > after)
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in idle {
-            if let Some(d) = self.devices.remove(&id)
-                && d.active.is_some()
-            {
+            .extract_if(|_, d| now.since(d.last_seen) > after)
+        {
+            if d.active.is_some() {
                 self.parked_devices.insert(id, d);
             }
         }
@@ -888,9 +880,14 @@ fn classic(
                 // Classic semantics: every abnormal reading is its own alert. Its identity
                 // is the reading's content (device, value, time), so two readings in the
                 // same second are two alerts and a re-delivered one is the same alert.
-                let identity = format!("{rule_key}|{}|{}", obs.device_id, value);
                 let active = Active::new(
-                    alert_id(&obs.patient_id, &identity, obs.observed_at),
+                    reading_alert_id(
+                        &obs.patient_id,
+                        &rule_key,
+                        obs.device_id.as_str(),
+                        value,
+                        obs.observed_at,
+                    ),
                     obs.observed_at,
                     b.priority,
                     ctx.now,
