@@ -830,6 +830,85 @@ impl Engine {
         Err(AckError::NotActive(id.to_owned()))
     }
 
+    /// Takes back the open alerts an alert store kept, at start-up after a stop or a crash,
+    /// from their latest events: an open alert can then be acknowledged, resolves when its
+    /// condition clears, and the same condition raises no second alert. Patient alerts wait
+    /// aside (as for an evicted patient) and carry on with the patient's next reading;
+    /// stale-device alarms carry on at once. Only the standard profile keeps alerts open;
+    /// the classic one restores nothing. Of several open alerts of one patient and rule
+    /// (classic alerts in a data directory later run with the standard profile), the
+    /// newest episode is kept. Returns how many alerts were restored.
+    pub fn restore(&mut self, open: impl IntoIterator<Item = AlertEvent>) -> usize {
+        if self.rules.profile == Profile::Classic {
+            return 0;
+        }
+        let mut restored = 0;
+        for e in open {
+            if e.state == AlertState::Resolved {
+                continue;
+            }
+            let active = Active {
+                alert_id: e.alert_id.clone(),
+                episode_start: e.episode_start,
+                priority: e.priority,
+                state: e.state,
+                last_notified: e.alert_generated_time,
+                inputs_stale: e.event == AlertEventKind::InputsStale,
+            };
+            if let Some(device) = e.rule_key.strip_prefix("device_stale:") {
+                let dev = self
+                    .devices
+                    .entry(DeviceId(device.to_owned()))
+                    .or_insert_with(|| DeviceState {
+                        patient_id: e.patient_id.clone(),
+                        newest_at: e.episode_start,
+                        last_seen: e.episode_start,
+                        active: None,
+                    });
+                if dev
+                    .active
+                    .as_ref()
+                    .is_none_or(|a| a.episode_start < e.episode_start)
+                {
+                    dev.active = Some(active);
+                    restored += 1;
+                }
+                continue;
+            }
+            let key = match e.rule_key.split(':').collect::<Vec<_>>()[..] {
+                ["news2"] => RuleKey::News2,
+                ["threshold", vital, ref_id] => match (Vital::from_name(vital), ref_id.parse()) {
+                    (Some(vital), Ok(ref_id)) => RuleKey::Band { vital, ref_id },
+                    _ => continue,
+                },
+                ["limit", name] => match self.rules.limits.iter().position(|l| l.name == name) {
+                    Some(i) => RuleKey::Limit(i),
+                    // A rule no longer configured: nothing can clear it in the engine.
+                    None => continue,
+                },
+                _ => continue,
+            };
+            let conditions = self.parked.entry(e.patient_id.clone()).or_default();
+            match conditions.iter_mut().find(|c| c.key == key) {
+                Some(c)
+                    if c.active
+                        .as_ref()
+                        .is_some_and(|a| a.episode_start >= e.episode_start) => {}
+                Some(c) => c.active = Some(active),
+                None => {
+                    let mut c = Condition::new(key);
+                    // The episode held at least until its latest event: older readings
+                    // arriving after the restart cannot end it.
+                    c.last_abnormal = e.input_message_time.min(e.alert_generated_time);
+                    c.active = Some(active);
+                    conditions.push(c);
+                    restored += 1;
+                }
+            }
+        }
+        restored
+    }
+
     /// Ids of the alerts active now (triggered or acknowledged), with their state,
     /// including those of evicted patients and devices.
     pub fn active_alerts(&self) -> Vec<(String, AlertState, Priority)> {

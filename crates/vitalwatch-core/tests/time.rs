@@ -272,7 +272,11 @@ fn news2_hovering_at_its_trigger_gives_one_alert_not_thirty() {
     assert_eq!(kinds(&evs), [(AlertEventKind::Triggered, "news2".into())]);
     assert_eq!(evs[0].priority, Priority::Medium);
     assert_eq!(evs[0].news2_score, Some(5));
-    assert!(evs[0].input_message_time <= at(700), "{}", evs[0].input_message_time);
+    assert!(
+        evs[0].input_message_time <= at(700),
+        "{}",
+        evs[0].input_message_time
+    );
     // Six minutes at 3: resolves once, five minutes after the score fell.
     send(&mut e, &three, 360, &mut evs);
     assert_eq!(evs.len(), 2);
@@ -609,4 +613,48 @@ proptest! {
         let shuffled: Vec<(i64, f64)> = arrivals.into_iter().map(|a| a.1).collect();
         prop_assert_eq!(alert_story(&shuffled), in_order);
     }
+}
+
+#[test]
+fn a_restarted_engine_takes_back_its_open_alerts() {
+    let rules = |r: &mut RulesConfig| {
+        r.news2.enabled = false;
+        r.thresholds.persistence = Duration::ZERO;
+        for l in &mut r.limits {
+            l.persistence = Duration::ZERO;
+        }
+    };
+    let mut before = engine(Profile::Standard, rules);
+    let hr = |s: i64, v: f64| obs("1", at(s), &[(Vital::HeartRate, v)]);
+    let sp = |s: i64, v: f64| obs("2", at(s), &[(Vital::Spo2, v)]);
+    let mut log = feed(&mut before, &hr(0, 95.0), at(0));
+    log.extend(feed(&mut before, &sp(0, 78.0), at(0)));
+    log.extend(tick(&mut before, at(61)));
+    // The band alarm, the SpO2 alarm, two silent devices.
+    assert_eq!(log.len(), 4, "{:?}", kinds(&log));
+    let hr_alert = log[0].alert_id.clone();
+    let spo2_alert = log[1].alert_id.clone();
+    // The process dies; a new one reads the latest event of each open alert back.
+    let mut after = engine(Profile::Standard, rules);
+    assert_eq!(after.restore(log.clone()), 4);
+    assert_eq!(after.active_alerts().len(), 4);
+    assert!(
+        after.acknowledge(&hr_alert, "nurse", at(100)).is_ok(),
+        "acknowledgeable"
+    );
+    // Still tachycardic: no second alert. Back in range: the same alert resolves.
+    assert!(
+        !feed(&mut after, &hr(101, 96.0), at(101))
+            .iter()
+            .any(|e| e.event == AlertEventKind::Triggered)
+    );
+    let end = feed(&mut after, &sp(102, 97.0), at(102));
+    let resolved: Vec<&str> = end
+        .iter()
+        .filter(|e| e.event == AlertEventKind::Resolved)
+        .map(|e| e.alert_id.as_str())
+        .collect();
+    assert!(resolved.contains(&spo2_alert.as_str()), "{:?}", kinds(&end));
+    // The classic profile keeps no alert open, so it restores none.
+    assert_eq!(engine(Profile::Classic, |_| {}).restore(log), 0);
 }

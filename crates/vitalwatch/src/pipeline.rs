@@ -252,8 +252,16 @@ impl Pipeline {
             profile = config.rules.profile.as_str(),
             "reference data loaded"
         );
-        let engine =
+        let mut engine =
             Engine::new(config.rules.clone(), patients, table).with_lateness(config.time.lateness);
+        // The alerts still open when the last run stopped (or crashed) carry on.
+        let open = catalog
+            .alerts(true, usize::MAX)
+            .context("cannot load open alerts")?;
+        let restored = engine.restore(open.into_iter().map(|a| a.latest));
+        if restored > 0 {
+            tracing::info!(restored, "open alerts restored from the catalog");
+        }
 
         let (ingest_tx, ingest_rx) = flume::bounded(config.pipeline.ingest_capacity);
         let (archive_tx, archive_rx) = flume::bounded(config.pipeline.archive_capacity);

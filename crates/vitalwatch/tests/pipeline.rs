@@ -957,3 +957,124 @@ fn data_directories_are_read_safely_and_owned_by_one_writer() {
     // Usage errors exit 2.
     assert_eq!(vitalwatch(&["patients", "lst"]).status.code(), Some(2));
 }
+
+/// `vitalwatch run` on a free port with this config file, until killed.
+fn spawn_run(data: &Path, config: &Path, port: u16) -> std::process::Child {
+    let child = Command::new(env!("CARGO_BIN_EXE_vitalwatch"))
+        .args([
+            "run",
+            "--no-simulator",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--config",
+            &os(config),
+            "--data",
+            &os(data),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "vitalwatch run did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child
+}
+
+/// Kill -9 `run` with open alerts and start it again: the alerts are listed, can be
+/// acknowledged, a persisting condition raises no second alert, a cleared one resolves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_killed_with_open_alerts_carries_on_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    seed(&data);
+    let config = dir.path().join("vw.toml");
+    std::fs::write(
+        &config,
+        "[rules.thresholds]\npersistence = \"0s\"\n[rules.stale_device]\nenabled = false\n[rules.news2]\nenabled = false\n",
+    )
+    .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let post = |patient: &'static str, hr: u32| async move {
+        let (_, t) = recent(0);
+        let body = format!(
+            r#"{{"patient_id":"{patient}","device_id":"m{patient}","observed_at":"{t}","vitals":{{"heart_rate":{hr}}}}}"#
+        );
+        assert_eq!(request(addr, "POST", "/v1/readings", &body).await.0, 202);
+    };
+    let open = || async move {
+        serde_json::from_str::<Vec<serde_json::Value>>(
+            &request(addr, "GET", "/v1/alerts", "").await.1,
+        )
+        .unwrap()
+    };
+    let wait_for = |want: usize| async move {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let list = open().await;
+            if list.len() == want || Instant::now() > deadline {
+                return list;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+
+    let mut first = spawn_run(&data, &config, port);
+    post("5", 95).await; // Pam (72): heart rate ≥ 74 is high
+    post("2", 60).await; // Sammy A (45): heart rate ≤ 65 is low
+    let before = wait_for(2).await;
+    assert_eq!(before.len(), 2, "{before:?}");
+    first.kill().unwrap(); // SIGKILL: no drain, no goodbye
+    first.wait().unwrap();
+
+    let mut second = spawn_run(&data, &config, port);
+    let listed = open().await;
+    assert_eq!(listed.len(), 2);
+    let id_of = |patient: &str| {
+        listed.iter().find(|a| a["patient_id"] == patient).unwrap()["alert_id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let (pam, sammy) = (id_of("5"), id_of("2"));
+    let (status, body) = request(
+        addr,
+        "POST",
+        &format!("/v1/alerts/{pam}/ack"),
+        r#"{"by":"nurse.jones"}"#,
+    )
+    .await;
+    assert_eq!(
+        status, 200,
+        "acknowledging an alert of the last run: {body}"
+    );
+    post("5", 96).await; // still high: the same episode
+    post("2", 70).await; // back in range: resolves
+    let after = wait_for(1).await;
+    assert_eq!(after.len(), 1, "{after:?}");
+    assert_eq!(after[0]["alert_id"], pam.as_str());
+    assert_eq!(after[0]["state"], "acknowledged");
+    second.kill().unwrap();
+    second.wait().unwrap();
+    let log = std::fs::read_to_string(data.join("alerts.jsonl")).unwrap();
+    let triggered = log
+        .lines()
+        .filter(|l| l.contains(r#""event":"triggered""#))
+        .count();
+    assert_eq!(
+        triggered, 2,
+        "no second alert for a persisting condition:\n{log}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains(r#""event":"resolved""#) && l.contains(&sammy)),
+        "{log}"
+    );
+}
