@@ -28,8 +28,8 @@ use crate::config::{self, Config};
 use crate::http;
 use crate::metrics::Metrics;
 use crate::pipeline::{
-    Clock, IngestMsg, Pipeline, PipelineHandle, PipelineOptions, catalog_path, wall_now,
-    warehouse_root,
+    Clock, IngestMsg, Pipeline, PipelineHandle, PipelineOptions, catalog_path, stamp_untimed,
+    wall_now, warehouse_root,
 };
 
 /// Loads the config file (or defaults) and applies `--data`.
@@ -574,13 +574,16 @@ fn read_file(
             continue;
         }
         received += 1;
-        let now = adm.stamp(wall);
         let source = || format!("replay:{name}:{lineno}");
-        match decode_record(rec, format, now) {
-            Ok(o) => adm.admit(o, |reason| DeadLetter::new(now, source(), reason, rec)),
+        match decode_record(rec, format, wall) {
+            Ok(mut o) => {
+                stamp_untimed(&mut o, wall, || adm.stamp(wall));
+                let at = o.ingested_at;
+                adm.admit(o, |reason| DeadLetter::new(at, source(), reason, rec));
+            }
             Err(e) => adm
                 .dead
-                .push(DeadLetter::new(now, source(), e.to_string(), rec)),
+                .push(DeadLetter::new(wall, source(), e.to_string(), rec)),
         }
         if adm.batch.len() >= REPLAY_BATCH {
             send_batch(h, &mut adm.batch, &mut adm.dead, &mut received)?;

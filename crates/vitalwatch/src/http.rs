@@ -23,7 +23,7 @@ use vitalwatch_core::codec::{InputFormat, decode_record, split_body};
 use vitalwatch_core::engine::AckError;
 use vitalwatch_core::model::DeadLetter;
 
-use crate::pipeline::{IngestMsg, PipelineHandle, wall_now};
+use crate::pipeline::{IngestMsg, PipelineHandle, stamp_untimed, wall_now};
 
 #[derive(Debug, Deserialize)]
 struct ReadingsQuery {
@@ -104,8 +104,8 @@ async fn post_readings(
     for r in &records {
         // Each record its own ingest time: two records without a time of their own are
         // two readings, not one.
-        let now = h.stamps.next(wall);
-        let decoded = decode_record(r.bytes, q.format, now).and_then(|o| {
+        let decoded = decode_record(r.bytes, q.format, wall).and_then(|mut o| {
+            stamp_untimed(&mut o, wall, || h.stamps.next(wall));
             h.admit_live(&o)?;
             Ok(o)
         });
@@ -114,7 +114,7 @@ async fn post_readings(
             Err(e) => {
                 let reason = e.to_string();
                 dead.push(DeadLetter::new(
-                    now,
+                    wall,
                     format!("http:record {}", r.index),
                     reason.clone(),
                     r.bytes,

@@ -49,6 +49,18 @@ pub enum Clock {
     Stream,
 }
 
+/// Gives a record that carries no time of its own (a classic record without
+/// `message_time`, decoded with `batch_now` standing in for it) its own ingest time from
+/// `next`, so two such records are two readings. Records with a time keep the batch's
+/// ingest time, which the warehouse stores in a few bytes per batch.
+pub fn stamp_untimed(o: &mut Observation, batch_now: Timestamp, next: impl FnOnce() -> Timestamp) {
+    if o.observed_at == batch_now && o.ingested_at == batch_now {
+        let t = next();
+        o.observed_at = t;
+        o.ingested_at = t;
+    }
+}
+
 /// Hands out ingest times: the wall clock, but strictly increasing, so two records that
 /// carry no time of their own (classic records without `message_time`) never share one,
 /// and stay two readings.

@@ -676,6 +676,9 @@ fn replay_classic_same_second_readings_duplicates_decimals_and_unknown_fields() 
         r#"{"customerId":1,"heartBeat":78.5,"message_time":"2025-03-01 08:00:01"}"#,
         // A field the classic layout does not have: a dead letter, not a lost value.
         r#"{"customerId":1,"heartbeat":130,"message_time":"2025-03-01 08:00:02"}"#,
+        // Two records without a time of their own, in one batch: two readings, two alerts.
+        r#"{"customerId":2,"heartBeat":90,"bp":160}"#,
+        r#"{"customerId":2,"heartBeat":90,"bp":160}"#,
     ]
     .iter()
     .map(|s| (*s).to_owned())
@@ -688,7 +691,12 @@ fn replay_classic_same_second_readings_duplicates_decimals_and_unknown_fields() 
         .iter()
         .map(|a| (a["heartBeat"].as_f64().unwrap(), a["bp"].as_f64().unwrap()))
         .collect();
-    assert_eq!(hr, vec![(80.0, 160.0), (120.0, 160.0)], "{alerts:?}");
+    assert_eq!(
+        hr,
+        vec![(80.0, 160.0), (120.0, 160.0), (90.0, 160.0), (90.0, 160.0)],
+        "{alerts:?}"
+    );
+    assert_ne!(alerts[2]["alert_id"], alerts[3]["alert_id"]);
 }
 
 /// `simulate | replay` through the binary: same seed → same file; a second replay of the
