@@ -22,6 +22,13 @@ use vitalwatch_core::rules::{Profile, RulesConfig};
 use vitalwatch_core::simulate::{SimConfig, Simulator};
 
 use crate::config::Config;
+
+/// `println!` that ends quietly when standard output is a closed pipe (`| head`).
+macro_rules! say {
+    ($($arg:tt)*) => {
+        crate::commands::emit(&format!("{}\n", format_args!($($arg)*)))?
+    };
+}
 use crate::metrics::{Metrics, percentile};
 use crate::pipeline::{Clock, Pipeline, PipelineOptions, wall_now};
 
@@ -41,7 +48,7 @@ pub fn engine(patients: usize, readings: u64) -> anyhow::Result<()> {
         version: 1,
         bands: parse_threshold_csv(CLASSIC_THRESHOLDS_CSV.as_bytes())?,
     };
-    println!(
+    say!(
         "engine benchmark: {patients} patients, {readings} readings per profile ({per_obs:.0} vitals per observation set), one thread"
     );
     for profile in [Profile::Standard, Profile::Classic] {
@@ -79,14 +86,14 @@ pub fn engine(patients: usize, readings: u64) -> anyhow::Result<()> {
             }
         }
         let secs = elapsed.as_secs_f64();
-        println!(
+        say!(
             "  profile {:<8} {:>12.0} readings/s  ({done} readings in {secs:.3}s, {events} alert events)",
             profile.as_str(),
             done as f64 / secs
         );
         let (tracked_patients, tracked_devices) = engine.tracked();
         if let (Some(a), Some(b)) = (rss_before, crate::commands::rss_mib()) {
-            println!(
+            say!(
                 "  {:<16} state: {tracked_patients} patients, {tracked_devices} devices, {:.1} MiB resident ({:.0} bytes per patient)",
                 "",
                 b - a,
@@ -138,7 +145,7 @@ pub async fn http(
     )
     .await?;
     let total = (rate as f64 * duration.micros() as f64 / 1e6) as u64;
-    println!(
+    say!(
         "http benchmark: {total} readings at {rate}/s over {connections} connections to http://{addr}, classic profile (every reading alerts)"
     );
     let start = Instant::now();
@@ -199,13 +206,13 @@ pub async fn http(
     lat.sort_unstable();
     rtts.sort_unstable();
     let ms = |us: u64| us as f64 / 1000.0;
-    println!(
+    say!(
         "  sent {} readings in {send_secs:.2}s = {:.0} readings/s; alerts written: {}",
         rtts.len(),
         rtts.len() as f64 / send_secs,
         metrics.alerts_total()
     );
-    println!(
+    say!(
         "  ingest-to-alert latency: p50 {:.3} ms  p90 {:.3} ms  p99 {:.3} ms  max {:.3} ms  ({} samples)",
         ms(percentile(&lat, 0.50)),
         ms(percentile(&lat, 0.90)),
@@ -213,20 +220,20 @@ pub async fn http(
         ms(lat.last().copied().unwrap_or(0)),
         lat.len()
     );
-    println!(
+    say!(
         "  HTTP round trip:         p50 {:.3} ms  p90 {:.3} ms  p99 {:.3} ms  max {:.3} ms",
         ms(percentile(&rtts, 0.50)),
         ms(percentile(&rtts, 0.90)),
         ms(percentile(&rtts, 0.99)),
         ms(rtts.last().copied().unwrap_or(0))
     );
-    println!(
+    say!(
         "  dead letters: {}, warehouse rows: {}",
         summary.dead_letters,
         metrics.archived_rows.load(Relaxed)
     );
     match keep_data {
-        Some(d) => println!("  data kept in {}", d.display()),
+        Some(d) => say!("  data kept in {}", d.display()),
         None => {
             let _ = std::fs::remove_dir_all(&dir);
         }
