@@ -253,7 +253,10 @@ enum Source {
     File {
         path: String,
         records: u64,
+        /// Records that cannot be scored (undecodable, invalid, unknown annotation).
         skipped: u64,
+        /// Observation sets the engine did not evaluate (later than `time.lateness`).
+        late: u64,
     },
 }
 
@@ -630,10 +633,19 @@ fn run_input(
     if records == skipped {
         bail!("{name}: no record to evaluate");
     }
+    // The engine does not evaluate a reading later than `time.lateness` (the scorer still
+    // counts its label), nor one past a state bound: say how many.
+    let (late, refused) = evals.first().map_or((0, 0), Evaluation::skipped);
+    if late + refused > 0 {
+        eprintln!(
+            "{name}: the engine did not evaluate {late} observation sets later than time.lateness ({lateness}) and refused {refused} at a state bound"
+        );
+    }
     let source = Source::File {
         path: name,
         records,
         skipped,
+        late,
     };
     Ok((source, evals.into_iter().map(Evaluation::finish).collect()))
 }
@@ -687,6 +699,7 @@ fn header(source: &Source, grace: Duration, first: Option<&Report>) -> String {
             path,
             records,
             skipped,
+            ..
         } => format!("{path}, {records} records ({skipped} skipped)"),
     };
     let (sets, readings, days) = first.map_or((0, 0, 0.0), |r| {

@@ -158,16 +158,23 @@ fn records_that_cannot_be_scored_are_counted_and_named() {
         .collect();
     lines.push(line(300, r#","annotation":"sepsis""#));
     lines.push(r#"{"patient_id":"1","vitals":{"heart_rate":900}}"#.into());
+    // Five minutes late: older than time.lateness (2m), so not evaluated, and said so.
+    lines.push(line(0, ""));
     std::fs::write(&file, lines.join("\n") + "\n").unwrap();
     let o = vitalwatch(&["evaluate", "--input", &os(&file), "--format", "json"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
-        err.contains("skipped 2 of 302 records")
+        err.contains("skipped 2 of 303 records")
             && err.contains("line 301: unknown annotation \"sepsis\""),
         "{err}"
     );
+    assert!(
+        err.contains("did not evaluate 1 observation sets later than time.lateness (2m)"),
+        "{err}"
+    );
     let doc: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(doc["source"]["late"], 1);
     let r = &doc["results"][0];
     assert_eq!(r["episodes"], 1);
     assert_eq!(r["detected"], 1);
