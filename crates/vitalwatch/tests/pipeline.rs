@@ -964,6 +964,30 @@ fn data_directories_are_read_safely_and_owned_by_one_writer() {
 
     // Usage errors exit 2.
     assert_eq!(vitalwatch(&["patients", "lst"]).status.code(), Some(2));
+
+    // A port in use fails `run` before it writes anything.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let fresh = dir.path().join("never-written");
+    let o = vitalwatch(&[
+        "run",
+        "--duration",
+        "1s",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--data",
+        &os(&fresh),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("cannot listen on"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        !fresh.exists(),
+        "nothing written before the port was checked"
+    );
 }
 
 /// `vitalwatch run` on a free port with this config file, until killed.
