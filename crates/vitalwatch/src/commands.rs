@@ -410,9 +410,12 @@ pub fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         std::thread::Builder::new()
             .name("replay-reader".into())
             .spawn(move || -> anyhow::Result<()> {
-                // One clock over all files: they are one recording, in order.
+                // Each file is a recording with its own clock, so files given in any
+                // order are judged by their own time; the engine still decides, per
+                // device, what is late.
                 let mut admission = ReplayAdmission::new(time);
                 for f in &files {
+                    admission.new_recording();
                     read_file(f, format, &h, &bar, &mut admission)?;
                 }
                 admission.finish(&h)
@@ -523,11 +526,18 @@ impl ReplayAdmission {
         }
     }
 
-    /// Settles what is still held at the end of the recording and sends the rest.
-    fn finish(mut self, h: &PipelineHandle) -> anyhow::Result<()> {
+    /// Starts the next recording: settles the reading the last one still held, and a
+    /// fresh clock. Ingest stamps stay strictly increasing across recordings.
+    fn new_recording(&mut self) {
         if let Some(v) = self.clock.finish() {
             self.settle(v);
         }
+        self.clock = StreamClock::new(self.time.max_future);
+    }
+
+    /// Settles what is still held at the end of the last recording and sends the rest.
+    fn finish(mut self, h: &PipelineHandle) -> anyhow::Result<()> {
+        self.new_recording();
         let mut received = 0;
         send_batch(h, &mut self.batch, &mut self.dead, &mut received)
     }

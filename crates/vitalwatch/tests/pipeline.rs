@@ -568,6 +568,30 @@ fn replay_a_far_future_reading_is_a_dead_letter_and_alarms_go_on() {
 }
 
 #[test]
+fn replay_judges_each_file_by_its_own_clock() {
+    let dir = tempfile::tempdir().unwrap();
+    let newer = dir.path().join("newer.jsonl");
+    let older = dir.path().join("older.jsonl");
+    let lines = |offset: f64| -> String {
+        (0..100)
+            .map(|s| canon("1", "m1", offset + f64::from(s), r#""heart_rate":74"#) + "\n")
+            .collect()
+    };
+    std::fs::write(&newer, lines(0.0)).unwrap();
+    // Three days earlier: older than time.max_age against the first file's clock.
+    std::fs::write(&older, lines(-3.0 * 86_400.0)).unwrap();
+    let data = dir.path().join("data");
+    let o = vitalwatch(&["replay", "--data", &os(&data), &os(&newer), &os(&older)]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = String::from_utf8(o.stdout).unwrap();
+    assert!(
+        out.contains("readings: 200 (200 observation sets)"),
+        "{out}"
+    );
+    assert!(out.contains("dead letters: 0"), "{out}");
+}
+
+#[test]
 fn replay_a_late_normal_reading_neither_resolves_nor_duplicates() {
     let mut lines: Vec<String> = (0..60)
         .map(|s| canon("1", "m1", f64::from(s), r#""heart_rate":95"#))
