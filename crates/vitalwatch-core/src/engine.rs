@@ -1087,11 +1087,7 @@ fn news2_step(state: &mut PatientState, ctx: &StepCtx<'_>, out: &mut Findings) {
     let Some(s) = scored else {
         // Incomplete set. An open NEWS2 alert stays open (no alarm is silenced for want of
         // data), but says once that its inputs are stale.
-        let Some(c) = state
-            .conditions
-            .iter_mut()
-            .find(|c| c.key == RuleKey::News2)
-        else {
+        let Some(c) = news2_condition(state) else {
             return;
         };
         let Some(a) = c.active.as_mut().filter(|a| !a.inputs_stale) else {
@@ -1140,11 +1136,7 @@ fn news2_step(state: &mut PatientState, ctx: &StepCtx<'_>, out: &mut Findings) {
         ctx,
         out,
     );
-    let Some(c) = state
-        .conditions
-        .iter_mut()
-        .find(|c| c.key == RuleKey::News2)
-    else {
+    let Some(c) = news2_condition(state) else {
         return;
     };
     let Some(a) = c.active.as_mut() else { return };
@@ -1168,6 +1160,14 @@ fn news2_step(state: &mut PatientState, ctx: &StepCtx<'_>, out: &mut Findings) {
         out.events
             .push(event(&ev, &detail, &a, AlertEventKind::Escalated, a.state));
     }
+}
+
+/// The patient's NEWS2 condition, if there is one.
+fn news2_condition(state: &mut PatientState) -> Option<&mut Condition> {
+    state
+        .conditions
+        .iter_mut()
+        .find(|c| c.key == RuleKey::News2)
 }
 
 /// Runs one condition's state machine and emits the event its transition causes.

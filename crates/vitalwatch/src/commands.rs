@@ -439,16 +439,28 @@ pub fn replay(args: ReplayArgs) -> anyhow::Result<()> {
 }
 
 fn progress_bar(total: u64, what: &str) -> indicatif::ProgressBar {
+    progress_bar_styled(
+        total,
+        what,
+        "{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+    )
+}
+
+/// A progress bar on standard error, only when it is a terminal (hidden otherwise, and
+/// for an empty job), in the given indicatif template.
+pub(crate) fn progress_bar_styled(
+    total: u64,
+    what: &str,
+    template: &str,
+) -> indicatif::ProgressBar {
     if total == 0 || !std::io::stderr().is_terminal() {
         return indicatif::ProgressBar::hidden();
     }
     let bar = indicatif::ProgressBar::new(total);
     bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-        .progress_chars("=> "),
+        indicatif::ProgressStyle::with_template(template)
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
     );
     bar.set_message(what.to_owned());
     bar

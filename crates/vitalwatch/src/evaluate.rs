@@ -11,7 +11,7 @@
 //! `[rules]` (or the defaults). Several engines on simulated input run on one thread per
 //! core, each thread with its own simulator (same seed, same stream).
 
-use std::io::{BufRead, BufReader, IsTerminal};
+use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -404,19 +404,11 @@ fn blank_observation() -> Observation {
 }
 
 fn counting_bar(total: u64, what: &str) -> indicatif::ProgressBar {
-    if !std::io::stderr().is_terminal() {
-        return indicatif::ProgressBar::hidden();
-    }
-    let bar = indicatif::ProgressBar::new(total);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{msg} [{bar:40}] {human_pos}/{human_len} {per_sec} eta {eta}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-        .progress_chars("=> "),
-    );
-    bar.set_message(what.to_owned());
-    bar
+    crate::commands::progress_bar_styled(
+        total,
+        what,
+        "{msg} [{bar:40}] {human_pos}/{human_len} {per_sec} eta {eta}",
+    )
 }
 
 /// Progress is reported once per this many observation sets.
