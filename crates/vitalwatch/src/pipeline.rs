@@ -30,6 +30,7 @@ use vitalwatch_core::clock::{Reference, StreamClock, TimeConfig, TimeError};
 use vitalwatch_core::codec::encode_canonical;
 use vitalwatch_core::engine::{AckError, Engine, Findings, Processed};
 use vitalwatch_core::model::{DeadLetter, Duration, Observation, Timestamp, Unclassified};
+use vitalwatch_core::rules::Profile;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -266,13 +267,16 @@ impl Pipeline {
         );
         let mut engine =
             Engine::new(config.rules.clone(), patients, table).with_lateness(config.time.lateness);
-        // The alerts still open when the last run stopped (or crashed) carry on.
-        let open = catalog
-            .alerts(true, usize::MAX)
-            .context("cannot load open alerts")?;
-        let restored = engine.restore(open.into_iter().map(|a| a.latest));
-        if restored > 0 {
-            tracing::info!(restored, "open alerts restored from the catalog");
+        // The alerts still open when the last run stopped (or crashed) carry on. (The
+        // classic profile keeps no alert open: nothing to take back, nothing to read.)
+        if config.rules.profile == Profile::Standard {
+            let open = catalog
+                .open_alerts_to_restore()
+                .context("cannot load open alerts")?;
+            let restored = engine.restore(open);
+            if restored > 0 {
+                tracing::info!(restored, "open alerts restored from the catalog");
+            }
         }
 
         let (ingest_tx, ingest_rx) = flume::bounded(config.pipeline.ingest_capacity);

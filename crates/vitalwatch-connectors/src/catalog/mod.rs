@@ -508,6 +508,25 @@ impl SqliteCatalog {
         Ok(out)
     }
 
+    /// The latest event of the newest open alert of each patient and rule key: what a
+    /// restarted engine takes back. One per (patient, rule key), however many open alerts
+    /// the catalog holds (a classic-profile run leaves every alert open), so start-up stays
+    /// fast and small. Alert ids begin with their episode start, so the greatest id is the
+    /// newest episode.
+    pub fn open_alerts_to_restore(&self) -> Result<Vec<AlertEvent>, CatalogError> {
+        let mut st = self.conn.prepare(
+            "SELECT latest_event FROM alerts WHERE alert_id IN (
+                 SELECT max(alert_id) FROM alerts WHERE state <> 'resolved'
+                 GROUP BY patient_id, rule_key)",
+        )?;
+        let rows = st.query_map([], |r| r.get::<_, String>(0))?;
+        let mut out = Vec::new();
+        for body in rows {
+            out.push(serde_json::from_str(&body?)?);
+        }
+        Ok(out)
+    }
+
     /// One alert's latest event, if it exists.
     pub fn alert(&self, alert_id: &str) -> Result<Option<AlertEvent>, CatalogError> {
         let body: Option<String> = self
@@ -672,5 +691,24 @@ mod tests {
             c.alert(&first[0].alert_id).unwrap().unwrap().alert_message,
             first[0].alert_message
         );
+        // Classic alerts stay open; a restart takes back the newest per patient and rule.
+        let mut later = events(9_000_000);
+        for e in &mut later {
+            e.episode_start = Timestamp(5_000_000);
+            e.alert_id =
+                vitalwatch_core::alert::alert_id(&e.patient_id, &e.rule_key, e.episode_start);
+        }
+        record(&mut c, &later);
+        assert_eq!(c.alerts(true, 10).unwrap().len(), 4);
+        let mut restore: Vec<String> = c
+            .open_alerts_to_restore()
+            .unwrap()
+            .into_iter()
+            .map(|e| e.alert_id)
+            .collect();
+        restore.sort();
+        let mut want: Vec<String> = later.iter().map(|e| e.alert_id.clone()).collect();
+        want.sort();
+        assert_eq!(restore, want);
     }
 }
