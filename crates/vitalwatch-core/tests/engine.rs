@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{at, obs, patients, table};
+use common::{at, full_set, obs, patients, table};
 use proptest::prelude::*;
 use vitalwatch_core::alert::{AlertEventKind, AlertState, Priority};
 use vitalwatch_core::engine::{Engine, Findings};
@@ -364,25 +364,6 @@ fn spo2_limit_rules_ignore_a_short_dropout_but_not_a_desaturation() {
         f.iter().map(|a| a.rule_key.as_str()).collect::<Vec<_>>(),
         vec!["limit:spo2_low"]
     );
-}
-
-fn full_set(
-    hr: f64,
-    rr: f64,
-    spo2: f64,
-    sbp: f64,
-    temp: f64,
-    c: Consciousness,
-) -> Vec<(Vital, f64)> {
-    vec![
-        (Vital::HeartRate, hr),
-        (Vital::RespRate, rr),
-        (Vital::Spo2, spo2),
-        (Vital::Systolic, sbp),
-        (Vital::TempC, temp),
-        (Vital::Consciousness, c.code()),
-        (Vital::OnOxygen, 0.0),
-    ]
 }
 
 #[test]

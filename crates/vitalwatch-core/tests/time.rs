@@ -8,7 +8,7 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use common::{at, obs, obs_from, table};
+use common::{at, full_set, obs, obs_from, table};
 use proptest::prelude::*;
 use vitalwatch_core::alert::{AlertEvent, AlertEventKind, AlertState, Priority};
 use vitalwatch_core::clock::{Reference, TimeConfig};
@@ -224,17 +224,9 @@ fn clock_skew_neither_floods_nor_hides_the_stale_alarm() {
     );
 }
 
-/// A complete NEWS2 set on air for patient 2 (45): 0 points, then add what the test needs.
+/// A complete NEWS2 set, alert and on air: 0 points at normal values.
 fn set(hr: f64, rr: f64, spo2: f64, sbp: f64, temp: f64) -> Vec<(Vital, f64)> {
-    vec![
-        (Vital::HeartRate, hr),
-        (Vital::RespRate, rr),
-        (Vital::Spo2, spo2),
-        (Vital::Systolic, sbp),
-        (Vital::TempC, temp),
-        (Vital::Consciousness, Consciousness::A.code()),
-        (Vital::OnOxygen, 0.0),
-    ]
+    full_set(hr, rr, spo2, sbp, temp, Consciousness::A)
 }
 
 fn news2_only(rules: impl FnOnce(&mut RulesConfig)) -> Engine {

@@ -438,7 +438,8 @@ pub fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn progress_bar(total: u64, what: &str) -> indicatif::ProgressBar {
+/// A progress bar in bytes (see [`progress_bar_styled`]).
+pub(crate) fn progress_bar(total: u64, what: &str) -> indicatif::ProgressBar {
     progress_bar_styled(
         total,
         what,
@@ -469,6 +470,25 @@ pub(crate) fn progress_bar_styled(
 /// Observations per batch sent to the engine.
 const REPLAY_BATCH: usize = 1024;
 
+/// A JSON-lines input: a file, or standard input for `-`; with a name for messages and
+/// its size in bytes (0 for standard input) for a progress bar.
+pub(crate) fn open_input(path: &Path) -> anyhow::Result<(Box<dyn BufRead>, String, u64)> {
+    if path.as_os_str() == "-" {
+        return Ok((
+            Box::new(BufReader::with_capacity(1 << 20, std::io::stdin())),
+            "stdin".into(),
+            0,
+        ));
+    }
+    let f = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let size = f.metadata().map(|m| m.len()).unwrap_or(0);
+    Ok((
+        Box::new(BufReader::with_capacity(1 << 20, f)),
+        path.display().to_string(),
+        size,
+    ))
+}
+
 /// Judges a replay's readings against the recording's own clock ([`StreamClock`]): too
 /// old, or a jump ahead that no later reading confirms, is a dead letter; a confirmed jump
 /// (a gap in the recording) is accepted with the reading that confirmed it.
@@ -480,8 +500,6 @@ struct ReplayAdmission {
     held: Option<(Observation, DeadLetter)>,
     batch: Vec<Observation>,
     dead: Vec<DeadLetter>,
-    /// Ingest times: wall clock, strictly increasing per record.
-    last_stamp: Timestamp,
 }
 
 impl ReplayAdmission {
@@ -492,13 +510,7 @@ impl ReplayAdmission {
             held: None,
             batch: Vec::with_capacity(REPLAY_BATCH),
             dead: Vec::new(),
-            last_stamp: Timestamp(i64::MIN),
         }
-    }
-
-    fn stamp(&mut self, wall: Timestamp) -> Timestamp {
-        self.last_stamp = wall.max(Timestamp(self.last_stamp.0.saturating_add(1)));
-        self.last_stamp
     }
 
     /// Settles the held reading: into the batch, or a dead letter.
@@ -539,7 +551,8 @@ impl ReplayAdmission {
     }
 
     /// Starts the next recording: settles the reading the last one still held, and a
-    /// fresh clock. Ingest stamps stay strictly increasing across recordings.
+    /// fresh clock. (Ingest stamps come from the pipeline's one `IngestStamps`, strictly
+    /// increasing across recordings.)
     fn new_recording(&mut self) {
         if let Some(v) = self.clock.finish() {
             self.settle(v);
@@ -562,19 +575,7 @@ fn read_file(
     bar: &indicatif::ProgressBar,
     adm: &mut ReplayAdmission,
 ) -> anyhow::Result<()> {
-    let (mut input, name): (Box<dyn BufRead>, String) = if path.as_os_str() == "-" {
-        (
-            Box::new(BufReader::with_capacity(1 << 20, std::io::stdin())),
-            "stdin".into(),
-        )
-    } else {
-        let f =
-            std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-        (
-            Box::new(BufReader::with_capacity(1 << 20, f)),
-            path.display().to_string(),
-        )
-    };
+    let (mut input, name, _) = open_input(path)?;
     let mut line = Vec::with_capacity(512);
     let mut lineno = 0u64;
     let mut received = 0u64;
@@ -599,7 +600,7 @@ fn read_file(
         let source = || format!("replay:{name}:{lineno}");
         match decode_record(rec, format, wall) {
             Ok(mut o) => {
-                stamp_untimed(&mut o, wall, || adm.stamp(wall));
+                stamp_untimed(&mut o, wall, || h.stamps.next(wall));
                 let at = o.ingested_at;
                 adm.admit(o, |reason| DeadLetter::new(at, source(), reason, rec));
             }
@@ -669,15 +670,11 @@ pub fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
     };
     let mut out = BufWriter::with_capacity(1 << 20, out);
     let bar = if args.output.as_os_str() != "-" && count > 100_000 {
-        let b = progress_bar(count, "simulating");
-        b.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{msg} [{bar:40}] {pos}/{len} {per_sec} eta {eta}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-            .progress_chars("=> "),
-        );
-        b
+        progress_bar_styled(
+            count,
+            "simulating",
+            "{msg} [{bar:40}] {pos}/{len} {per_sec} eta {eta}",
+        )
     } else {
         indicatif::ProgressBar::hidden()
     };

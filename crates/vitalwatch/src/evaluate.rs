@@ -11,7 +11,7 @@
 //! `[rules]` (or the defaults). Several engines on simulated input run on one thread per
 //! core, each thread with its own simulator (same seed, same stream).
 
-use std::io::{BufRead, BufReader};
+use std::io::BufRead;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -530,41 +530,15 @@ fn run_pipelined(
 
 /// Runs every variant over a labelled recording, line by line.
 fn run_input(
-    path: &PathBuf,
+    path: &std::path::Path,
     patients: &[Patient],
     variants: &[Variant],
     grace: Duration,
     lateness: Duration,
 ) -> anyhow::Result<(Source, Vec<Report>)> {
-    let (input, name, size): (Box<dyn BufRead>, String, u64) = if path.as_os_str() == "-" {
-        (
-            Box::new(BufReader::with_capacity(1 << 20, std::io::stdin())),
-            "stdin".into(),
-            0,
-        )
-    } else {
-        let f =
-            std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-        let size = f.metadata().map(|m| m.len()).unwrap_or(0);
-        (
-            Box::new(BufReader::with_capacity(1 << 20, f)),
-            path.display().to_string(),
-            size,
-        )
-    };
-    let bar = if size > 0 {
-        let b = counting_bar(size, "evaluating");
-        b.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-            .progress_chars("=> "),
-        );
-        b
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
+    let (input, name, size) = crate::commands::open_input(path)?;
+    // Hidden for an empty (or unsized) input, and off a terminal.
+    let bar = crate::commands::progress_bar(size, "evaluating");
     let mut evals: Vec<Evaluation> = variants
         .iter()
         .map(|v| v.evaluation(patients, grace, lateness))

@@ -2,6 +2,8 @@
 //! engine, the SQLite catalog, the alert log and the Parquet warehouse, queried back with
 //! DataFusion. Also `replay` and `simulate` through the built binary.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
@@ -1016,27 +1018,18 @@ fn data_directories_are_read_safely_and_owned_by_one_writer() {
 
 /// `vitalwatch run` on a free port with this config file, until killed.
 fn spawn_run(data: &Path, config: &Path, port: u16) -> std::process::Child {
-    let child = Command::new(env!("CARGO_BIN_EXE_vitalwatch"))
-        .args([
-            "run",
-            "--no-simulator",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--config",
-            &os(config),
-            "--data",
-            &os(data),
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "vitalwatch run did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_vitalwatch"));
+    cmd.args([
+        "run",
+        "--no-simulator",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--config",
+        &os(config),
+        "--data",
+        &os(data),
+    ]);
+    common::serve(cmd, port)
 }
 
 /// Kill -9 `run` with open alerts and start it again: the alerts are listed, can be
@@ -1052,11 +1045,7 @@ async fn run_killed_with_open_alerts_carries_on_after_restart() {
         "[rules.thresholds]\npersistence = \"0s\"\n[rules.stale_device]\nenabled = false\n[rules.news2]\nenabled = false\n",
     )
     .unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::free_port();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let post = |patient: &'static str, hr: u32| async move {
         let (_, t) = recent(0);

@@ -16,9 +16,12 @@
 //!   documented output starts with `error:` must exit with status 1; every other command
 //!   must exit 0.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+
+use common::free_port;
 
 /// One runnable command of a block, with the output the README documents for it.
 #[derive(Debug)]
@@ -138,37 +141,20 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// `vitalwatch run --no-simulator` in `dir`, until dropped.
 struct Server(std::process::Child);
 
 impl Server {
     fn start(bin: &Path, dir: &Path, port: u16) -> Server {
-        let child = Command::new(bin)
-            .args([
-                "run",
-                "--no-simulator",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-            ])
-            .current_dir(dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "vitalwatch run did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Server(child)
+        let mut cmd = Command::new(bin);
+        cmd.args([
+            "run",
+            "--no-simulator",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .current_dir(dir);
+        Server(common::serve(cmd, port))
     }
 }
 

@@ -5,7 +5,7 @@
 
 use vitalwatch_core::alert::Priority;
 use vitalwatch_core::model::{
-    DeviceId, Observation, Patient, PatientId, Timestamp, Vital, VitalSet,
+    Consciousness, DeviceId, Observation, Patient, PatientId, Timestamp, Vital, VitalSet,
 };
 use vitalwatch_core::reference::{
     CLASSIC_PATIENTS_CSV, CLASSIC_THRESHOLDS_CSV, ThresholdTable, parse_patients_csv,
@@ -68,4 +68,24 @@ pub fn desaturation_limit() -> vitalwatch_core::rules::LimitRule {
         message: "SpO2 desaturation below 80%".into(),
         scale: None,
     }
+}
+
+/// A complete NEWS2 observation set on air.
+pub fn full_set(
+    hr: f64,
+    rr: f64,
+    spo2: f64,
+    sbp: f64,
+    temp: f64,
+    c: Consciousness,
+) -> Vec<(Vital, f64)> {
+    vec![
+        (Vital::HeartRate, hr),
+        (Vital::RespRate, rr),
+        (Vital::Spo2, spo2),
+        (Vital::Systolic, sbp),
+        (Vital::TempC, temp),
+        (Vital::Consciousness, c.code()),
+        (Vital::OnOxygen, 0.0),
+    ]
 }
