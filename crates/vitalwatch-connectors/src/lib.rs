@@ -1,6 +1,9 @@
 //! vitalwatch-connectors: every external system vitalwatch talks to, one cargo feature each.
 //!
 //! # Layout
+//! - [`notify`]: the notifier seam (outbox consumers) and the alert-log notifier.
+//! - [`store`]: the reference-store and alert-store traits every backend implements, and
+//!   their contract test suite.
 //! - [`catalog`] (feature `sqlite`): patients, versioned threshold bands, alerts and their
 //!   transitions in SQLite — the reference-data role HBase played in the classic design.
 //! - [`warehouse`] (feature `warehouse`): Parquet in Hive layout, written by a rolling
@@ -8,5 +11,7 @@
 
 #[cfg(feature = "sqlite")]
 pub mod catalog;
+pub mod notify;
+pub mod store;
 #[cfg(feature = "warehouse")]
 pub mod warehouse;

@@ -150,22 +150,29 @@ pub fn reading_alert_id(
     )
 }
 
-fn alert_id_of(patient: &PatientId, parts: &[&[u8]], episode_start: Timestamp) -> String {
+/// A hash that is the same in every run, build and machine (64-bit FNV-1a over each
+/// part, with a separator so `("ab","c")` and `("a","bc")` differ): for identities that
+/// are stored, such as alert ids, stream names and file fingerprints.
+pub fn stable_hash(parts: &[&[u8]]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut eat = |bytes: &[u8]| {
-        for &b in bytes {
+    for part in parts {
+        for &b in *part {
             h ^= u64::from(b);
             h = h.wrapping_mul(0x0000_0100_0000_01b3);
         }
-        // A separator so ("ab","c") and ("a","bc") differ.
         h ^= 0xff;
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    };
-    eat(patient.as_str().as_bytes());
-    for p in parts {
-        eat(p);
     }
-    eat(&episode_start.micros().to_le_bytes());
+    h
+}
+
+fn alert_id_of(patient: &PatientId, parts: &[&[u8]], episode_start: Timestamp) -> String {
+    let start = episode_start.micros().to_le_bytes();
+    let mut all: Vec<&[u8]> = Vec::with_capacity(parts.len() + 2);
+    all.push(patient.as_str().as_bytes());
+    all.extend_from_slice(parts);
+    all.push(&start);
+    let h = stable_hash(&all);
     format!(
         "{:010x}-{h:016x}",
         episode_start.micros().div_euclid(1_000_000).max(0)
@@ -237,6 +244,31 @@ pub struct AlertEvent {
     pub device_id: Option<String>,
     /// Who acknowledged it, for acknowledgement events.
     pub acknowledged_by: Option<String>,
+}
+
+impl AlertEvent {
+    /// The time that, with the alert id and the event kind, identifies this event: the
+    /// reading time that caused it, or for events without a reading (acknowledgements,
+    /// re-notifications) when it happened. Re-processing the same input gives the same.
+    pub fn identity_time(&self) -> Timestamp {
+        use AlertEventKind::*;
+        match self.event {
+            Triggered | Resolved | Escalated | InputsStale => self.input_message_time,
+            Renotified | Acknowledged => self.alert_generated_time,
+        }
+    }
+
+    /// The idempotency key of this event (`<alert id>:<event>:<identity time micros>`):
+    /// the alert store records each key once, and notifiers pass it on so a receiver can
+    /// drop a re-delivery.
+    pub fn idempotency_key(&self) -> String {
+        format!(
+            "{}:{}:{}",
+            self.alert_id,
+            self.event.as_str(),
+            self.identity_time().micros()
+        )
+    }
 }
 
 #[cfg(test)]

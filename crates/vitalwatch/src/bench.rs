@@ -133,6 +133,7 @@ pub async fn http(
         PipelineOptions {
             clock: Clock::Wall,
             console: false,
+            publish_at_checkpoints_only: false,
         },
         metrics.clone(),
     )?;

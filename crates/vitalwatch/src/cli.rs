@@ -143,6 +143,12 @@ pub struct ReplayArgs {
     /// Print each alert on the console too (default: summary only).
     #[arg(long)]
     pub print_alerts: bool,
+    /// Replay files from their first byte even if an earlier replay of the same file got
+    /// further: the rows that replay archived are replaced, alerts it recorded are not
+    /// raised again. (Without it, a file continues where its last durable checkpoint
+    /// ended, so a crashed or repeated replay archives nothing twice.)
+    #[arg(long)]
+    pub from_start: bool,
     /// JSON-lines files; `-` reads standard input.
     #[arg(required = true)]
     pub files: Vec<PathBuf>,

@@ -9,8 +9,13 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use tokio_util::sync::CancellationToken;
+use std::sync::atomic::Ordering::Relaxed;
+
 use vitalwatch_connectors::catalog::SqliteCatalog;
+use vitalwatch_connectors::store::{AlertStore, ReferenceStore, SourcePosition};
+use vitalwatch_connectors::warehouse::recovery::{position_tag, remove_uncommitted, stream_id};
 use vitalwatch_connectors::warehouse::{self, OutputFormat};
+use vitalwatch_core::alert::stable_hash;
 use vitalwatch_core::clock::{Offered, Reference, StreamClock, TimeConfig, TimeError};
 use vitalwatch_core::codec::{InputFormat, decode_record, encode_canonical, encode_classic};
 use vitalwatch_core::model::{DeadLetter, Duration, Observation, Timestamp};
@@ -27,6 +32,7 @@ use crate::cli::{
 use crate::config::{self, Config};
 use crate::http;
 use crate::metrics::Metrics;
+use crate::checkpoint::{Outcome, Tracker};
 use crate::pipeline::{
     Clock, IngestMsg, Pipeline, PipelineHandle, PipelineOptions, catalog_path, stamp_untimed,
     wall_now, warehouse_root,
@@ -270,6 +276,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         PipelineOptions {
             clock: Clock::Wall,
             console: true,
+            publish_at_checkpoints_only: false,
         },
         metrics,
     )?;
@@ -390,6 +397,7 @@ pub fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         PipelineOptions {
             clock: Clock::Stream,
             console: args.print_alerts,
+            publish_at_checkpoints_only: true,
         },
         metrics,
     )?;
@@ -407,18 +415,27 @@ pub fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         let bar = bar.clone();
         let files = args.files.clone();
         let time = cfg.time.clone();
+        let store = SqliteCatalog::open(&catalog_path(&cfg.data_dir))?;
+        let mut source = ReplaySource {
+            h,
+            tracker: Tracker::default(),
+            store,
+            warehouse: warehouse_root(&cfg.data_dir),
+            interval: cfg.pipeline.checkpoint_interval.to_std(),
+            from_start: args.from_start,
+        };
         std::thread::Builder::new()
             .name("replay-reader".into())
-            .spawn(move || -> anyhow::Result<()> {
+            .spawn(move || -> anyhow::Result<Vec<String>> {
                 // Each file is a recording with its own clock, so files given in any
                 // order are judged by their own time; the engine still decides, per
                 // device, what is late.
                 let mut admission = ReplayAdmission::new(time);
+                let mut notes = Vec::new();
                 for f in &files {
-                    admission.new_recording();
-                    read_file(f, format, &h, &bar, &mut admission)?;
+                    notes.extend(source.replay_file(f, format, &bar, &mut admission)?);
                 }
-                admission.finish(&h)
+                Ok(notes)
             })?
     };
     let read = reader
@@ -426,16 +443,255 @@ pub fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         .map_err(|_| anyhow::anyhow!("reader thread panicked"))?;
     bar.finish_and_clear();
     let summary = pipeline.shutdown()?;
-    read?;
-    let mut text = format!(
+    let notes = read?;
+    let mut text = String::new();
+    for n in notes {
+        text.push_str(&n);
+        text.push('\n');
+    }
+    text.push_str(&format!(
         "{summary}\nalert log: {}\n",
         cfg.data_dir.join("alerts.jsonl").display()
-    );
+    ));
     if let Some(m) = peak_rss_mib() {
         text.push_str(&format!("peak memory: {m:.1} MiB\n"));
     }
     emit(&text)?;
     Ok(())
+}
+
+/// Where a replayed file stands, carried back by its checkpoints.
+#[derive(Debug, Clone)]
+struct FileCheckpoint {
+    /// `None` for standard input (not resumable).
+    position: Option<SourcePosition>,
+}
+
+/// The file source of `replay`: reads files, sends their records and checkpoints, and
+/// commits each file's position once a checkpoint is durable, so the same command after
+/// a crash (or a second time) carries on where the durable part ends.
+struct ReplaySource {
+    h: PipelineHandle,
+    tracker: Tracker<FileCheckpoint>,
+    store: SqliteCatalog,
+    warehouse: PathBuf,
+    interval: std::time::Duration,
+    from_start: bool,
+}
+
+/// Checkpoints in flight before the reader waits for the oldest.
+const MAX_OUTSTANDING_CHECKPOINTS: usize = 4;
+
+/// Bytes at the start of a file that identify it (a replaced file starts over).
+const FINGERPRINT_BYTES: u64 = 4096;
+
+fn fingerprint(path: &Path) -> anyhow::Result<String> {
+    use std::io::Read as _;
+    let mut head = Vec::new();
+    std::fs::File::open(path)
+        .with_context(|| format!("cannot open {}", path.display()))?
+        .take(FINGERPRINT_BYTES)
+        .read_to_end(&mut head)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(format!("{:016x}", stable_hash(&[&head])))
+}
+
+impl ReplaySource {
+    /// Where to start `path`: the committed position of the same file, or the beginning
+    /// (removing the warehouse files no committed checkpoint covers either way).
+    fn start_position(&mut self, path: &Path) -> anyhow::Result<(SourcePosition, Option<String>)> {
+        let canonical = path
+            .canonicalize()
+            .with_context(|| format!("cannot resolve {}", path.display()))?;
+        let source = format!("file:{}", canonical.display());
+        let stream = stream_id(&source);
+        let print = fingerprint(path)?;
+        let size = std::fs::metadata(path)?.len();
+        let stored = self.store.source_position(&source)?;
+        let mut note = None;
+        let mut start = SourcePosition {
+            source: source.clone(),
+            checkpoint: stored.as_ref().map_or(0, |p| p.checkpoint),
+            offset: 0,
+            fingerprint: print.clone(),
+            at: wall_now(),
+        };
+        let committed = if self.from_start {
+            // Every earlier row of this file goes; the rows are written again.
+            self.store.forget_source_position(&source)?;
+            start.checkpoint = 0;
+            None
+        } else {
+            if let Some(p) = &stored {
+                if p.fingerprint == print && p.offset <= size {
+                    start.offset = p.offset;
+                    if p.offset > 0 {
+                        note = Some(format!(
+                            "{}: {} of {} bytes already replayed and durable; continuing from there (--from-start replays it again)",
+                            path.display(),
+                            p.offset,
+                            size
+                        ));
+                    }
+                } else {
+                    note = Some(format!(
+                        "{}: not the file replayed under this name before (its content changed); replaying it from the start",
+                        path.display()
+                    ));
+                }
+            }
+            Some(start.checkpoint)
+        };
+        let removed = remove_uncommitted(&self.warehouse, &stream, committed)
+            .context("cannot remove warehouse files of an interrupted replay")?;
+        if removed.uncommitted > 0 {
+            tracing::info!(
+                file = %path.display(),
+                files = removed.uncommitted,
+                "removed warehouse files no committed checkpoint covers; their rows are read again"
+            );
+        }
+        Ok((start, note))
+    }
+
+    fn replay_file(
+        &mut self,
+        path: &Path,
+        format: InputFormat,
+        bar: &indicatif::ProgressBar,
+        adm: &mut ReplayAdmission,
+    ) -> anyhow::Result<Option<String>> {
+        adm.new_recording();
+        let (mut input, name, mut position, note) = if path.as_os_str() == "-" {
+            let (input, name, _) = open_input(path)?;
+            (input, name, None, None)
+        } else {
+            let (start, note) = self.start_position(path)?;
+            let mut f = std::fs::File::open(path)
+                .with_context(|| format!("cannot open {}", path.display()))?;
+            use std::io::Seek as _;
+            f.seek(std::io::SeekFrom::Start(start.offset))?;
+            bar.inc(start.offset);
+            let input: Box<dyn BufRead> = Box::new(BufReader::with_capacity(1 << 20, f));
+            (input, path.display().to_string(), Some(start), note)
+        };
+        let mut offset = position.as_ref().map_or(0, |p| p.offset);
+        let mut line = Vec::with_capacity(512);
+        let mut received = 0u64;
+        let mut unreported = 0u64;
+        let mut wall = wall_now();
+        let mut last_checkpoint = Instant::now();
+        loop {
+            line.clear();
+            let n = input
+                .read_until(b'\n', &mut line)
+                .with_context(|| format!("cannot read {name}"))?;
+            if n == 0 {
+                break;
+            }
+            // The byte offset names the record in dead letters: it stays right when a
+            // replay resumes in the middle of the file.
+            let at_byte = offset;
+            offset += n as u64;
+            // The bar moves once per batch: per line it cost 1.5 % of a replay.
+            unreported += n as u64;
+            let rec = line.trim_ascii();
+            if rec.is_empty() {
+                continue;
+            }
+            received += 1;
+            let source = || format!("replay:{name}:byte {at_byte}");
+            match decode_record(rec, format, wall) {
+                Ok(mut o) => {
+                    stamp_untimed(&mut o, wall, || self.h.stamps.next(wall));
+                    let at = o.ingested_at;
+                    adm.admit(o, |reason| DeadLetter::new(at, source(), reason, rec));
+                }
+                Err(e) => adm
+                    .dead
+                    .push(DeadLetter::new(wall, source(), e.to_string(), rec)),
+            }
+            if adm.batch.len() >= REPLAY_BATCH {
+                send_batch(&self.h, &mut adm.batch, &mut adm.dead, &mut received)?;
+                bar.inc(std::mem::take(&mut unreported));
+                wall = wall_now();
+                // A checkpoint covers whole records only, and none held back by the
+                // admission clock (it may still turn out to be an outlier).
+                if last_checkpoint.elapsed() >= self.interval && adm.held.is_none() {
+                    self.checkpoint(&mut position, offset)?;
+                    last_checkpoint = Instant::now();
+                }
+            }
+        }
+        bar.inc(unreported);
+        // The end of a recording settles what its clock still held.
+        adm.new_recording();
+        send_batch(&self.h, &mut adm.batch, &mut adm.dead, &mut received)?;
+        self.checkpoint(&mut position, offset)?;
+        // Every checkpoint of this file decided before the next file starts.
+        let done = self.tracker.drain(std::time::Duration::from_secs(3600));
+        self.settle(done)?;
+        if self.tracker.outstanding() > 0 {
+            bail!("{name}: the pipeline did not confirm the last checkpoint within an hour");
+        }
+        Ok(note)
+    }
+
+    /// Sends a checkpoint for everything read up to `offset`; commits what is decided.
+    fn checkpoint(&mut self, position: &mut Option<SourcePosition>, offset: u64) -> anyhow::Result<()> {
+        let (tag, payload) = match position {
+            Some(p) => {
+                p.checkpoint += 1;
+                p.offset = offset;
+                let stream = stream_id(&p.source);
+                (
+                    Some(position_tag(&stream, p.checkpoint)),
+                    FileCheckpoint {
+                        position: Some(p.clone()),
+                    },
+                )
+            }
+            None => (None, FileCheckpoint { position: None }),
+        };
+        let cp = self.tracker.mark(tag, payload);
+        self.h
+            .ingest
+            .send(IngestMsg::Checkpoint(cp))
+            .map_err(|_| anyhow::anyhow!("pipeline stopped"))?;
+        let wait = if self.tracker.outstanding() > MAX_OUTSTANDING_CHECKPOINTS {
+            std::time::Duration::from_secs(60)
+        } else {
+            std::time::Duration::ZERO
+        };
+        let done = self.tracker.poll(wait);
+        self.settle(done)
+    }
+
+    /// Commits the positions of committed checkpoints; stops at a failed one.
+    fn settle(&mut self, done: Vec<(FileCheckpoint, Outcome)>) -> anyhow::Result<()> {
+        for (cp, outcome) in done {
+            match outcome {
+                Outcome::Committed => {
+                    self.h.metrics.checkpoints_committed.fetch_add(1, Relaxed);
+                    if let Some(mut p) = cp.position {
+                        p.at = wall_now();
+                        self.store.commit_source_position(&p)?;
+                    }
+                }
+                Outcome::Failed(why) => {
+                    self.h.metrics.checkpoints_failed.fetch_add(1, Relaxed);
+                    let resume = self
+                        .store
+                        .source_position(cp.position.as_ref().map_or("", |p| p.source.as_str()))?
+                        .map_or(0, |p| p.offset);
+                    bail!(
+                        "checkpoint failed: {why}\nnothing is lost: run the same command again once the cause is fixed; it continues from byte {resume}"
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A progress bar in bytes (see [`progress_bar_styled`]).
@@ -559,63 +815,6 @@ impl ReplayAdmission {
         }
         self.clock = StreamClock::new(self.time.max_future);
     }
-
-    /// Settles what is still held at the end of the last recording and sends the rest.
-    fn finish(mut self, h: &PipelineHandle) -> anyhow::Result<()> {
-        self.new_recording();
-        let mut received = 0;
-        send_batch(h, &mut self.batch, &mut self.dead, &mut received)
-    }
-}
-
-fn read_file(
-    path: &Path,
-    format: InputFormat,
-    h: &PipelineHandle,
-    bar: &indicatif::ProgressBar,
-    adm: &mut ReplayAdmission,
-) -> anyhow::Result<()> {
-    let (mut input, name, _) = open_input(path)?;
-    let mut line = Vec::with_capacity(512);
-    let mut lineno = 0u64;
-    let mut received = 0u64;
-    let mut unreported = 0u64;
-    let mut wall = wall_now();
-    loop {
-        line.clear();
-        let n = input
-            .read_until(b'\n', &mut line)
-            .with_context(|| format!("cannot read {name}"))?;
-        if n == 0 {
-            break;
-        }
-        lineno += 1;
-        // The bar moves once per batch: per line it cost 1.5 % of a replay.
-        unreported += n as u64;
-        let rec = line.trim_ascii();
-        if rec.is_empty() {
-            continue;
-        }
-        received += 1;
-        let source = || format!("replay:{name}:{lineno}");
-        match decode_record(rec, format, wall) {
-            Ok(mut o) => {
-                stamp_untimed(&mut o, wall, || h.stamps.next(wall));
-                let at = o.ingested_at;
-                adm.admit(o, |reason| DeadLetter::new(at, source(), reason, rec));
-            }
-            Err(e) => adm
-                .dead
-                .push(DeadLetter::new(wall, source(), e.to_string(), rec)),
-        }
-        if adm.batch.len() >= REPLAY_BATCH {
-            send_batch(h, &mut adm.batch, &mut adm.dead, &mut received)?;
-            bar.inc(std::mem::take(&mut unreported));
-            wall = wall_now();
-        }
-    }
-    bar.inc(unreported);
-    send_batch(h, &mut adm.batch, &mut adm.dead, &mut received)
 }
 
 fn send_batch(

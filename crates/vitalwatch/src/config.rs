@@ -158,6 +158,10 @@ pub struct PipelineConfig {
     pub archive_capacity: usize,
     /// Alert batches (of up to 256 events) queued between the engine and the alert outputs.
     pub alert_capacity: usize,
+    /// How often a resumable source (a replayed file) asks for a checkpoint: what it has
+    /// read up to then becomes durable and its position is committed, so a crash re-reads
+    /// at most this much. Each checkpoint publishes one file per open warehouse partition.
+    pub checkpoint_interval: Duration,
 }
 
 impl Default for PipelineConfig {
@@ -166,6 +170,7 @@ impl Default for PipelineConfig {
             ingest_capacity: 64,
             archive_capacity: 32,
             alert_capacity: 64,
+            checkpoint_interval: Duration::from_secs(5),
         }
     }
 }
@@ -529,6 +534,9 @@ impl Config {
         }
         if self.warehouse.roll_interval < Duration::from_secs(1) {
             p.push("warehouse.roll_interval must be at least 1s".into());
+        }
+        if self.pipeline.checkpoint_interval < Duration::from_millis(100) {
+            p.push("pipeline.checkpoint_interval must be at least 100ms".into());
         }
         for (name, v) in [
             ("pipeline.ingest_capacity", self.pipeline.ingest_capacity),

@@ -4,7 +4,10 @@
 //! canonical) with the core codecs, hands accepted observations to the engine, and turns
 //! rejected records into dead letters. It answers 202 when every record was accepted and
 //! 400 when any was rejected, with the count accepted and a reason per rejected record
-//! (the accepted ones are processed either way).
+//! (the accepted ones are processed either way). With `?wait=durable` the answer waits
+//! for a checkpoint: 202 means every accepted reading and the alert events it caused are
+//! durable (alert store committed, warehouse files published); 503 with code
+//! `not_durable` means the checkpoint failed and the client should send the batch again.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
@@ -19,16 +22,32 @@ use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use vitalwatch_connectors::catalog::SqliteCatalog;
+use vitalwatch_connectors::store::AlertStore;
 use vitalwatch_core::codec::{InputFormat, decode_record, split_body};
 use vitalwatch_core::engine::AckError;
 use vitalwatch_core::model::DeadLetter;
 
-use crate::pipeline::{IngestMsg, PipelineHandle, stamp_untimed, wall_now};
+use crate::checkpoint::{Outcome, Tracker};
+use crate::pipeline::{Control, IngestMsg, PipelineHandle, stamp_untimed, wall_now};
 
 #[derive(Debug, Deserialize)]
 struct ReadingsQuery {
     #[serde(default)]
     format: InputFormat,
+    /// `durable`: answer only once the batch is durable.
+    #[serde(default)]
+    wait: Wait,
+}
+
+/// How long `POST /v1/readings` waits before answering.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Wait {
+    /// Answer once the batch is queued (the default: lowest latency).
+    #[default]
+    Accepted,
+    /// Answer once the batch is durable.
+    Durable,
 }
 
 #[derive(Debug, Serialize)]
@@ -147,6 +166,37 @@ async fn post_readings(
             .is_err()
     {
         return shutting_down();
+    }
+    if q.wait == Wait::Durable {
+        let mut tracker = Tracker::default();
+        let cp = tracker.mark(None, ());
+        if h.ingest.send_async(IngestMsg::Checkpoint(cp)).await.is_err() {
+            return shutting_down();
+        }
+        let outcome = tokio::task::spawn_blocking(move || {
+            tracker
+                .drain(std::time::Duration::from_secs(60))
+                .pop()
+                .map(|(_, o)| o)
+        })
+        .await
+        .ok()
+        .flatten();
+        match outcome {
+            Some(Outcome::Committed) => {
+                h.metrics.checkpoints_committed.fetch_add(1, Relaxed);
+            }
+            Some(Outcome::Failed(why)) => {
+                h.metrics.checkpoints_failed.fetch_add(1, Relaxed);
+                tracing::error!(error = %why, "checkpoint failed; the client is told to send again");
+                return error_json(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not_durable",
+                    format!("the readings were accepted but could not be made durable ({why}); send the batch again"),
+                );
+            }
+            None => return shutting_down(),
+        }
     }
     let status = if rejected.is_empty() {
         StatusCode::ACCEPTED
@@ -268,8 +318,8 @@ async fn ack_alert(
         );
     };
     let (tx, rx) = flume::bounded(1);
-    if h.ingest
-        .send_async(IngestMsg::Ack {
+    if h.control
+        .send_async(Control::Ack {
             alert_id: id,
             by,
             reply: tx,

@@ -43,6 +43,16 @@ pub struct Metrics {
     pub archived_rows: AtomicU64,
     /// Errors writing the warehouse.
     pub archive_errors: AtomicU64,
+    /// Checkpoints made durable on both paths (alert store and warehouse).
+    pub checkpoints_committed: AtomicU64,
+    /// Checkpoints that failed on either path (the source retries or stops).
+    pub checkpoints_failed: AtomicU64,
+    /// Outbox entries delivered by notifiers (each notifier counts its own).
+    pub notifications_delivered: AtomicU64,
+    /// Delivery attempts that failed and will be retried.
+    pub notification_retries: AtomicU64,
+    /// Outbox entries a notifier gave up on (permanent errors).
+    pub notifications_failed: AtomicU64,
     latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
     latency_count: AtomicU64,
     latency_sum_us: AtomicU64,
@@ -160,6 +170,31 @@ impl Metrics {
             "vitalwatch_archive_errors_total",
             "Errors writing the warehouse.",
             self.archive_errors.load(Relaxed),
+        );
+        counter(
+            "vitalwatch_checkpoints_committed_total",
+            "Checkpoints durable in the alert store and the warehouse.",
+            self.checkpoints_committed.load(Relaxed),
+        );
+        counter(
+            "vitalwatch_checkpoints_failed_total",
+            "Checkpoints that failed (the source retries or stops).",
+            self.checkpoints_failed.load(Relaxed),
+        );
+        counter(
+            "vitalwatch_notifications_delivered_total",
+            "Outbox entries delivered, summed over notifiers.",
+            self.notifications_delivered.load(Relaxed),
+        );
+        counter(
+            "vitalwatch_notification_retries_total",
+            "Failed delivery attempts that will be retried.",
+            self.notification_retries.load(Relaxed),
+        );
+        counter(
+            "vitalwatch_notifications_failed_total",
+            "Outbox entries a notifier gave up on.",
+            self.notifications_failed.load(Relaxed),
         );
         let _ = writeln!(
             s,

@@ -1,20 +1,26 @@
-//! Pipeline wiring: sources → engine → (alert outputs | warehouse), on three threads.
+//! Pipeline wiring: sources → engine → (alert store → notifiers | warehouse).
 //!
 //! ```text
-//! sources ──ingest──► engine thread ──alerts──► alert thread (catalog, alerts.jsonl, console)
-//!    │                     │                         │
-//!    └──dead letters──┐    └──readings, unclassified─┤
-//!                     ▼                              ▼
-//!                  archive thread (Parquet warehouse) ◄──alert events
+//!            control (acks) ─┐
+//! sources ──ingest (data, dead letters, checkpoints)──► engine thread
+//!                                                      │            │
+//!                     alert events, checkpoints ◄──────┘            └──► readings, dead letters,
+//!                              │                                        unclassified, checkpoints
+//!                              ▼                                                 │
+//!  alert thread: alert store + outbox, one transaction per burst                  ▼
+//!                              │                           archive thread (Parquet warehouse)
+//!          outbox ─► notifier threads: warehouse `alerts`, alerts.jsonl, console
 //! ```
 //!
 //! Each arrow is a bounded channel. The alert path and the archive path are separate, so
 //! a slow disk never delays an alarm; when a channel is full its sender waits (sources
-//! are held back), nothing is dropped. Shutdown is a drain: sources drop their handles,
-//! each thread finishes its queue and ends when its inputs close, in data-flow order.
+//! are held back), nothing is dropped. Notifiers read the outbox from their own cursor
+//! and never hold up the alert path. A source's checkpoint travels behind its data and is
+//! confirmed by both paths once what precedes it is durable ([`crate::checkpoint`]).
+//! Shutdown is a drain: sources drop their handles, each thread finishes its queue and
+//! ends when its inputs close, in data-flow order; notifiers deliver the outbox to its end.
 
-use std::fs::OpenOptions;
-use std::io::{BufWriter, IsTerminal, Write};
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicI64;
@@ -24,7 +30,14 @@ use std::time::Instant;
 
 use anyhow::{Context, anyhow};
 use vitalwatch_connectors::catalog::SqliteCatalog;
-use vitalwatch_connectors::warehouse::{ParquetSink, WarehouseConfig, WarehouseStats};
+use vitalwatch_connectors::notify::{JsonlNotifier, Notifier, NotifyError, OutboxItem};
+use vitalwatch_connectors::store::{
+    AlertStore, DeliveryAttempt, DeliveryOutcome, ReferenceStore,
+};
+use vitalwatch_connectors::warehouse::recovery::remove_unpublished;
+use vitalwatch_connectors::warehouse::{
+    AlertArchiver, ParquetSink, WarehouseConfig, WarehouseStats,
+};
 use vitalwatch_core::alert::{AlertEvent, AlertEventKind, Priority};
 use vitalwatch_core::clock::{Reference, StreamClock, TimeConfig, TimeError};
 use vitalwatch_core::codec::encode_canonical;
@@ -32,6 +45,7 @@ use vitalwatch_core::engine::{AckError, Engine, Findings, Processed};
 use vitalwatch_core::model::{DeadLetter, Duration, Observation, Timestamp, Unclassified};
 use vitalwatch_core::rules::Profile;
 
+use crate::checkpoint::{Checkpoint, Path as CheckpointPath};
 use crate::config::Config;
 use crate::metrics::Metrics;
 
@@ -79,11 +93,21 @@ impl IngestStamps {
     }
 }
 
-/// A message to the engine thread.
+/// A message to the engine thread, in a source's first-in-first-out order.
 #[derive(Debug)]
 pub enum IngestMsg {
     /// Observations to evaluate.
     Batch(Vec<Observation>),
+    /// Records the source could not decode or admit: archived in order with its data, so
+    /// a checkpoint covers them too.
+    DeadLetters(Vec<DeadLetter>),
+    /// Everything before this is to be made durable; both paths confirm.
+    Checkpoint(Arc<Checkpoint>),
+}
+
+/// A control message to the engine thread: handled before any queued data batch.
+#[derive(Debug)]
+pub enum Control {
     /// Acknowledge an alert; the result comes back on `reply`.
     Ack {
         /// Alert id.
@@ -100,22 +124,29 @@ pub enum IngestMsg {
 pub enum ArchiveMsg {
     /// Accepted observations (one row per vital).
     Observations(Vec<Observation>),
-    /// Alert events, after the alert outputs took them.
-    Alerts(Vec<AlertEvent>),
     /// Records that failed decoding or validation.
     DeadLetters(Vec<DeadLetter>),
     /// Readings that could not be classified.
     Unclassified(Vec<Unclassified>),
+    /// Publish everything before this, then confirm.
+    Checkpoint(Arc<Checkpoint>),
+}
+
+/// A message to the alert thread.
+#[derive(Debug)]
+enum AlertMsg {
+    Events(Vec<AlertEvent>),
+    Checkpoint(Arc<Checkpoint>),
 }
 
 /// What a source needs to feed the pipeline. Cheap to clone; the pipeline drains when
 /// every clone is dropped.
 #[derive(Debug, Clone)]
 pub struct PipelineHandle {
-    /// Observations and acknowledgements to the engine.
+    /// Observations, dead letters and checkpoints to the engine, in order.
     pub ingest: flume::Sender<IngestMsg>,
-    /// Dead letters straight to the warehouse.
-    pub archive: flume::Sender<ArchiveMsg>,
+    /// Acknowledgements: never queued behind data.
+    pub control: flume::Sender<Control>,
     /// Shared counters.
     pub metrics: Arc<Metrics>,
     /// Catalog file, for read-only API requests.
@@ -134,7 +165,7 @@ impl PipelineHandle {
     }
 
     /// Counts and logs dead letters; `None` when there are none.
-    fn dead_letter_msg(&self, dls: Vec<DeadLetter>) -> Option<ArchiveMsg> {
+    fn dead_letter_msg(&self, dls: Vec<DeadLetter>) -> Option<IngestMsg> {
         if dls.is_empty() {
             return None;
         }
@@ -144,13 +175,14 @@ impl PipelineHandle {
         for d in &dls {
             tracing::debug!(source = %d.source, reason = %d.reason, "dead letter");
         }
-        Some(ArchiveMsg::DeadLetters(dls))
+        Some(IngestMsg::DeadLetters(dls))
     }
 
-    /// Records dead letters (counted, then archived), from a thread that may block.
+    /// Records dead letters (counted, then archived in order with the source's data),
+    /// from a thread that may block.
     pub fn dead_letters(&self, dls: Vec<DeadLetter>) {
         if let Some(m) = self.dead_letter_msg(dls) {
-            let _ = self.archive.send(m);
+            let _ = self.ingest.send(m);
         }
     }
 
@@ -158,7 +190,7 @@ impl PipelineHandle {
     /// runtime's worker thread.
     pub async fn dead_letters_async(&self, dls: Vec<DeadLetter>) {
         if let Some(m) = self.dead_letter_msg(dls) {
-            let _ = self.archive.send_async(m).await;
+            let _ = self.ingest.send_async(m).await;
         }
     }
 }
@@ -170,6 +202,10 @@ pub struct PipelineOptions {
     pub clock: Clock,
     /// Print alerts on the console (overrides the config when false).
     pub console: bool,
+    /// Publish warehouse files only at checkpoints (a resumable source: what no committed
+    /// checkpoint covers stays invisible and is re-read after a crash), not every
+    /// `warehouse.roll_interval`.
+    pub publish_at_checkpoints_only: bool,
 }
 
 /// A running pipeline.
@@ -179,6 +215,7 @@ pub struct Pipeline {
     engine: JoinHandle<anyhow::Result<()>>,
     alerts: JoinHandle<anyhow::Result<()>>,
     archive: JoinHandle<anyhow::Result<WarehouseStats>>,
+    notifiers: Vec<(String, JoinHandle<anyhow::Result<u64>>)>,
     started: Instant,
 }
 
@@ -280,6 +317,7 @@ impl Pipeline {
         }
 
         let (ingest_tx, ingest_rx) = flume::bounded(config.pipeline.ingest_capacity);
+        let (control_tx, control_rx) = flume::bounded(64);
         let (archive_tx, archive_rx) = flume::bounded(config.pipeline.archive_capacity);
         let (alert_tx, alert_rx) = flume::bounded(config.pipeline.alert_capacity);
 
@@ -290,24 +328,71 @@ impl Pipeline {
             roll_interval: config.warehouse.roll_interval.to_std(),
             zstd_level: config.warehouse.zstd_level,
         };
-        let sink = ParquetSink::new(wh).context("cannot open the warehouse")?;
+        // Files the last run never published: their rows are re-read from resumable
+        // sources, or were never promised durable (live data before its checkpoint).
+        let removed = remove_unpublished(&wh.root).context("cannot clean up the warehouse")?;
+        if removed.unpublished > 0 {
+            tracing::info!(
+                files = removed.unpublished,
+                "removed unpublished warehouse files of an earlier run"
+            );
+        }
+        let mut sink = ParquetSink::new(wh.clone()).context("cannot open the warehouse")?;
+        if opts.publish_at_checkpoints_only {
+            sink = sink.publish_only_at_checkpoints();
+        }
         let archive = {
             let metrics = metrics.clone();
             std::thread::Builder::new()
                 .name("archive".into())
                 .spawn(move || archive_loop(sink, archive_rx, &metrics))?
         };
-        let alerts = {
-            let outputs = AlertOutputs::open(config, opts.console, catalog)?;
+
+        // Notifiers: each takes the outbox from its own cursor on its own thread, so a
+        // slow one never holds up the alert path or another notifier.
+        let mut outputs: Vec<Box<dyn Notifier>> =
+            vec![Box::new(AlertArchiver::new(wh).context("cannot open the warehouse")?)];
+        if config.alerts.jsonl {
+            let path = config.data_dir.join("alerts.jsonl");
+            outputs.push(Box::new(JsonlNotifier::open(&path).with_context(|| {
+                format!("cannot open alert log {}", path.display())
+            })?));
+        }
+        if opts.console && config.alerts.console {
+            outputs.push(Box::new(ConsolePrinter {
+                colour: crate::commands::colour_on(std::io::stdout().is_terminal()),
+                names: config.alerts.console_names,
+            }));
+        }
+        let mut wake = Vec::new();
+        let mut notifiers = Vec::new();
+        for n in outputs {
+            let (tx, rx) = flume::bounded(NOTIFY_QUEUE);
+            let store = SqliteCatalog::open(&cat_path)
+                .with_context(|| format!("cannot open catalog {}", cat_path.display()))?;
+            let name = n.name().to_owned();
             let metrics = metrics.clone();
-            let archive_tx = archive_tx.clone();
+            let handle = std::thread::Builder::new()
+                .name(format!("notify-{name}"))
+                .spawn(move || notifier_loop(n, store, rx, &metrics))?;
+            wake.push(tx);
+            notifiers.push((name, handle));
+        }
+
+        let alerts = {
+            catalog.disable_autocheckpoint()?;
+            let checkpointer = spawn_checkpointer(cat_path.clone())?;
+            let metrics = metrics.clone();
             std::thread::Builder::new()
                 .name("alerts".into())
-                .spawn(move || alert_loop(outputs, alert_rx, archive_tx, &metrics))?
+                .spawn(move || {
+                    let r = alert_loop(catalog, alert_rx, wake, &metrics);
+                    drop(checkpointer);
+                    r
+                })?
         };
         let engine = {
             let metrics = metrics.clone();
-            let archive_tx = archive_tx.clone();
             let clock = match opts.clock {
                 Clock::Wall => EngineClock::Wall,
                 // A step of the stream larger than the lateness window needs a second
@@ -315,16 +400,20 @@ impl Pipeline {
                 // stale-device and eviction times ahead.
                 Clock::Stream => EngineClock::Stream(StreamClock::new(config.time.lateness)),
             };
+            let io = EngineIo {
+                ingest: ingest_rx,
+                control: control_rx,
+                alerts: alert_tx,
+                archive: archive_tx,
+            };
             std::thread::Builder::new()
                 .name("engine".into())
-                .spawn(move || {
-                    engine_loop(engine, clock, ingest_rx, alert_tx, archive_tx, &metrics)
-                })?
+                .spawn(move || engine_loop(engine, clock, io, &metrics))?
         };
         Ok(Pipeline {
             handle: Some(PipelineHandle {
                 ingest: ingest_tx,
-                archive: archive_tx,
+                control: control_tx,
                 metrics,
                 catalog_path: cat_path,
                 time: config.time.clone(),
@@ -333,6 +422,7 @@ impl Pipeline {
             engine,
             alerts,
             archive,
+            notifiers,
             started: Instant::now(),
         })
     }
@@ -355,10 +445,19 @@ impl Pipeline {
         };
         join("engine", self.engine.join())?;
         join("alert", self.alerts.join())?;
-        let warehouse = self
+        let mut warehouse = self
             .archive
             .join()
             .map_err(|_| anyhow!("archive thread panicked"))??;
+        // The alert thread is gone, so every notifier drains the outbox to its end.
+        for (name, h) in self.notifiers {
+            let delivered = h
+                .join()
+                .map_err(|_| anyhow!("notifier {name} panicked"))??;
+            if name == "warehouse" {
+                warehouse.alerts.rows_committed = delivered;
+            }
+        }
         Ok(Summary {
             observations: metrics.observations.load(Relaxed),
             readings: metrics.readings.load(Relaxed),
@@ -375,6 +474,10 @@ impl Pipeline {
 /// Most alert events per message on the alert channel.
 const ALERT_CHUNK: usize = 256;
 
+/// Batches queued per notifier before the alert path stops handing them over (the
+/// notifier then catches up from the store: a slow notifier never holds up an alarm).
+const NOTIFY_QUEUE: usize = 64;
+
 /// The clock the engine thread injects.
 enum EngineClock {
     Wall,
@@ -384,12 +487,24 @@ enum EngineClock {
 /// Ticks come once a second of the injected clock.
 const TICK: Duration = Duration::from_secs(1);
 
+/// The engine thread's channels.
+struct EngineIo {
+    ingest: flume::Receiver<IngestMsg>,
+    control: flume::Receiver<Control>,
+    alerts: flume::Sender<AlertMsg>,
+    archive: flume::Sender<ArchiveMsg>,
+}
+
+/// What the engine thread waits for next.
+enum Next {
+    Ingest(Result<IngestMsg, flume::RecvError>),
+    Control(Result<Control, flume::RecvError>),
+}
+
 fn engine_loop(
     mut engine: Engine,
     mut clock: EngineClock,
-    rx: flume::Receiver<IngestMsg>,
-    alert_tx: flume::Sender<Vec<AlertEvent>>,
-    archive_tx: flume::Sender<ArchiveMsg>,
+    io: EngineIo,
     metrics: &Metrics,
 ) -> anyhow::Result<()> {
     let mut findings = Findings::default();
@@ -401,20 +516,42 @@ fn engine_loop(
         // turns one batch into thousands of alerts.
         while !findings.events.is_empty() {
             let n = findings.events.len().min(ALERT_CHUNK);
-            let _ = alert_tx.send(findings.events.drain(..n).collect());
+            let _ = io
+                .alerts
+                .send(AlertMsg::Events(findings.events.drain(..n).collect()));
         }
         if !findings.unclassified.is_empty() {
             metrics
                 .unclassified
                 .fetch_add(findings.unclassified.len() as u64, Relaxed);
-            let _ = archive_tx.send(ArchiveMsg::Unclassified(std::mem::take(
+            let _ = io.archive.send(ArchiveMsg::Unclassified(std::mem::take(
                 &mut findings.unclassified,
             )));
         }
     };
+    let mut control_open = true;
     loop {
-        match rx.recv_timeout(std::time::Duration::from_millis(200)) {
-            Ok(IngestMsg::Batch(mut batch)) => {
+        // Control first: an acknowledgement never waits behind queued readings.
+        let next = if let Ok(c) = io.control.try_recv() {
+            Some(Next::Control(Ok(c)))
+        } else if control_open {
+            flume::Selector::new()
+                .recv(&io.control, Next::Control)
+                .recv(&io.ingest, Next::Ingest)
+                .wait_timeout(std::time::Duration::from_millis(200))
+                .ok()
+        } else {
+            match io.ingest.recv_timeout(std::time::Duration::from_millis(200)) {
+                Ok(m) => Some(Next::Ingest(Ok(m))),
+                Err(flume::RecvTimeoutError::Timeout) => None,
+                Err(flume::RecvTimeoutError::Disconnected) => {
+                    Some(Next::Ingest(Err(flume::RecvError::Disconnected)))
+                }
+            }
+        };
+        match next {
+            None => {}
+            Some(Next::Ingest(Ok(IngestMsg::Batch(mut batch)))) => {
                 let wall = wall_now();
                 let mut readings = 0u64;
                 let mut rejected: Vec<(usize, String)> = Vec::new();
@@ -444,19 +581,29 @@ fn engine_loop(
                     }
                 }
                 if !rejected.is_empty() {
-                    readings -= reject(&mut batch, rejected, &archive_tx, metrics);
+                    readings -= reject(&mut batch, rejected, &io.archive, metrics);
                 }
                 metrics.observations.fetch_add(batch.len() as u64, Relaxed);
                 metrics.readings.fetch_add(readings, Relaxed);
                 // Alerts first: the archive channel may make us wait, the alarm must not.
                 emit(&mut findings);
-                let _ = archive_tx.send(ArchiveMsg::Observations(batch));
+                let _ = io.archive.send(ArchiveMsg::Observations(batch));
             }
-            Ok(IngestMsg::Ack {
+            Some(Next::Ingest(Ok(IngestMsg::DeadLetters(d)))) => {
+                let _ = io.archive.send(ArchiveMsg::DeadLetters(d));
+            }
+            Some(Next::Ingest(Ok(IngestMsg::Checkpoint(cp)))) => {
+                // After the findings of everything before it, on both paths.
+                emit(&mut findings);
+                let _ = io.alerts.send(AlertMsg::Checkpoint(cp.clone()));
+                let _ = io.archive.send(ArchiveMsg::Checkpoint(cp));
+            }
+            Some(Next::Ingest(Err(_))) => break,
+            Some(Next::Control(Ok(Control::Ack {
                 alert_id,
                 by,
                 reply,
-            }) => {
+            }))) => {
                 let now = match clock {
                     EngineClock::Wall => wall_now(),
                     EngineClock::Stream(_) => stream_now,
@@ -468,8 +615,8 @@ fn engine_loop(
                 }
                 let _ = reply.send(r);
             }
-            Err(flume::RecvTimeoutError::Timeout) => {}
-            Err(flume::RecvTimeoutError::Disconnected) => break,
+            // Every control sender is gone: only ingest is read from now on.
+            Some(Next::Control(Err(_))) => control_open = false,
         }
         if matches!(clock, EngineClock::Wall) {
             let now = wall_now();
@@ -512,17 +659,8 @@ fn reject(
     readings
 }
 
-/// Where alerts go: the catalog (durable, idempotent), the alert log, the console.
-struct AlertOutputs {
-    catalog: SqliteCatalog,
-    jsonl: Option<BufWriter<std::fs::File>>,
-    console: Option<ConsolePrinter>,
-    /// Dropped with the outputs: tells the checkpointer to do a last pass and stop.
-    _checkpointer: flume::Sender<()>,
-}
-
 /// Checkpoints the catalog's WAL from its own connection once a second, off the alert
-/// path (see [`SqliteCatalog::disable_autocheckpoint`]).
+/// path (see [`SqliteCatalog::disable_autocheckpoint`]). Stops when the sender drops.
 fn spawn_checkpointer(path: PathBuf) -> anyhow::Result<flume::Sender<()>> {
     let (tx, rx) = flume::bounded::<()>(1);
     let cat = SqliteCatalog::open(&path)
@@ -546,111 +684,313 @@ fn spawn_checkpointer(path: PathBuf) -> anyhow::Result<flume::Sender<()>> {
     Ok(tx)
 }
 
-impl AlertOutputs {
-    fn open(config: &Config, console: bool, catalog: SqliteCatalog) -> anyhow::Result<Self> {
-        catalog.disable_autocheckpoint()?;
-        let checkpointer = spawn_checkpointer(catalog_path(&config.data_dir))?;
-        let jsonl = if config.alerts.jsonl {
-            let path = config.data_dir.join("alerts.jsonl");
-            let f = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&path)
-                .with_context(|| format!("cannot open alert log {}", path.display()))?;
-            Some(BufWriter::new(f))
-        } else {
-            None
-        };
-        let console = (console && config.alerts.console).then(|| ConsolePrinter {
-            colour: crate::commands::colour_on(std::io::stdout().is_terminal()),
-            names: config.alerts.console_names,
-        });
-        Ok(AlertOutputs {
-            catalog,
-            jsonl,
-            console,
-            _checkpointer: checkpointer,
-        })
-    }
-}
-
+/// The alert path: records each burst of events, with an outbox row per new event, in
+/// one store transaction, then hands the new ones to the notifiers. Events the store
+/// could not take are kept and retried (checkpoints fail meanwhile): an alarm is never
+/// dropped because a disk hiccuped.
 fn alert_loop(
-    mut out: AlertOutputs,
-    rx: flume::Receiver<Vec<AlertEvent>>,
-    archive_tx: flume::Sender<ArchiveMsg>,
+    mut store: SqliteCatalog,
+    rx: flume::Receiver<AlertMsg>,
+    notifiers: Vec<flume::Sender<Arc<Vec<OutboxItem>>>>,
     metrics: &Metrics,
 ) -> anyhow::Result<()> {
-    let stdout = std::io::stdout();
-    let mut line = String::with_capacity(512);
-    while let Ok(mut events) = rx.recv() {
-        // Take whatever else is queued: one catalog transaction per burst.
-        while let Ok(more) = rx.try_recv() {
-            events.extend(more);
-            if events.len() >= 4096 {
+    let mut unrecorded: Vec<AlertEvent> = Vec::new();
+    let mut closed = false;
+    while !closed || !unrecorded.is_empty() {
+        let mut events = std::mem::take(&mut unrecorded);
+        let mut checkpoints = Vec::new();
+        let first = if closed {
+            std::thread::sleep(std::time::Duration::from_millis(500));
+            None
+        } else if events.is_empty() {
+            rx.recv().ok()
+        } else {
+            // Something waits for a retry: not longer than a second.
+            match rx.recv_timeout(std::time::Duration::from_secs(1)) {
+                Ok(m) => Some(m),
+                Err(flume::RecvTimeoutError::Timeout) => None,
+                Err(flume::RecvTimeoutError::Disconnected) => {
+                    closed = true;
+                    None
+                }
+            }
+        };
+        if first.is_none() && events.is_empty() && !closed {
+            closed = rx.is_disconnected();
+            if closed {
                 break;
             }
         }
-        // Encoded once, for both the catalog and the alert log. Serializing an AlertEvent
-        // cannot fail: it has only strings, numbers and timestamps.
-        let json: Vec<String> = events
-            .iter()
-            .map(|e| serde_json::to_string(e).expect("alert events serialize"))
-            .collect();
-        let pairs = events.iter().zip(json.iter().map(String::as_str));
-        let fresh = match out.catalog.record_alert_events(pairs) {
-            Ok(f) => f,
-            Err(e) => {
-                // The catalog is the dedup record; if it fails, deliver anyway: a duplicate
-                // alarm is better than a lost one.
+        // Take whatever else is queued: one store transaction per burst.
+        let mut next = first;
+        while let Some(m) = next.take() {
+            match m {
+                AlertMsg::Events(e) => events.extend(e),
+                AlertMsg::Checkpoint(cp) => checkpoints.push(cp),
+            }
+            if events.len() < 4096 {
+                next = rx.try_recv().ok();
+            }
+        }
+        if !events.is_empty() {
+            if let Err(e) = record(&mut store, &events, &notifiers, metrics) {
                 metrics.alert_output_errors.fetch_add(1, Relaxed);
-                tracing::error!(error = %e, "cannot record alerts in the catalog");
-                vec![true; events.len()]
-            }
-        };
-        let mut delivered = Vec::with_capacity(events.len());
-        let mut lock = stdout.lock();
-        for ((e, body), new) in events.into_iter().zip(&json).zip(fresh) {
-            if !new {
-                metrics.alert_events_replayed.fetch_add(1, Relaxed);
-                continue;
-            }
-            if let Some(w) = out.jsonl.as_mut() {
-                let r = w
-                    .write_all(body.as_bytes())
-                    .and_then(|_| w.write_all(b"\n"));
-                if let Err(err) = r {
-                    metrics.alert_output_errors.fetch_add(1, Relaxed);
-                    tracing::error!(error = %err, "cannot append to alerts.jsonl");
-                }
-            }
-            if let Some(c) = &out.console {
-                line.clear();
-                c.format(&e, &mut line);
-                let _ = lock.write_all(line.as_bytes());
-            }
-            delivered.push(e);
-        }
-        if let Some(w) = out.jsonl.as_mut()
-            && let Err(err) = w.flush()
-        {
-            metrics.alert_output_errors.fetch_add(1, Relaxed);
-            tracing::error!(error = %err, "cannot flush alerts.jsonl");
-        }
-        let _ = lock.flush();
-        drop(lock);
-        let now = wall_now();
-        for e in &delivered {
-            metrics.alert_events.fetch_add(1, Relaxed);
-            if e.event == AlertEventKind::Triggered {
-                metrics.alert_triggered(e.priority);
-                metrics.observe_latency(now.since(e.input_message_time).micros());
+                tracing::error!(error = %format!("{e:#}"), events = events.len(), "cannot record alert events; retrying");
+                unrecorded = events;
             }
         }
-        if !delivered.is_empty() {
-            let _ = archive_tx.send(ArchiveMsg::Alerts(delivered));
+        for cp in checkpoints {
+            let r = if unrecorded.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{} alert events not yet recorded", unrecorded.len()))
+            };
+            cp.confirm(CheckpointPath::Alerts, r);
+        }
+        if closed && !unrecorded.is_empty() {
+            tracing::error!(
+                events = unrecorded.len(),
+                "the alert store still refuses alert events at shutdown; retrying"
+            );
         }
     }
     Ok(())
+}
+
+/// Records one burst; hands the new events to the notifiers.
+fn record(
+    store: &mut SqliteCatalog,
+    events: &[AlertEvent],
+    notifiers: &[flume::Sender<Arc<Vec<OutboxItem>>>],
+    metrics: &Metrics,
+) -> anyhow::Result<()> {
+    // Serialized once: the store keeps it, every notifier gets it.
+    let json: Vec<String> = events
+        .iter()
+        .map(serde_json::to_string)
+        .collect::<Result<_, _>>()?;
+    let pairs: Vec<(&AlertEvent, &str)> = events
+        .iter()
+        .zip(json.iter().map(String::as_str))
+        .collect();
+    let seqs = store.record_alert_events(&pairs)?;
+    let now = wall_now();
+    let mut fresh = Vec::with_capacity(events.len());
+    for ((e, body), seq) in events.iter().zip(json).zip(seqs) {
+        let Some(seq) = seq else {
+            metrics.alert_events_replayed.fetch_add(1, Relaxed);
+            continue;
+        };
+        metrics.alert_events.fetch_add(1, Relaxed);
+        if e.event == AlertEventKind::Triggered {
+            metrics.alert_triggered(e.priority);
+            metrics.observe_latency(now.since(e.input_message_time).micros());
+        }
+        fresh.push(OutboxItem {
+            seq,
+            key: e.idempotency_key(),
+            event: e.clone(),
+            body,
+        });
+    }
+    if !fresh.is_empty() {
+        let fresh = Arc::new(fresh);
+        for n in notifiers {
+            // Full queue: that notifier catches up from the store.
+            let _ = n.try_send(fresh.clone());
+        }
+    }
+    Ok(())
+}
+
+/// One notifier's worker: takes outbox entries in order (handed over by the alert path,
+/// or read back from the store after a gap, a restart or a full queue), delivers them in
+/// batches, retries transient failures with capped exponential backoff, records every
+/// attempt and moves the notifier's cursor. Ends when the alert path has closed and the
+/// outbox is delivered to its end; returns how many entries it delivered.
+fn notifier_loop(
+    mut notifier: Box<dyn Notifier>,
+    mut store: SqliteCatalog,
+    rx: flume::Receiver<Arc<Vec<OutboxItem>>>,
+    metrics: &Metrics,
+) -> anyhow::Result<u64> {
+    let name = notifier.name().to_owned();
+    let stored = store.cursor(&name)?;
+    let cursor = notifier
+        .resume(stored, &store)
+        .with_context(|| format!("notifier {name} cannot resume"))?;
+    if cursor > stored {
+        tracing::info!(notifier = %name, stored, cursor, "delivered before the crash, not again");
+        store.record_delivery(&DeliveryAttempt {
+            consumer: name.clone(),
+            first_seq: stored + 1,
+            last_seq: cursor,
+            attempt: 1,
+            at: wall_now(),
+            outcome: DeliveryOutcome::Delivered,
+            error: None,
+        })?;
+    }
+    let mut queue = OutboxQueue {
+        fetched: cursor,
+        items: Vec::new(),
+        since: None,
+    };
+    queue.catch_up(&store, u64::MAX)?;
+    let max = notifier.max_batch().max(1);
+    let linger = notifier.linger();
+    let mut delivered = 0u64;
+    let mut closing = false;
+    loop {
+        let wait = match queue.since {
+            Some(t) => linger.saturating_sub(t.elapsed()),
+            None => std::time::Duration::from_secs(1),
+        };
+        match rx.recv_timeout(wait) {
+            Ok(batch) => queue.take(&store, &batch)?,
+            Err(flume::RecvTimeoutError::Timeout) => {}
+            Err(flume::RecvTimeoutError::Disconnected) => closing = true,
+        }
+        while let Ok(batch) = rx.try_recv() {
+            queue.take(&store, &batch)?;
+        }
+        if closing {
+            // Whatever the alert path recorded but could not hand over.
+            queue.catch_up(&store, u64::MAX)?;
+        }
+        let due = |q: &OutboxQueue| {
+            !q.items.is_empty()
+                && (closing || q.items.len() >= max || q.since.is_some_and(|t| t.elapsed() >= linger))
+        };
+        while due(&queue) {
+            let n = queue.items.len().min(max);
+            let batch: Vec<OutboxItem> = queue.items.drain(..n).collect();
+            if queue.items.is_empty() {
+                queue.since = None;
+            }
+            match deliver(notifier.as_mut(), &mut store, &batch, closing, metrics) {
+                Some(()) => delivered += batch.len() as u64,
+                None => {
+                    tracing::warn!(
+                        notifier = %name,
+                        undelivered = batch.len() + queue.items.len(),
+                        "stopping with undelivered alert events; the next start delivers them"
+                    );
+                    return Ok(delivered);
+                }
+            }
+        }
+        if closing {
+            return Ok(delivered);
+        }
+    }
+}
+
+/// Entries a notifier has fetched but not yet delivered.
+struct OutboxQueue {
+    /// The last sequence number fetched.
+    fetched: u64,
+    items: Vec<OutboxItem>,
+    /// When the oldest waiting entry arrived.
+    since: Option<Instant>,
+}
+
+impl OutboxQueue {
+    fn push(&mut self, item: OutboxItem) {
+        self.fetched = item.seq;
+        self.items.push(item);
+        self.since.get_or_insert_with(Instant::now);
+    }
+
+    /// Reads entries after the last fetched one, up to `upto`, from the store.
+    fn catch_up(&mut self, store: &SqliteCatalog, upto: u64) -> anyhow::Result<()> {
+        while self.fetched < upto {
+            let rows = store.outbox_after(self.fetched, 4096)?;
+            if rows.is_empty() {
+                break;
+            }
+            for r in rows {
+                if r.seq > upto {
+                    return Ok(());
+                }
+                self.push(OutboxItem::from_entry(r)?);
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes a batch from the alert path, reading any gap before it from the store.
+    fn take(&mut self, store: &SqliteCatalog, batch: &[OutboxItem]) -> anyhow::Result<()> {
+        for item in batch {
+            if item.seq <= self.fetched {
+                continue;
+            }
+            if item.seq > self.fetched + 1 {
+                self.catch_up(store, item.seq - 1)?;
+            }
+            self.push(item.clone());
+        }
+        Ok(())
+    }
+}
+
+/// Delivers one batch, retrying transient failures (100 ms doubling to 30 s); records
+/// every attempt. `None` when it stops trying because the pipeline is shutting down.
+fn deliver(
+    notifier: &mut dyn Notifier,
+    store: &mut SqliteCatalog,
+    batch: &[OutboxItem],
+    closing: bool,
+    metrics: &Metrics,
+) -> Option<()> {
+    let (first, last) = (batch[0].seq, batch[batch.len() - 1].seq);
+    let name = notifier.name().to_owned();
+    for attempt in 1u32.. {
+        let r = notifier.deliver(batch);
+        let (outcome, error) = match &r {
+            Ok(()) => (DeliveryOutcome::Delivered, None),
+            Err(NotifyError::Permanent(e)) => (DeliveryOutcome::GaveUp, Some(e.clone())),
+            Err(e) => (DeliveryOutcome::Retrying, Some(e.to_string())),
+        };
+        let rec = store.record_delivery(&DeliveryAttempt {
+            consumer: name.clone(),
+            first_seq: first,
+            last_seq: last,
+            attempt,
+            at: wall_now(),
+            outcome,
+            error: error.clone(),
+        });
+        if let Err(e) = rec {
+            // Delivered but not recorded: delivered again after a restart (at least once).
+            tracing::error!(notifier = %name, error = %e, "cannot record a delivery");
+        }
+        match outcome {
+            DeliveryOutcome::Delivered => {
+                metrics
+                    .notifications_delivered
+                    .fetch_add(batch.len() as u64, Relaxed);
+                return Some(());
+            }
+            DeliveryOutcome::GaveUp => {
+                metrics
+                    .notifications_failed
+                    .fetch_add(batch.len() as u64, Relaxed);
+                tracing::error!(notifier = %name, first, last, error = ?error, "giving up on alert events");
+                return Some(());
+            }
+            DeliveryOutcome::Retrying => {
+                metrics.notification_retries.fetch_add(1, Relaxed);
+                tracing::warn!(notifier = %name, attempt, error = ?error, "delivery failed; retrying");
+                if closing && attempt >= 3 {
+                    return None;
+                }
+                let backoff = 100u64.saturating_mul(1 << attempt.min(9)).min(30_000);
+                std::thread::sleep(std::time::Duration::from_millis(backoff));
+            }
+        }
+    }
+    None
 }
 
 fn archive_loop(
@@ -668,10 +1008,6 @@ fn archive_loop(
                     .fetch_add(o.iter().map(|x| x.vitals.len() as u64).sum(), Relaxed);
                 sink.write_observations(&o)
             }
-            Ok(ArchiveMsg::Alerts(a)) => {
-                metrics.archived_rows.fetch_add(a.len() as u64, Relaxed);
-                sink.write_alert_events(&a)
-            }
             Ok(ArchiveMsg::DeadLetters(d)) => {
                 metrics.archived_rows.fetch_add(d.len() as u64, Relaxed);
                 sink.write_dead_letters(&d)
@@ -679,6 +1015,14 @@ fn archive_loop(
             Ok(ArchiveMsg::Unclassified(u)) => {
                 metrics.archived_rows.fetch_add(u.len() as u64, Relaxed);
                 sink.write_unclassified(&u)
+            }
+            Ok(ArchiveMsg::Checkpoint(cp)) => {
+                let r = sink.checkpoint(cp.tag.as_deref());
+                cp.confirm(
+                    CheckpointPath::Archive,
+                    r.as_ref().map(|_| ()).map_err(|e| e.to_string()),
+                );
+                r
             }
             Err(flume::RecvTimeoutError::Timeout) => Ok(()),
             Err(flume::RecvTimeoutError::Disconnected) => break,
@@ -703,6 +1047,24 @@ fn archive_loop(
 struct ConsolePrinter {
     colour: bool,
     names: bool,
+}
+
+impl Notifier for ConsolePrinter {
+    fn name(&self) -> &str {
+        "console"
+    }
+
+    fn deliver(&mut self, batch: &[OutboxItem]) -> Result<(), NotifyError> {
+        let mut text = String::with_capacity(batch.len() * 160);
+        for item in batch {
+            self.format(&item.event, &mut text);
+        }
+        let mut out = std::io::stdout().lock();
+        // A closed pipe (`| head`) is not worth retrying.
+        out.write_all(text.as_bytes())
+            .and_then(|()| out.flush())
+            .map_err(|e| NotifyError::Permanent(format!("stdout: {e}")))
+    }
 }
 
 impl ConsolePrinter {

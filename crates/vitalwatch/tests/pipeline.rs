@@ -91,6 +91,7 @@ async fn start(cfg: &Config) -> Live {
     let opts = PipelineOptions {
         clock: Clock::Wall,
         console: false,
+        publish_at_checkpoints_only: false,
     };
     let pipeline = Pipeline::start(cfg, opts, metrics.clone()).unwrap();
     let cancel = CancellationToken::new();

@@ -14,69 +14,27 @@ use std::path::Path;
 
 use rusqlite::{Connection, OptionalExtension, params};
 use vitalwatch_core::alert::{AlertEvent, Priority};
+
+pub use crate::store::{
+    AuditEntry, PatientImport, StoredAlert, ThresholdVersion,
+};
+use crate::store::{
+    AlertStore, DeliveryAttempt, DeliveryOutcome, OutboxEntry, ReferenceStore, SourcePosition,
+    StoreError,
+};
 use vitalwatch_core::model::{Patient, PatientId, Spo2Scale, Timestamp, Vital};
 use vitalwatch_core::reference::{ThresholdBand, ThresholdTable};
 
-/// A catalog operation that failed.
-#[derive(Debug, thiserror::Error)]
-pub enum CatalogError {
-    /// SQLite reported an error.
-    #[error("catalog database error")]
-    Sqlite(#[from] rusqlite::Error),
-    /// A stored row could not be understood (written by a newer version?).
-    #[error("catalog row is invalid: {0}")]
-    Corrupt(String),
-    /// An alert event could not be serialized.
-    #[error("cannot serialize alert event")]
-    Json(#[from] serde_json::Error),
-}
+/// A catalog operation that failed: the store error (kept under its old name).
+pub type CatalogError = StoreError;
 
-/// A summary row of `thresholds list --versions`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ThresholdVersion {
-    /// Version number.
-    pub version: u32,
-    /// When it was imported.
-    pub imported_at: Timestamp,
-    /// Where it came from (file name).
-    pub source: String,
-    /// How many bands it has.
-    pub bands: u32,
-}
-
-/// An alert as the catalog stores it: the latest event, plus counts.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StoredAlert {
-    /// The latest event of the alert.
-    pub latest: AlertEvent,
-    /// How many events it has had.
-    pub events: u32,
-}
-
-/// One row of the audit trail: who did what to which record, when.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AuditEntry {
-    /// When.
-    pub at: Timestamp,
-    /// Who or what (a person, or the import and its file).
-    pub actor: String,
-    /// What (`patient added`, `patient updated`, ...).
-    pub action: String,
-    /// Which record (a patient id, an alert id).
-    pub subject: String,
-    /// Details: for updates, the changed fields (names only, never values).
-    pub detail: String,
-}
-
-/// What a patient import changed.
-#[derive(Debug, Default, Clone, PartialEq)]
-pub struct PatientImport {
-    /// New patients.
-    pub added: usize,
-    /// Existing patients whose record changed, with the fields that changed.
-    pub updated: Vec<(PatientId, Vec<&'static str>)>,
-    /// Patients already in the catalog exactly as imported.
-    pub unchanged: usize,
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Backend {
+            backend: "sqlite",
+            source: Box::new(e),
+        }
+    }
 }
 
 /// The fields (catalog column names) in which two records of one patient differ.
@@ -161,6 +119,33 @@ CREATE TABLE IF NOT EXISTS alert_events (
     actor     TEXT,
     PRIMARY KEY (alert_id, event, at)
 );
+CREATE TABLE IF NOT EXISTS outbox (
+    seq       INTEGER PRIMARY KEY AUTOINCREMENT,
+    key       TEXT NOT NULL,
+    body      TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS outbox_cursors (
+    consumer    TEXT PRIMARY KEY,
+    seq         INTEGER NOT NULL,
+    updated_at  INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS delivery_attempts (
+    consumer   TEXT NOT NULL,
+    first_seq  INTEGER NOT NULL,
+    last_seq   INTEGER NOT NULL,
+    attempt    INTEGER NOT NULL,
+    at         INTEGER NOT NULL,
+    outcome    TEXT NOT NULL,
+    error      TEXT
+);
+CREATE INDEX IF NOT EXISTS delivery_attempts_consumer ON delivery_attempts(consumer);
+CREATE TABLE IF NOT EXISTS source_positions (
+    source       TEXT PRIMARY KEY,
+    checkpoint   INTEGER NOT NULL,
+    offset       INTEGER NOT NULL,
+    fingerprint  TEXT NOT NULL,
+    updated_at   INTEGER NOT NULL
+);
 "#;
 
 impl SqliteCatalog {
@@ -203,8 +188,20 @@ impl SqliteCatalog {
         Ok(())
     }
 
+    /// Whether the catalog has no patients and no thresholds yet (a fresh data directory).
+    pub fn is_empty(&self) -> Result<bool, CatalogError> {
+        let n: i64 = self.conn.query_row(
+            "SELECT (SELECT COUNT(*) FROM patients) + (SELECT COUNT(*) FROM threshold_versions)",
+            [],
+            |r| r.get(0),
+        )?;
+        Ok(n == 0)
+    }
+}
+
+impl ReferenceStore for SqliteCatalog {
     /// Inserts or replaces patients, all in one transaction.
-    pub fn import_patients(
+    fn import_patients(
         &mut self,
         patients: &[Patient],
         source: &str,
@@ -270,7 +267,7 @@ impl SqliteCatalog {
     }
 
     /// The audit trail, newest first.
-    pub fn audit_log(&self, limit: usize) -> Result<Vec<AuditEntry>, CatalogError> {
+    fn audit_log(&self, limit: usize) -> Result<Vec<AuditEntry>, CatalogError> {
         let mut st = self.conn.prepare(
             "SELECT at, actor, action, subject, detail FROM audit_log ORDER BY rowid DESC LIMIT ?1",
         )?;
@@ -287,7 +284,7 @@ impl SqliteCatalog {
     }
 
     /// Every patient, ordered by id (numerically where ids are numbers).
-    pub fn patients(&self) -> Result<Vec<Patient>, CatalogError> {
+    fn patients(&self) -> Result<Vec<Patient>, CatalogError> {
         let mut st = self.conn.prepare(
             "SELECT patient_id, name, address, phone, ward, age, spo2_scale, other_details FROM patients
              ORDER BY CAST(patient_id AS INTEGER), patient_id",
@@ -312,7 +309,7 @@ impl SqliteCatalog {
     }
 
     /// Stores bands as a new version and returns its number.
-    pub fn import_thresholds(
+    fn import_thresholds(
         &mut self,
         bands: &[ThresholdBand],
         source: &str,
@@ -360,7 +357,7 @@ impl SqliteCatalog {
     }
 
     /// The current (latest) threshold table; version 0 and no bands if none was imported.
-    pub fn thresholds(&self) -> Result<ThresholdTable, CatalogError> {
+    fn thresholds(&self) -> Result<ThresholdTable, CatalogError> {
         let version: u32 = self.conn.query_row(
             "SELECT COALESCE(MAX(version), 0) FROM threshold_versions",
             [],
@@ -370,7 +367,7 @@ impl SqliteCatalog {
     }
 
     /// One stored version of the threshold table.
-    pub fn thresholds_version(&self, version: u32) -> Result<ThresholdTable, CatalogError> {
+    fn thresholds_version(&self, version: u32) -> Result<ThresholdTable, CatalogError> {
         let mut st = self.conn.prepare(
             "SELECT ref_id, attribute, low_age_limit, high_age_limit, low_range_value, high_range_value,
                     alert_flag, alert_message, priority, patient_id
@@ -416,7 +413,7 @@ impl SqliteCatalog {
     }
 
     /// Every stored threshold version, oldest first.
-    pub fn threshold_versions(&self) -> Result<Vec<ThresholdVersion>, CatalogError> {
+    fn threshold_versions(&self) -> Result<Vec<ThresholdVersion>, CatalogError> {
         let mut st = self.conn.prepare(
             "SELECT v.version, v.imported_at, v.source, COUNT(b.ref_id)
              FROM threshold_versions v LEFT JOIN threshold_bands b ON b.version = v.version
@@ -432,33 +429,33 @@ impl SqliteCatalog {
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
+}
 
-    /// Records alert events, each with its JSON encoding (which callers already have for
-    /// the alert log), in one transaction. Returns, per event, whether it was new: an
-    /// event already recorded (a replay) is skipped, so callers notify only on `true`.
-    pub fn record_alert_events<'a>(
+impl AlertStore for SqliteCatalog {
+    fn record_alert_events(
         &mut self,
-        events: impl IntoIterator<Item = (&'a AlertEvent, &'a str)>,
-    ) -> Result<Vec<bool>, CatalogError> {
+        events: &[(&AlertEvent, &str)],
+    ) -> Result<Vec<Option<u64>>, StoreError> {
         let tx = self.conn.transaction()?;
-        let mut fresh = Vec::new();
+        let mut fresh = Vec::with_capacity(events.len());
         {
-            let mut ins = tx.prepare(
+            // Prepared once per transaction (cached by the connection across them).
+            let mut ins = tx.prepare_cached(
                 "INSERT OR IGNORE INTO alert_events (alert_id, event, at, priority, state, actor)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?;
-            let mut up = tx.prepare(
+            let mut up = tx.prepare_cached(
                 "INSERT INTO alerts (alert_id, patient_id, rule_key, priority, state, opened_at, updated_at, latest_event)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
                  ON CONFLICT(alert_id) DO UPDATE SET priority = excluded.priority, state = excluded.state,
                    updated_at = excluded.updated_at, latest_event = excluded.latest_event
                  WHERE excluded.updated_at >= alerts.updated_at",
             )?;
-            for (e, body) in events {
-                // Identity of an event: the reading time that caused it, or for events
-                // without a reading (acknowledgements, re-notifications) when it happened.
+            let mut outbox =
+                tx.prepare_cached("INSERT INTO outbox (key, body) VALUES (?1, ?2)")?;
+            for &(e, body) in events {
                 // The history keeps who and what; the full latest event lives in `alerts`.
-                let at = event_time(e);
+                let at = e.identity_time();
                 let n = ins.execute(params![
                     e.alert_id,
                     e.event.as_str(),
@@ -467,19 +464,22 @@ impl SqliteCatalog {
                     e.state.as_str(),
                     e.acknowledged_by
                 ])?;
-                fresh.push(n == 1);
-                if n == 1 {
-                    up.execute(params![
-                        e.alert_id,
-                        e.patient_id.as_str(),
-                        e.rule_key,
-                        e.priority.as_str(),
-                        e.state.as_str(),
-                        e.episode_start.micros(),
-                        at.micros(),
-                        body
-                    ])?;
+                if n == 0 {
+                    fresh.push(None);
+                    continue;
                 }
+                up.execute(params![
+                    e.alert_id,
+                    e.patient_id.as_str(),
+                    e.rule_key,
+                    e.priority.as_str(),
+                    e.state.as_str(),
+                    e.episode_start.micros(),
+                    at.micros(),
+                    body
+                ])?;
+                outbox.execute(params![e.idempotency_key(), body])?;
+                fresh.push(Some(tx.last_insert_rowid() as u64));
             }
         }
         tx.commit()?;
@@ -487,7 +487,7 @@ impl SqliteCatalog {
     }
 
     /// Alerts, newest first: all, or only those not resolved.
-    pub fn alerts(&self, only_open: bool, limit: usize) -> Result<Vec<StoredAlert>, CatalogError> {
+    fn alerts(&self, only_open: bool, limit: usize) -> Result<Vec<StoredAlert>, CatalogError> {
         let sql = format!(
             "SELECT a.latest_event, (SELECT COUNT(*) FROM alert_events e WHERE e.alert_id = a.alert_id)
              FROM alerts a {} ORDER BY a.updated_at DESC, a.alert_id LIMIT ?1",
@@ -513,7 +513,7 @@ impl SqliteCatalog {
     /// the catalog holds (a classic-profile run leaves every alert open), so start-up stays
     /// fast and small. Alert ids begin with their episode start, so the greatest id is the
     /// newest episode.
-    pub fn open_alerts_to_restore(&self) -> Result<Vec<AlertEvent>, CatalogError> {
+    fn open_alerts_to_restore(&self) -> Result<Vec<AlertEvent>, CatalogError> {
         let mut st = self.conn.prepare(
             "SELECT latest_event FROM alerts WHERE alert_id IN (
                  SELECT max(alert_id) FROM alerts WHERE state <> 'resolved'
@@ -528,7 +528,7 @@ impl SqliteCatalog {
     }
 
     /// One alert's latest event, if it exists.
-    pub fn alert(&self, alert_id: &str) -> Result<Option<AlertEvent>, CatalogError> {
+    fn alert(&self, alert_id: &str) -> Result<Option<AlertEvent>, CatalogError> {
         let body: Option<String> = self
             .conn
             .query_row(
@@ -543,29 +543,169 @@ impl SqliteCatalog {
         })
     }
 
-    /// Whether the catalog has no patients and no thresholds yet (a fresh data directory).
-    pub fn is_empty(&self) -> Result<bool, CatalogError> {
-        let n: i64 = self.conn.query_row(
-            "SELECT (SELECT COUNT(*) FROM patients) + (SELECT COUNT(*) FROM threshold_versions)",
-            [],
-            |r| r.get(0),
+    fn outbox_after(&self, after: u64, limit: usize) -> Result<Vec<OutboxEntry>, StoreError> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT seq, key, body FROM outbox WHERE seq > ?1 ORDER BY seq LIMIT ?2",
         )?;
-        Ok(n == 0)
+        let rows = st.query_map(params![after as i64, limit as i64], |r| {
+            Ok(OutboxEntry {
+                seq: r.get::<_, i64>(0)? as u64,
+                key: r.get(1)?,
+                body: r.get(2)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
-}
 
-/// The time that identifies an alert event for idempotency.
-fn event_time(e: &AlertEvent) -> Timestamp {
-    use vitalwatch_core::alert::AlertEventKind::*;
-    match e.event {
-        Triggered | Resolved | Escalated | InputsStale => e.input_message_time,
-        Renotified | Acknowledged => e.alert_generated_time,
+    fn outbox_seq(&self, key: &str, after: u64) -> Result<Option<u64>, StoreError> {
+        // No index on `key` (one more B-tree insert per alert in a flood): the search
+        // scans only the notifier's backlog, by rowid.
+        let seq: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT seq FROM outbox WHERE seq > ?1 AND key = ?2 ORDER BY seq LIMIT 1",
+                params![after as i64, key],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(seq.map(|s| s as u64))
+    }
+
+    fn cursor(&self, consumer: &str) -> Result<u64, StoreError> {
+        let seq: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT seq FROM outbox_cursors WHERE consumer = ?1",
+                [consumer],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(seq.map_or(0, |s| s as u64))
+    }
+
+    fn record_delivery(&mut self, a: &DeliveryAttempt) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        tx.prepare_cached(
+            "INSERT INTO delivery_attempts (consumer, first_seq, last_seq, attempt, at, outcome, error)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )?
+        .execute(params![
+            a.consumer,
+            a.first_seq as i64,
+            a.last_seq as i64,
+            a.attempt,
+            a.at.micros(),
+            a.outcome.as_str(),
+            a.error
+        ])?;
+        if a.outcome != DeliveryOutcome::Retrying {
+            tx.prepare_cached(
+                "INSERT INTO outbox_cursors (consumer, seq, updated_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(consumer) DO UPDATE SET seq = max(seq, excluded.seq),
+                   updated_at = excluded.updated_at",
+            )?
+            .execute(params![a.consumer, a.last_seq as i64, a.at.micros()])?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn deliveries(
+        &self,
+        consumer: &str,
+        limit: usize,
+    ) -> Result<Vec<DeliveryAttempt>, StoreError> {
+        let mut st = self.conn.prepare(
+            "SELECT first_seq, last_seq, attempt, at, outcome, error FROM delivery_attempts
+             WHERE consumer = ?1 ORDER BY rowid DESC LIMIT ?2",
+        )?;
+        let rows = st.query_map(params![consumer, limit as i64], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, u32>(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, String>(4)?,
+                r.get::<_, Option<String>>(5)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (first, last, attempt, at, outcome, error) = row?;
+            let outcome = match outcome.as_str() {
+                "delivered" => DeliveryOutcome::Delivered,
+                "retrying" => DeliveryOutcome::Retrying,
+                "gave_up" => DeliveryOutcome::GaveUp,
+                other => return Err(StoreError::Corrupt(format!("delivery outcome {other:?}"))),
+            };
+            out.push(DeliveryAttempt {
+                consumer: consumer.to_owned(),
+                first_seq: first as u64,
+                last_seq: last as u64,
+                attempt,
+                at: Timestamp(at),
+                outcome,
+                error,
+            });
+        }
+        Ok(out)
+    }
+
+    fn source_position(&self, source: &str) -> Result<Option<SourcePosition>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT checkpoint, offset, fingerprint, updated_at FROM source_positions WHERE source = ?1",
+                [source],
+                |r| {
+                    Ok(SourcePosition {
+                        source: source.to_owned(),
+                        checkpoint: r.get::<_, i64>(0)? as u64,
+                        offset: r.get::<_, i64>(1)? as u64,
+                        fingerprint: r.get(2)?,
+                        at: Timestamp(r.get(3)?),
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    fn commit_source_position(&mut self, p: &SourcePosition) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO source_positions (source, checkpoint, offset, fingerprint, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT(source) DO UPDATE SET checkpoint = excluded.checkpoint,
+                   offset = excluded.offset, fingerprint = excluded.fingerprint,
+                   updated_at = excluded.updated_at",
+            )?
+            .execute(params![
+                p.source,
+                p.checkpoint as i64,
+                p.offset as i64,
+                p.fingerprint,
+                p.at.micros()
+            ])?;
+        Ok(())
+    }
+
+    fn forget_source_position(&mut self, source: &str) -> Result<(), StoreError> {
+        self.conn
+            .execute("DELETE FROM source_positions WHERE source = ?1", [source])?;
+        Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sqlite_passes_the_alert_store_contract() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("catalog.sqlite");
+        crate::store::contract::alert_store(|| SqliteCatalog::open(&path).unwrap());
+    }
     use vitalwatch_core::engine::{Engine, Findings};
     use vitalwatch_core::model::{DeviceId, Observation, VitalSet};
     use vitalwatch_core::reference::{
@@ -645,8 +785,13 @@ mod tests {
             .iter()
             .map(|e| serde_json::to_string(e).unwrap())
             .collect();
-        c.record_alert_events(events.iter().zip(json.iter().map(String::as_str)))
+        let pairs: Vec<(&AlertEvent, &str)> =
+            events.iter().zip(json.iter().map(String::as_str)).collect();
+        c.record_alert_events(&pairs)
             .unwrap()
+            .into_iter()
+            .map(|s| s.is_some())
+            .collect()
     }
 
     #[test]

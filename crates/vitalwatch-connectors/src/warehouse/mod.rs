@@ -19,7 +19,9 @@
 //! - Files become visible only when closed, so the warehouse lags the live stream by up
 //!   to [`WarehouseConfig::roll_interval`]: alerts come from the stream, never from here.
 
+mod archiver;
 mod query;
+pub mod recovery;
 mod schema;
 mod sink;
 
@@ -37,6 +39,7 @@ pub use query::{OutputFormat, format_batches, hive_ddl, query, register_warehous
 pub use schema::{
     ALERTS, DEAD_LETTERS, TABLES, UNCLASSIFIED, VITALS, partition_cols, table_schema,
 };
+pub use archiver::AlertArchiver;
 pub use sink::ParquetSink;
 
 /// The record batches a query returns.
@@ -99,6 +102,9 @@ pub enum WarehouseError {
     /// Encoding Parquet failed.
     #[error("parquet: {0}")]
     Parquet(#[from] ParquetError),
+    /// Rows were lost in a file that failed mid-write (the source must re-send them).
+    #[error("{0} rows were lost in a file that failed mid-write and must be re-sent")]
+    Lost(u64),
     /// Planning or running a query failed (boxed: the error type is large).
     #[error("query: {0}")]
     Query(Box<DataFusionError>),
@@ -127,7 +133,9 @@ pub struct TableStats {
     pub rows_accepted: u64,
     /// Rows encoded into Parquet files (open or closed).
     pub rows_written: u64,
-    /// Rows in closed files: visible to queries and durable on disk.
+    /// Rows in closed files (durable, not yet visible until published).
+    pub rows_staged: u64,
+    /// Rows in published files: visible to queries and durable on disk.
     pub rows_committed: u64,
     /// Files closed and renamed into place.
     pub files_closed: u64,

@@ -4,9 +4,16 @@
 //! one set per `(table, hour)` partition. When a table has `batch_rows` rows buffered they
 //! become a [`RecordBatch`] per partition and go into that partition's open file (one
 //! `ArrowWriter` each, which itself gathers row groups). A file closes when it reaches
-//! `roll_rows`, when [`ParquetSink::tick`] finds it older than `roll_interval`, or on
-//! [`ParquetSink::roll`] / [`ParquetSink::close`]: footer, fsync, rename from its hidden
-//! in-progress name, fsync of the directory. Only then do readers see it.
+//! `roll_rows`, when [`ParquetSink::tick`] finds it older than `roll_interval`, or at a
+//! checkpoint: footer and fsync, still under its hidden in-progress name (*staged*).
+//! Staged files are *published* (renamed into place, directory fsynced) together at
+//! [`ParquetSink::checkpoint`]; only then do readers see them.
+//!
+//! Exactly-once across a crash (see [`super::recovery`]): files published for a
+//! resumable source carry that source's stream and checkpoint position in their name. A
+//! restart removes the files past the position the source committed, and the source
+//! re-reads from there, so no row is lost and none is archived twice. Live sources that
+//! cannot re-send (HTTP) publish under the run's own name, never removed.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -53,6 +60,11 @@ const MAX_OPEN_FILES_PER_TABLE: usize = 32;
 /// after that replays whatever was lost: the warehouse is at-least-once.
 pub struct ParquetSink {
     files: Files,
+    /// Whether [`ParquetSink::tick`] publishes aged files under the run's name (live
+    /// sources) or only stages them for the next checkpoint (resumable sources).
+    publish_on_tick: bool,
+    /// Rows lost since the last checkpoint (a file that failed mid-write).
+    lost_rows: u64,
     vitals: Table<VitalRows>,
     alerts: Table<AlertRows>,
     dead_letters: Table<DeadLetterRows>,
@@ -102,6 +114,8 @@ impl ParquetSink {
                 run_id,
                 config,
             },
+            publish_on_tick: true,
+            lost_rows: 0,
             vitals: Table::new(VITALS)?,
             alerts: Table::new(ALERTS)?,
             dead_letters: Table::new(DEAD_LETTERS)?,
@@ -116,58 +130,113 @@ impl ParquetSink {
 
     /// Table `vitals`: one row per present vital, partitioned by `observed_at`.
     pub fn write_observations(&mut self, obs: &[Observation]) -> Result<(), WarehouseError> {
-        self.vitals
-            .append(obs, &self.files, |o| o.observed_at.micros())
+        let r = self.vitals.append(obs, &self.files, |o| o.observed_at.micros());
+        self.publish_rolled(r)
     }
 
     /// Table `alerts`, partitioned by `alert_generated_time`; no personal data.
     pub fn write_alert_events(&mut self, events: &[AlertEvent]) -> Result<(), WarehouseError> {
-        self.alerts
-            .append(events, &self.files, |e| e.alert_generated_time.micros())
+        let r = self.alerts.append(events, &self.files, |e| e.alert_generated_time.micros());
+        self.publish_rolled(r)
     }
 
     /// Table `dead_letters`, partitioned by `received_at`.
     pub fn write_dead_letters(&mut self, dls: &[DeadLetter]) -> Result<(), WarehouseError> {
-        self.dead_letters
-            .append(dls, &self.files, |d| d.received_at.micros())
+        let r = self.dead_letters.append(dls, &self.files, |d| d.received_at.micros());
+        self.publish_rolled(r)
     }
 
     /// Table `unclassified`, partitioned by `observed_at`.
     pub fn write_unclassified(&mut self, u: &[Unclassified]) -> Result<(), WarehouseError> {
-        self.unclassified
-            .append(u, &self.files, |r| r.observed_at.micros())
+        let r = self.unclassified.append(u, &self.files, |r| r.observed_at.micros());
+        self.publish_rolled(r)
     }
 
-    /// Periodic housekeeping: flushes the buffers and closes (publishes) every file open
-    /// longer than `roll_interval`, so the warehouse lags the stream by at most about
-    /// that much. Call it every few seconds.
+    /// Staged files are published only by [`ParquetSink::checkpoint`], never by
+    /// [`ParquetSink::tick`] or on drop: what a resumable source's checkpoint has not
+    /// covered must stay invisible, or re-reading it after a crash would archive it twice.
+    pub fn publish_only_at_checkpoints(mut self) -> Self {
+        self.publish_on_tick = false;
+        self
+    }
+
+    /// A live sink publishes the files a write rolled (by `roll_rows`, or the cap on open
+    /// files) at once; a checkpointed one keeps them staged for its next checkpoint.
+    fn publish_rolled(&mut self, r: Result<(), WarehouseError>) -> Result<(), WarehouseError> {
+        if self.publish_on_tick && self.staged_files() > 0 {
+            let p = self.publish(None);
+            r?;
+            return p;
+        }
+        r
+    }
+
+    /// Periodic housekeeping: flushes the buffers, stages every file open longer than
+    /// `roll_interval` and, for live sources, publishes what is staged under the run's
+    /// name, so the warehouse lags the stream by at most about that much. Call it every
+    /// few seconds.
     pub fn tick(&mut self) -> Result<(), WarehouseError> {
         let max_age = self.files.config.roll_interval;
         self.each_table(|t, files| {
             t.flush(files)?;
             t.close_files(files, Some(max_age))
-        })
+        })?;
+        if self.publish_on_tick {
+            self.publish(None)?;
+        }
+        Ok(())
     }
 
     /// Encodes every buffered row into its open file. The rows are not visible (nor
     /// durable) until the file closes.
     pub fn flush(&mut self) -> Result<(), WarehouseError> {
-        self.each_table(|t, files| t.flush(files))
+        let r = self.each_table(|t, files| t.flush(files));
+        self.publish_rolled(r)
     }
 
-    /// Flushes and closes every open file, keeping the sink usable: a checkpoint after
-    /// which every accepted row is durable and visible (commit source offsets after it).
-    pub fn roll(&mut self) -> Result<(), WarehouseError> {
-        self.each_table(|t, files| {
+    /// Makes every row accepted so far durable and visible: flushes, closes every open
+    /// file and publishes every staged one, named after `tag` (a resumable source's
+    /// [`position_tag`](super::recovery::position_tag)) or, with `None`, after the run.
+    ///
+    /// `Ok` means every row accepted since the last successful checkpoint is in a
+    /// published file: a source may commit its position. On error nothing is dropped that
+    /// can be kept (rows whose file could not be created stay buffered, staged files whose
+    /// rename failed stay staged) and the next checkpoint tries again; rows of a file that
+    /// failed mid-write are lost to this sink, and the error says how many, so the source
+    /// must re-send them (a resumable source re-reads from its last committed position).
+    pub fn checkpoint(&mut self, tag: Option<&str>) -> Result<(), WarehouseError> {
+        let closed = self.each_table(|t, files| {
             t.flush(files)?;
             t.close_files(files, None)
-        })
+        });
+        let published = self.publish(tag);
+        let lost = std::mem::take(&mut self.lost_rows);
+        closed?;
+        published?;
+        if lost > 0 {
+            return Err(WarehouseError::Lost(lost));
+        }
+        Ok(())
     }
 
-    /// Flushes and closes every file; returns the final counters.
+    /// A checkpoint under the run's name (see [`ParquetSink::checkpoint`]).
+    pub fn roll(&mut self) -> Result<(), WarehouseError> {
+        self.checkpoint(None)
+    }
+
+    /// Flushes and closes every file; returns the final counters. A sink that publishes
+    /// only at checkpoints publishes nothing here: what its last checkpoint did not cover
+    /// is read again by its source.
     pub fn close(mut self) -> Result<WarehouseStats, WarehouseError> {
-        self.roll()?;
+        if self.publish_on_tick {
+            self.roll()?;
+        }
         Ok(self.stats())
+    }
+
+    /// Renames every staged file into place.
+    fn publish(&mut self, tag: Option<&str>) -> Result<(), WarehouseError> {
+        self.each_table(|t, files| t.publish(files, tag))
     }
 
     /// Rows and files per table so far.
@@ -178,6 +247,14 @@ impl ParquetSink {
             dead_letters: self.dead_letters.stats,
             unclassified: self.unclassified.stats,
         }
+    }
+
+    /// Files closed but not yet published (invisible to readers).
+    pub fn staged_files(&self) -> usize {
+        self.vitals.staged.len()
+            + self.alerts.staged.len()
+            + self.dead_letters.staged.len()
+            + self.unclassified.staged.len()
     }
 
     /// Files currently open (in progress, invisible to readers).
@@ -200,11 +277,15 @@ impl ParquetSink {
             alerts,
             dead_letters,
             unclassified,
+            lost_rows,
+            ..
         } = self;
         let tables: [&mut dyn TableOps; 4] = [vitals, alerts, dead_letters, unclassified];
         let mut first = None;
         for t in tables {
-            if let Err(e) = f(t, files) {
+            let r = f(t, files);
+            *lost_rows += t.take_lost();
+            if let Err(e) = r {
                 tracing::error!(table = t.name(), error = %e, "warehouse write failed");
                 first.get_or_insert(e);
             }
@@ -217,8 +298,10 @@ impl Drop for ParquetSink {
     fn drop(&mut self) {
         let pending = self.open_files() > 0
             || self.vitals.buffered + self.alerts.buffered > 0
-            || self.dead_letters.buffered + self.unclassified.buffered > 0;
-        if pending {
+            || self.dead_letters.buffered + self.unclassified.buffered > 0
+            || self.staged_files() > 0;
+        // A resumable source's rows past its last checkpoint stay hidden: it re-reads them.
+        if pending && self.publish_on_tick {
             // Like BufWriter: finish what was accepted rather than strand it in hidden files.
             // Errors were already logged per table.
             let _ = self.roll();
@@ -240,9 +323,7 @@ impl Files {
         let dir = partition_dir(&self.config.root, table, key);
         fs::create_dir_all(&dir).map_err(|e| WarehouseError::io("create", &dir, e))?;
         let seq = FILE_SEQ.fetch_add(1, Ordering::Relaxed);
-        let name = format!("part-{}-{seq:06}.parquet", self.run_id);
-        let tmp = dir.join(format!(".{name}.inprogress"));
-        let dst = dir.join(name);
+        let tmp = dir.join(format!(".part-{}-{seq:06}.parquet.inprogress", self.run_id));
         let file = OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -252,30 +333,62 @@ impl Files {
         Ok(OpenFile {
             writer,
             tmp,
-            dst,
+            dir,
             rows: 0,
             opened: Instant::now(),
         })
     }
 
-    /// Footer, fsync, rename into place, fsync of the directory: after this the file is
-    /// complete under its final name even across a power cut, and never visible half-written.
-    fn close(&self, f: OpenFile, stats: &mut TableStats) -> Result<(), WarehouseError> {
+    /// Footer and fsync: the file is complete and durable under its hidden name, ready to
+    /// be published.
+    fn close(&self, f: OpenFile, stats: &mut TableStats) -> Result<Staged, WarehouseError> {
         let OpenFile {
             writer,
             tmp,
-            dst,
+            dir,
             rows,
             ..
         } = f;
-        let file = writer.into_inner()?;
-        file.sync_all()
-            .map_err(|e| WarehouseError::io("fsync", &tmp, e))?;
-        let bytes = file
-            .metadata()
-            .map_err(|e| WarehouseError::io("stat", &tmp, e))?
-            .len();
-        drop(file);
+        let done = writer.into_inner().map_err(WarehouseError::from).and_then(|file| {
+            file.sync_all()
+                .map_err(|e| WarehouseError::io("fsync", &tmp, e))?;
+            Ok(file
+                .metadata()
+                .map_err(|e| WarehouseError::io("stat", &tmp, e))?
+                .len())
+        });
+        match done {
+            Ok(bytes) => {
+                stats.rows_staged += rows;
+                Ok(Staged {
+                    tmp,
+                    dir,
+                    rows,
+                    bytes,
+                })
+            }
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                Err(e)
+            }
+        }
+    }
+
+    /// Renames a staged file into place and fsyncs its directory: after this the file is
+    /// complete under its final name even across a power cut, and never visible
+    /// half-written.
+    fn publish(
+        &self,
+        f: &Staged,
+        tag: Option<&str>,
+        stats: &mut TableStats,
+    ) -> Result<(), WarehouseError> {
+        let seq = FILE_SEQ.fetch_add(1, Ordering::Relaxed);
+        let name = match tag {
+            Some(tag) => format!("part-{tag}-{}-{seq:06}.parquet", self.run_id),
+            None => format!("part-{}-{seq:06}.parquet", self.run_id),
+        };
+        let dst = f.dir.join(name);
         // rename() silently replaces; the run id makes a clash impossible short of a bug,
         // and a bug must not destroy data.
         if dst.exists() {
@@ -285,12 +398,12 @@ impl Files {
                 std::io::Error::from(std::io::ErrorKind::AlreadyExists),
             ));
         }
-        fs::rename(&tmp, &dst).map_err(|e| WarehouseError::io("rename", &tmp, e))?;
-        sync_dir(dst.parent().unwrap_or(Path::new(".")))?;
-        stats.rows_committed += rows;
+        fs::rename(&f.tmp, &dst).map_err(|e| WarehouseError::io("rename", &f.tmp, e))?;
+        sync_dir(&f.dir)?;
+        stats.rows_committed += f.rows;
         stats.files_closed += 1;
-        stats.bytes_committed += bytes;
-        tracing::debug!(file = %dst.display(), rows, bytes, "warehouse file closed");
+        stats.bytes_committed += f.bytes;
+        tracing::debug!(file = %dst.display(), rows = f.rows, bytes = f.bytes, "warehouse file published");
         Ok(())
     }
 }
@@ -308,28 +421,40 @@ fn sync_dir(_dir: &Path) -> Result<(), WarehouseError> {
     Ok(())
 }
 
+/// A file closed under its hidden name, waiting to be published.
+struct Staged {
+    tmp: PathBuf,
+    dir: PathBuf,
+    rows: u64,
+    bytes: u64,
+}
+
 /// A file being written under its hidden in-progress name.
 struct OpenFile {
     writer: ArrowWriter<File>,
     tmp: PathBuf,
-    dst: PathBuf,
+    dir: PathBuf,
     rows: u64,
     opened: Instant,
 }
 
 /// The file went bad mid-write: a partial Parquet file is useless, so it is removed. Its
-/// rows were never committed, so a source that commits after [`ParquetSink::roll`] replays
-/// them.
-fn abandon(f: OpenFile, table: &str) {
+/// rows were never committed: the next checkpoint fails and says how many, so the source
+/// re-sends them. Returns that count.
+fn abandon(f: OpenFile, table: &str) -> u64 {
     tracing::error!(table, file = %f.tmp.display(), rows = f.rows, "abandoning warehouse file");
-    let tmp = f.tmp.clone();
+    let (tmp, rows) = (f.tmp.clone(), f.rows);
     drop(f);
     let _ = fs::remove_file(tmp);
+    rows
 }
 
 /// One partition's buffer and open file.
 struct Partition<R> {
     rows: R,
+    /// Batches encoded but not yet written because no file could be opened (a full or
+    /// read-only disk): kept, and written first once a file opens again.
+    pending: Vec<RecordBatch>,
     file: Option<OpenFile>,
 }
 
@@ -343,6 +468,10 @@ struct Table<R> {
     index: HashMap<i64, usize>,
     last: Option<(i64, usize)>,
     buffered: usize,
+    /// Closed files waiting for the next publish.
+    staged: Vec<Staged>,
+    /// Rows lost in abandoned files since the sink last asked.
+    lost: u64,
     stats: TableStats,
 }
 
@@ -379,6 +508,8 @@ impl<R: Rows> Table<R> {
             index: HashMap::new(),
             last: None,
             buffered: 0,
+            staged: Vec::new(),
+            lost: 0,
             stats: TableStats::default(),
         })
     }
@@ -396,6 +527,7 @@ impl<R: Rows> Table<R> {
             None => {
                 self.parts.push(Partition {
                     rows: R::default(),
+                    pending: Vec::new(),
                     file: None,
                 });
                 self.keys.push(key);
@@ -431,10 +563,15 @@ impl<R: Rows> Table<R> {
         by_age.sort_unstable();
         let mut first = None;
         for &(_, i) in &by_age[..open - MAX_OPEN_FILES_PER_TABLE] {
-            if let Some(f) = self.parts[i].file.take()
-                && let Err(e) = files.close(f, &mut self.stats)
-            {
-                first.get_or_insert(e);
+            if let Some(f) = self.parts[i].file.take() {
+                let rows = f.rows;
+                match files.close(f, &mut self.stats) {
+                    Ok(s) => self.staged.push(s),
+                    Err(e) => {
+                        self.lost += rows;
+                        first.get_or_insert(e);
+                    }
+                }
             }
         }
         first.map_or(Ok(()), Err)
@@ -445,6 +582,10 @@ impl<R: Rows> Table<R> {
 trait TableOps {
     fn name(&self) -> &'static str;
     fn flush(&mut self, files: &Files) -> Result<(), WarehouseError>;
+    /// Publishes every staged file; those that fail stay staged.
+    fn publish(&mut self, files: &Files, tag: Option<&str>) -> Result<(), WarehouseError>;
+    /// Rows lost since the last call.
+    fn take_lost(&mut self) -> u64;
     /// Closes files at least `max_age` old, or all of them with `None`.
     fn close_files(
         &mut self,
@@ -458,20 +599,39 @@ impl<R: Rows> TableOps for Table<R> {
         self.name
     }
 
+    fn publish(&mut self, files: &Files, tag: Option<&str>) -> Result<(), WarehouseError> {
+        let mut first = None;
+        let stats = &mut self.stats;
+        self.staged.retain(|f| match files.publish(f, tag, stats) {
+            Ok(()) => false,
+            Err(e) => {
+                first.get_or_insert(e);
+                true
+            }
+        });
+        first.map_or(Ok(()), Err)
+    }
+
+    fn take_lost(&mut self) -> u64 {
+        std::mem::take(&mut self.lost)
+    }
+
     fn flush(&mut self, files: &Files) -> Result<(), WarehouseError> {
         let mut first = None;
         for (part, &key) in self.parts.iter_mut().zip(&self.keys) {
             let n = part.rows.len();
-            if n == 0 {
+            if n == 0 && part.pending.is_empty() {
                 continue;
             }
-            // The builders are drained even if the write fails: those rows are lost to
-            // this sink (never committed), and the counter must not claim otherwise.
             self.buffered -= n;
-            if let Err(e) =
-                write_partition(self.name, &self.schema, part, key, files, &mut self.stats)
-            {
-                first.get_or_insert(e);
+            let w = write_partition(self.name, &self.schema, part, key, files, &mut self.stats);
+            match w {
+                Ok(None) => {}
+                Ok(Some(staged)) => self.staged.push(staged),
+                Err((e, lost)) => {
+                    self.lost += lost;
+                    first.get_or_insert(e);
+                }
             }
         }
         if let Err(e) = self.close_excess(files) {
@@ -491,11 +651,15 @@ impl<R: Rows> TableOps for Table<R> {
                 .file
                 .as_ref()
                 .is_some_and(|f| max_age.is_none_or(|age| f.opened.elapsed() >= age));
-            if due
-                && let Some(f) = part.file.take()
-                && let Err(e) = files.close(f, &mut self.stats)
-            {
-                first.get_or_insert(e);
+            if due && let Some(f) = part.file.take() {
+                let rows = f.rows;
+                match files.close(f, &mut self.stats) {
+                    Ok(s) => self.staged.push(s),
+                    Err(e) => {
+                        self.lost += rows;
+                        first.get_or_insert(e);
+                    }
+                }
             }
         }
         // Forget idle partitions so a replay of months of history does not keep one
@@ -503,12 +667,12 @@ impl<R: Rows> TableOps for Table<R> {
         if self
             .parts
             .iter()
-            .any(|p| p.file.is_none() && p.rows.len() == 0)
+            .any(|p| p.file.is_none() && p.rows.len() == 0 && p.pending.is_empty())
         {
             let mut i = 0;
             while i < self.parts.len() {
                 let p = &self.parts[i];
-                if p.file.is_none() && p.rows.len() == 0 {
+                if p.file.is_none() && p.rows.len() == 0 && p.pending.is_empty() {
                     self.parts.swap_remove(i);
                     self.keys.swap_remove(i);
                 } else {
@@ -522,8 +686,11 @@ impl<R: Rows> TableOps for Table<R> {
     }
 }
 
-/// Turns one partition's buffer into a batch, writes it to the partition's file (opening
-/// one if needed) and rolls the file once it holds `roll_rows`.
+/// Turns one partition's buffer into a batch, writes it (after any batches still pending)
+/// to the partition's file, opening one if needed, and stages the file once it holds
+/// `roll_rows`. Returns the staged file, if any. On error, returns how many rows were
+/// lost with it: none when no file could be opened (the batches stay pending), the whole
+/// file's when a write failed.
 fn write_partition<R: Rows>(
     table: &'static str,
     schema: &SchemaRef,
@@ -531,28 +698,38 @@ fn write_partition<R: Rows>(
     key: i64,
     files: &Files,
     stats: &mut TableStats,
-) -> Result<(), WarehouseError> {
-    // try_new inside checks every column against the asserted schema.
-    let batch = part.rows.finish(schema)?;
-    let n = batch.num_rows() as u64;
-    let file = match &mut part.file {
-        Some(f) => f,
-        slot @ None => slot.insert(files.open(table, schema, key)?),
-    };
-    if let Err(e) = file.writer.write(&batch) {
-        if let Some(f) = part.file.take() {
-            abandon(f, table);
-        }
-        return Err(e.into());
+) -> Result<Option<Staged>, (WarehouseError, u64)> {
+    if part.rows.len() > 0 {
+        // try_new inside checks every column against the asserted schema. The builders
+        // are drained either way; a batch that cannot be built is a bug, not input.
+        let batch = part.rows.finish(schema).map_err(|e| (e.into(), 0))?;
+        part.pending.push(batch);
     }
-    file.rows += n;
-    stats.rows_written += n;
+    if part.file.is_none() {
+        part.file = Some(files.open(table, schema, key).map_err(|e| (e, 0))?);
+    }
+    let Some(file) = part.file.as_mut() else {
+        return Ok(None);
+    };
+    let mut pending = std::mem::take(&mut part.pending).into_iter();
+    for batch in pending.by_ref() {
+        let n = batch.num_rows() as u64;
+        if let Err(e) = file.writer.write(&batch) {
+            // The rest stay pending for the next file; this one and the file are gone.
+            part.pending.extend(pending);
+            let lost = n + part.file.take().map_or(0, |f| abandon(f, table));
+            return Err((e.into(), lost));
+        }
+        file.rows += n;
+        stats.rows_written += n;
+    }
     if file.rows >= files.config.roll_rows as u64
         && let Some(f) = part.file.take()
     {
-        files.close(f, stats)?;
+        let rows = f.rows;
+        return files.close(f, stats).map(Some).map_err(|e| (e, rows));
     }
-    Ok(())
+    Ok(None)
 }
 
 /// A table's column builders. `push` appends one input item and returns the rows added.

@@ -1,0 +1,199 @@
+//! The notifier seam: where alert events leave vitalwatch for people and systems.
+//!
+//! Where it sits: after the alert store. The alert path records each new event and its
+//! outbox row in one transaction; a worker per notifier takes outbox entries in order,
+//! calls [`Notifier::deliver`], records every attempt and moves the notifier's cursor in
+//! the store. A crash at any point re-delivers from the cursor: at least once, and with
+//! the event's idempotency key (and [`Notifier::resume`], which lets a notifier tell where
+//! it really got to) effectively once.
+//!
+//! Notifiers here: [`JsonlNotifier`] (the alert log). The console printer lives in the
+//! binary; e-mail, SNS and webhooks join behind cargo features.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use vitalwatch_core::alert::AlertEvent;
+
+use crate::store::{AlertStore, StoreError};
+
+/// One outbox entry on its way to a notifier.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxItem {
+    /// Outbox sequence number.
+    pub seq: u64,
+    /// Idempotency key ([`AlertEvent::idempotency_key`]).
+    pub key: String,
+    /// The event.
+    pub event: AlertEvent,
+    /// The event as JSON, as stored.
+    pub body: String,
+}
+
+impl OutboxItem {
+    /// Reads an entry back from the store.
+    pub fn from_entry(e: crate::store::OutboxEntry) -> Result<Self, serde_json::Error> {
+        Ok(OutboxItem {
+            seq: e.seq,
+            event: serde_json::from_str(&e.body)?,
+            key: e.key,
+            body: e.body,
+        })
+    }
+}
+
+/// Why a delivery failed, and whether trying again can help.
+#[derive(Debug, thiserror::Error)]
+pub enum NotifyError {
+    /// Worth retrying (a full disk, a server that answered 4xx-temporary or timed out).
+    #[error("transient: {0}")]
+    Transient(String),
+    /// Retrying cannot help (a rejected address, a malformed request).
+    #[error("permanent: {0}")]
+    Permanent(String),
+    /// The store failed while the notifier looked up where it got to.
+    #[error("alert store: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// A destination for alert events.
+pub trait Notifier: Send {
+    /// The notifier's name: its cursor and attempts are kept under it.
+    fn name(&self) -> &str;
+
+    /// Most entries per [`Notifier::deliver`] call.
+    fn max_batch(&self) -> usize {
+        4096
+    }
+
+    /// How long entries may wait to fill a batch (0: deliver at once). A warehouse
+    /// archiver waits to write fewer, larger files; a pager never waits.
+    fn linger(&self) -> Duration {
+        Duration::ZERO
+    }
+
+    /// Called once before the first delivery with the cursor from the store. Returns the
+    /// cursor to continue from: a notifier that can see what it already delivered (the
+    /// alert log's last line) moves it past that, so a crash between delivering and
+    /// recording the delivery does not deliver twice.
+    fn resume(&mut self, cursor: u64, _store: &dyn AlertStore) -> Result<u64, NotifyError> {
+        Ok(cursor)
+    }
+
+    /// Delivers a batch, in order, all or nothing as far as the notifier can tell.
+    fn deliver(&mut self, batch: &[OutboxItem]) -> Result<(), NotifyError>;
+}
+
+/// Appends each event as one JSON line to `alerts.jsonl`.
+#[derive(Debug)]
+pub struct JsonlNotifier {
+    path: PathBuf,
+    out: BufWriter<File>,
+}
+
+impl JsonlNotifier {
+    /// Opens (creating) the alert log for appending. A torn last line (the process died
+    /// mid-write) is cut off: its event is still in the outbox and is written again.
+    pub fn open(path: &Path) -> std::io::Result<Self> {
+        let mut f = OpenOptions::new()
+            .create(true)
+            .read(true)
+            .append(true)
+            .open(path)?;
+        if let Some(end) = torn_line_start(&mut f)? {
+            tracing::warn!(file = %path.display(), "cutting off a torn last line of the alert log");
+            f.set_len(end)?;
+        }
+        Ok(JsonlNotifier {
+            path: path.to_owned(),
+            out: BufWriter::new(f),
+        })
+    }
+
+    /// The last complete line of the log, if any.
+    fn last_complete_line(&self) -> std::io::Result<Option<String>> {
+        let mut f = File::open(&self.path)?;
+        let len = f.metadata()?.len();
+        // Alert lines are well under 8 KiB; read back far enough to hold the last one.
+        let start = len.saturating_sub(64 * 1024);
+        f.seek(SeekFrom::Start(start))?;
+        let mut tail = String::new();
+        f.read_to_string(&mut tail)?;
+        Ok(tail
+            .trim_end_matches('\n')
+            .rsplit('\n')
+            .next()
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned))
+    }
+}
+
+/// Where the file's torn last line (one without its newline) starts, if it has one.
+fn torn_line_start(f: &mut File) -> std::io::Result<Option<u64>> {
+    let len = f.metadata()?.len();
+    let start = len.saturating_sub(64 * 1024);
+    f.seek(SeekFrom::Start(start))?;
+    let mut tail = Vec::new();
+    f.read_to_end(&mut tail)?;
+    if tail.is_empty() || tail.last() == Some(&b'\n') {
+        return Ok(None);
+    }
+    Ok(Some(
+        tail.iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(start, |i| start + i as u64 + 1),
+    ))
+}
+
+impl Notifier for JsonlNotifier {
+    fn name(&self) -> &str {
+        "jsonl"
+    }
+
+    fn resume(&mut self, cursor: u64, store: &dyn AlertStore) -> Result<u64, NotifyError> {
+        let last = self
+            .last_complete_line()
+            .map_err(|e| NotifyError::Transient(format!("read {}: {e}", self.path.display())))?;
+        let Some(line) = last else {
+            return Ok(cursor);
+        };
+        let Ok(event) = serde_json::from_str::<AlertEvent>(&line) else {
+            return Ok(cursor);
+        };
+        // Written but not recorded as delivered: continue after it.
+        Ok(store
+            .outbox_seq(&event.idempotency_key(), cursor)?
+            .unwrap_or(cursor))
+    }
+
+    fn deliver(&mut self, batch: &[OutboxItem]) -> Result<(), NotifyError> {
+        let io = |e: std::io::Error| {
+            NotifyError::Transient(format!("write {}: {e}", self.path.display()))
+        };
+        for item in batch {
+            self.out.write_all(item.body.as_bytes()).map_err(io)?;
+            self.out.write_all(b"\n").map_err(io)?;
+        }
+        self.out.flush().map_err(io)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_torn_last_line_is_cut_off_and_complete_lines_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("alerts.jsonl");
+        std::fs::write(&path, "{\"a\":1}\n{\"b\":2}\n{\"c\":").unwrap();
+        let n = JsonlNotifier::open(&path).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "{\"a\":1}\n{\"b\":2}\n"
+        );
+        assert_eq!(n.last_complete_line().unwrap().as_deref(), Some("{\"b\":2}"));
+    }
+}

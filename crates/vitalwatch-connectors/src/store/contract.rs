@@ -1,0 +1,205 @@
+//! The alert-store contract: one suite every [`AlertStore`] backend must pass (SQLite in
+//! this crate's tests; PostgreSQL runs the same). Each check states a guarantee the
+//! pipeline relies on; a backend that fails one would lose, silence or duplicate alarms.
+
+use vitalwatch_core::alert::{
+    AlertEvent, AlertEventKind, AlertPatient, AlertState, Priority, alert_id,
+};
+use vitalwatch_core::model::{PatientId, Timestamp};
+
+use super::{AlertStore, DeliveryAttempt, DeliveryOutcome, SourcePosition};
+
+/// An alert event of patient `patient`, rule `rule`, episode starting at second `start`.
+fn event(patient: &str, rule: &str, start: i64, kind: AlertEventKind, at: i64) -> AlertEvent {
+    let patient_id = PatientId(patient.into());
+    let episode_start = Timestamp(start * 1_000_000);
+    AlertEvent {
+        alert_id: alert_id(&patient_id, rule, episode_start),
+        event: kind,
+        state: match kind {
+            AlertEventKind::Acknowledged => AlertState::Acknowledged,
+            AlertEventKind::Resolved => AlertState::Resolved,
+            _ => AlertState::Triggered,
+        },
+        rule: rule.into(),
+        rule_key: rule.into(),
+        priority: Priority::High,
+        patient_id,
+        patient: AlertPatient::default(),
+        vital: None,
+        value: Some(7.0),
+        bp: None,
+        heart_beat: None,
+        news2_score: Some(7),
+        ref_id: None,
+        ref_version: None,
+        alert_message: format!("{rule} {kind:?}"),
+        input_message_time: Timestamp(at * 1_000_000),
+        alert_generated_time: Timestamp(at * 1_000_000 + 1),
+        episode_start,
+        device_id: None,
+        acknowledged_by: (kind == AlertEventKind::Acknowledged).then(|| "nurse".into()),
+    }
+}
+
+fn record<S: AlertStore>(store: &mut S, events: &[AlertEvent]) -> Vec<Option<u64>> {
+    let json: Vec<String> = events
+        .iter()
+        .map(|e| serde_json::to_string(e).expect("serializes"))
+        .collect();
+    let pairs: Vec<(&AlertEvent, &str)> = events
+        .iter()
+        .zip(json.iter().map(String::as_str))
+        .collect();
+    store.record_alert_events(&pairs).expect("record")
+}
+
+fn attempt(consumer: &str, first: u64, last: u64, n: u32, outcome: DeliveryOutcome) -> DeliveryAttempt {
+    DeliveryAttempt {
+        consumer: consumer.into(),
+        first_seq: first,
+        last_seq: last,
+        attempt: n,
+        at: Timestamp(1_000 + i64::from(n)),
+        outcome,
+        error: (outcome != DeliveryOutcome::Delivered).then(|| "smtp 451".into()),
+    }
+}
+
+/// Runs the whole contract. `open` opens the same, initially empty, store each time it is
+/// called (a reopen must see everything committed before).
+///
+/// # Panics
+/// On the first broken guarantee, with what broke.
+pub fn alert_store<S: AlertStore>(open: impl Fn() -> S) {
+    let mut s = open();
+    assert_eq!(s.cursor("jsonl").unwrap(), 0, "a new notifier starts at 0");
+    assert!(s.outbox_after(0, 10).unwrap().is_empty());
+    assert!(s.alerts(false, 10).unwrap().is_empty());
+    assert_eq!(s.source_position("file:/a").unwrap(), None);
+
+    // Every new event gets an outbox row, in commit order.
+    let a_trig = event("1", "news2", 100, AlertEventKind::Triggered, 100);
+    let a_ack = event("1", "news2", 100, AlertEventKind::Acknowledged, 130);
+    let b_trig = event("2", "hr_high", 110, AlertEventKind::Triggered, 110);
+    let seqs = record(&mut s, &[a_trig.clone(), a_ack.clone(), b_trig.clone()]);
+    assert!(seqs.iter().all(Option::is_some), "new events are fresh: {seqs:?}");
+    let seqs: Vec<u64> = seqs.into_iter().flatten().collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "increasing: {seqs:?}");
+
+    // Re-processed input records nothing and queues no second notification, also when
+    // mixed with a new event in one batch.
+    let a_later = event("1", "news2", 300, AlertEventKind::Triggered, 300);
+    let again = record(&mut s, &[a_trig.clone(), a_later.clone()]);
+    assert_eq!(again[0], None, "a recorded event is not new again");
+    let later_seq = again[1].expect("a new event in the same batch is recorded");
+    assert!(later_seq > seqs[2]);
+
+    // The outbox hands out each entry once, in order, with its key and body.
+    let all = s.outbox_after(0, 100).unwrap();
+    assert_eq!(
+        all.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        [seqs.clone(), vec![later_seq]].concat()
+    );
+    assert_eq!(all[1].key, a_ack.idempotency_key());
+    let body: AlertEvent = serde_json::from_str(&all[1].body).unwrap();
+    assert_eq!(body, a_ack);
+    assert_eq!(s.outbox_after(seqs[0], 2).unwrap().len(), 2, "limit");
+    assert_eq!(s.outbox_after(later_seq, 10).unwrap().len(), 0);
+    assert_eq!(
+        s.outbox_seq(&b_trig.idempotency_key(), 0).unwrap(),
+        Some(seqs[2])
+    );
+    assert_eq!(
+        s.outbox_seq(&b_trig.idempotency_key(), seqs[2]).unwrap(),
+        None,
+        "only entries after the given sequence number"
+    );
+
+    // Alerts: the latest event per alert, open ones, and the newest per patient and rule
+    // for a restart.
+    let a = s.alert(&a_trig.alert_id).unwrap().expect("stored");
+    assert_eq!(a.event, AlertEventKind::Acknowledged);
+    assert_eq!(a.acknowledged_by.as_deref(), Some("nurse"));
+    assert_eq!(s.alert("no-such-alert").unwrap(), None);
+    assert_eq!(s.alerts(true, 10).unwrap().len(), 3);
+    let counts: Vec<(String, u32)> = s
+        .alerts(false, 10)
+        .unwrap()
+        .into_iter()
+        .map(|a| (a.latest.alert_id, a.events))
+        .collect();
+    assert!(counts.contains(&(a_trig.alert_id.clone(), 2)), "{counts:?}");
+    let resolved = event("2", "hr_high", 110, AlertEventKind::Resolved, 150);
+    record(&mut s, &[resolved]);
+    let mut restore: Vec<String> = s
+        .open_alerts_to_restore()
+        .unwrap()
+        .into_iter()
+        .map(|e| e.alert_id)
+        .collect();
+    restore.sort();
+    assert_eq!(
+        restore,
+        vec![a_later.alert_id.clone()],
+        "the newest open alert per patient and rule; resolved ones stay closed"
+    );
+
+    // Cursors move on delivery or giving up, never on a retry, never backwards.
+    s.record_delivery(&attempt("jsonl", seqs[0], seqs[1], 1, DeliveryOutcome::Retrying))
+        .unwrap();
+    assert_eq!(s.cursor("jsonl").unwrap(), 0);
+    s.record_delivery(&attempt("jsonl", seqs[0], seqs[1], 2, DeliveryOutcome::Delivered))
+        .unwrap();
+    assert_eq!(s.cursor("jsonl").unwrap(), seqs[1]);
+    s.record_delivery(&attempt("jsonl", seqs[0], seqs[0], 1, DeliveryOutcome::Delivered))
+        .unwrap();
+    assert_eq!(s.cursor("jsonl").unwrap(), seqs[1], "never backwards");
+    s.record_delivery(&attempt("sns", seqs[0], later_seq, 5, DeliveryOutcome::GaveUp))
+        .unwrap();
+    assert_eq!(s.cursor("sns").unwrap(), later_seq);
+    assert_eq!(s.cursor("jsonl").unwrap(), seqs[1], "cursors are per notifier");
+    let tries = s.deliveries("jsonl", 10).unwrap();
+    assert_eq!(
+        tries.iter().map(|t| (t.attempt, t.outcome)).collect::<Vec<_>>(),
+        vec![
+            (1, DeliveryOutcome::Delivered),
+            (2, DeliveryOutcome::Delivered),
+            (1, DeliveryOutcome::Retrying)
+        ],
+        "every attempt, newest first"
+    );
+    assert_eq!(tries[2].error.as_deref(), Some("smtp 451"));
+
+    // Source positions: commit, replace, forget.
+    let mut pos = SourcePosition {
+        source: "file:/a".into(),
+        checkpoint: 1,
+        offset: 4096,
+        fingerprint: "abc".into(),
+        at: Timestamp(5),
+    };
+    s.commit_source_position(&pos).unwrap();
+    pos.checkpoint = 2;
+    pos.offset = 8192;
+    s.commit_source_position(&pos).unwrap();
+    assert_eq!(s.source_position("file:/a").unwrap(), Some(pos.clone()));
+    s.commit_source_position(&SourcePosition {
+        source: "file:/b".into(),
+        ..pos.clone()
+    })
+    .unwrap();
+    s.forget_source_position("file:/b").unwrap();
+    assert_eq!(s.source_position("file:/b").unwrap(), None);
+
+    // Everything committed survives a reopen (a restart after a crash).
+    drop(s);
+    let s = open();
+    assert_eq!(s.cursor("jsonl").unwrap(), seqs[1]);
+    assert_eq!(s.outbox_after(0, 100).unwrap().len(), 5);
+    assert_eq!(s.source_position("file:/a").unwrap(), Some(pos));
+    assert_eq!(
+        s.alert(&a_trig.alert_id).unwrap().map(|e| e.event),
+        Some(AlertEventKind::Acknowledged)
+    );
+}
