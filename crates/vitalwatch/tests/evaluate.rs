@@ -201,7 +201,17 @@ fn a_fresh_data_directory_gets_the_built_in_table_of_its_profile() {
         .collect();
     std::fs::write(&file, lines.join("\n") + "\n").unwrap();
     let keys = |profile: &str| -> Vec<String> {
-        ok(&["replay", "--profile", profile, "--data", &data, &os(&file)]);
+        // The same file again, under another profile: --from-start processes it anew
+        // (without it the replay would continue after its end, with nothing to do).
+        ok(&[
+            "replay",
+            "--from-start",
+            "--profile",
+            profile,
+            "--data",
+            &data,
+            &os(&file),
+        ]);
         let log = std::fs::read_to_string(dir.path().join("data/alerts.jsonl")).unwrap();
         let mut k: Vec<String> = log
             .lines()
@@ -240,7 +250,7 @@ fn a_fresh_data_directory_gets_the_built_in_table_of_its_profile() {
     )
     .unwrap();
     ok(&["thresholds", "import", "--data", &data, &os(&mine)]);
-    ok(&["replay", "--data", &data, &os(&file)]);
+    ok(&["replay", "--from-start", "--data", &data, &os(&file)]);
     let v = versions();
     assert_eq!(v.lines().count(), 4, "header and three versions: {v}");
 }
