@@ -4,52 +4,19 @@
 
 mod common;
 
+use common::{os, request, vitalwatch};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
 use tokio_util::sync::CancellationToken;
 use vitalwatch::config::Config;
 use vitalwatch::metrics::Metrics;
 use vitalwatch::pipeline::{Clock, Pipeline, PipelineOptions, warehouse_root};
 use vitalwatch_connectors::warehouse::{OutputFormat, format_batches, query};
 use vitalwatch_core::rules::Profile;
-
-/// Runs the built binary with these arguments.
-fn vitalwatch(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_vitalwatch"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-/// A path as a command-line argument (test paths are UTF-8).
-fn os(p: impl AsRef<Path>) -> String {
-    p.as_ref().to_str().expect("UTF-8 path").to_owned()
-}
-
-async fn request(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
-    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let io = hyper_util::rt::TokioIo::new(stream);
-    let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Full<Bytes>>(io)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let req = hyper::Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", "127.0.0.1")
-        .body(Full::new(Bytes::from(body.to_owned())))
-        .unwrap();
-    let resp = sender.send_request(req).await.unwrap();
-    let status = resp.status().as_u16();
-    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    (status, String::from_utf8_lossy(&bytes).into_owned())
-}
 
 /// A time `secs` seconds before now: live sources refuse readings a day old or minutes in
 /// the future, so test data is stamped relative to the clock. (`classic` layout, RFC 3339.)

@@ -1,10 +1,15 @@
 //! What the binary's integration tests share: starting `vitalwatch run` as a real process
-//! on a free loopback port.
+//! on a free loopback port, running the binary, and plain HTTP requests.
 
 #![allow(dead_code, unreachable_pub)]
 
+use std::net::SocketAddr;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
 
 /// A loopback port nothing listens on now.
 pub fn free_port() -> u16 {
@@ -30,3 +35,36 @@ pub fn serve(mut cmd: Command, port: u16) -> Child {
     }
     child
 }
+
+/// Runs the built binary with these arguments.
+pub fn vitalwatch(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_vitalwatch"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// A path as a command-line argument (test paths are UTF-8).
+pub fn os(p: impl AsRef<Path>) -> String {
+    p.as_ref().to_str().expect("UTF-8 path").to_owned()
+}
+
+pub async fn request(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let io = hyper_util::rt::TokioIo::new(stream);
+    let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Full<Bytes>>(io)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "127.0.0.1")
+        .body(Full::new(Bytes::from(body.to_owned())))
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&bytes).into_owned())
+}
+
