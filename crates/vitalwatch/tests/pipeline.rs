@@ -1101,6 +1101,15 @@ async fn run_killed_with_open_alerts_carries_on_after_restart() {
     assert_eq!(after.len(), 1, "{after:?}");
     assert_eq!(after[0]["alert_id"], pam.as_str());
     assert_eq!(after[0]["state"], "acknowledged");
+    // The alert log is written from the outbox, a moment after the store commit.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(data.join("alerts.jsonl"))
+        .unwrap()
+        .contains(r#""event":"resolved""#)
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     second.kill().unwrap();
     second.wait().unwrap();
     let log = std::fs::read_to_string(data.join("alerts.jsonl")).unwrap();
