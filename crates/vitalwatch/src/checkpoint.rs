@@ -186,7 +186,10 @@ mod tests {
         b.confirm(Path::Alerts, Ok(()));
         b.confirm(Path::Archive, Ok(()));
         a.confirm(Path::Alerts, Ok(()));
-        assert!(t.poll(Duration::ZERO).is_empty(), "a waits for the warehouse");
+        assert!(
+            t.poll(Duration::ZERO).is_empty(),
+            "a waits for the warehouse"
+        );
         a.confirm(Path::Archive, Ok(()));
         assert_eq!(
             t.poll(Duration::from_millis(10)),

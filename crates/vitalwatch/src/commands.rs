@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use tokio_util::sync::CancellationToken;
 use std::sync::atomic::Ordering::Relaxed;
+use tokio_util::sync::CancellationToken;
 
 use vitalwatch_connectors::catalog::SqliteCatalog;
 use vitalwatch_connectors::store::{AlertStore, ReferenceStore, SourcePosition};
@@ -25,6 +25,7 @@ use vitalwatch_core::reference::{
 };
 use vitalwatch_core::simulate::{SimConfig, Simulator, demo_patients};
 
+use crate::checkpoint::{Outcome, Tracker};
 use crate::cli::{
     AlertsCommand, ConfigCommand, DataArgs, PatientsCommand, ReplayArgs, RunArgs, SimFormat,
     SimulateArgs, TableFormat, ThresholdsCommand, WarehouseCommand,
@@ -32,7 +33,6 @@ use crate::cli::{
 use crate::config::{self, Config};
 use crate::http;
 use crate::metrics::Metrics;
-use crate::checkpoint::{Outcome, Tracker};
 use crate::pipeline::{
     Clock, IngestMsg, Pipeline, PipelineHandle, PipelineOptions, catalog_path, stamp_untimed,
     wall_now, warehouse_root,
@@ -638,7 +638,11 @@ impl ReplaySource {
     }
 
     /// Sends a checkpoint for everything read up to `offset`; commits what is decided.
-    fn checkpoint(&mut self, position: &mut Option<SourcePosition>, offset: u64) -> anyhow::Result<()> {
+    fn checkpoint(
+        &mut self,
+        position: &mut Option<SourcePosition>,
+        offset: u64,
+    ) -> anyhow::Result<()> {
         let (tag, payload) = match position {
             Some(p) => {
                 p.checkpoint += 1;

@@ -170,7 +170,11 @@ async fn post_readings(
     if q.wait == Wait::Durable {
         let mut tracker = Tracker::default();
         let cp = tracker.mark(None, ());
-        if h.ingest.send_async(IngestMsg::Checkpoint(cp)).await.is_err() {
+        if h.ingest
+            .send_async(IngestMsg::Checkpoint(cp))
+            .await
+            .is_err()
+        {
             return shutting_down();
         }
         let outcome = tokio::task::spawn_blocking(move || {
@@ -192,7 +196,9 @@ async fn post_readings(
                 return error_json(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "not_durable",
-                    format!("the readings were accepted but could not be made durable ({why}); send the batch again"),
+                    format!(
+                        "the readings were accepted but could not be made durable ({why}); send the batch again"
+                    ),
                 );
             }
             None => return shutting_down(),

@@ -31,9 +31,7 @@ use std::time::Instant;
 use anyhow::{Context, anyhow};
 use vitalwatch_connectors::catalog::SqliteCatalog;
 use vitalwatch_connectors::notify::{JsonlNotifier, Notifier, NotifyError, OutboxItem};
-use vitalwatch_connectors::store::{
-    AlertStore, DeliveryAttempt, DeliveryOutcome, ReferenceStore,
-};
+use vitalwatch_connectors::store::{AlertStore, DeliveryAttempt, DeliveryOutcome, ReferenceStore};
 use vitalwatch_connectors::warehouse::recovery::remove_unpublished;
 use vitalwatch_connectors::warehouse::{
     AlertArchiver, ParquetSink, WarehouseConfig, WarehouseStats,
@@ -350,8 +348,9 @@ impl Pipeline {
 
         // Notifiers: each takes the outbox from its own cursor on its own thread, so a
         // slow one never holds up the alert path or another notifier.
-        let mut outputs: Vec<Box<dyn Notifier>> =
-            vec![Box::new(AlertArchiver::new(wh).context("cannot open the warehouse")?)];
+        let mut outputs: Vec<Box<dyn Notifier>> = vec![Box::new(
+            AlertArchiver::new(wh).context("cannot open the warehouse")?,
+        )];
         if config.alerts.jsonl {
             let path = config.data_dir.join("alerts.jsonl");
             outputs.push(Box::new(JsonlNotifier::open(&path).with_context(|| {
@@ -541,7 +540,10 @@ fn engine_loop(
                 .wait_timeout(std::time::Duration::from_millis(200))
                 .ok()
         } else {
-            match io.ingest.recv_timeout(std::time::Duration::from_millis(200)) {
+            match io
+                .ingest
+                .recv_timeout(std::time::Duration::from_millis(200))
+            {
                 Ok(m) => Some(Next::Ingest(Ok(m))),
                 Err(flume::RecvTimeoutError::Timeout) => None,
                 Err(flume::RecvTimeoutError::Disconnected) => {
@@ -695,32 +697,33 @@ fn alert_loop(
     metrics: &Metrics,
 ) -> anyhow::Result<()> {
     let mut unrecorded: Vec<AlertEvent> = Vec::new();
-    let mut closed = false;
-    while !closed || !unrecorded.is_empty() {
-        let mut events = std::mem::take(&mut unrecorded);
-        let mut checkpoints = Vec::new();
-        let first = if closed {
-            std::thread::sleep(std::time::Duration::from_millis(500));
-            None
-        } else if events.is_empty() {
-            rx.recv().ok()
+    let mut retries_at_close = 0;
+    loop {
+        let first = if unrecorded.is_empty() {
+            match rx.recv() {
+                Ok(m) => Some(m),
+                Err(_) => break,
+            }
         } else {
             // Something waits for a retry: not longer than a second.
             match rx.recv_timeout(std::time::Duration::from_secs(1)) {
                 Ok(m) => Some(m),
                 Err(flume::RecvTimeoutError::Timeout) => None,
                 Err(flume::RecvTimeoutError::Disconnected) => {
-                    closed = true;
+                    retries_at_close += 1;
+                    if retries_at_close > 10 {
+                        anyhow::bail!(
+                            "{} alert events could not be recorded in the alert store",
+                            unrecorded.len()
+                        );
+                    }
+                    std::thread::sleep(std::time::Duration::from_secs(1));
                     None
                 }
             }
         };
-        if first.is_none() && events.is_empty() && !closed {
-            closed = rx.is_disconnected();
-            if closed {
-                break;
-            }
-        }
+        let mut events = std::mem::take(&mut unrecorded);
+        let mut checkpoints = Vec::new();
         // Take whatever else is queued: one store transaction per burst.
         let mut next = first;
         while let Some(m) = next.take() {
@@ -732,26 +735,23 @@ fn alert_loop(
                 next = rx.try_recv().ok();
             }
         }
-        if !events.is_empty() {
-            if let Err(e) = record(&mut store, &events, &notifiers, metrics) {
-                metrics.alert_output_errors.fetch_add(1, Relaxed);
-                tracing::error!(error = %format!("{e:#}"), events = events.len(), "cannot record alert events; retrying");
-                unrecorded = events;
-            }
+        if !events.is_empty()
+            && let Err(e) = record(&mut store, &events, &notifiers, metrics)
+        {
+            metrics.alert_output_errors.fetch_add(1, Relaxed);
+            tracing::error!(error = %format!("{e:#}"), events = events.len(), "cannot record alert events; retrying");
+            unrecorded = events;
         }
         for cp in checkpoints {
             let r = if unrecorded.is_empty() {
                 Ok(())
             } else {
-                Err(format!("{} alert events not yet recorded", unrecorded.len()))
+                Err(format!(
+                    "{} alert events not yet recorded",
+                    unrecorded.len()
+                ))
             };
             cp.confirm(CheckpointPath::Alerts, r);
-        }
-        if closed && !unrecorded.is_empty() {
-            tracing::error!(
-                events = unrecorded.len(),
-                "the alert store still refuses alert events at shutdown; retrying"
-            );
         }
     }
     Ok(())
@@ -769,10 +769,8 @@ fn record(
         .iter()
         .map(serde_json::to_string)
         .collect::<Result<_, _>>()?;
-    let pairs: Vec<(&AlertEvent, &str)> = events
-        .iter()
-        .zip(json.iter().map(String::as_str))
-        .collect();
+    let pairs: Vec<(&AlertEvent, &str)> =
+        events.iter().zip(json.iter().map(String::as_str)).collect();
     let seqs = store.record_alert_events(&pairs)?;
     let now = wall_now();
     let mut fresh = Vec::with_capacity(events.len());
@@ -860,7 +858,9 @@ fn notifier_loop(
         }
         let due = |q: &OutboxQueue| {
             !q.items.is_empty()
-                && (closing || q.items.len() >= max || q.since.is_some_and(|t| t.elapsed() >= linger))
+                && (closing
+                    || q.items.len() >= max
+                    || q.since.is_some_and(|t| t.elapsed() >= linger))
         };
         while due(&queue) {
             let n = queue.items.len().min(max);

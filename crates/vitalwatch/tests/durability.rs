@@ -19,7 +19,8 @@ fn sql(data: &Path, q: &str) -> String {
     let o = vitalwatch(&["query", "--format", "csv", "--data", &os(data), q]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let out = String::from_utf8(o.stdout).unwrap();
-    out.split_once('\n').map_or(out.clone(), |(_, rest)| rest.trim().to_owned())
+    out.split_once('\n')
+        .map_or(out.clone(), |(_, rest)| rest.trim().to_owned())
 }
 
 /// The alert log's (alert id, event, time) keys, asserting each appears once.
@@ -28,7 +29,10 @@ fn alert_log(data: &Path) -> BTreeSet<String> {
     let mut keys = BTreeSet::new();
     for line in log.lines() {
         let v: serde_json::Value = serde_json::from_str(line).unwrap();
-        let key = format!("{}:{}:{}", v["alert_id"], v["event"], v["input_message_time"]);
+        let key = format!(
+            "{}:{}:{}",
+            v["alert_id"], v["event"], v["input_message_time"]
+        );
         assert!(keys.insert(key.clone()), "notified twice: {key}");
     }
     keys
@@ -125,7 +129,11 @@ fn replay_killed_mid_file_resumes_with_nothing_lost_or_doubled() {
     assert_eq!(want.vitals, want.distinct_vitals);
     assert!(want.vitals.parse::<u64>().unwrap() >= 990_000, "{want:?}");
     assert_eq!(want.dead_letters, "1");
-    assert!(want.log.len() > 10_000, "alerts to lose: {}", want.log.len());
+    assert!(
+        want.log.len() > 10_000,
+        "alerts to lose: {}",
+        want.log.len()
+    );
 
     // The same replay, killed once a few checkpoints are committed and well before the end.
     let crashed = dir.path().join("crashed");
@@ -227,7 +235,10 @@ async fn a_failing_warehouse_fails_checkpoints_and_loses_nothing() {
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("not_durable"), "{body}");
     let (_, m) = request(addr, "GET", "/metrics", "").await;
-    assert!(metric(&m, "vitalwatch_checkpoints_failed_total") >= 1, "{m}");
+    assert!(
+        metric(&m, "vitalwatch_checkpoints_failed_total") >= 1,
+        "{m}"
+    );
     assert!(metric(&m, "vitalwatch_archive_errors_total") >= 1, "{m}");
 
     // Writable again: the next checkpoint archives the kept readings with the new ones.
@@ -236,7 +247,10 @@ async fn a_failing_warehouse_fails_checkpoints_and_loses_nothing() {
     let (status, body) = request(addr, "POST", durable, &batch(3, 5)).await;
     assert_eq!(status, 202, "{body}");
     let (_, m) = request(addr, "GET", "/metrics", "").await;
-    assert!(metric(&m, "vitalwatch_checkpoints_committed_total") >= 2, "{m}");
+    assert!(
+        metric(&m, "vitalwatch_checkpoints_committed_total") >= 2,
+        "{m}"
+    );
     assert_eq!(
         sql(
             &data,

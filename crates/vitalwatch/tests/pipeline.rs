@@ -822,12 +822,28 @@ fn simulate_then_replay_is_idempotent() {
                 String::from_utf8(o.stdout).unwrap()
             })
             .collect();
-        let o = vitalwatch(&["alerts", "list", "--all", "--limit", "100000000", "--format", "csv", "--data", &os(&data)]);
+        let o = vitalwatch(&[
+            "alerts",
+            "list",
+            "--all",
+            "--limit",
+            "100000000",
+            "--format",
+            "csv",
+            "--data",
+            &os(&data),
+        ]);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        c.push(format!("catalog alerts: {}", String::from_utf8_lossy(&o.stdout).lines().count()));
+        c.push(format!(
+            "catalog alerts: {}",
+            String::from_utf8_lossy(&o.stdout).lines().count()
+        ));
         c.push(format!(
             "alerts.jsonl: {}",
-            std::fs::read_to_string(data.join("alerts.jsonl")).unwrap().lines().count()
+            std::fs::read_to_string(data.join("alerts.jsonl"))
+                .unwrap()
+                .lines()
+                .count()
         ));
         c
     };
@@ -856,7 +872,11 @@ fn simulate_then_replay_is_idempotent() {
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(String::from_utf8_lossy(&o.stdout).contains("alerts: 0 triggered"));
-    assert_eq!(counts(), once, "a replay from the start changes no table either");
+    assert_eq!(
+        counts(),
+        once,
+        "a replay from the start changes no table either"
+    );
 }
 
 #[test]

@@ -15,13 +15,11 @@ use std::path::Path;
 use rusqlite::{Connection, OptionalExtension, params};
 use vitalwatch_core::alert::{AlertEvent, Priority};
 
-pub use crate::store::{
-    AuditEntry, PatientImport, StoredAlert, ThresholdVersion,
-};
 use crate::store::{
     AlertStore, DeliveryAttempt, DeliveryOutcome, OutboxEntry, ReferenceStore, SourcePosition,
     StoreError,
 };
+pub use crate::store::{AuditEntry, PatientImport, StoredAlert, ThresholdVersion};
 use vitalwatch_core::model::{Patient, PatientId, Spo2Scale, Timestamp, Vital};
 use vitalwatch_core::reference::{ThresholdBand, ThresholdTable};
 
@@ -451,8 +449,7 @@ impl AlertStore for SqliteCatalog {
                    updated_at = excluded.updated_at, latest_event = excluded.latest_event
                  WHERE excluded.updated_at >= alerts.updated_at",
             )?;
-            let mut outbox =
-                tx.prepare_cached("INSERT INTO outbox (key, body) VALUES (?1, ?2)")?;
+            let mut outbox = tx.prepare_cached("INSERT INTO outbox (key, body) VALUES (?1, ?2)")?;
             for &(e, body) in events {
                 // The history keeps who and what; the full latest event lives in `alerts`.
                 let at = e.identity_time();
@@ -610,11 +607,7 @@ impl AlertStore for SqliteCatalog {
         Ok(())
     }
 
-    fn deliveries(
-        &self,
-        consumer: &str,
-        limit: usize,
-    ) -> Result<Vec<DeliveryAttempt>, StoreError> {
+    fn deliveries(&self, consumer: &str, limit: usize) -> Result<Vec<DeliveryAttempt>, StoreError> {
         let mut st = self.conn.prepare(
             "SELECT first_seq, last_seq, attempt, at, outcome, error FROM delivery_attempts
              WHERE consumer = ?1 ORDER BY rowid DESC LIMIT ?2",

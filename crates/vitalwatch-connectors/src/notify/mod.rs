@@ -194,6 +194,9 @@ mod tests {
             std::fs::read_to_string(&path).unwrap(),
             "{\"a\":1}\n{\"b\":2}\n"
         );
-        assert_eq!(n.last_complete_line().unwrap().as_deref(), Some("{\"b\":2}"));
+        assert_eq!(
+            n.last_complete_line().unwrap().as_deref(),
+            Some("{\"b\":2}")
+        );
     }
 }

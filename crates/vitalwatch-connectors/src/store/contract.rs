@@ -47,14 +47,18 @@ fn record<S: AlertStore>(store: &mut S, events: &[AlertEvent]) -> Vec<Option<u64
         .iter()
         .map(|e| serde_json::to_string(e).expect("serializes"))
         .collect();
-    let pairs: Vec<(&AlertEvent, &str)> = events
-        .iter()
-        .zip(json.iter().map(String::as_str))
-        .collect();
+    let pairs: Vec<(&AlertEvent, &str)> =
+        events.iter().zip(json.iter().map(String::as_str)).collect();
     store.record_alert_events(&pairs).expect("record")
 }
 
-fn attempt(consumer: &str, first: u64, last: u64, n: u32, outcome: DeliveryOutcome) -> DeliveryAttempt {
+fn attempt(
+    consumer: &str,
+    first: u64,
+    last: u64,
+    n: u32,
+    outcome: DeliveryOutcome,
+) -> DeliveryAttempt {
     DeliveryAttempt {
         consumer: consumer.into(),
         first_seq: first,
@@ -83,7 +87,10 @@ pub fn alert_store<S: AlertStore>(open: impl Fn() -> S) {
     let a_ack = event("1", "news2", 100, AlertEventKind::Acknowledged, 130);
     let b_trig = event("2", "hr_high", 110, AlertEventKind::Triggered, 110);
     let seqs = record(&mut s, &[a_trig.clone(), a_ack.clone(), b_trig.clone()]);
-    assert!(seqs.iter().all(Option::is_some), "new events are fresh: {seqs:?}");
+    assert!(
+        seqs.iter().all(Option::is_some),
+        "new events are fresh: {seqs:?}"
+    );
     let seqs: Vec<u64> = seqs.into_iter().flatten().collect();
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "increasing: {seqs:?}");
 
@@ -146,22 +153,53 @@ pub fn alert_store<S: AlertStore>(open: impl Fn() -> S) {
     );
 
     // Cursors move on delivery or giving up, never on a retry, never backwards.
-    s.record_delivery(&attempt("jsonl", seqs[0], seqs[1], 1, DeliveryOutcome::Retrying))
-        .unwrap();
+    s.record_delivery(&attempt(
+        "jsonl",
+        seqs[0],
+        seqs[1],
+        1,
+        DeliveryOutcome::Retrying,
+    ))
+    .unwrap();
     assert_eq!(s.cursor("jsonl").unwrap(), 0);
-    s.record_delivery(&attempt("jsonl", seqs[0], seqs[1], 2, DeliveryOutcome::Delivered))
-        .unwrap();
+    s.record_delivery(&attempt(
+        "jsonl",
+        seqs[0],
+        seqs[1],
+        2,
+        DeliveryOutcome::Delivered,
+    ))
+    .unwrap();
     assert_eq!(s.cursor("jsonl").unwrap(), seqs[1]);
-    s.record_delivery(&attempt("jsonl", seqs[0], seqs[0], 1, DeliveryOutcome::Delivered))
-        .unwrap();
+    s.record_delivery(&attempt(
+        "jsonl",
+        seqs[0],
+        seqs[0],
+        1,
+        DeliveryOutcome::Delivered,
+    ))
+    .unwrap();
     assert_eq!(s.cursor("jsonl").unwrap(), seqs[1], "never backwards");
-    s.record_delivery(&attempt("sns", seqs[0], later_seq, 5, DeliveryOutcome::GaveUp))
-        .unwrap();
+    s.record_delivery(&attempt(
+        "sns",
+        seqs[0],
+        later_seq,
+        5,
+        DeliveryOutcome::GaveUp,
+    ))
+    .unwrap();
     assert_eq!(s.cursor("sns").unwrap(), later_seq);
-    assert_eq!(s.cursor("jsonl").unwrap(), seqs[1], "cursors are per notifier");
+    assert_eq!(
+        s.cursor("jsonl").unwrap(),
+        seqs[1],
+        "cursors are per notifier"
+    );
     let tries = s.deliveries("jsonl", 10).unwrap();
     assert_eq!(
-        tries.iter().map(|t| (t.attempt, t.outcome)).collect::<Vec<_>>(),
+        tries
+            .iter()
+            .map(|t| (t.attempt, t.outcome))
+            .collect::<Vec<_>>(),
         vec![
             (1, DeliveryOutcome::Delivered),
             (2, DeliveryOutcome::Delivered),

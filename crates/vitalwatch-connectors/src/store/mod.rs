@@ -210,8 +210,7 @@ pub trait AlertStore: Send {
     /// `last_seq` in the same transaction.
     fn record_delivery(&mut self, attempt: &DeliveryAttempt) -> Result<(), StoreError>;
     /// A notifier's attempts, newest first.
-    fn deliveries(&self, consumer: &str, limit: usize)
-    -> Result<Vec<DeliveryAttempt>, StoreError>;
+    fn deliveries(&self, consumer: &str, limit: usize) -> Result<Vec<DeliveryAttempt>, StoreError>;
     /// Where a resumable source stands, if it ever committed.
     fn source_position(&self, source: &str) -> Result<Option<SourcePosition>, StoreError>;
     /// Commits a source's position (replacing the previous one).

@@ -35,11 +35,11 @@ use datafusion::arrow::error::ArrowError;
 use datafusion::error::DataFusionError;
 use datafusion::parquet::errors::ParquetError;
 
+pub use archiver::AlertArchiver;
 pub use query::{OutputFormat, format_batches, hive_ddl, query, register_warehouse};
 pub use schema::{
     ALERTS, DEAD_LETTERS, TABLES, UNCLASSIFIED, VITALS, partition_cols, table_schema,
 };
-pub use archiver::AlertArchiver;
 pub use sink::ParquetSink;
 
 /// The record batches a query returns.

@@ -130,25 +130,33 @@ impl ParquetSink {
 
     /// Table `vitals`: one row per present vital, partitioned by `observed_at`.
     pub fn write_observations(&mut self, obs: &[Observation]) -> Result<(), WarehouseError> {
-        let r = self.vitals.append(obs, &self.files, |o| o.observed_at.micros());
+        let r = self
+            .vitals
+            .append(obs, &self.files, |o| o.observed_at.micros());
         self.publish_rolled(r)
     }
 
     /// Table `alerts`, partitioned by `alert_generated_time`; no personal data.
     pub fn write_alert_events(&mut self, events: &[AlertEvent]) -> Result<(), WarehouseError> {
-        let r = self.alerts.append(events, &self.files, |e| e.alert_generated_time.micros());
+        let r = self
+            .alerts
+            .append(events, &self.files, |e| e.alert_generated_time.micros());
         self.publish_rolled(r)
     }
 
     /// Table `dead_letters`, partitioned by `received_at`.
     pub fn write_dead_letters(&mut self, dls: &[DeadLetter]) -> Result<(), WarehouseError> {
-        let r = self.dead_letters.append(dls, &self.files, |d| d.received_at.micros());
+        let r = self
+            .dead_letters
+            .append(dls, &self.files, |d| d.received_at.micros());
         self.publish_rolled(r)
     }
 
     /// Table `unclassified`, partitioned by `observed_at`.
     pub fn write_unclassified(&mut self, u: &[Unclassified]) -> Result<(), WarehouseError> {
-        let r = self.unclassified.append(u, &self.files, |r| r.observed_at.micros());
+        let r = self
+            .unclassified
+            .append(u, &self.files, |r| r.observed_at.micros());
         self.publish_rolled(r)
     }
 
@@ -349,14 +357,17 @@ impl Files {
             rows,
             ..
         } = f;
-        let done = writer.into_inner().map_err(WarehouseError::from).and_then(|file| {
-            file.sync_all()
-                .map_err(|e| WarehouseError::io("fsync", &tmp, e))?;
-            Ok(file
-                .metadata()
-                .map_err(|e| WarehouseError::io("stat", &tmp, e))?
-                .len())
-        });
+        let done = writer
+            .into_inner()
+            .map_err(WarehouseError::from)
+            .and_then(|file| {
+                file.sync_all()
+                    .map_err(|e| WarehouseError::io("fsync", &tmp, e))?;
+                Ok(file
+                    .metadata()
+                    .map_err(|e| WarehouseError::io("stat", &tmp, e))?
+                    .len())
+            });
         match done {
             Ok(bytes) => {
                 stats.rows_staged += rows;

@@ -67,4 +67,3 @@ pub async fn request(addr: SocketAddr, method: &str, path: &str, body: &str) -> 
     let bytes = resp.into_body().collect().await.unwrap().to_bytes();
     (status, String::from_utf8_lossy(&bytes).into_owned())
 }
-
