@@ -1018,11 +1018,14 @@ fn archive_loop(
             }
             Ok(ArchiveMsg::Checkpoint(cp)) => {
                 let r = sink.checkpoint(cp.tag.as_deref());
-                cp.confirm(
-                    CheckpointPath::Archive,
-                    r.as_ref().map(|_| ()).map_err(|e| e.to_string()),
-                );
-                r
+                // Counted and logged before the source hears of it.
+                let answer = r.as_ref().map(|_| ()).map_err(|e| e.to_string());
+                if let Err(e) = &answer {
+                    metrics.archive_errors.fetch_add(1, Relaxed);
+                    tracing::error!(error = %e, "warehouse checkpoint failed");
+                }
+                cp.confirm(CheckpointPath::Archive, answer);
+                Ok(())
             }
             Err(flume::RecvTimeoutError::Timeout) => Ok(()),
             Err(flume::RecvTimeoutError::Disconnected) => break,

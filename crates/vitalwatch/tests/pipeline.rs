@@ -167,7 +167,10 @@ async fn http_ingest_to_alerts_and_warehouse() {
 
     // Wait until the alerts are written: 2 (patient 3) + 1 (patient 2, HR 60 < 66) + 1 (patient 5, HR 60).
     let deadline = Instant::now() + Duration::from_secs(10);
-    while metrics.alerts_total() < 4 && Instant::now() < deadline {
+    let log_lines =
+        || std::fs::read_to_string(data.join("alerts.jsonl")).map_or(0, |l| l.lines().count());
+    // The alert log is a notifier on the outbox: written a moment after the store commit.
+    while (metrics.alerts_total() < 4 || log_lines() < 4) && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let log = std::fs::read_to_string(data.join("alerts.jsonl")).unwrap();
