@@ -1,6 +1,8 @@
 //! vitalwatch-connectors: every external system vitalwatch talks to, one cargo feature each.
 //!
 //! # Layout
+//! - [`source`]: the source seam (one handle for every source, checkpoints) and the file,
+//!   live-body and simulator sources.
 //! - [`notify`]: the notifier seam (outbox consumers) and the alert-log notifier.
 //! - [`store`]: the reference-store and alert-store traits every backend implements, and
 //!   their contract test suite.
@@ -12,6 +14,7 @@
 #[cfg(feature = "sqlite")]
 pub mod catalog;
 pub mod notify;
+pub mod source;
 pub mod store;
 #[cfg(feature = "warehouse")]
 pub mod warehouse;

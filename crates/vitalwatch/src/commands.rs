@@ -8,24 +8,21 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use std::sync::atomic::Ordering::Relaxed;
 use tokio_util::sync::CancellationToken;
 
 use vitalwatch_connectors::catalog::SqliteCatalog;
-use vitalwatch_connectors::store::{AlertStore, ReferenceStore, SourcePosition};
-use vitalwatch_connectors::warehouse::recovery::{position_tag, remove_uncommitted, stream_id};
+use vitalwatch_connectors::source::file::{FileSource, ReplayAdmission};
+use vitalwatch_connectors::source::simulator;
+use vitalwatch_connectors::store::{AlertStore, ReferenceStore};
 use vitalwatch_connectors::warehouse::{self, OutputFormat};
-use vitalwatch_core::alert::stable_hash;
-use vitalwatch_core::clock::{Offered, Reference, StreamClock, TimeConfig, TimeError};
-use vitalwatch_core::codec::{InputFormat, decode_record, encode_canonical, encode_classic};
-use vitalwatch_core::model::{DeadLetter, Duration, Observation, Timestamp};
+use vitalwatch_core::codec::{InputFormat, encode_canonical, encode_classic};
+use vitalwatch_core::model::{Duration, Timestamp};
 use vitalwatch_core::reference::{
     BuiltinTable, THRESHOLD_COLUMNS, THRESHOLD_EXTRA_COLUMNS, parse_patients_csv,
     parse_threshold_csv,
 };
 use vitalwatch_core::simulate::{SimConfig, Simulator, demo_patients};
 
-use crate::checkpoint::{Outcome, Tracker};
 use crate::cli::{
     AlertsCommand, ConfigCommand, DataArgs, PatientsCommand, ReplayArgs, RunArgs, SimFormat,
     SimulateArgs, TableFormat, ThresholdsCommand, WarehouseCommand,
@@ -34,8 +31,7 @@ use crate::config::{self, Config};
 use crate::http;
 use crate::metrics::Metrics;
 use crate::pipeline::{
-    Clock, IngestMsg, Pipeline, PipelineHandle, PipelineOptions, catalog_path, stamp_untimed,
-    wall_now, warehouse_root,
+    Clock, Pipeline, PipelineHandle, PipelineOptions, catalog_path, wall_now, warehouse_root,
 };
 
 /// Loads the config file (or defaults) and applies `--data`.
@@ -356,26 +352,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 
 /// Feeds simulated observations in real time until cancelled.
 fn simulate_live(config: SimConfig, h: PipelineHandle, cancel: CancellationToken) {
-    let mut sim = Simulator::new(config);
-    let mut next = sim.next_observation();
-    while !cancel.is_cancelled() {
-        let now = wall_now();
-        let mut batch = Vec::new();
-        while next.observed_at <= now {
-            let mut o = std::mem::replace(&mut next, sim.next_observation());
-            o.ingested_at = now;
-            batch.push(o);
-        }
-        if !batch.is_empty() {
-            h.metrics
-                .received
-                .fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
-            if h.ingest.send(IngestMsg::Batch(batch)).is_err() {
-                return;
-            }
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    simulator::run_live(config, &h.source, &|| cancel.is_cancelled());
 }
 
 /// `vitalwatch replay`
@@ -416,14 +393,14 @@ pub fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         let files = args.files.clone();
         let time = cfg.time.clone();
         let store = SqliteCatalog::open(&catalog_path(&cfg.data_dir))?;
-        let mut source = ReplaySource {
-            h,
-            tracker: Tracker::default(),
-            store,
-            warehouse: warehouse_root(&cfg.data_dir),
-            interval: cfg.pipeline.checkpoint_interval.to_std(),
-            from_start: args.from_start,
-        };
+        let mut source = FileSource::new(
+            h.source.clone(),
+            Box::new(store),
+            warehouse_root(&cfg.data_dir),
+            cfg.pipeline.checkpoint_interval.to_std(),
+            args.from_start,
+        );
+        drop(h);
         std::thread::Builder::new()
             .name("replay-reader".into())
             .spawn(move || -> anyhow::Result<Vec<String>> {
@@ -432,8 +409,9 @@ pub fn replay(args: ReplayArgs) -> anyhow::Result<()> {
                 // device, what is late.
                 let mut admission = ReplayAdmission::new(time);
                 let mut notes = Vec::new();
+                let progress = |n: u64| bar.inc(n);
                 for f in &files {
-                    notes.extend(source.replay_file(f, format, &bar, &mut admission)?);
+                    notes.extend(source.replay_file(f, format, &progress, &mut admission)?);
                 }
                 Ok(notes)
             })?
@@ -458,244 +436,6 @@ pub fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     }
     emit(&text)?;
     Ok(())
-}
-
-/// Where a replayed file stands, carried back by its checkpoints.
-#[derive(Debug, Clone)]
-struct FileCheckpoint {
-    /// `None` for standard input (not resumable).
-    position: Option<SourcePosition>,
-}
-
-/// The file source of `replay`: reads files, sends their records and checkpoints, and
-/// commits each file's position once a checkpoint is durable, so the same command after
-/// a crash (or a second time) carries on where the durable part ends.
-struct ReplaySource {
-    h: PipelineHandle,
-    tracker: Tracker<FileCheckpoint>,
-    store: SqliteCatalog,
-    warehouse: PathBuf,
-    interval: std::time::Duration,
-    from_start: bool,
-}
-
-/// Checkpoints in flight before the reader waits for the oldest.
-const MAX_OUTSTANDING_CHECKPOINTS: usize = 4;
-
-/// Bytes at the start of a file that identify it (a replaced file starts over).
-const FINGERPRINT_BYTES: u64 = 4096;
-
-fn fingerprint(path: &Path) -> anyhow::Result<String> {
-    use std::io::Read as _;
-    let mut head = Vec::new();
-    std::fs::File::open(path)
-        .with_context(|| format!("cannot open {}", path.display()))?
-        .take(FINGERPRINT_BYTES)
-        .read_to_end(&mut head)
-        .with_context(|| format!("cannot read {}", path.display()))?;
-    Ok(format!("{:016x}", stable_hash(&[&head])))
-}
-
-impl ReplaySource {
-    /// Where to start `path`: the committed position of the same file, or the beginning
-    /// (removing the warehouse files no committed checkpoint covers either way).
-    fn start_position(&mut self, path: &Path) -> anyhow::Result<(SourcePosition, Option<String>)> {
-        let canonical = path
-            .canonicalize()
-            .with_context(|| format!("cannot resolve {}", path.display()))?;
-        let source = format!("file:{}", canonical.display());
-        let stream = stream_id(&source);
-        let print = fingerprint(path)?;
-        let size = std::fs::metadata(path)?.len();
-        let stored = self.store.source_position(&source)?;
-        let mut note = None;
-        let mut start = SourcePosition {
-            source: source.clone(),
-            checkpoint: stored.as_ref().map_or(0, |p| p.checkpoint),
-            offset: 0,
-            fingerprint: print.clone(),
-            at: wall_now(),
-        };
-        let committed = if self.from_start {
-            // Every earlier row of this file goes; the rows are written again.
-            self.store.forget_source_position(&source)?;
-            start.checkpoint = 0;
-            None
-        } else {
-            if let Some(p) = &stored {
-                if p.fingerprint == print && p.offset <= size {
-                    start.offset = p.offset;
-                    if p.offset > 0 {
-                        note = Some(format!(
-                            "{}: {} of {} bytes already replayed and durable; continuing from there (--from-start replays it again)",
-                            path.display(),
-                            p.offset,
-                            size
-                        ));
-                    }
-                } else {
-                    note = Some(format!(
-                        "{}: not the file replayed under this name before (its content changed); replaying it from the start",
-                        path.display()
-                    ));
-                }
-            }
-            Some(start.checkpoint)
-        };
-        let removed = remove_uncommitted(&self.warehouse, &stream, committed)
-            .context("cannot remove warehouse files of an interrupted replay")?;
-        if removed.uncommitted > 0 {
-            tracing::info!(
-                file = %path.display(),
-                files = removed.uncommitted,
-                "removed warehouse files no committed checkpoint covers; their rows are read again"
-            );
-        }
-        Ok((start, note))
-    }
-
-    fn replay_file(
-        &mut self,
-        path: &Path,
-        format: InputFormat,
-        bar: &indicatif::ProgressBar,
-        adm: &mut ReplayAdmission,
-    ) -> anyhow::Result<Option<String>> {
-        adm.new_recording();
-        let (mut input, name, mut position, note) = if path.as_os_str() == "-" {
-            let (input, name, _) = open_input(path)?;
-            (input, name, None, None)
-        } else {
-            let (start, note) = self.start_position(path)?;
-            let mut f = std::fs::File::open(path)
-                .with_context(|| format!("cannot open {}", path.display()))?;
-            use std::io::Seek as _;
-            f.seek(std::io::SeekFrom::Start(start.offset))?;
-            bar.inc(start.offset);
-            let input: Box<dyn BufRead> = Box::new(BufReader::with_capacity(1 << 20, f));
-            (input, path.display().to_string(), Some(start), note)
-        };
-        let mut offset = position.as_ref().map_or(0, |p| p.offset);
-        let mut line = Vec::with_capacity(512);
-        let mut received = 0u64;
-        let mut unreported = 0u64;
-        let mut wall = wall_now();
-        let mut last_checkpoint = Instant::now();
-        loop {
-            line.clear();
-            let n = input
-                .read_until(b'\n', &mut line)
-                .with_context(|| format!("cannot read {name}"))?;
-            if n == 0 {
-                break;
-            }
-            // The byte offset names the record in dead letters: it stays right when a
-            // replay resumes in the middle of the file.
-            let at_byte = offset;
-            offset += n as u64;
-            // The bar moves once per batch: per line it cost 1.5 % of a replay.
-            unreported += n as u64;
-            let rec = line.trim_ascii();
-            if rec.is_empty() {
-                continue;
-            }
-            received += 1;
-            let source = || format!("replay:{name}:byte {at_byte}");
-            match decode_record(rec, format, wall) {
-                Ok(mut o) => {
-                    stamp_untimed(&mut o, wall, || self.h.stamps.next(wall));
-                    let at = o.ingested_at;
-                    adm.admit(o, |reason| DeadLetter::new(at, source(), reason, rec));
-                }
-                Err(e) => adm
-                    .dead
-                    .push(DeadLetter::new(wall, source(), e.to_string(), rec)),
-            }
-            if adm.batch.len() >= REPLAY_BATCH {
-                send_batch(&self.h, &mut adm.batch, &mut adm.dead, &mut received)?;
-                bar.inc(std::mem::take(&mut unreported));
-                wall = wall_now();
-                // A checkpoint covers whole records only, and none held back by the
-                // admission clock (it may still turn out to be an outlier).
-                if last_checkpoint.elapsed() >= self.interval && adm.held.is_none() {
-                    self.checkpoint(&mut position, offset)?;
-                    last_checkpoint = Instant::now();
-                }
-            }
-        }
-        bar.inc(unreported);
-        // The end of a recording settles what its clock still held.
-        adm.new_recording();
-        send_batch(&self.h, &mut adm.batch, &mut adm.dead, &mut received)?;
-        self.checkpoint(&mut position, offset)?;
-        // Every checkpoint of this file decided before the next file starts.
-        let done = self.tracker.drain(std::time::Duration::from_secs(3600));
-        self.settle(done)?;
-        if self.tracker.outstanding() > 0 {
-            bail!("{name}: the pipeline did not confirm the last checkpoint within an hour");
-        }
-        Ok(note)
-    }
-
-    /// Sends a checkpoint for everything read up to `offset`; commits what is decided.
-    fn checkpoint(
-        &mut self,
-        position: &mut Option<SourcePosition>,
-        offset: u64,
-    ) -> anyhow::Result<()> {
-        let (tag, payload) = match position {
-            Some(p) => {
-                p.checkpoint += 1;
-                p.offset = offset;
-                let stream = stream_id(&p.source);
-                (
-                    Some(position_tag(&stream, p.checkpoint)),
-                    FileCheckpoint {
-                        position: Some(p.clone()),
-                    },
-                )
-            }
-            None => (None, FileCheckpoint { position: None }),
-        };
-        let cp = self.tracker.mark(tag, payload);
-        self.h
-            .ingest
-            .send(IngestMsg::Checkpoint(cp))
-            .map_err(|_| anyhow::anyhow!("pipeline stopped"))?;
-        let wait = if self.tracker.outstanding() > MAX_OUTSTANDING_CHECKPOINTS {
-            std::time::Duration::from_secs(60)
-        } else {
-            std::time::Duration::ZERO
-        };
-        let done = self.tracker.poll(wait);
-        self.settle(done)
-    }
-
-    /// Commits the positions of committed checkpoints; stops at a failed one.
-    fn settle(&mut self, done: Vec<(FileCheckpoint, Outcome)>) -> anyhow::Result<()> {
-        for (cp, outcome) in done {
-            match outcome {
-                Outcome::Committed => {
-                    self.h.metrics.checkpoints_committed.fetch_add(1, Relaxed);
-                    if let Some(mut p) = cp.position {
-                        p.at = wall_now();
-                        self.store.commit_source_position(&p)?;
-                    }
-                }
-                Outcome::Failed(why) => {
-                    self.h.metrics.checkpoints_failed.fetch_add(1, Relaxed);
-                    let resume = self
-                        .store
-                        .source_position(cp.position.as_ref().map_or("", |p| p.source.as_str()))?
-                        .map_or(0, |p| p.offset);
-                    bail!(
-                        "checkpoint failed: {why}\nnothing is lost: run the same command again once the cause is fixed; it continues from byte {resume}"
-                    );
-                }
-            }
-        }
-        Ok(())
-    }
 }
 
 /// A progress bar in bytes (see [`progress_bar_styled`]).
@@ -727,9 +467,6 @@ pub(crate) fn progress_bar_styled(
     bar
 }
 
-/// Observations per batch sent to the engine.
-const REPLAY_BATCH: usize = 1024;
-
 /// A JSON-lines input: a file, or standard input for `-`; with a name for messages and
 /// its size in bytes (0 for standard input) for a progress bar.
 pub(crate) fn open_input(path: &Path) -> anyhow::Result<(Box<dyn BufRead>, String, u64)> {
@@ -747,100 +484,6 @@ pub(crate) fn open_input(path: &Path) -> anyhow::Result<(Box<dyn BufRead>, Strin
         path.display().to_string(),
         size,
     ))
-}
-
-/// Judges a replay's readings against the recording's own clock ([`StreamClock`]): too
-/// old, or a jump ahead that no later reading confirms, is a dead letter; a confirmed jump
-/// (a gap in the recording) is accepted with the reading that confirmed it.
-struct ReplayAdmission {
-    time: TimeConfig,
-    clock: StreamClock,
-    /// The reading held while its jump waits for confirmation, and its dead letter if it
-    /// turns out to be an outlier.
-    held: Option<(Observation, DeadLetter)>,
-    batch: Vec<Observation>,
-    dead: Vec<DeadLetter>,
-}
-
-impl ReplayAdmission {
-    fn new(time: TimeConfig) -> Self {
-        ReplayAdmission {
-            clock: StreamClock::new(time.max_future),
-            time,
-            held: None,
-            batch: Vec::with_capacity(REPLAY_BATCH),
-            dead: Vec::new(),
-        }
-    }
-
-    /// Settles the held reading: into the batch, or a dead letter.
-    fn settle(&mut self, verdict: Offered) {
-        if let Some((o, mut dl)) = self.held.take() {
-            if verdict == Offered::Accepted {
-                self.batch.push(o);
-            } else {
-                dl.reason = TimeError::Outlier {
-                    observed: o.observed_at,
-                    reference: self.clock.confirmed().unwrap_or(o.observed_at),
-                }
-                .to_string();
-                self.dead.push(dl);
-            }
-        }
-    }
-
-    /// Admits one decoded observation; `dead_letter` makes its dead letter (with a
-    /// reason), should it need one.
-    fn admit(&mut self, o: Observation, dead_letter: impl FnOnce(String) -> DeadLetter) {
-        if let Some(now) = self.clock.confirmed()
-            && o.observed_at <= now
-            && let Err(e) = self.time.admit(o.observed_at, now, Reference::StreamClock)
-        {
-            self.dead.push(dead_letter(e.to_string()));
-            return;
-        }
-        let offer = self.clock.offer(o.observed_at);
-        if let Some(v) = offer.earlier {
-            self.settle(v);
-        }
-        match offer.this {
-            Offered::Accepted => self.batch.push(o),
-            Offered::Deferred => self.held = Some((o, dead_letter(String::new()))),
-            Offered::Outlier => {}
-        }
-    }
-
-    /// Starts the next recording: settles the reading the last one still held, and a
-    /// fresh clock. (Ingest stamps come from the pipeline's one `IngestStamps`, strictly
-    /// increasing across recordings.)
-    fn new_recording(&mut self) {
-        if let Some(v) = self.clock.finish() {
-            self.settle(v);
-        }
-        self.clock = StreamClock::new(self.time.max_future);
-    }
-}
-
-fn send_batch(
-    h: &PipelineHandle,
-    batch: &mut Vec<Observation>,
-    dead: &mut Vec<DeadLetter>,
-    received: &mut u64,
-) -> anyhow::Result<()> {
-    h.metrics.received.fetch_add(
-        std::mem::take(received),
-        std::sync::atomic::Ordering::Relaxed,
-    );
-    if !dead.is_empty() {
-        h.dead_letters(std::mem::take(dead));
-    }
-    if !batch.is_empty() {
-        let b = std::mem::replace(batch, Vec::with_capacity(REPLAY_BATCH));
-        h.ingest
-            .send(IngestMsg::Batch(b))
-            .map_err(|_| anyhow::anyhow!("pipeline stopped"))?;
-    }
-    Ok(())
 }
 
 /// `vitalwatch simulate`

@@ -10,7 +10,6 @@
 //! `not_durable` means the checkpoint failed and the client should send the batch again.
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering::Relaxed;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -19,16 +18,18 @@ use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 use vitalwatch_connectors::catalog::SqliteCatalog;
 use vitalwatch_connectors::store::AlertStore;
-use vitalwatch_core::codec::{InputFormat, decode_record, split_body};
+use vitalwatch_core::codec::InputFormat;
 use vitalwatch_core::engine::AckError;
 use vitalwatch_core::model::DeadLetter;
 
-use crate::checkpoint::{Outcome, Tracker};
-use crate::pipeline::{Control, IngestMsg, PipelineHandle, stamp_untimed, wall_now};
+use vitalwatch_connectors::source::Outcome;
+use vitalwatch_connectors::source::live::{IngestReply, Rejected};
+
+use crate::pipeline::{Control, PipelineHandle};
 
 #[derive(Debug, Deserialize)]
 struct ReadingsQuery {
@@ -48,18 +49,6 @@ enum Wait {
     Accepted,
     /// Answer once the batch is durable.
     Durable,
-}
-
-#[derive(Debug, Serialize)]
-struct Rejected {
-    record: usize,
-    reason: String,
-}
-
-#[derive(Debug, Serialize)]
-struct IngestReply {
-    accepted: usize,
-    rejected: Vec<Rejected>,
 }
 
 /// Reads a request body up to `max` bytes. Past that, stops reading and returns the
@@ -89,7 +78,6 @@ async fn post_readings(
     max_body: usize,
     body: Body,
 ) -> Response {
-    let wall = wall_now();
     let body = match read_body(body, max_body).await {
         Ok(b) => b,
         Err(Ok(head)) => {
@@ -97,13 +85,13 @@ async fn post_readings(
             let reason = format!(
                 "request body over http.max_body_bytes = {max_body} bytes; send smaller batches (the first 64 KiB are kept as a dead letter)"
             );
-            h.dead_letters_async(vec![DeadLetter::new(
-                wall,
-                "http".into(),
-                reason.clone(),
-                &head,
-            )])
-            .await;
+            if h.source
+                .oversize_body(&head, "http", &reason)
+                .await
+                .is_err()
+            {
+                return shutting_down();
+            }
             return (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 axum::Json(IngestReply {
@@ -115,83 +103,15 @@ async fn post_readings(
         }
         Err(Err(reason)) => return error_json(StatusCode::BAD_REQUEST, "bad_body", reason),
     };
-    let records = split_body(&body);
-    h.metrics.received.fetch_add(records.len() as u64, Relaxed);
-    let mut accepted = Vec::with_capacity(records.len());
-    let mut rejected = Vec::new();
-    let mut dead = Vec::new();
-    for r in &records {
-        // Each record its own ingest time: two records without a time of their own are
-        // two readings, not one.
-        let decoded = decode_record(r.bytes, q.format, wall).and_then(|mut o| {
-            stamp_untimed(&mut o, wall, || h.stamps.next(wall));
-            h.admit_live(&o)?;
-            Ok(o)
-        });
-        match decoded {
-            Ok(o) => accepted.push(o),
-            Err(e) => {
-                let reason = e.to_string();
-                dead.push(DeadLetter::new(
-                    wall,
-                    format!("http:record {}", r.index),
-                    reason.clone(),
-                    r.bytes,
-                ));
-                rejected.push(Rejected {
-                    record: r.index,
-                    reason,
-                });
-            }
-        }
-    }
-    if records.is_empty() {
-        rejected.push(Rejected {
-            record: 0,
-            reason: "empty body: send a JSON object, a JSON array or newline-delimited JSON".into(),
-        });
-        dead.push(DeadLetter::new(
-            wall,
-            "http".into(),
-            "empty body".into(),
-            b"",
-        ));
-    }
-    h.dead_letters_async(dead).await;
-    let n = accepted.len();
-    if n > 0
-        && h.ingest
-            .send_async(IngestMsg::Batch(accepted))
-            .await
-            .is_err()
-    {
+    let Ok(reply) = h.source.ingest_body(&body, q.format, "http").await else {
         return shutting_down();
-    }
+    };
     if q.wait == Wait::Durable {
-        let mut tracker = Tracker::default();
-        let cp = tracker.mark(None, ());
-        if h.ingest
-            .send_async(IngestMsg::Checkpoint(cp))
-            .await
-            .is_err()
-        {
-            return shutting_down();
-        }
-        let outcome = tokio::task::spawn_blocking(move || {
-            tracker
-                .drain(std::time::Duration::from_secs(60))
-                .pop()
-                .map(|(_, o)| o)
-        })
-        .await
-        .ok()
-        .flatten();
+        let source = h.source.clone();
+        let outcome = tokio::task::spawn_blocking(move || source.wait_durable()).await;
         match outcome {
-            Some(Outcome::Committed) => {
-                h.metrics.checkpoints_committed.fetch_add(1, Relaxed);
-            }
-            Some(Outcome::Failed(why)) => {
-                h.metrics.checkpoints_failed.fetch_add(1, Relaxed);
+            Ok(Ok(Outcome::Committed)) => {}
+            Ok(Ok(Outcome::Failed(why))) => {
                 tracing::error!(error = %why, "checkpoint failed; the client is told to send again");
                 return error_json(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -201,22 +121,15 @@ async fn post_readings(
                     ),
                 );
             }
-            None => return shutting_down(),
+            Ok(Err(_)) | Err(_) => return shutting_down(),
         }
     }
-    let status = if rejected.is_empty() {
+    let status = if reply.rejected.is_empty() {
         StatusCode::ACCEPTED
     } else {
         StatusCode::BAD_REQUEST
     };
-    (
-        status,
-        axum::Json(IngestReply {
-            accepted: n,
-            rejected,
-        }),
-    )
-        .into_response()
+    (status, axum::Json(reply)).into_response()
 }
 
 /// Every error has one shape: `{"error": {"code": "...", "message": "..."}}`, where
@@ -324,7 +237,8 @@ async fn ack_alert(
         );
     };
     let (tx, rx) = flume::bounded(1);
-    if h.control
+    if h.source
+        .control
         .send_async(Control::Ack {
             alert_id: id,
             by,

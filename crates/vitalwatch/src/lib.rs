@@ -11,7 +11,6 @@
 //! - [`evaluate`]: `vitalwatch evaluate`, alarm quality on labelled episodes.
 
 pub mod bench;
-pub mod checkpoint;
 pub mod cli;
 pub mod commands;
 pub mod config;

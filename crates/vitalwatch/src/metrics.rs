@@ -5,9 +5,10 @@
 //! rule family and reason.
 
 use std::fmt::Write as _;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 
+use vitalwatch_connectors::source::SourceCounters;
 use vitalwatch_core::alert::Priority;
 
 /// Upper bounds of the latency buckets, in seconds.
@@ -18,14 +19,13 @@ const LATENCY_BUCKETS: [f64; 14] = [
 /// All counters of one pipeline.
 #[derive(Debug, Default)]
 pub struct Metrics {
-    /// Records received from all sources (before decoding).
-    pub received: AtomicU64,
+    /// What sources count through their handle: records received, dead letters,
+    /// checkpoints.
+    pub sources: Arc<SourceCounters>,
     /// Observation sets that passed decoding and validation.
     pub observations: AtomicU64,
     /// Readings (one vital each) in those observations.
     pub readings: AtomicU64,
-    /// Records rejected as dead letters.
-    pub dead_letters: AtomicU64,
     /// Readings reported as unclassified (unknown patient, no band).
     pub unclassified: AtomicU64,
     /// Readings older than their device's newest by more than `time.lateness`: archived,
@@ -43,10 +43,6 @@ pub struct Metrics {
     pub archived_rows: AtomicU64,
     /// Errors writing the warehouse.
     pub archive_errors: AtomicU64,
-    /// Checkpoints made durable on both paths (alert store and warehouse).
-    pub checkpoints_committed: AtomicU64,
-    /// Checkpoints that failed on either path (the source retries or stops).
-    pub checkpoints_failed: AtomicU64,
     /// Outbox entries delivered by notifiers (each notifier counts its own).
     pub notifications_delivered: AtomicU64,
     /// Delivery attempts that failed and will be retried.
@@ -119,7 +115,7 @@ impl Metrics {
         counter(
             "vitalwatch_records_received_total",
             "Records received from all sources.",
-            self.received.load(Relaxed),
+            self.sources.received.load(Relaxed),
         );
         counter(
             "vitalwatch_observations_total",
@@ -134,7 +130,7 @@ impl Metrics {
         counter(
             "vitalwatch_dead_letters_total",
             "Records rejected as dead letters.",
-            self.dead_letters.load(Relaxed),
+            self.sources.dead_letters.load(Relaxed),
         );
         counter(
             "vitalwatch_unclassified_total",
@@ -174,12 +170,12 @@ impl Metrics {
         counter(
             "vitalwatch_checkpoints_committed_total",
             "Checkpoints durable in the alert store and the warehouse.",
-            self.checkpoints_committed.load(Relaxed),
+            self.sources.checkpoints_committed.load(Relaxed),
         );
         counter(
             "vitalwatch_checkpoints_failed_total",
             "Checkpoints that failed (the source retries or stops).",
-            self.checkpoints_failed.load(Relaxed),
+            self.sources.checkpoints_failed.load(Relaxed),
         );
         counter(
             "vitalwatch_notifications_delivered_total",

@@ -23,7 +23,6 @@
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::AtomicI64;
 use std::sync::atomic::Ordering::Relaxed;
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -37,20 +36,19 @@ use vitalwatch_connectors::warehouse::{
     AlertArchiver, ParquetSink, WarehouseConfig, WarehouseStats,
 };
 use vitalwatch_core::alert::{AlertEvent, AlertEventKind, Priority};
-use vitalwatch_core::clock::{Reference, StreamClock, TimeConfig, TimeError};
+use vitalwatch_core::clock::StreamClock;
 use vitalwatch_core::codec::encode_canonical;
-use vitalwatch_core::engine::{AckError, Engine, Findings, Processed};
+use vitalwatch_core::engine::{Engine, Findings, Processed};
 use vitalwatch_core::model::{DeadLetter, Duration, Observation, Timestamp, Unclassified};
 use vitalwatch_core::rules::Profile;
 
-use crate::checkpoint::{Checkpoint, Path as CheckpointPath};
 use crate::config::Config;
 use crate::metrics::Metrics;
-
-/// The wall clock, as the core's timestamp type.
-pub fn wall_now() -> Timestamp {
-    Timestamp::from_datetime(chrono::Utc::now())
-}
+use vitalwatch_connectors::source::Checkpoint;
+use vitalwatch_connectors::source::checkpoint::Path as CheckpointPath;
+pub use vitalwatch_connectors::source::{
+    Control, IngestMsg, IngestStamps, SourceHandle, stamp_untimed, wall_now,
+};
 
 /// Which clock drives time-based rules (stale devices, re-notification, eviction).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,61 +58,6 @@ pub enum Clock {
     /// The recording's own clock ([`StreamClock`]): replays, so a replayed hour behaves
     /// like an hour.
     Stream,
-}
-
-/// Gives a record that carries no time of its own (a classic record without
-/// `message_time`, decoded with `batch_now` standing in for it) its own ingest time from
-/// `next`, so two such records are two readings. Records with a time keep the batch's
-/// ingest time, which the warehouse stores in a few bytes per batch.
-pub fn stamp_untimed(o: &mut Observation, batch_now: Timestamp, next: impl FnOnce() -> Timestamp) {
-    if o.observed_at == batch_now && o.ingested_at == batch_now {
-        let t = next();
-        o.observed_at = t;
-        o.ingested_at = t;
-    }
-}
-
-/// Hands out ingest times: the wall clock, but strictly increasing, so two records that
-/// carry no time of their own (classic records without `message_time`) never share one,
-/// and stay two readings.
-#[derive(Debug, Default)]
-pub struct IngestStamps(AtomicI64);
-
-impl IngestStamps {
-    /// The next ingest time at wall time `wall`.
-    pub fn next(&self, wall: Timestamp) -> Timestamp {
-        let prev = self
-            .0
-            .fetch_update(Relaxed, Relaxed, |last| Some(wall.0.max(last + 1)))
-            .unwrap_or(wall.0);
-        Timestamp(wall.0.max(prev + 1))
-    }
-}
-
-/// A message to the engine thread, in a source's first-in-first-out order.
-#[derive(Debug)]
-pub enum IngestMsg {
-    /// Observations to evaluate.
-    Batch(Vec<Observation>),
-    /// Records the source could not decode or admit: archived in order with its data, so
-    /// a checkpoint covers them too.
-    DeadLetters(Vec<DeadLetter>),
-    /// Everything before this is to be made durable; both paths confirm.
-    Checkpoint(Arc<Checkpoint>),
-}
-
-/// A control message to the engine thread: handled before any queued data batch.
-#[derive(Debug)]
-pub enum Control {
-    /// Acknowledge an alert; the result comes back on `reply`.
-    Ack {
-        /// Alert id.
-        alert_id: String,
-        /// Who acknowledges.
-        by: String,
-        /// Where the result goes.
-        reply: flume::Sender<Result<AlertEvent, AckError>>,
-    },
 }
 
 /// A message to the archive thread.
@@ -137,60 +80,17 @@ enum AlertMsg {
     Checkpoint(Arc<Checkpoint>),
 }
 
-/// What a source needs to feed the pipeline. Cheap to clone; the pipeline drains when
-/// every clone is dropped.
+/// What the HTTP server and the sources of a running pipeline get: the source seam's
+/// handle, the metrics and the catalog for read-only API requests. Cheap to clone; the
+/// pipeline drains when every clone is dropped.
 #[derive(Debug, Clone)]
 pub struct PipelineHandle {
-    /// Observations, dead letters and checkpoints to the engine, in order.
-    pub ingest: flume::Sender<IngestMsg>,
-    /// Acknowledgements: never queued behind data.
-    pub control: flume::Sender<Control>,
+    /// What sources feed.
+    pub source: SourceHandle,
     /// Shared counters.
     pub metrics: Arc<Metrics>,
     /// Catalog file, for read-only API requests.
     pub catalog_path: PathBuf,
-    /// Event-time limits live sources apply to what they decode.
-    pub time: TimeConfig,
-    /// Ingest times for live sources.
-    pub stamps: Arc<IngestStamps>,
-}
-
-impl PipelineHandle {
-    /// Admits a live reading: its observation time against its ingest time.
-    pub fn admit_live(&self, o: &Observation) -> Result<(), TimeError> {
-        self.time
-            .admit(o.observed_at, o.ingested_at, Reference::IngestTime)
-    }
-
-    /// Counts and logs dead letters; `None` when there are none.
-    fn dead_letter_msg(&self, dls: Vec<DeadLetter>) -> Option<IngestMsg> {
-        if dls.is_empty() {
-            return None;
-        }
-        self.metrics
-            .dead_letters
-            .fetch_add(dls.len() as u64, Relaxed);
-        for d in &dls {
-            tracing::debug!(source = %d.source, reason = %d.reason, "dead letter");
-        }
-        Some(IngestMsg::DeadLetters(dls))
-    }
-
-    /// Records dead letters (counted, then archived in order with the source's data),
-    /// from a thread that may block.
-    pub fn dead_letters(&self, dls: Vec<DeadLetter>) {
-        if let Some(m) = self.dead_letter_msg(dls) {
-            let _ = self.ingest.send(m);
-        }
-    }
-
-    /// Records dead letters from async code: waits for queue space without blocking the
-    /// runtime's worker thread.
-    pub async fn dead_letters_async(&self, dls: Vec<DeadLetter>) {
-        if let Some(m) = self.dead_letter_msg(dls) {
-            let _ = self.ingest.send_async(m).await;
-        }
-    }
 }
 
 /// Options beyond the config file.
@@ -411,12 +311,15 @@ impl Pipeline {
         };
         Ok(Pipeline {
             handle: Some(PipelineHandle {
-                ingest: ingest_tx,
-                control: control_tx,
+                source: SourceHandle {
+                    ingest: ingest_tx,
+                    control: control_tx,
+                    counters: metrics.sources.clone(),
+                    time: config.time.clone(),
+                    stamps: Arc::new(IngestStamps::default()),
+                },
                 metrics,
                 catalog_path: cat_path,
-                time: config.time.clone(),
-                stamps: Arc::new(IngestStamps::default()),
             }),
             engine,
             alerts,
@@ -462,7 +365,7 @@ impl Pipeline {
             readings: metrics.readings.load(Relaxed),
             alerts: metrics.alerts_total(),
             alert_events: metrics.alert_events.load(Relaxed),
-            dead_letters: metrics.dead_letters.load(Relaxed),
+            dead_letters: metrics.sources.dead_letters.load(Relaxed),
             unclassified: metrics.unclassified.load(Relaxed),
             warehouse,
             elapsed: self.started.elapsed(),
@@ -655,7 +558,10 @@ fn reject(
             payload.as_bytes(),
         ));
     }
-    metrics.dead_letters.fetch_add(dead.len() as u64, Relaxed);
+    metrics
+        .sources
+        .dead_letters
+        .fetch_add(dead.len() as u64, Relaxed);
     tracing::warn!(count = dead.len(), reason = %rejected[0].1, "observations refused by the engine");
     let _ = archive_tx.send(ArchiveMsg::DeadLetters(dead));
     readings

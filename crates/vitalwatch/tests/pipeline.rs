@@ -428,6 +428,7 @@ async fn http_turns_untrustworthy_input_into_dead_letters() {
     assert_eq!((summary.observations, summary.dead_letters), (1, 5));
     assert_eq!(
         metrics
+            .sources
             .dead_letters
             .load(std::sync::atomic::Ordering::Relaxed),
         5
