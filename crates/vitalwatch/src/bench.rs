@@ -141,7 +141,7 @@ pub async fn http(
     let (addr, server) = crate::http::serve(
         "127.0.0.1:0".parse()?,
         pipeline.handle(),
-        cfg.http.max_body_bytes,
+        Some(cfg.http.max_body_bytes),
         cancel.clone(),
     )
     .await?;

@@ -27,7 +27,7 @@ use crate::cli::{
     AlertsCommand, ConfigCommand, DataArgs, PatientsCommand, ReplayArgs, RunArgs, SimFormat,
     SimulateArgs, TableFormat, ThresholdsCommand, WarehouseCommand,
 };
-use crate::config::{self, Config};
+use crate::config::{self, Config, SimulatorConfig, SourceConfig};
 use crate::http;
 use crate::metrics::Metrics;
 use crate::pipeline::{
@@ -230,11 +230,28 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         cfg.http.listen = l;
     }
     if args.no_simulator {
-        cfg.simulator.enabled = false;
+        cfg.sources
+            .retain(|s| !matches!(s, SourceConfig::Simulator(_)));
     }
     if let Some(n) = args.patients {
-        cfg.simulator.patients = n;
+        for s in &mut cfg.sources {
+            if let SourceConfig::Simulator(sim) = s {
+                sim.patients = n;
+            }
+        }
     }
+    let simulators: Vec<SimulatorConfig> = cfg
+        .sources
+        .iter()
+        .filter_map(|s| match s {
+            SourceConfig::Simulator(sim) => Some(sim.clone()),
+            SourceConfig::Http(_) => None,
+        })
+        .collect();
+    let http_source = cfg
+        .sources
+        .iter()
+        .any(|s| matches!(s, SourceConfig::Http(_)));
     let problems = cfg.problems();
     if !problems.is_empty() {
         bail!("invalid settings:\n  - {}", problems.join("\n  - "));
@@ -259,11 +276,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let _lock = lock_data_dir(&cfg.data_dir, "run")?;
     seed_reference(
         &cfg,
-        if cfg.simulator.enabled {
-            cfg.simulator.patients
-        } else {
-            0
-        },
+        simulators.iter().map(|s| s.patients).max().unwrap_or(0),
     )?;
 
     let metrics = Arc::new(Metrics::default());
@@ -284,42 +297,41 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         let (local, task) = http::serve_on(
             listener,
             pipeline.handle(),
-            cfg.http.max_body_bytes,
+            http_source.then_some(cfg.http.max_body_bytes),
             cancel.clone(),
         )?;
         listening = Some(local);
         http_task = Some(task);
     }
-    let sim_thread = if cfg.simulator.enabled {
+    let mut sim_threads = Vec::new();
+    for sim in &simulators {
         let h = pipeline.handle();
         let c = cancel.clone();
         let sc = SimConfig {
-            patients: cfg.simulator.patients,
-            seed: cfg.simulator.seed,
+            patients: sim.patients,
+            seed: sim.seed,
             start: wall_now(),
-            interval: cfg.simulator.interval,
+            interval: sim.interval,
             ..SimConfig::default()
         };
-        Some(
+        sim_threads.push(
             std::thread::Builder::new()
                 .name("simulator".into())
                 .spawn(move || simulate_live(sc, h, c))?,
-        )
-    } else {
-        None
-    };
+        );
+    }
     eprintln!(
         "vitalwatch ready in {:.0} ms: profile {}, {}, {}, data in {}",
         t0.elapsed().as_secs_f64() * 1e3,
         cfg.rules.profile.as_str(),
-        match listening {
-            Some(a) => format!("HTTP on http://{a} (POST /v1/readings)"),
-            None => "HTTP off".into(),
+        match (listening, http_source) {
+            (Some(a), true) => format!("HTTP on http://{a} (POST /v1/readings)"),
+            (Some(a), false) => format!("HTTP on http://{a} (no http source)"),
+            (None, _) => "HTTP off".into(),
         },
-        if cfg.simulator.enabled {
-            format!("simulating {} patients", cfg.simulator.patients)
-        } else {
-            "simulator off".into()
+        match simulators.iter().map(|s| s.patients).sum::<usize>() {
+            0 => "simulator off".to_owned(),
+            n => format!("simulating {n} patients"),
         },
         cfg.data_dir.display()
     );
@@ -339,7 +351,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     if let Some(t) = http_task {
         t.await??;
     }
-    if let Some(t) = sim_thread {
+    for t in sim_threads {
         let _ = t.join();
     }
     let summary = tokio::task::spawn_blocking(move || pipeline.shutdown()).await??;
@@ -920,7 +932,7 @@ pub fn config_cmd(cmd: ConfigCommand) -> anyhow::Result<()> {
         ConfigCommand::Check { file } => {
             let cfg = config::load(&file)?;
             emit(&format!(
-                "{}: ok (profile {}, data in {}, HTTP {}, simulator {})\n",
+                "{}: ok (profile {}, data in {}, HTTP {}, sources {})\n",
                 file.display(),
                 cfg.rules.profile.as_str(),
                 cfg.data_dir.display(),
@@ -929,7 +941,15 @@ pub fn config_cmd(cmd: ConfigCommand) -> anyhow::Result<()> {
                 } else {
                     "off"
                 },
-                if cfg.simulator.enabled { "on" } else { "off" }
+                match cfg.sources.len() {
+                    0 => "none".to_owned(),
+                    _ => cfg
+                        .sources
+                        .iter()
+                        .map(SourceConfig::kind)
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                }
             ))?;
             Ok(())
         }

@@ -23,9 +23,9 @@ pub struct Config {
     pub time: TimeConfig,
     /// Clinical rules.
     pub rules: RulesConfig,
-    /// Built-in simulator that streams vitals into the engine.
-    pub simulator: SimulatorConfig,
-    /// HTTP ingest, health, metrics and alert API.
+    /// Where readings come from: one `[[sources]]` item per source, each with a `type`.
+    pub sources: Vec<SourceConfig>,
+    /// The HTTP server: health, metrics, the alert API, and the `http` source.
     pub http: HttpConfig,
     /// Alert outputs.
     pub alerts: AlertsConfig,
@@ -41,7 +41,10 @@ impl Default for Config {
             data_dir: PathBuf::from("./vitalwatch-data"),
             time: TimeConfig::default(),
             rules: RulesConfig::default(),
-            simulator: SimulatorConfig::default(),
+            sources: vec![
+                SourceConfig::Http(HttpSourceConfig::default()),
+                SourceConfig::Simulator(SimulatorConfig::default()),
+            ],
             http: HttpConfig::default(),
             alerts: AlertsConfig::default(),
             warehouse: WarehouseSection::default(),
@@ -50,12 +53,36 @@ impl Default for Config {
     }
 }
 
-/// `[simulator]`
+/// One `[[sources]]` item: its `type` says which source, the other keys are its own.
+/// (`vitalwatch replay` is the file source; Kafka and MQTT join here.)
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum SourceConfig {
+    /// `POST /v1/readings` on the `[http]` server.
+    Http(HttpSourceConfig),
+    /// Simulated patients streaming in real time.
+    Simulator(SimulatorConfig),
+}
+
+impl SourceConfig {
+    /// The source's `type`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SourceConfig::Http(_) => "http",
+            SourceConfig::Simulator(_) => "simulator",
+        }
+    }
+}
+
+/// `[[sources]] type = "http"`: readings over HTTP (see `[http]` for the server).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSourceConfig {}
+
+/// `[[sources]] type = "simulator"`
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SimulatorConfig {
-    /// Stream simulated patients into the engine.
-    pub enabled: bool,
     /// How many patients (1–5 are the classic patients, the rest generated).
     pub patients: usize,
     /// Time between two observation sets of one patient.
@@ -67,7 +94,6 @@ pub struct SimulatorConfig {
 impl Default for SimulatorConfig {
     fn default() -> Self {
         SimulatorConfig {
-            enabled: true,
             patients: 24,
             interval: Duration::from_secs(1),
             seed: 42,
@@ -208,7 +234,7 @@ impl std::error::Error for ConfigProblems {}
 const OPEN_MAPS: &[&str] = &["rules.thresholds.hysteresis"];
 
 /// Arrays of tables, checked item by item.
-const TABLE_ARRAYS: &[&str] = &["rules.limits"];
+const TABLE_ARRAYS: &[&str] = &["rules.limits", "sources"];
 
 /// One problem, with the key it is about when there is one.
 struct Problem {
@@ -278,7 +304,7 @@ fn unknown_keys(user: &toml::Table, schema: &toml::Table, prefix: &str, out: &mu
         } else {
             format!("{prefix}.{k}")
         };
-        if OPEN_MAPS.contains(&path.as_str()) {
+        if OPEN_MAPS.contains(&path.as_str()) || path == "sources" {
             continue;
         }
         match (v, schema.get(k)) {
@@ -406,16 +432,33 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigProblems> {
             let item_keys = limit_item_keys(&schema);
             let mut good = Vec::new();
             for (i, mut item) in items.into_iter().enumerate() {
-                // Unknown keys are reported above, once.
-                if let toml::Value::Table(t) = &mut item {
-                    t.retain(|k, _| item_keys.iter().any(|x| x == k));
-                }
-                match vitalwatch_core::rules::LimitRule::deserialize(item.clone()) {
-                    Ok(_) => good.push(item),
-                    Err(e) => problems.push(Problem {
-                        key: Some(format!("{dotted}[{i}]")),
-                        message: format!("`{dotted}[{i}]`: {}", one_line(e)),
-                    }),
+                let checked = if dotted == "sources" {
+                    // Each type has its own keys: the item's own deserialization names
+                    // an unknown one along with the keys its type has.
+                    SourceConfig::deserialize(item.clone()).map(drop)
+                } else {
+                    // Unknown keys are reported above, once.
+                    if let toml::Value::Table(t) = &mut item {
+                        t.retain(|k, _| item_keys.iter().any(|x| x == k));
+                    }
+                    vitalwatch_core::rules::LimitRule::deserialize(item.clone()).map(drop)
+                };
+                match checked {
+                    Ok(()) => good.push(item),
+                    Err(e) => {
+                        problems.push(Problem {
+                            key: Some(format!("{dotted}[{i}]")),
+                            message: format!("`{dotted}[{i}]`: {}", one_line(e)),
+                        });
+                        if dotted == "sources" {
+                            // A stand-in that checks clean, so the semantic checks below
+                            // name the later sources by their own index.
+                            let stand_in = SourceConfig::Simulator(SimulatorConfig::default());
+                            if let Ok(v) = toml::Value::try_from(stand_in) {
+                                good.push(v);
+                            }
+                        }
+                    }
                 }
             }
             toml::Value::Array(good)
@@ -511,18 +554,6 @@ impl Config {
         if self.http.max_body_bytes < 1024 {
             p.push("http.max_body_bytes must be at least 1024".into());
         }
-        if self.simulator.patients == 0 || self.simulator.patients > 100_000 {
-            p.push(format!(
-                "simulator.patients = {} must be 1–100000",
-                self.simulator.patients
-            ));
-        }
-        if self.simulator.interval < Duration::from_millis(10) {
-            p.push(format!(
-                "simulator.interval = {} must be at least 10ms",
-                self.simulator.interval
-            ));
-        }
         if self.warehouse.batch_rows == 0 || self.warehouse.roll_rows == 0 {
             p.push("warehouse.batch_rows and warehouse.roll_rows must be above 0".into());
         }
@@ -534,6 +565,33 @@ impl Config {
         }
         if self.warehouse.roll_interval < Duration::from_secs(1) {
             p.push("warehouse.roll_interval must be at least 1s".into());
+        }
+        let http_sources = self
+            .sources
+            .iter()
+            .filter(|s| matches!(s, SourceConfig::Http(_)))
+            .count();
+        if http_sources > 1 {
+            p.push("sources: at most one source of type \"http\"".into());
+        }
+        if http_sources == 1 && !self.http.enabled {
+            p.push("sources: the http source needs http.enabled = true".into());
+        }
+        for (i, src) in self.sources.iter().enumerate() {
+            if let SourceConfig::Simulator(sim) = src {
+                if sim.patients == 0 || sim.patients > 100_000 {
+                    p.push(format!(
+                        "sources[{i}].patients = {} must be 1–100000",
+                        sim.patients
+                    ));
+                }
+                if sim.interval < Duration::from_millis(10) {
+                    p.push(format!(
+                        "sources[{i}].interval = {} must be at least 10ms",
+                        sim.interval
+                    ));
+                }
+            }
         }
         if self.pipeline.checkpoint_interval < Duration::from_millis(100) {
             p.push("pipeline.checkpoint_interval must be at least 100ms".into());
@@ -619,9 +677,12 @@ mod tests {
             [http]
             listen = "localhost"
             port = 80
-            [simulator]
-            patients = 0
+            [[sources]]
+            type = "simulator"
             seed = "forty-two"
+            [[sources]]
+            type = "simulator"
+            patients = 0
             [warehouse]
             zstd_level = 40
             [rules]
@@ -651,16 +712,16 @@ mod tests {
         for want in [
             "line 3: unknown key `colour`",
             "line 6: unknown key `http.port`",
-            "line 23: unknown key `rules.limits[0].treshold`",
-            "line 9: `simulator.seed`",
-            "line 13: `rules.profile`: unknown variant `fancy`",
-            "line 16: `rules.thresholds.persistence`: invalid duration \"ten seconds\"",
-            "line 24: `rules.limits[1]`: unknown variant `pulse_ox`",
+            "line 26: unknown key `rules.limits[0].treshold`",
+            "line 7: `sources[0]`: invalid type: string \"forty-two\"",
+            "line 16: `rules.profile`: unknown variant `fancy`",
+            "line 19: `rules.thresholds.persistence`: invalid duration \"ten seconds\"",
+            "line 27: `rules.limits[1]`: unknown variant `pulse_ox`",
             "line 5: http.listen = \"localhost\" is not HOST:PORT",
-            "line 8: simulator.patients = 0",
-            "line 11: warehouse.zstd_level = 40",
-            "line 14: rules.renotify_after = 1s is too short",
-            "line 17: rules.limits[0] (a): set `below`",
+            "line 12: sources[1].patients = 0 must be 1–100000",
+            "line 14: warehouse.zstd_level = 40",
+            "line 17: rules.renotify_after = 1s is too short",
+            "line 20: rules.limits[0] (a): set `below`",
         ] {
             assert!(all.contains(want), "missing {want:?} in:\n{all}");
         }
@@ -676,8 +737,24 @@ mod tests {
 
     #[test]
     fn type_errors_are_reported() {
-        let err = parse("[simulator]\npatients = \"many\"\n", Path::new("t.toml")).unwrap_err();
-        assert!(err.to_string().contains("patients"), "{err}");
+        let err = parse(
+            "[[sources]]\ntype = \"simulator\"\npatients = \"many\"\n",
+            Path::new("t.toml"),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("line 1: `sources[0]`"), "{err}");
+        // Each source type has its own keys, and an unknown type is named.
+        let err = parse(
+            "[[sources]]\ntype = \"http\"\nport = 1\n[[sources]]\ntype = \"carrier-pigeon\"\n",
+            Path::new("t.toml"),
+        )
+        .unwrap_err();
+        let all = err.to_string();
+        assert!(all.contains("unknown field `port`"), "{all}");
+        assert!(
+            all.contains("line 4: `sources[1]`: unknown variant `carrier-pigeon`"),
+            "{all}"
+        );
         let err = parse("[rules]\nrenotify_after = \"soon\"\n", Path::new("t.toml")).unwrap_err();
         assert!(err.to_string().contains("invalid duration"), "{err}");
     }

@@ -261,10 +261,13 @@ async fn ack_alert(
     }
 }
 
-/// The router, for a server or a test.
-pub fn router(handle: PipelineHandle, max_body: usize) -> Router {
-    Router::new()
-        .route(
+/// The router, for a server or a test. `readings`: the http source's body limit, or
+/// `None` when no http source is configured (then `POST /v1/readings` answers 404).
+pub fn router(handle: PipelineHandle, readings: Option<usize>) -> Router {
+    let max_body = readings.unwrap_or(64 * 1024);
+    let mut router = Router::new();
+    if readings.is_some() {
+        router = router.route(
             "/v1/readings",
             post(
                 move |h: State<PipelineHandle>,
@@ -276,7 +279,9 @@ pub fn router(handle: PipelineHandle, max_body: usize) -> Router {
                     }
                 },
             ),
-        )
+        );
+    }
+    router
         .route(
             "/v1/alerts",
             get(
@@ -300,11 +305,11 @@ pub fn router(handle: PipelineHandle, max_body: usize) -> Router {
 pub async fn serve(
     addr: SocketAddr,
     handle: PipelineHandle,
-    max_body: usize,
+    readings: Option<usize>,
     cancel: CancellationToken,
 ) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<anyhow::Result<()>>)> {
     let listener = bind(addr).await?;
-    serve_on(listener, handle, max_body, cancel)
+    serve_on(listener, handle, readings, cancel)
 }
 
 /// Binds the HTTP port: `run` does this before it touches the data directory, so a port
@@ -319,11 +324,11 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
 pub fn serve_on(
     listener: tokio::net::TcpListener,
     handle: PipelineHandle,
-    max_body: usize,
+    readings: Option<usize>,
     cancel: CancellationToken,
 ) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<anyhow::Result<()>>)> {
     let local = listener.local_addr()?;
-    let app = router(handle, max_body);
+    let app = router(handle, readings);
     let task = tokio::spawn(async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(async move { cancel.cancelled().await })

@@ -65,7 +65,7 @@ async fn start(cfg: &Config) -> Live {
     let (addr, server) = vitalwatch::http::serve(
         "127.0.0.1:0".parse().unwrap(),
         pipeline.handle(),
-        cfg.http.max_body_bytes,
+        Some(cfg.http.max_body_bytes),
         cancel.clone(),
     )
     .await
