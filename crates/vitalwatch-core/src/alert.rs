@@ -9,7 +9,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{PatientId, Timestamp, Vital};
+use crate::model::{DeviceId, PatientId, Timestamp, Vital};
 
 /// Alarm priority after IEC 60601-1-8.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -246,6 +246,82 @@ pub struct AlertEvent {
     pub acknowledged_by: Option<String>,
 }
 
+/// Which rule an alert is about, as `rule_key` spells it in alert events, the store and
+/// the warehouse: `news2`, `threshold:<vital>:<ref_id>`, `limit:<name>`,
+/// `device_stale:<device>`. This type is the one place that writes and reads that text.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum RuleKey {
+    /// The NEWS2 aggregate score.
+    News2,
+    /// A band of the threshold table.
+    Band {
+        /// The vital.
+        vital: Vital,
+        /// The band's `ref_id`.
+        ref_id: u32,
+    },
+    /// A configured limit rule, by name.
+    Limit(String),
+    /// A device that stopped reporting.
+    DeviceStale(DeviceId),
+}
+
+impl RuleKey {
+    /// The rule family: `news2`, `threshold`, `limit`, `device_stale`.
+    pub fn family(&self) -> &'static str {
+        match self {
+            RuleKey::News2 => "news2",
+            RuleKey::Band { .. } => "threshold",
+            RuleKey::Limit(_) => "limit",
+            RuleKey::DeviceStale(_) => "device_stale",
+        }
+    }
+}
+
+impl fmt::Display for RuleKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RuleKey::News2 => f.write_str("news2"),
+            RuleKey::Band { vital, ref_id } => write!(f, "threshold:{}:{ref_id}", vital.name()),
+            RuleKey::Limit(name) => write!(f, "limit:{name}"),
+            RuleKey::DeviceStale(device) => write!(f, "device_stale:{device}"),
+        }
+    }
+}
+
+/// A `rule_key` that names no rule.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not a rule key: {0:?}")]
+pub struct BadRuleKey(pub String);
+
+impl std::str::FromStr for RuleKey {
+    type Err = BadRuleKey;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || BadRuleKey(s.to_owned());
+        if s == "news2" {
+            return Ok(RuleKey::News2);
+        }
+        if let Some(device) = s.strip_prefix("device_stale:") {
+            return Ok(RuleKey::DeviceStale(DeviceId(device.to_owned())));
+        }
+        if let Some(name) = s.strip_prefix("limit:") {
+            return Ok(RuleKey::Limit(name.to_owned()));
+        }
+        let (vital, ref_id) = s
+            .strip_prefix("threshold:")
+            .and_then(|r| r.rsplit_once(':'))
+            .ok_or_else(bad)?;
+        Ok(RuleKey::Band {
+            // Canonical names only: keys are written by `Display`, never by hand.
+            vital: Vital::from_name(vital)
+                .filter(|v| v.name() == vital)
+                .ok_or_else(bad)?,
+            ref_id: ref_id.parse().map_err(|_| bad())?,
+        })
+    }
+}
+
 impl AlertEvent {
     /// The time that, with the alert id and the event kind, identifies this event: the
     /// reading time that caused it, or for events without a reading (acknowledgements,
@@ -274,6 +350,32 @@ impl AlertEvent {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rule_keys_round_trip_through_their_text() {
+        for key in [
+            RuleKey::News2,
+            RuleKey::Band {
+                vital: Vital::HeartRate,
+                ref_id: 9,
+            },
+            RuleKey::Limit("spo2_low:scale2".into()),
+            RuleKey::DeviceStale(DeviceId("bed:3".into())),
+        ] {
+            let text = key.to_string();
+            assert_eq!(text.parse::<RuleKey>(), Ok(key), "{text}");
+        }
+        assert_eq!(
+            "threshold:heart_rate:9".parse(),
+            Ok(RuleKey::Band {
+                vital: Vital::HeartRate,
+                ref_id: 9
+            })
+        );
+        for bad in ["", "threshold:pulse:1", "threshold:heart_rate:x", "news"] {
+            assert!(bad.parse::<RuleKey>().is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn alert_ids_are_deterministic_and_distinct() {

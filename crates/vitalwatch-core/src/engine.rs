@@ -32,7 +32,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::alert::{
-    AlertEvent, AlertEventKind, AlertPatient, AlertState, Priority, alert_id, reading_alert_id,
+    AlertEvent, AlertEventKind, AlertPatient, AlertState, Priority, RuleKey, alert_id,
+    reading_alert_id,
 };
 use crate::clock::TimeConfig;
 use crate::model::{
@@ -83,8 +84,10 @@ pub enum AckError {
     AlreadyAcknowledged(String),
 }
 
+/// A condition's rule inside the engine: like [`RuleKey`], with limits by their index in
+/// the configured list.
 #[derive(Debug, Clone, PartialEq)]
-enum RuleKey {
+enum CondKey {
     Band { vital: Vital, ref_id: u32 },
     Limit(usize),
     News2,
@@ -138,7 +141,7 @@ const NEVER: Timestamp = Timestamp(i64::MIN);
 
 #[derive(Debug, Clone)]
 struct Condition {
-    key: RuleKey,
+    key: CondKey,
     /// Start of the current abnormal run, while persistence runs.
     pending_since: Option<Timestamp>,
     /// Newest event time at which the condition held.
@@ -159,7 +162,7 @@ enum Transition {
 }
 
 impl Condition {
-    fn new(key: RuleKey) -> Self {
+    fn new(key: CondKey) -> Self {
         Condition {
             key,
             pending_since: None,
@@ -855,38 +858,35 @@ impl Engine {
                 last_notified: e.alert_generated_time,
                 inputs_stale: e.event == AlertEventKind::InputsStale,
             };
-            if let Some(device) = e.rule_key.strip_prefix("device_stale:") {
-                let dev = self
-                    .devices
-                    .entry(DeviceId(device.to_owned()))
-                    .or_insert_with(|| DeviceState {
+            let Ok(rule_key) = e.rule_key.parse::<RuleKey>() else {
+                continue;
+            };
+            let key = match rule_key {
+                RuleKey::DeviceStale(device) => {
+                    let dev = self.devices.entry(device).or_insert_with(|| DeviceState {
                         patient_id: e.patient_id.clone(),
                         newest_at: e.episode_start,
                         last_seen: e.episode_start,
                         active: None,
                     });
-                if dev
-                    .active
-                    .as_ref()
-                    .is_none_or(|a| a.episode_start < e.episode_start)
-                {
-                    dev.active = Some(active);
-                    restored += 1;
+                    if dev
+                        .active
+                        .as_ref()
+                        .is_none_or(|a| a.episode_start < e.episode_start)
+                    {
+                        dev.active = Some(active);
+                        restored += 1;
+                    }
+                    continue;
                 }
-                continue;
-            }
-            let key = match e.rule_key.split(':').collect::<Vec<_>>()[..] {
-                ["news2"] => RuleKey::News2,
-                ["threshold", vital, ref_id] => match (Vital::from_name(vital), ref_id.parse()) {
-                    (Some(vital), Ok(ref_id)) => RuleKey::Band { vital, ref_id },
-                    _ => continue,
-                },
-                ["limit", name] => match self.rules.limits.iter().position(|l| l.name == name) {
-                    Some(i) => RuleKey::Limit(i),
+                RuleKey::News2 => CondKey::News2,
+                RuleKey::Band { vital, ref_id } => CondKey::Band { vital, ref_id },
+                RuleKey::Limit(name) => match self.rules.limits.iter().position(|l| l.name == name)
+                {
+                    Some(i) => CondKey::Limit(i),
                     // A rule no longer configured: nothing can clear it in the engine.
                     None => continue,
                 },
-                _ => continue,
             };
             let conditions = self.parked.entry(e.patient_id.clone()).or_default();
             match conditions.iter_mut().find(|c| c.key == key) {
@@ -1028,7 +1028,7 @@ fn standard(
                     let cleared = !flagged_at(value - margin) && !flagged_at(value + margin);
                     let timing = Timing::at_once(rules.thresholds.persistence);
                     if band.alert_flag {
-                        let key = RuleKey::Band {
+                        let key = CondKey::Band {
                             vital,
                             ref_id: band.ref_id,
                         };
@@ -1037,7 +1037,7 @@ fn standard(
                     // Other band conditions of this vital see a value outside their band.
                     let mut i = 0;
                     while i < state.conditions.len() {
-                        if let RuleKey::Band { vital: v, ref_id } = state.conditions[i].key
+                        if let CondKey::Band { vital: v, ref_id } = state.conditions[i].key
                             && v == vital
                             && ref_id != band.ref_id
                         {
@@ -1055,10 +1055,10 @@ fn standard(
                 continue;
             }
             let breached = l.breached(value);
-            if breached || state.conditions.iter().any(|c| c.key == RuleKey::Limit(i)) {
+            if breached || state.conditions.iter().any(|c| c.key == CondKey::Limit(i)) {
                 step(
                     state,
-                    RuleKey::Limit(i),
+                    CondKey::Limit(i),
                     breached,
                     l.cleared(value),
                     Some(value),
@@ -1083,7 +1083,7 @@ fn news2_step(state: &mut PatientState, ctx: &StepCtx<'_>, out: &mut Findings) {
     if scored.is_some() {
         state.info.news2 = scored;
     }
-    let has_condition = state.conditions.iter().any(|c| c.key == RuleKey::News2);
+    let has_condition = state.conditions.iter().any(|c| c.key == CondKey::News2);
     let Some(s) = scored else {
         // Incomplete set. An open NEWS2 alert stays open (no alarm is silenced for want of
         // data), but says once that its inputs are stale.
@@ -1095,7 +1095,7 @@ fn news2_step(state: &mut PatientState, ctx: &StepCtx<'_>, out: &mut Findings) {
         };
         a.inputs_stale = true;
         let a = a.clone();
-        let mut detail = describe(&RuleKey::News2, &state.info, rules, Some(a.priority), None);
+        let mut detail = describe(&CondKey::News2, &state.info, rules, Some(a.priority), None);
         detail.message = format!(
             "NEWS2 cannot be scored: {} older than {} or never reported; take a full set of observations",
             stale_parameters(&state.info, rules, t).join(", "),
@@ -1128,7 +1128,7 @@ fn news2_step(state: &mut PatientState, ctx: &StepCtx<'_>, out: &mut Findings) {
     };
     step(
         state,
-        RuleKey::News2,
+        CondKey::News2,
         abnormal,
         !abnormal,
         None,
@@ -1156,7 +1156,7 @@ fn news2_step(state: &mut PatientState, ctx: &StepCtx<'_>, out: &mut Findings) {
             ctx.now,
             ctx.version,
         );
-        let detail = describe(&RuleKey::News2, &state.info, rules, Some(p), None);
+        let detail = describe(&CondKey::News2, &state.info, rules, Some(p), None);
         out.events
             .push(event(&ev, &detail, &a, AlertEventKind::Escalated, a.state));
     }
@@ -1167,14 +1167,14 @@ fn news2_condition(state: &mut PatientState) -> Option<&mut Condition> {
     state
         .conditions
         .iter_mut()
-        .find(|c| c.key == RuleKey::News2)
+        .find(|c| c.key == CondKey::News2)
 }
 
 /// Runs one condition's state machine and emits the event its transition causes.
 #[allow(clippy::too_many_arguments)]
 fn step(
     state: &mut PatientState,
-    key: RuleKey,
+    key: CondKey,
     abnormal: bool,
     cleared: bool,
     value: Option<f64>,
@@ -1302,7 +1302,7 @@ fn condition_event(
     patient_id: &PatientId,
     info: Option<&PatientInfo>,
     patient: Option<&Patient>,
-    key: &RuleKey,
+    key: &CondKey,
     active: &Active,
     rules: &RulesConfig,
     version: u32,
@@ -1328,22 +1328,22 @@ fn condition_event(
 }
 
 fn band_key(vital: Vital, ref_id: u32) -> String {
-    format!("threshold:{}:{}", vital.name(), ref_id)
+    RuleKey::Band { vital, ref_id }.to_string()
 }
 
-fn rule_family(key: &RuleKey) -> &'static str {
+fn rule_family(key: &CondKey) -> &'static str {
     match key {
-        RuleKey::Band { .. } => "threshold",
-        RuleKey::Limit(_) => "limit",
-        RuleKey::News2 => "news2",
+        CondKey::Band { .. } => "threshold",
+        CondKey::Limit(_) => "limit",
+        CondKey::News2 => "news2",
     }
 }
 
-fn rule_key_text(key: &RuleKey, rules: &RulesConfig) -> String {
+fn rule_key_text(key: &CondKey, rules: &RulesConfig) -> String {
     match key {
-        RuleKey::Band { vital, ref_id } => band_key(*vital, *ref_id),
-        RuleKey::Limit(i) => format!("limit:{}", rules.limits[*i].name),
-        RuleKey::News2 => "news2".into(),
+        CondKey::Band { vital, ref_id } => band_key(*vital, *ref_id),
+        CondKey::Limit(i) => RuleKey::Limit(rules.limits[*i].name.clone()).to_string(),
+        CondKey::News2 => RuleKey::News2.to_string(),
     }
 }
 
@@ -1361,7 +1361,7 @@ fn band_detail(b: &ThresholdBand, vital: Vital, value: f64, rule_key: String) ->
 }
 
 fn stale_key(device: &DeviceId) -> String {
-    format!("device_stale:{device}")
+    RuleKey::DeviceStale(device.clone()).to_string()
 }
 
 /// What a stale-device alarm event needs from the engine besides the device itself.
@@ -1430,14 +1430,14 @@ fn stale_detail(
 /// The rule, message and reference row behind a condition. `value`: the reading that
 /// caused the event, if one did (else the patient's latest value).
 fn describe<'a>(
-    key: &RuleKey,
+    key: &CondKey,
     state: &'a PatientInfo,
     rules: &RulesConfig,
     priority: Option<Priority>,
     value: Option<f64>,
 ) -> EventDetail<'a> {
     match key {
-        RuleKey::Band { vital, ref_id } => {
+        CondKey::Band { vital, ref_id } => {
             let band = state.bands[vital.index()]
                 .iter()
                 .find(|b| b.ref_id == *ref_id);
@@ -1454,11 +1454,11 @@ fn describe<'a>(
                 message: band.map(|b| b.alert_message.clone()).unwrap_or_default(),
             }
         }
-        RuleKey::Limit(i) => {
+        CondKey::Limit(i) => {
             let l = &rules.limits[*i];
             EventDetail {
                 rule: "limit",
-                rule_key: format!("limit:{}", l.name),
+                rule_key: RuleKey::Limit(l.name.clone()).to_string(),
                 priority: priority.unwrap_or(l.priority),
                 vital: Some(l.vital),
                 value: value.or(Some(state.latest[l.vital.index()])),
@@ -1467,7 +1467,7 @@ fn describe<'a>(
                 message: l.message.clone(),
             }
         }
-        RuleKey::News2 => {
+        CondKey::News2 => {
             let scored = state.news2;
             let prio = scored.and_then(|s| s.score.response.alarm_priority());
             EventDetail {
