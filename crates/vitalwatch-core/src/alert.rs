@@ -124,7 +124,7 @@ impl AlertEventKind {
 /// same id and the alert store's upsert makes it a no-op. The time prefix makes ids sort by
 /// episode start, so the catalog's indexes grow at their right edge instead of taking a
 /// random page write per alert (35× faster inserts when alerts come by the million).
-pub fn alert_id(patient: &PatientId, rule_key: &str, episode_start: Timestamp) -> String {
+pub fn alert_id(patient: &PatientId, rule_key: &str, episode_start: Timestamp) -> AlertId {
     alert_id_of(patient, &[rule_key.as_bytes()], episode_start)
 }
 
@@ -138,7 +138,7 @@ pub fn reading_alert_id(
     device: &str,
     value: f64,
     observed_at: Timestamp,
-) -> String {
+) -> AlertId {
     alert_id_of(
         patient,
         &[
@@ -166,17 +166,61 @@ pub fn stable_hash(parts: &[&[u8]]) -> u64 {
     h
 }
 
-fn alert_id_of(patient: &PatientId, parts: &[&[u8]], episode_start: Timestamp) -> String {
+fn alert_id_of(patient: &PatientId, parts: &[&[u8]], episode_start: Timestamp) -> AlertId {
     let start = episode_start.micros().to_le_bytes();
     let mut all: Vec<&[u8]> = Vec::with_capacity(parts.len() + 2);
     all.push(patient.as_str().as_bytes());
     all.extend_from_slice(parts);
     all.push(&start);
     let h = stable_hash(&all);
-    format!(
+    AlertId(format!(
         "{:010x}-{h:016x}",
         episode_start.micros().div_euclid(1_000_000).max(0)
-    )
+    ))
+}
+
+/// An alert's id: the episode start in seconds (hex, so ids sort by it) and a stable hash
+/// of what identifies the episode. Made only by [`alert_id`] and [`reading_alert_id`], or
+/// read back from the store.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct AlertId(pub String);
+
+impl AlertId {
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for AlertId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl PartialEq<str> for AlertId {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
+    }
+}
+
+impl AsRef<str> for AlertId {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl PartialEq<String> for AlertId {
+    fn eq(&self, other: &String) -> bool {
+        &self.0 == other
+    }
+}
+
+impl PartialEq<&str> for AlertId {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
 }
 
 /// The patient details an alert carries (the classic alert's personal fields).
@@ -201,7 +245,7 @@ pub struct AlertPatient {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AlertEvent {
     /// Deterministic id of the alert (one per episode).
-    pub alert_id: String,
+    pub alert_id: AlertId,
     /// What happened.
     pub event: AlertEventKind,
     /// The alert's state after this event.
@@ -383,8 +427,8 @@ mod tests {
         let t = Timestamp(1_000_000);
         let a = alert_id(&p, "news2", t);
         assert_eq!(a, alert_id(&p, "news2", t));
-        assert_eq!(a.len(), 27);
-        assert!(a.starts_with("0000000001-"), "{a}");
+        assert_eq!(a.as_str().len(), 27);
+        assert!(a.as_str().starts_with("0000000001-"), "{a}");
         let later = alert_id(&PatientId("0".into()), "a", Timestamp(2_000_000));
         assert!(later > a, "ids sort by episode start");
         assert_ne!(a, alert_id(&p, "news2", Timestamp(1_000_001)));

@@ -32,7 +32,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::alert::{
-    AlertEvent, AlertEventKind, AlertPatient, AlertState, Priority, RuleKey, alert_id,
+    AlertEvent, AlertEventKind, AlertId, AlertPatient, AlertState, Priority, RuleKey, alert_id,
     reading_alert_id,
 };
 use crate::clock::TimeConfig;
@@ -95,7 +95,7 @@ enum CondKey {
 
 #[derive(Debug, Clone)]
 struct Active {
-    alert_id: String,
+    alert_id: AlertId,
     episode_start: Timestamp,
     priority: Priority,
     state: AlertState,
@@ -105,7 +105,12 @@ struct Active {
 }
 
 impl Active {
-    fn new(alert_id: String, episode_start: Timestamp, priority: Priority, now: Timestamp) -> Self {
+    fn new(
+        alert_id: AlertId,
+        episode_start: Timestamp,
+        priority: Priority,
+        now: Timestamp,
+    ) -> Self {
         Active {
             alert_id,
             episode_start,
@@ -911,7 +916,7 @@ impl Engine {
 
     /// Ids of the alerts active now (triggered or acknowledged), with their state,
     /// including those of evicted patients and devices.
-    pub fn active_alerts(&self) -> Vec<(String, AlertState, Priority)> {
+    pub fn active_alerts(&self) -> Vec<(AlertId, AlertState, Priority)> {
         let mut v: Vec<_> = self
             .states
             .values()

@@ -355,7 +355,7 @@ impl Scorer {
         tally.notifications += 1;
         tally.alerts += u64::from(triggered);
         let tr = &mut self.tracks[i];
-        let h = id_hash(&e.alert_id);
+        let h = id_hash(e.alert_id.as_str());
         let inside = match tr.recent {
             Some(x) if tr.open && t >= self.episodes[x].start => Some((x, true)),
             Some(x)
@@ -769,6 +769,7 @@ impl Evaluation {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::alert::AlertId;
     use crate::alert::AlertState;
     use crate::model::DeviceId;
     use crate::simulate::{SimConfig, Simulator};
@@ -816,7 +817,7 @@ mod tests {
         start: i64,
     ) -> AlertEvent {
         AlertEvent {
-            alert_id: id.into(),
+            alert_id: AlertId(id.into()),
             event: kind,
             state: AlertState::Triggered,
             rule: "threshold".into(),

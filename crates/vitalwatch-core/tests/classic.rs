@@ -127,7 +127,7 @@ proptest! {
             for e in f.events {
                 let v = e.value.unwrap();
                 let row = (r.0, e.ref_id.unwrap(), v.to_bits(), e.heart_beat.map(f64::to_bits), e.bp.map(f64::to_bits));
-                ids.entry(e.alert_id.clone()).or_default().insert((row.0, row.1, row.2, r.1));
+                ids.entry(e.alert_id.to_string()).or_default().insert((row.0, row.1, row.2, r.1));
                 got.push(row);
             }
             want.extend(oracle(&table, &ages, r));

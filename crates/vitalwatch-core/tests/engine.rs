@@ -287,7 +287,7 @@ fn dedup_hysteresis_and_resolution() {
         |e: &mut Engine, s: i64, v: f64| run(e, &obs("5", at(s), &[(Vital::HeartRate, v)])).events;
     let first = hr(&mut e, 0, 90.0);
     assert_eq!(first.len(), 1);
-    let id = first[0].alert_id.clone();
+    let id = first[0].alert_id.to_string();
     // Still high: one active alert per patient and rule, no repeats.
     for s in 1..30 {
         assert!(hr(&mut e, s, 95.0).is_empty());
@@ -311,7 +311,7 @@ fn dedup_hysteresis_and_resolution() {
 fn renotify_until_acknowledged_then_resolve() {
     let mut e = standard(|r| r.thresholds.persistence = Duration::ZERO);
     let f = run(&mut e, &obs("5", at(0), &[(Vital::HeartRate, 90.0)]));
-    let id = f.events[0].alert_id.clone();
+    let id = f.events[0].alert_id.to_string();
     let mut out = Findings::default();
     e.tick(at(119), &mut out);
     assert!(out.events.is_empty(), "re-notify after 2 min, not before");
@@ -400,7 +400,7 @@ fn news2_alerts_escalate_and_resolve() {
         ),
         (AlertEventKind::Triggered, Priority::Medium, Some(5))
     );
-    let id = f.events[0].alert_id.clone();
+    let id = f.events[0].alert_id.to_string();
     // + SBP 95 (2) = 7: emergency, the same episode escalates to high.
     let f = run(
         &mut e,
@@ -533,7 +533,7 @@ fn replaying_the_same_input_yields_the_same_alert_ids() {
             }
             f.events
                 .iter()
-                .map(|a| (a.alert_id.clone(), a.event.as_str(), a.priority))
+                .map(|a| (a.alert_id.to_string(), a.event.as_str(), a.priority))
                 .collect::<Vec<_>>()
         };
         let first = story(0);

@@ -117,7 +117,7 @@ fn a_late_normal_reading_cannot_resolve_or_duplicate_an_episode() {
         evs.extend(feed(&mut e, &hr(s, 95.0), at(s)));
     }
     assert_eq!(evs.len(), 1, "{:?}", kinds(&evs));
-    let id = evs[0].alert_id.clone();
+    let id = evs[0].alert_id.to_string();
     assert_eq!(evs[0].episode_start, at(0));
     // A gateway re-sends a normal reading from second 5.
     assert!(
@@ -379,7 +379,7 @@ fn escalation_un_acknowledges_and_notifies_again() {
         &obs("2", at(0), &set(115.0, 22.0, 95.0, 120.0, 37.0)),
         at(0),
     );
-    let id = evs[0].alert_id.clone();
+    let id = evs[0].alert_id.to_string();
     e.acknowledge(&id, "nurse", at(10)).unwrap();
     // + SBP 95 (2): 7, an emergency.
     let evs = feed(
@@ -498,7 +498,7 @@ fn idle_patients_and_devices_are_evicted_and_their_open_alerts_come_back() {
         r.thresholds.persistence = Duration::ZERO;
     });
     let trig = feed(&mut e, &obs("1", at(0), &[(Vital::HeartRate, 95.0)]), at(0));
-    let id = trig[0].alert_id.clone();
+    let id = trig[0].alert_id.to_string();
     let stale = tick(&mut e, at(61));
     assert_eq!(stale.len(), 1);
     assert_eq!(e.tracked(), (1, 1));
@@ -578,7 +578,7 @@ fn alert_story(readings: &[(i64, f64)]) -> Vec<(String, &'static str)> {
     for &(s, v) in readings {
         now = now.max(at(s));
         for ev in feed(&mut e, &obs("1", at(s), &[(Vital::HeartRate, v)]), now) {
-            story.push((ev.alert_id, ev.event.as_str()));
+            story.push((ev.alert_id.to_string(), ev.event.as_str()));
         }
     }
     story.sort();
@@ -624,8 +624,8 @@ fn a_restarted_engine_takes_back_its_open_alerts() {
     log.extend(tick(&mut before, at(61)));
     // The band alarm, the SpO2 alarm, two silent devices.
     assert_eq!(log.len(), 4, "{:?}", kinds(&log));
-    let hr_alert = log[0].alert_id.clone();
-    let spo2_alert = log[1].alert_id.clone();
+    let hr_alert = log[0].alert_id.to_string();
+    let spo2_alert = log[1].alert_id.to_string();
     // The process dies; a new one reads the latest event of each open alert back.
     let mut after = engine(Profile::Standard, rules);
     assert_eq!(after.restore(log.clone()), 4);

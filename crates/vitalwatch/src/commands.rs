@@ -894,7 +894,7 @@ pub fn alerts(cmd: AlertsCommand) -> anyhow::Result<()> {
                 .map(|a| {
                     let e = a.latest;
                     vec![
-                        e.alert_id,
+                        e.alert_id.0,
                         e.state.as_str().into(),
                         e.priority.to_string(),
                         e.patient_id.0,

@@ -454,7 +454,7 @@ impl AlertStore for SqliteCatalog {
                 // The history keeps who and what; the full latest event lives in `alerts`.
                 let at = e.identity_time();
                 let n = ins.execute(params![
-                    e.alert_id,
+                    e.alert_id.as_str(),
                     e.event.as_str(),
                     at.micros(),
                     e.priority.as_str(),
@@ -466,7 +466,7 @@ impl AlertStore for SqliteCatalog {
                     continue;
                 }
                 up.execute(params![
-                    e.alert_id,
+                    e.alert_id.as_str(),
                     e.patient_id.as_str(),
                     e.rule_key,
                     e.priority.as_str(),
@@ -826,7 +826,10 @@ mod tests {
         assert_eq!(stored.len(), 2);
         assert_eq!(stored[0].events, 1);
         assert_eq!(
-            c.alert(&first[0].alert_id).unwrap().unwrap().alert_message,
+            c.alert(first[0].alert_id.as_str())
+                .unwrap()
+                .unwrap()
+                .alert_message,
             first[0].alert_message
         );
         // Classic alerts stay open; a restart takes back the newest per patient and rule.
@@ -842,10 +845,10 @@ mod tests {
             .open_alerts_to_restore()
             .unwrap()
             .into_iter()
-            .map(|e| e.alert_id)
+            .map(|e| e.alert_id.to_string())
             .collect();
         restore.sort();
-        let mut want: Vec<String> = later.iter().map(|e| e.alert_id.clone()).collect();
+        let mut want: Vec<String> = later.iter().map(|e| e.alert_id.to_string()).collect();
         want.sort();
         assert_eq!(restore, want);
     }

@@ -125,7 +125,7 @@ pub fn alert_store<S: AlertStore>(open: impl Fn() -> S) {
 
     // Alerts: the latest event per alert, open ones, and the newest per patient and rule
     // for a restart.
-    let a = s.alert(&a_trig.alert_id).unwrap().expect("stored");
+    let a = s.alert(a_trig.alert_id.as_str()).unwrap().expect("stored");
     assert_eq!(a.event, AlertEventKind::Acknowledged);
     assert_eq!(a.acknowledged_by.as_deref(), Some("nurse"));
     assert_eq!(s.alert("no-such-alert").unwrap(), None);
@@ -134,21 +134,24 @@ pub fn alert_store<S: AlertStore>(open: impl Fn() -> S) {
         .alerts(false, 10)
         .unwrap()
         .into_iter()
-        .map(|a| (a.latest.alert_id, a.events))
+        .map(|a| (a.latest.alert_id.to_string(), a.events))
         .collect();
-    assert!(counts.contains(&(a_trig.alert_id.clone(), 2)), "{counts:?}");
+    assert!(
+        counts.contains(&(a_trig.alert_id.to_string(), 2)),
+        "{counts:?}"
+    );
     let resolved = event("2", "hr_high", 110, AlertEventKind::Resolved, 150);
     record(&mut s, &[resolved]);
     let mut restore: Vec<String> = s
         .open_alerts_to_restore()
         .unwrap()
         .into_iter()
-        .map(|e| e.alert_id)
+        .map(|e| e.alert_id.to_string())
         .collect();
     restore.sort();
     assert_eq!(
         restore,
-        vec![a_later.alert_id.clone()],
+        vec![a_later.alert_id.to_string()],
         "the newest open alert per patient and rule; resolved ones stay closed"
     );
 
@@ -237,7 +240,7 @@ pub fn alert_store<S: AlertStore>(open: impl Fn() -> S) {
     assert_eq!(s.outbox_after(0, 100).unwrap().len(), 5);
     assert_eq!(s.source_position("file:/a").unwrap(), Some(pos));
     assert_eq!(
-        s.alert(&a_trig.alert_id).unwrap().map(|e| e.event),
+        s.alert(a_trig.alert_id.as_str()).unwrap().map(|e| e.event),
         Some(AlertEventKind::Acknowledged)
     );
 }
