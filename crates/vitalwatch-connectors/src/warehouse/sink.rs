@@ -349,7 +349,7 @@ impl Files {
 
     /// Footer and fsync: the file is complete and durable under its hidden name, ready to
     /// be published.
-    fn close(&self, f: OpenFile, stats: &mut TableStats) -> Result<Staged, WarehouseError> {
+    fn close(&self, f: OpenFile, stats: &mut TableStats) -> Result<Staged, (WarehouseError, u64)> {
         let OpenFile {
             writer,
             tmp,
@@ -380,7 +380,7 @@ impl Files {
             }
             Err(e) => {
                 let _ = fs::remove_file(&tmp);
-                Err(e)
+                Err((e, rows))
             }
         }
     }
@@ -560,6 +560,12 @@ impl<R: Rows> Table<R> {
         self.parts.iter().filter(|p| p.file.is_some()).count()
     }
 
+    /// Closes a file into the staged list (its rows count as lost if that fails).
+    fn stage(&mut self, f: OpenFile, files: &Files) -> Result<(), WarehouseError> {
+        let closed = files.close(f, &mut self.stats);
+        keep_staged(&mut self.staged, &mut self.lost, closed)
+    }
+
     /// Live data keeps one or two hours open, but a fast replay of history can touch
     /// hundreds of hours within one `roll_interval`; each open file holds a row group in
     /// memory and a file descriptor, so the oldest are closed beyond a fixed cap.
@@ -574,18 +580,31 @@ impl<R: Rows> Table<R> {
         by_age.sort_unstable();
         let mut first = None;
         for &(_, i) in &by_age[..open - MAX_OPEN_FILES_PER_TABLE] {
-            if let Some(f) = self.parts[i].file.take() {
-                let rows = f.rows;
-                match files.close(f, &mut self.stats) {
-                    Ok(s) => self.staged.push(s),
-                    Err(e) => {
-                        self.lost += rows;
-                        first.get_or_insert(e);
-                    }
-                }
+            if let Some(f) = self.parts[i].file.take()
+                && let Err(e) = self.stage(f, files)
+            {
+                first.get_or_insert(e);
             }
         }
         first.map_or(Ok(()), Err)
+    }
+}
+
+/// Keeps a closed file for the next publish; a close that failed lost its rows.
+fn keep_staged(
+    staged: &mut Vec<Staged>,
+    lost: &mut u64,
+    closed: Result<Staged, (WarehouseError, u64)>,
+) -> Result<(), WarehouseError> {
+    match closed {
+        Ok(s) => {
+            staged.push(s);
+            Ok(())
+        }
+        Err((e, rows)) => {
+            *lost += rows;
+            Err(e)
+        }
     }
 }
 
@@ -663,13 +682,9 @@ impl<R: Rows> TableOps for Table<R> {
                 .as_ref()
                 .is_some_and(|f| max_age.is_none_or(|age| f.opened.elapsed() >= age));
             if due && let Some(f) = part.file.take() {
-                let rows = f.rows;
-                match files.close(f, &mut self.stats) {
-                    Ok(s) => self.staged.push(s),
-                    Err(e) => {
-                        self.lost += rows;
-                        first.get_or_insert(e);
-                    }
+                let closed = files.close(f, &mut self.stats);
+                if let Err(e) = keep_staged(&mut self.staged, &mut self.lost, closed) {
+                    first.get_or_insert(e);
                 }
             }
         }
@@ -737,8 +752,7 @@ fn write_partition<R: Rows>(
     if file.rows >= files.config.roll_rows as u64
         && let Some(f) = part.file.take()
     {
-        let rows = f.rows;
-        return files.close(f, stats).map(Some).map_err(|e| (e, rows));
+        return files.close(f, stats).map(Some);
     }
     Ok(None)
 }
