@@ -425,6 +425,7 @@ pub fn replay(args: ReplayArgs) -> anyhow::Result<()> {
                 for f in &files {
                     notes.extend(source.replay_file(f, format, &progress, &mut admission)?);
                 }
+                source.finish()?;
                 Ok(notes)
             })?
     };

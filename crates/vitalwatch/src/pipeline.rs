@@ -642,11 +642,11 @@ fn alert_loop(
             }
         }
         if !events.is_empty()
-            && let Err(e) = record(&mut store, &events, &notifiers, metrics)
+            && let Err((e, kept)) = record(&mut store, events, &notifiers, metrics)
         {
             metrics.alert_output_errors.fetch_add(1, Relaxed);
-            tracing::error!(error = %format!("{e:#}"), events = events.len(), "cannot record alert events; retrying");
-            unrecorded = events;
+            tracing::error!(error = %format!("{e:#}"), events = kept.len(), "cannot record alert events; retrying");
+            unrecorded = kept;
         }
         for cp in checkpoints {
             let r = if unrecorded.is_empty() {
@@ -663,24 +663,29 @@ fn alert_loop(
     Ok(())
 }
 
-/// Records one burst; hands the new events to the notifiers.
+/// Records one burst; hands the new events to the notifiers. On error, gives the events
+/// back to be tried again.
 fn record(
     store: &mut SqliteCatalog,
-    events: &[AlertEvent],
+    events: Vec<AlertEvent>,
     notifiers: &[flume::Sender<Arc<Vec<OutboxItem>>>],
     metrics: &Metrics,
-) -> anyhow::Result<()> {
-    // Serialized once: the store keeps it, every notifier gets it.
-    let json: Vec<String> = events
-        .iter()
-        .map(serde_json::to_string)
-        .collect::<Result<_, _>>()?;
+) -> Result<(), (anyhow::Error, Vec<AlertEvent>)> {
+    // Serialized once: the store keeps it, every notifier gets it. (An AlertEvent has only
+    // strings, numbers and timestamps: it always serializes.)
+    let json: Vec<String> = match events.iter().map(serde_json::to_string).collect() {
+        Ok(j) => j,
+        Err(e) => return Err((e.into(), events)),
+    };
     let pairs: Vec<(&AlertEvent, &str)> =
         events.iter().zip(json.iter().map(String::as_str)).collect();
-    let seqs = store.record_alert_events(&pairs)?;
+    let seqs = match store.record_alert_events(&pairs) {
+        Ok(s) => s,
+        Err(e) => return Err((e.into(), events)),
+    };
     let now = wall_now();
     let mut fresh = Vec::with_capacity(events.len());
-    for ((e, body), seq) in events.iter().zip(json).zip(seqs) {
+    for ((e, body), seq) in events.into_iter().zip(json).zip(seqs) {
         let Some(seq) = seq else {
             metrics.alert_events_replayed.fetch_add(1, Relaxed);
             continue;
@@ -692,9 +697,9 @@ fn record(
         }
         fresh.push(OutboxItem {
             seq,
-            key: e.idempotency_key(),
-            event: e.clone(),
-            body,
+            key: e.idempotency_key().into(),
+            event: Arc::new(e),
+            body: body.into(),
         });
     }
     if !fresh.is_empty() {

@@ -13,23 +13,25 @@
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use vitalwatch_core::alert::AlertEvent;
 
 use crate::store::{AlertStore, StoreError};
 
-/// One outbox entry on its way to a notifier.
+/// One outbox entry on its way to a notifier. Cheap to clone: every notifier gets the
+/// same event and text.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OutboxItem {
     /// Outbox sequence number.
     pub seq: u64,
     /// Idempotency key ([`AlertEvent::idempotency_key`]).
-    pub key: String,
+    pub key: Arc<str>,
     /// The event.
-    pub event: AlertEvent,
+    pub event: Arc<AlertEvent>,
     /// The event as JSON, as stored.
-    pub body: String,
+    pub body: Arc<str>,
 }
 
 impl OutboxItem {
@@ -37,9 +39,9 @@ impl OutboxItem {
     pub fn from_entry(e: crate::store::OutboxEntry) -> Result<Self, serde_json::Error> {
         Ok(OutboxItem {
             seq: e.seq,
-            event: serde_json::from_str(&e.body)?,
-            key: e.key,
-            body: e.body,
+            event: Arc::new(serde_json::from_str(&e.body)?),
+            key: e.key.into(),
+            body: e.body.into(),
         })
     }
 }

@@ -54,9 +54,9 @@ pub enum FileSourceError {
         /// The committed byte offset a rerun continues from.
         resume: u64,
     },
-    /// The pipeline did not confirm the last checkpoint in time.
-    #[error("{0}: the pipeline did not confirm the last checkpoint within an hour")]
-    Unconfirmed(String),
+    /// The pipeline did not confirm the last checkpoints in time.
+    #[error("the pipeline did not confirm the last {0} checkpoint(s) within an hour")]
+    Unconfirmed(usize),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> FileSourceError + '_ {
@@ -92,6 +92,8 @@ pub struct FileSource {
     warehouse: PathBuf,
     interval: std::time::Duration,
     from_start: bool,
+    /// Sources replayed so far in this run.
+    seen: std::collections::HashSet<String>,
 }
 
 /// Checkpoints in flight before the reader waits for the oldest.
@@ -137,6 +139,7 @@ impl FileSource {
             warehouse,
             interval,
             from_start,
+            seen: Default::default(),
         }
     }
 
@@ -148,6 +151,11 @@ impl FileSource {
     ) -> Result<(SourcePosition, Option<String>), FileSourceError> {
         let canonical = path.canonicalize().map_err(io(path))?;
         let source = format!("file:{}", canonical.display());
+        if !self.seen.insert(source.clone()) {
+            // The same file twice in one command: its earlier pass must be committed
+            // before this one reads where it got to.
+            self.finish()?;
+        }
         let stream = stream_id(&source);
         let print = fingerprint(path)?;
         let size = std::fs::metadata(path).map_err(io(path))?.len();
@@ -276,14 +284,21 @@ impl FileSource {
         // The end of a recording settles what its clock still held.
         adm.new_recording();
         adm.send(&self.h, &mut received)?;
+        // The next file's records queue behind this checkpoint (no pipeline bubble between
+        // files); [`FileSource::finish`] waits for the last ones.
         self.checkpoint(&mut position, offset)?;
-        // Every checkpoint of this file decided before the next file starts.
+        Ok(note)
+    }
+
+    /// Waits until every checkpoint sent is decided and commits the positions: call it
+    /// after the last file. Fails if one failed, or none was confirmed within an hour.
+    pub fn finish(&mut self) -> Result<(), FileSourceError> {
         let done = self.tracker.drain(std::time::Duration::from_secs(3600));
         self.settle(done)?;
-        if self.tracker.outstanding() > 0 {
-            return Err(FileSourceError::Unconfirmed(name));
+        match self.tracker.outstanding() {
+            0 => Ok(()),
+            n => Err(FileSourceError::Unconfirmed(n)),
         }
-        Ok(note)
     }
 
     /// Sends a checkpoint for everything read up to `offset`; commits what is decided.

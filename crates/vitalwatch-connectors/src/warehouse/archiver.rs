@@ -60,7 +60,7 @@ impl Notifier for AlertArchiver {
         let Some(first) = batch.first() else {
             return Ok(());
         };
-        let events: Vec<_> = batch.iter().map(|i| i.event.clone()).collect();
+        let events: Vec<_> = batch.iter().map(|i| (*i.event).clone()).collect();
         let tag = position_tag(STREAM, first.seq);
         let r = self
             .sink
