@@ -265,18 +265,21 @@ impl Pipeline {
         }
         let mut wake = Vec::new();
         let mut notifiers = Vec::new();
+        let (records_tx, records_rx) = flume::unbounded();
         for n in outputs {
             let (tx, rx) = flume::bounded(NOTIFY_QUEUE);
             let store = SqliteCatalog::open(&cat_path)
                 .with_context(|| format!("cannot open catalog {}", cat_path.display()))?;
             let name = n.name().to_owned();
             let metrics = metrics.clone();
+            let records = records_tx.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("notify-{name}"))
-                .spawn(move || notifier_loop(n, store, rx, &metrics))?;
+                .spawn(move || notifier_loop(n, store, rx, records, &metrics))?;
             wake.push(tx);
             notifiers.push((name, handle));
         }
+        drop(records_tx);
 
         let alerts = {
             catalog.disable_autocheckpoint()?;
@@ -285,7 +288,7 @@ impl Pipeline {
             std::thread::Builder::new()
                 .name("alerts".into())
                 .spawn(move || {
-                    let r = alert_loop(catalog, alert_rx, wake, &metrics);
+                    let r = alert_loop(catalog, alert_rx, wake, records_rx, &metrics);
                     drop(checkpointer);
                     r
                 })?
@@ -600,15 +603,18 @@ fn alert_loop(
     mut store: SqliteCatalog,
     rx: flume::Receiver<AlertMsg>,
     notifiers: Vec<flume::Sender<Arc<Vec<OutboxItem>>>>,
+    records: flume::Receiver<DeliveryAttempt>,
     metrics: &Metrics,
 ) -> anyhow::Result<()> {
     let mut unrecorded: Vec<AlertEvent> = Vec::new();
     let mut retries_at_close = 0;
     loop {
         let first = if unrecorded.is_empty() {
-            match rx.recv() {
+            // A second at most, so delivery records are written on a quiet ward too.
+            match rx.recv_timeout(std::time::Duration::from_secs(1)) {
                 Ok(m) => Some(m),
-                Err(_) => break,
+                Err(flume::RecvTimeoutError::Timeout) => None,
+                Err(flume::RecvTimeoutError::Disconnected) => break,
             }
         } else {
             // Something waits for a retry: not longer than a second.
@@ -659,8 +665,33 @@ fn alert_loop(
             };
             cp.confirm(CheckpointPath::Alerts, r);
         }
+        record_deliveries(&mut store, &records);
+    }
+    // The notifiers deliver the outbox to its end once they are told no more comes; their
+    // last delivery records arrive until the last one is done.
+    drop(notifiers);
+    while let Ok(first) = records.recv() {
+        let mut batch = vec![first];
+        batch.extend(records.try_iter());
+        write_deliveries(&mut store, &batch);
     }
     Ok(())
+}
+
+/// Records the delivery attempts the notifiers reported so far (this thread is the
+/// store's one writer: notifiers never wait for its lock).
+fn record_deliveries(store: &mut SqliteCatalog, records: &flume::Receiver<DeliveryAttempt>) {
+    let batch: Vec<DeliveryAttempt> = records.try_iter().collect();
+    if !batch.is_empty() {
+        write_deliveries(store, &batch);
+    }
+}
+
+fn write_deliveries(store: &mut SqliteCatalog, batch: &[DeliveryAttempt]) {
+    if let Err(e) = store.record_deliveries(batch) {
+        // Not recorded: delivered again after a restart (at least once).
+        tracing::error!(error = %e, attempts = batch.len(), "cannot record deliveries");
+    }
 }
 
 /// Records one burst; hands the new events to the notifiers. On error, gives the events
@@ -695,12 +726,7 @@ fn record(
             metrics.alert_triggered(e.priority);
             metrics.observe_latency(now.since(e.input_message_time).micros());
         }
-        fresh.push(OutboxItem {
-            seq,
-            key: e.idempotency_key().into(),
-            event: Arc::new(e),
-            body: body.into(),
-        });
+        fresh.push(OutboxItem::new(seq, e.idempotency_key(), e, body));
     }
     if !fresh.is_empty() {
         let fresh = Arc::new(fresh);
@@ -719,8 +745,9 @@ fn record(
 /// outbox is delivered to its end; returns how many entries it delivered.
 fn notifier_loop(
     mut notifier: Box<dyn Notifier>,
-    mut store: SqliteCatalog,
+    store: SqliteCatalog,
     rx: flume::Receiver<Arc<Vec<OutboxItem>>>,
+    records: flume::Sender<DeliveryAttempt>,
     metrics: &Metrics,
 ) -> anyhow::Result<u64> {
     let name = notifier.name().to_owned();
@@ -730,7 +757,7 @@ fn notifier_loop(
         .with_context(|| format!("notifier {name} cannot resume"))?;
     if cursor > stored {
         tracing::info!(notifier = %name, stored, cursor, "delivered before the crash, not again");
-        store.record_delivery(&DeliveryAttempt {
+        let _ = records.send(DeliveryAttempt {
             consumer: name.clone(),
             first_seq: stored + 1,
             last_seq: cursor,
@@ -738,7 +765,7 @@ fn notifier_loop(
             at: wall_now(),
             outcome: DeliveryOutcome::Delivered,
             error: None,
-        })?;
+        });
     }
     let mut queue = OutboxQueue {
         fetched: cursor,
@@ -779,7 +806,7 @@ fn notifier_loop(
             if queue.items.is_empty() {
                 queue.since = None;
             }
-            match deliver(notifier.as_mut(), &mut store, &batch, closing, metrics) {
+            match deliver(notifier.as_mut(), &records, &batch, closing, metrics) {
                 Some(()) => delivered += batch.len() as u64,
                 None => {
                     tracing::warn!(
@@ -824,7 +851,7 @@ impl OutboxQueue {
                 if r.seq > upto {
                     return Ok(());
                 }
-                self.push(OutboxItem::from_entry(r)?);
+                self.push(OutboxItem::from_entry(r));
             }
         }
         Ok(())
@@ -845,11 +872,12 @@ impl OutboxQueue {
     }
 }
 
-/// Delivers one batch, retrying transient failures (100 ms doubling to 30 s); records
-/// every attempt. `None` when it stops trying because the pipeline is shutting down.
+/// Delivers one batch, retrying transient failures (100 ms doubling to 30 s); sends every
+/// attempt to the alert thread, the store's one writer, to be recorded. `None` when it
+/// stops trying because the pipeline is shutting down.
 fn deliver(
     notifier: &mut dyn Notifier,
-    store: &mut SqliteCatalog,
+    records: &flume::Sender<DeliveryAttempt>,
     batch: &[OutboxItem],
     closing: bool,
     metrics: &Metrics,
@@ -863,7 +891,9 @@ fn deliver(
             Err(NotifyError::Permanent(e)) => (DeliveryOutcome::GaveUp, Some(e.clone())),
             Err(e) => (DeliveryOutcome::Retrying, Some(e.to_string())),
         };
-        let rec = store.record_delivery(&DeliveryAttempt {
+        // Recorded after the fact by the store's writer: a crash before that re-delivers
+        // (at least once); the notifier's `resume` and the event keys make it once.
+        let _ = records.send(DeliveryAttempt {
             consumer: name.clone(),
             first_seq: first,
             last_seq: last,
@@ -872,10 +902,6 @@ fn deliver(
             outcome,
             error: error.clone(),
         });
-        if let Err(e) = rec {
-            // Delivered but not recorded: delivered again after a restart (at least once).
-            tracing::error!(notifier = %name, error = %e, "cannot record a delivery");
-        }
         match outcome {
             DeliveryOutcome::Delivered => {
                 metrics
@@ -971,7 +997,7 @@ impl Notifier for ConsolePrinter {
     fn deliver(&mut self, batch: &[OutboxItem]) -> Result<(), NotifyError> {
         let mut text = String::with_capacity(batch.len() * 160);
         for item in batch {
-            self.format(&item.event, &mut text);
+            self.format(item.event()?, &mut text);
         }
         let mut out = std::io::stdout().lock();
         // A closed pipe (`| head`) is not worth retrying.

@@ -7,8 +7,11 @@
 //!
 //! Threshold bands are versioned: each import adds a version and keeps the old ones, so
 //! the `ref_id` + `ref_version` an alert records always names the row that fired it.
-//! Alert events are keyed by (alert id, event, time): recording a replayed event is a no-op,
-//! which is what makes a replay after a crash send no second notification.
+//! Alert events live in the `outbox`, which is their history too: each is keyed by (alert
+//! id, event, time), so recording a re-processed event is a no-op and queues no second
+//! notification, and its text is stored once. `alerts` holds each alert's current state
+//! and points at its latest event. Notifiers read the outbox from their own cursor
+//! (`outbox_cursors`, `delivery_attempts`); resumable sources keep `source_positions`.
 
 use std::path::Path;
 
@@ -90,6 +93,24 @@ CREATE TABLE IF NOT EXISTS threshold_bands (
     patient_id       TEXT,
     PRIMARY KEY (version, ref_id)
 );
+CREATE TABLE IF NOT EXISTS audit_log (
+    at       INTEGER NOT NULL,
+    actor    TEXT NOT NULL,
+    action   TEXT NOT NULL,
+    subject  TEXT NOT NULL,
+    detail   TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS outbox (
+    seq       INTEGER PRIMARY KEY AUTOINCREMENT,
+    alert_id  TEXT NOT NULL,
+    event     TEXT NOT NULL,
+    at        INTEGER NOT NULL,
+    priority  TEXT NOT NULL,
+    state     TEXT NOT NULL,
+    actor     TEXT,
+    body      TEXT NOT NULL,
+    UNIQUE (alert_id, event, at)
+);
 CREATE TABLE IF NOT EXISTS alerts (
     alert_id     TEXT PRIMARY KEY,
     patient_id   TEXT NOT NULL,
@@ -98,30 +119,9 @@ CREATE TABLE IF NOT EXISTS alerts (
     state        TEXT NOT NULL,
     opened_at    INTEGER NOT NULL,
     updated_at   INTEGER NOT NULL,
-    latest_event TEXT NOT NULL
+    latest_seq   INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS alerts_state ON alerts(state);
-CREATE TABLE IF NOT EXISTS audit_log (
-    at       INTEGER NOT NULL,
-    actor    TEXT NOT NULL,
-    action   TEXT NOT NULL,
-    subject  TEXT NOT NULL,
-    detail   TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS alert_events (
-    alert_id  TEXT NOT NULL,
-    event     TEXT NOT NULL,
-    at        INTEGER NOT NULL,
-    priority  TEXT NOT NULL,
-    state     TEXT NOT NULL,
-    actor     TEXT,
-    PRIMARY KEY (alert_id, event, at)
-);
-CREATE TABLE IF NOT EXISTS outbox (
-    seq       INTEGER PRIMARY KEY AUTOINCREMENT,
-    key       TEXT NOT NULL,
-    body      TEXT NOT NULL
-);
 CREATE TABLE IF NOT EXISTS outbox_cursors (
     consumer    TEXT PRIMARY KEY,
     seq         INTEGER NOT NULL,
@@ -146,6 +146,44 @@ CREATE TABLE IF NOT EXISTS source_positions (
 );
 "#;
 
+/// Brings a catalog of the first release (alert history in `alert_events`, each alert's
+/// latest event as text in `alerts.latest_event`) to this layout, in one transaction: the
+/// outbox becomes the history (the first release kept only each alert's latest event in
+/// full), and every notifier's cursor is set past it, because the first release had
+/// already delivered it. A no-op on a new or current catalog.
+fn migrate_v1(conn: &Connection) -> Result<(), StoreError> {
+    let old: bool = conn.query_row(
+        "SELECT count(*) > 0 FROM pragma_table_info('alerts') WHERE name = 'latest_event'",
+        [],
+        |r| r.get(0),
+    )?;
+    if !old {
+        return Ok(());
+    }
+    tracing::info!("upgrading the catalog: alert history moves into the outbox");
+    conn.execute_batch(&format!(
+        "BEGIN;
+         ALTER TABLE alerts RENAME TO alerts_v1;
+         DROP INDEX IF EXISTS alerts_state;
+         {SCHEMA}
+         INSERT INTO outbox (alert_id, event, at, priority, state, actor, body)
+           SELECT alert_id, json_extract(latest_event, '$.event'), updated_at, priority, state,
+                  json_extract(latest_event, '$.acknowledged_by'), latest_event
+           FROM alerts_v1 ORDER BY updated_at, alert_id;
+         INSERT INTO alerts (alert_id, patient_id, rule_key, priority, state, opened_at, updated_at, latest_seq)
+           SELECT a.alert_id, a.patient_id, a.rule_key, a.priority, a.state, a.opened_at, a.updated_at,
+                  (SELECT max(seq) FROM outbox o WHERE o.alert_id = a.alert_id)
+           FROM alerts_v1 a;
+         INSERT OR REPLACE INTO outbox_cursors (consumer, seq, updated_at)
+           SELECT c.consumer, (SELECT coalesce(max(seq), 0) FROM outbox), 0
+           FROM (SELECT 'jsonl' AS consumer UNION ALL SELECT 'console' UNION ALL SELECT 'warehouse') c;
+         DROP TABLE alerts_v1;
+         DROP TABLE IF EXISTS alert_events;
+         COMMIT;"
+    ))?;
+    Ok(())
+}
+
 impl SqliteCatalog {
     /// Opens (creating if needed) the catalog at `path`.
     pub fn open(path: &Path) -> Result<Self, CatalogError> {
@@ -166,6 +204,7 @@ impl SqliteCatalog {
         // 32 MiB of page cache: the alert indexes stay in memory for a busy ward.
         conn.pragma_update(None, "cache_size", -32_768)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        migrate_v1(&conn)?;
         conn.execute_batch(SCHEMA)?;
         Ok(SqliteCatalog { conn })
     }
@@ -437,34 +476,35 @@ impl AlertStore for SqliteCatalog {
         let tx = self.conn.transaction()?;
         let mut fresh = Vec::with_capacity(events.len());
         {
-            // Prepared once per transaction (cached by the connection across them).
-            let mut ins = tx.prepare_cached(
-                "INSERT OR IGNORE INTO alert_events (alert_id, event, at, priority, state, actor)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            // The outbox is the history: an event already recorded (re-processed input)
+            // is ignored by its identity, and the text is stored once.
+            let mut outbox = tx.prepare_cached(
+                "INSERT OR IGNORE INTO outbox (alert_id, event, at, priority, state, actor, body)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?;
             let mut up = tx.prepare_cached(
-                "INSERT INTO alerts (alert_id, patient_id, rule_key, priority, state, opened_at, updated_at, latest_event)
+                "INSERT INTO alerts (alert_id, patient_id, rule_key, priority, state, opened_at, updated_at, latest_seq)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
                  ON CONFLICT(alert_id) DO UPDATE SET priority = excluded.priority, state = excluded.state,
-                   updated_at = excluded.updated_at, latest_event = excluded.latest_event
+                   updated_at = excluded.updated_at, latest_seq = excluded.latest_seq
                  WHERE excluded.updated_at >= alerts.updated_at",
             )?;
-            let mut outbox = tx.prepare_cached("INSERT INTO outbox (key, body) VALUES (?1, ?2)")?;
             for &(e, body) in events {
-                // The history keeps who and what; the full latest event lives in `alerts`.
                 let at = e.identity_time();
-                let n = ins.execute(params![
+                let n = outbox.execute(params![
                     e.alert_id.as_str(),
                     e.event.as_str(),
                     at.micros(),
                     e.priority.as_str(),
                     e.state.as_str(),
-                    e.acknowledged_by
+                    e.acknowledged_by,
+                    body
                 ])?;
                 if n == 0 {
                     fresh.push(None);
                     continue;
                 }
+                let seq = tx.last_insert_rowid();
                 up.execute(params![
                     e.alert_id.as_str(),
                     e.patient_id.as_str(),
@@ -473,22 +513,25 @@ impl AlertStore for SqliteCatalog {
                     e.state.as_str(),
                     e.episode_start.micros(),
                     at.micros(),
-                    body
+                    seq
                 ])?;
-                outbox.execute(params![e.idempotency_key(), body])?;
-                fresh.push(Some(tx.last_insert_rowid() as u64));
+                fresh.push(Some(seq as u64));
             }
         }
         tx.commit()?;
         Ok(fresh)
     }
 
-    /// Alerts, newest first: all, or only those not resolved.
     fn alerts(&self, only_open: bool, limit: usize) -> Result<Vec<StoredAlert>, CatalogError> {
         let sql = format!(
-            "SELECT a.latest_event, (SELECT COUNT(*) FROM alert_events e WHERE e.alert_id = a.alert_id)
-             FROM alerts a {} ORDER BY a.updated_at DESC, a.alert_id LIMIT ?1",
-            if only_open { "WHERE a.state <> 'resolved'" } else { "" }
+            "SELECT o.body, (SELECT COUNT(*) FROM outbox e WHERE e.alert_id = a.alert_id)
+             FROM alerts a JOIN outbox o ON o.seq = a.latest_seq {}
+             ORDER BY a.updated_at DESC, a.alert_id LIMIT ?1",
+            if only_open {
+                "WHERE a.state <> 'resolved'"
+            } else {
+                ""
+            }
         );
         let mut st = self.conn.prepare(&sql)?;
         let rows = st.query_map([limit as i64], |r| {
@@ -505,14 +548,13 @@ impl AlertStore for SqliteCatalog {
         Ok(out)
     }
 
-    /// The latest event of the newest open alert of each patient and rule key: what a
-    /// restarted engine takes back. One per (patient, rule key), however many open alerts
-    /// the catalog holds (a classic-profile run leaves every alert open), so start-up stays
-    /// fast and small. Alert ids begin with their episode start, so the greatest id is the
-    /// newest episode.
+    /// One per (patient, rule key), however many open alerts the store holds (a
+    /// classic-profile run leaves every alert open), so start-up stays fast and small.
+    /// Alert ids begin with their episode start, so the greatest id is the newest episode.
     fn open_alerts_to_restore(&self) -> Result<Vec<AlertEvent>, CatalogError> {
         let mut st = self.conn.prepare(
-            "SELECT latest_event FROM alerts WHERE alert_id IN (
+            "SELECT o.body FROM alerts a JOIN outbox o ON o.seq = a.latest_seq
+             WHERE a.alert_id IN (
                  SELECT max(alert_id) FROM alerts WHERE state <> 'resolved'
                  GROUP BY patient_id, rule_key)",
         )?;
@@ -524,12 +566,12 @@ impl AlertStore for SqliteCatalog {
         Ok(out)
     }
 
-    /// One alert's latest event, if it exists.
     fn alert(&self, alert_id: &str) -> Result<Option<AlertEvent>, CatalogError> {
         let body: Option<String> = self
             .conn
             .query_row(
-                "SELECT latest_event FROM alerts WHERE alert_id = ?1",
+                "SELECT o.body FROM alerts a JOIN outbox o ON o.seq = a.latest_seq
+                 WHERE a.alert_id = ?1",
                 [alert_id],
                 |r| r.get(0),
             )
@@ -542,26 +584,34 @@ impl AlertStore for SqliteCatalog {
 
     fn outbox_after(&self, after: u64, limit: usize) -> Result<Vec<OutboxEntry>, StoreError> {
         let mut st = self.conn.prepare_cached(
-            "SELECT seq, key, body FROM outbox WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+            "SELECT seq, alert_id, event, at, body FROM outbox WHERE seq > ?1 ORDER BY seq LIMIT ?2",
         )?;
         let rows = st.query_map(params![after as i64, limit as i64], |r| {
             Ok(OutboxEntry {
                 seq: r.get::<_, i64>(0)? as u64,
-                key: r.get(1)?,
-                body: r.get(2)?,
+                key: format!(
+                    "{}:{}:{}",
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, i64>(3)?
+                ),
+                body: r.get(4)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    fn outbox_seq(&self, key: &str, after: u64) -> Result<Option<u64>, StoreError> {
-        // No index on `key` (one more B-tree insert per alert in a flood): the search
-        // scans only the notifier's backlog, by rowid.
+    fn outbox_seq(&self, event: &AlertEvent, after: u64) -> Result<Option<u64>, StoreError> {
         let seq: Option<i64> = self
             .conn
             .query_row(
-                "SELECT seq FROM outbox WHERE seq > ?1 AND key = ?2 ORDER BY seq LIMIT 1",
-                params![after as i64, key],
+                "SELECT seq FROM outbox WHERE alert_id = ?1 AND event = ?2 AND at = ?3 AND seq > ?4",
+                params![
+                    event.alert_id.as_str(),
+                    event.event.as_str(),
+                    event.identity_time().micros(),
+                    after as i64
+                ],
                 |r| r.get(0),
             )
             .optional()?;
@@ -580,28 +630,32 @@ impl AlertStore for SqliteCatalog {
         Ok(seq.map_or(0, |s| s as u64))
     }
 
-    fn record_delivery(&mut self, a: &DeliveryAttempt) -> Result<(), StoreError> {
+    fn record_deliveries(&mut self, attempts: &[DeliveryAttempt]) -> Result<(), StoreError> {
         let tx = self.conn.transaction()?;
-        tx.prepare_cached(
-            "INSERT INTO delivery_attempts (consumer, first_seq, last_seq, attempt, at, outcome, error)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        )?
-        .execute(params![
-            a.consumer,
-            a.first_seq as i64,
-            a.last_seq as i64,
-            a.attempt,
-            a.at.micros(),
-            a.outcome.as_str(),
-            a.error
-        ])?;
-        if a.outcome != DeliveryOutcome::Retrying {
-            tx.prepare_cached(
+        {
+            let mut ins = tx.prepare_cached(
+                "INSERT INTO delivery_attempts (consumer, first_seq, last_seq, attempt, at, outcome, error)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?;
+            let mut cursor = tx.prepare_cached(
                 "INSERT INTO outbox_cursors (consumer, seq, updated_at) VALUES (?1, ?2, ?3)
                  ON CONFLICT(consumer) DO UPDATE SET seq = max(seq, excluded.seq),
                    updated_at = excluded.updated_at",
-            )?
-            .execute(params![a.consumer, a.last_seq as i64, a.at.micros()])?;
+            )?;
+            for a in attempts {
+                ins.execute(params![
+                    a.consumer,
+                    a.first_seq as i64,
+                    a.last_seq as i64,
+                    a.attempt,
+                    a.at.micros(),
+                    a.outcome.as_str(),
+                    a.error
+                ])?;
+                if a.outcome != DeliveryOutcome::Retrying {
+                    cursor.execute(params![a.consumer, a.last_seq as i64, a.at.micros()])?;
+                }
+            }
         }
         tx.commit()?;
         Ok(())
@@ -692,6 +746,50 @@ impl AlertStore for SqliteCatalog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_first_release_catalog_is_upgraded_without_notifying_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("catalog.sqlite");
+        let e = crate::store::contract::sample_event();
+        let body = serde_json::to_string(&e).unwrap();
+        {
+            let old = Connection::open(&path).unwrap();
+            old.execute_batch(
+                "CREATE TABLE alerts (alert_id TEXT PRIMARY KEY, patient_id TEXT NOT NULL,
+                   rule_key TEXT NOT NULL, priority TEXT NOT NULL, state TEXT NOT NULL,
+                   opened_at INTEGER NOT NULL, updated_at INTEGER NOT NULL, latest_event TEXT NOT NULL);
+                 CREATE INDEX alerts_state ON alerts(state);
+                 CREATE TABLE alert_events (alert_id TEXT NOT NULL, event TEXT NOT NULL,
+                   at INTEGER NOT NULL, priority TEXT NOT NULL, state TEXT NOT NULL, actor TEXT,
+                   PRIMARY KEY (alert_id, event, at));",
+            )
+            .unwrap();
+            old.execute(
+                "INSERT INTO alerts VALUES (?1, ?2, ?3, 'high', 'triggered', 1, ?4, ?5)",
+                params![
+                    e.alert_id.as_str(),
+                    e.patient_id.as_str(),
+                    e.rule_key,
+                    e.identity_time().micros(),
+                    body
+                ],
+            )
+            .unwrap();
+        }
+        let c = SqliteCatalog::open(&path).unwrap();
+        assert_eq!(c.alert(e.alert_id.as_str()).unwrap(), Some(e.clone()));
+        assert_eq!(c.open_alerts_to_restore().unwrap(), vec![e.clone()]);
+        let head = c.outbox_after(0, 10).unwrap();
+        assert_eq!(head.len(), 1);
+        for n in ["jsonl", "console", "warehouse"] {
+            assert_eq!(c.cursor(n).unwrap(), head[0].seq, "{n}: already delivered");
+        }
+        drop(c);
+        // Opening again changes nothing.
+        let c = SqliteCatalog::open(&path).unwrap();
+        assert_eq!(c.outbox_after(0, 10).unwrap().len(), 1);
+    }
 
     #[test]
     fn sqlite_passes_the_alert_store_contract() {

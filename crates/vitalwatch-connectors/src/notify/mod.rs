@@ -13,7 +13,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use vitalwatch_core::alert::AlertEvent;
@@ -22,27 +22,52 @@ use crate::store::{AlertStore, StoreError};
 
 /// One outbox entry on its way to a notifier. Cheap to clone: every notifier gets the
 /// same event and text.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct OutboxItem {
     /// Outbox sequence number.
     pub seq: u64,
     /// Idempotency key ([`AlertEvent::idempotency_key`]).
     pub key: Arc<str>,
-    /// The event.
-    pub event: Arc<AlertEvent>,
     /// The event as JSON, as stored.
     pub body: Arc<str>,
+    /// The event, when known; read back from `body` on first use otherwise (a notifier
+    /// that only forwards the text never pays for parsing it).
+    event: Arc<OnceLock<AlertEvent>>,
 }
 
 impl OutboxItem {
-    /// Reads an entry back from the store.
-    pub fn from_entry(e: crate::store::OutboxEntry) -> Result<Self, serde_json::Error> {
-        Ok(OutboxItem {
+    /// A new entry, with its event.
+    pub fn new(seq: u64, key: String, event: AlertEvent, body: String) -> Self {
+        OutboxItem {
+            seq,
+            key: key.into(),
+            body: body.into(),
+            event: Arc::new(OnceLock::from(event)),
+        }
+    }
+
+    /// An entry read back from the store (its event parsed when first asked for).
+    pub fn from_entry(e: crate::store::OutboxEntry) -> Self {
+        OutboxItem {
             seq: e.seq,
-            event: Arc::new(serde_json::from_str(&e.body)?),
             key: e.key.into(),
             body: e.body.into(),
-        })
+            event: Arc::new(OnceLock::new()),
+        }
+    }
+
+    /// The event.
+    pub fn event(&self) -> Result<&AlertEvent, NotifyError> {
+        if let Some(e) = self.event.get() {
+            return Ok(e);
+        }
+        let parsed: AlertEvent = serde_json::from_str(&self.body).map_err(|e| {
+            NotifyError::Permanent(format!(
+                "outbox entry {} is not an alert event: {e}",
+                self.seq
+            ))
+        })?;
+        Ok(self.event.get_or_init(|| parsed))
     }
 }
 
@@ -165,9 +190,7 @@ impl Notifier for JsonlNotifier {
             return Ok(cursor);
         };
         // Written but not recorded as delivered: continue after it.
-        Ok(store
-            .outbox_seq(&event.idempotency_key(), cursor)?
-            .unwrap_or(cursor))
+        Ok(store.outbox_seq(&event, cursor)?.unwrap_or(cursor))
     }
 
     fn deliver(&mut self, batch: &[OutboxItem]) -> Result<(), NotifyError> {

@@ -42,6 +42,11 @@ fn event(patient: &str, rule: &str, start: i64, kind: AlertEventKind, at: i64) -
     }
 }
 
+/// An alert event for tests of a backend.
+pub fn sample_event() -> AlertEvent {
+    event("7", "news2", 100, AlertEventKind::Triggered, 100)
+}
+
 fn record<S: AlertStore>(store: &mut S, events: &[AlertEvent]) -> Vec<Option<u64>> {
     let json: Vec<String> = events
         .iter()
@@ -113,12 +118,9 @@ pub fn alert_store<S: AlertStore>(open: impl Fn() -> S) {
     assert_eq!(body, a_ack);
     assert_eq!(s.outbox_after(seqs[0], 2).unwrap().len(), 2, "limit");
     assert_eq!(s.outbox_after(later_seq, 10).unwrap().len(), 0);
+    assert_eq!(s.outbox_seq(&b_trig, 0).unwrap(), Some(seqs[2]));
     assert_eq!(
-        s.outbox_seq(&b_trig.idempotency_key(), 0).unwrap(),
-        Some(seqs[2])
-    );
-    assert_eq!(
-        s.outbox_seq(&b_trig.idempotency_key(), seqs[2]).unwrap(),
+        s.outbox_seq(&b_trig, seqs[2]).unwrap(),
         None,
         "only entries after the given sequence number"
     );

@@ -201,14 +201,19 @@ pub trait AlertStore: Send {
     fn open_alerts_to_restore(&self) -> Result<Vec<AlertEvent>, StoreError>;
     /// Up to `limit` outbox entries after sequence number `after`, in order.
     fn outbox_after(&self, after: u64, limit: usize) -> Result<Vec<OutboxEntry>, StoreError>;
-    /// The sequence number of the entry with idempotency key `key`, looking only after
-    /// `after` (a notifier's cursor: the search stays within its backlog).
-    fn outbox_seq(&self, key: &str, after: u64) -> Result<Option<u64>, StoreError>;
+    /// The sequence number of `event`'s entry (by its identity: alert id, event kind,
+    /// identity time), if it comes after `after`.
+    fn outbox_seq(&self, event: &AlertEvent, after: u64) -> Result<Option<u64>, StoreError>;
     /// The last sequence number a notifier has finished with (0 for a new one).
     fn cursor(&self, consumer: &str) -> Result<u64, StoreError>;
-    /// Records a delivery attempt; unless it is `Retrying`, moves the notifier's cursor to
-    /// `last_seq` in the same transaction.
-    fn record_delivery(&mut self, attempt: &DeliveryAttempt) -> Result<(), StoreError>;
+    /// Records delivery attempts in one transaction; each that is not `Retrying` moves its
+    /// notifier's cursor to its `last_seq` (never backwards).
+    fn record_deliveries(&mut self, attempts: &[DeliveryAttempt]) -> Result<(), StoreError>;
+
+    /// Records one delivery attempt (see [`AlertStore::record_deliveries`]).
+    fn record_delivery(&mut self, attempt: &DeliveryAttempt) -> Result<(), StoreError> {
+        self.record_deliveries(std::slice::from_ref(attempt))
+    }
     /// A notifier's attempts, newest first.
     fn deliveries(&self, consumer: &str, limit: usize) -> Result<Vec<DeliveryAttempt>, StoreError>;
     /// Where a resumable source stands, if it ever committed.

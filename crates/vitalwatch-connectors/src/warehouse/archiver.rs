@@ -60,7 +60,10 @@ impl Notifier for AlertArchiver {
         let Some(first) = batch.first() else {
             return Ok(());
         };
-        let events: Vec<_> = batch.iter().map(|i| (*i.event).clone()).collect();
+        let events = batch
+            .iter()
+            .map(|i| i.event().cloned())
+            .collect::<Result<Vec<_>, _>>()?;
         let tag = position_tag(STREAM, first.seq);
         let r = self
             .sink
