@@ -376,6 +376,16 @@ impl Pipeline {
     }
 }
 
+/// New outbox entries handed from the alert path to a notifier.
+#[derive(Debug)]
+struct Handover {
+    /// The last sequence number handed over before these (0: none yet). A notifier that
+    /// got less missed a handover (its queue was full) and reads the gap from the store;
+    /// gaps in the numbers themselves (re-processed events take none) are not misses.
+    after: u64,
+    items: Vec<OutboxItem>,
+}
+
 /// Most alert events per message on the alert channel.
 const ALERT_CHUNK: usize = 256;
 
@@ -602,12 +612,14 @@ fn spawn_checkpointer(path: PathBuf) -> anyhow::Result<flume::Sender<()>> {
 fn alert_loop(
     mut store: SqliteCatalog,
     rx: flume::Receiver<AlertMsg>,
-    notifiers: Vec<flume::Sender<Arc<Vec<OutboxItem>>>>,
+    notifiers: Vec<flume::Sender<Arc<Handover>>>,
     records: flume::Receiver<DeliveryAttempt>,
     metrics: &Metrics,
 ) -> anyhow::Result<()> {
     let mut unrecorded: Vec<AlertEvent> = Vec::new();
     let mut retries_at_close = 0;
+    // The last outbox sequence number handed to the notifiers.
+    let mut handed = 0;
     loop {
         let first = if unrecorded.is_empty() {
             // A second at most, so delivery records are written on a quiet ward too.
@@ -648,7 +660,7 @@ fn alert_loop(
             }
         }
         if !events.is_empty()
-            && let Err((e, kept)) = record(&mut store, events, &notifiers, metrics)
+            && let Err((e, kept)) = record(&mut store, events, &notifiers, &mut handed, metrics)
         {
             metrics.alert_output_errors.fetch_add(1, Relaxed);
             tracing::error!(error = %format!("{e:#}"), events = kept.len(), "cannot record alert events; retrying");
@@ -699,7 +711,8 @@ fn write_deliveries(store: &mut SqliteCatalog, batch: &[DeliveryAttempt]) {
 fn record(
     store: &mut SqliteCatalog,
     events: Vec<AlertEvent>,
-    notifiers: &[flume::Sender<Arc<Vec<OutboxItem>>>],
+    notifiers: &[flume::Sender<Arc<Handover>>],
+    handed: &mut u64,
     metrics: &Metrics,
 ) -> Result<(), (anyhow::Error, Vec<AlertEvent>)> {
     // Serialized once: the store keeps it, every notifier gets it. (An AlertEvent has only
@@ -728,8 +741,11 @@ fn record(
         }
         fresh.push(OutboxItem::new(seq, e.idempotency_key(), e, body));
     }
-    if !fresh.is_empty() {
-        let fresh = Arc::new(fresh);
+    if let Some(last) = fresh.last().map(|i| i.seq) {
+        let fresh = Arc::new(Handover {
+            after: std::mem::replace(handed, last),
+            items: fresh,
+        });
         for n in notifiers {
             // Full queue: that notifier catches up from the store.
             let _ = n.try_send(fresh.clone());
@@ -746,7 +762,7 @@ fn record(
 fn notifier_loop(
     mut notifier: Box<dyn Notifier>,
     store: SqliteCatalog,
-    rx: flume::Receiver<Arc<Vec<OutboxItem>>>,
+    rx: flume::Receiver<Arc<Handover>>,
     records: flume::Sender<DeliveryAttempt>,
     metrics: &Metrics,
 ) -> anyhow::Result<u64> {
@@ -843,7 +859,8 @@ impl OutboxQueue {
     /// Reads entries after the last fetched one, up to `upto`, from the store.
     fn catch_up(&mut self, store: &SqliteCatalog, upto: u64) -> anyhow::Result<()> {
         while self.fetched < upto {
-            let rows = store.outbox_after(self.fetched, 4096)?;
+            let want = (upto - self.fetched).min(4096) as usize;
+            let rows = store.outbox_after(self.fetched, want)?;
             if rows.is_empty() {
                 break;
             }
@@ -857,16 +874,15 @@ impl OutboxQueue {
         Ok(())
     }
 
-    /// Takes a batch from the alert path, reading any gap before it from the store.
-    fn take(&mut self, store: &SqliteCatalog, batch: &[OutboxItem]) -> anyhow::Result<()> {
-        for item in batch {
-            if item.seq <= self.fetched {
-                continue;
+    /// Takes a handover from the alert path, reading what it missed from the store first.
+    fn take(&mut self, store: &SqliteCatalog, batch: &Handover) -> anyhow::Result<()> {
+        if batch.after > self.fetched {
+            self.catch_up(store, batch.after)?;
+        }
+        for item in &batch.items {
+            if item.seq > self.fetched {
+                self.push(item.clone());
             }
-            if item.seq > self.fetched + 1 {
-                self.catch_up(store, item.seq - 1)?;
-            }
-            self.push(item.clone());
         }
         Ok(())
     }
