@@ -62,12 +62,12 @@ impl Notifier for AlertArchiver {
         };
         let events = batch
             .iter()
-            .map(|i| i.event().cloned())
+            .map(OutboxItem::event)
             .collect::<Result<Vec<_>, _>>()?;
         let tag = position_tag(STREAM, first.seq);
         let r = self
             .sink
-            .write_alert_events(&events)
+            .write_alert_events(events)
             .and_then(|()| self.sink.checkpoint(Some(&tag)));
         if let Err(e) = r {
             // Start the batch afresh on the retry: remove what of it was published (one

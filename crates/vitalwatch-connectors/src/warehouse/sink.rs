@@ -137,7 +137,10 @@ impl ParquetSink {
     }
 
     /// Table `alerts`, partitioned by `alert_generated_time`; no personal data.
-    pub fn write_alert_events(&mut self, events: &[AlertEvent]) -> Result<(), WarehouseError> {
+    pub fn write_alert_events<'a>(
+        &mut self,
+        events: impl IntoIterator<Item = &'a AlertEvent>,
+    ) -> Result<(), WarehouseError> {
         let r = self
             .alerts
             .append(events, &self.files, |e| e.alert_generated_time.micros());
@@ -488,12 +491,15 @@ struct Table<R> {
 
 impl<R: Rows> Table<R> {
     /// Buffers rows in their hour partitions, encoding a batch whenever enough are buffered.
-    fn append(
+    fn append<'a>(
         &mut self,
-        items: &[R::Item],
+        items: impl IntoIterator<Item = &'a R::Item>,
         files: &Files,
         time: impl Fn(&R::Item) -> i64,
-    ) -> Result<(), WarehouseError> {
+    ) -> Result<(), WarehouseError>
+    where
+        R::Item: 'a,
+    {
         for item in items {
             let i = self.slot(hour_key(time(item)));
             let n = self.parts[i].rows.push(item);
