@@ -36,8 +36,9 @@ impl Notifier for AlertArchiver {
     }
 
     fn max_batch(&self) -> usize {
-        // Few, large files: a flood of alerts becomes a handful of files per hour.
-        200_000
+        // Few, large files (a flood of alerts becomes a handful per hour), but bounded:
+        // every waiting event is held in memory (about 1.5 KB each with its text).
+        50_000
     }
 
     fn linger(&self) -> Duration {
