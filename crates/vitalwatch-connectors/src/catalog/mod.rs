@@ -120,8 +120,7 @@ CREATE TABLE IF NOT EXISTS alerts (
     opened_at    INTEGER NOT NULL,
     updated_at   INTEGER NOT NULL,
     latest_seq   INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS alerts_state ON alerts(state);
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS outbox_cursors (
     consumer    TEXT PRIMARY KEY,
     seq         INTEGER NOT NULL,
