@@ -247,20 +247,6 @@ fn a_crash_between_the_store_commit_and_the_alert_log_loses_no_notification() {
     assert_eq!(alert_log(&data).len(), lines.len());
 }
 
-/// `vitalwatch run` on a free port until killed.
-fn spawn_run(data: &Path, port: u16) -> std::process::Child {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_vitalwatch"));
-    cmd.args([
-        "run",
-        "--no-simulator",
-        "--listen",
-        &format!("127.0.0.1:{port}"),
-        "--data",
-        &os(data),
-    ]);
-    common::serve(cmd, port)
-}
-
 fn metric(text: &str, name: &str) -> u64 {
     text.lines()
         .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
@@ -275,7 +261,7 @@ async fn a_failing_warehouse_fails_checkpoints_and_loses_nothing() {
     let data = dir.path().join("data");
     let port = common::free_port();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let mut child = spawn_run(&data, port);
+    let mut child = common::spawn_run(&data, None, port);
     let batch = |patient: u32, n: i64| {
         let now = chrono::Utc::now();
         (0..n)

@@ -1035,22 +1035,6 @@ fn data_directories_are_read_safely_and_owned_by_one_writer() {
     );
 }
 
-/// `vitalwatch run` on a free port with this config file, until killed.
-fn spawn_run(data: &Path, config: &Path, port: u16) -> std::process::Child {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_vitalwatch"));
-    cmd.args([
-        "run",
-        "--no-simulator",
-        "--listen",
-        &format!("127.0.0.1:{port}"),
-        "--config",
-        &os(config),
-        "--data",
-        &os(data),
-    ]);
-    common::serve(cmd, port)
-}
-
 /// Kill -9 `run` with open alerts and start it again: the alerts are listed, can be
 /// acknowledged, a persisting condition raises no second alert, a cleared one resolves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1090,7 +1074,7 @@ async fn run_killed_with_open_alerts_carries_on_after_restart() {
         }
     };
 
-    let mut first = spawn_run(&data, &config, port);
+    let mut first = common::spawn_run(&data, Some(&config), port);
     post("5", 95).await; // Pam (72): heart rate ≥ 74 is high
     post("2", 60).await; // Sammy A (45): heart rate ≤ 65 is low
     let before = wait_for(2).await;
@@ -1098,7 +1082,7 @@ async fn run_killed_with_open_alerts_carries_on_after_restart() {
     first.kill().unwrap(); // SIGKILL: no drain, no goodbye
     first.wait().unwrap();
 
-    let mut second = spawn_run(&data, &config, port);
+    let mut second = common::spawn_run(&data, Some(&config), port);
     let listed = open().await;
     assert_eq!(listed.len(), 2);
     let id_of = |patient: &str| {

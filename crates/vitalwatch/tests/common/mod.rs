@@ -67,3 +67,20 @@ pub async fn request(addr: SocketAddr, method: &str, path: &str, body: &str) -> 
     let bytes = resp.into_body().collect().await.unwrap().to_bytes();
     (status, String::from_utf8_lossy(&bytes).into_owned())
 }
+
+/// `vitalwatch run` without the simulator on a free `port`, with this data directory and
+/// config file (if any), until killed.
+pub fn spawn_run(data: &Path, config: Option<&Path>, port: u16) -> Child {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_vitalwatch"));
+    cmd.args([
+        "run",
+        "--no-simulator",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+    ]);
+    cmd.args(["--data", &os(data)]);
+    if let Some(c) = config {
+        cmd.args(["--config", &os(c)]);
+    }
+    serve(cmd, port)
+}
