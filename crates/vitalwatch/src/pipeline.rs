@@ -76,7 +76,9 @@ pub enum ArchiveMsg {
 /// A message to the alert thread.
 #[derive(Debug)]
 enum AlertMsg {
-    Events(Vec<AlertEvent>),
+    /// Events with their JSON text (serialized on the engine thread: the alert thread is
+    /// the bottleneck of an alert flood).
+    Events(Vec<(AlertEvent, String)>),
     Checkpoint(Arc<Checkpoint>),
 }
 
@@ -431,9 +433,9 @@ fn engine_loop(
         // turns one batch into thousands of alerts.
         while !findings.events.is_empty() {
             let n = findings.events.len().min(ALERT_CHUNK);
-            let _ = io
-                .alerts
-                .send(AlertMsg::Events(findings.events.drain(..n).collect()));
+            let _ = io.alerts.send(AlertMsg::Events(
+                findings.events.drain(..n).map(with_text).collect(),
+            ));
         }
         if !findings.unclassified.is_empty() {
             metrics
@@ -616,7 +618,7 @@ fn alert_loop(
     records: flume::Receiver<DeliveryAttempt>,
     metrics: &Metrics,
 ) -> anyhow::Result<()> {
-    let mut unrecorded: Vec<AlertEvent> = Vec::new();
+    let mut unrecorded: Vec<(AlertEvent, String)> = Vec::new();
     let mut retries_at_close = 0;
     // The last outbox sequence number handed to the notifiers.
     let mut handed = 0;
@@ -706,30 +708,30 @@ fn write_deliveries(store: &mut SqliteCatalog, batch: &[DeliveryAttempt]) {
     }
 }
 
+/// An event with its JSON text. (An AlertEvent has only strings, numbers and timestamps:
+/// serializing it cannot fail; an empty text would be recorded and seen, not lost.)
+fn with_text(e: AlertEvent) -> (AlertEvent, String) {
+    let text = serde_json::to_string(&e).unwrap_or_default();
+    (e, text)
+}
+
 /// Records one burst; hands the new events to the notifiers. On error, gives the events
 /// back to be tried again.
 fn record(
     store: &mut SqliteCatalog,
-    events: Vec<AlertEvent>,
+    events: Vec<(AlertEvent, String)>,
     notifiers: &[flume::Sender<Arc<Handover>>],
     handed: &mut u64,
     metrics: &Metrics,
-) -> Result<(), (anyhow::Error, Vec<AlertEvent>)> {
-    // Serialized once: the store keeps it, every notifier gets it. (An AlertEvent has only
-    // strings, numbers and timestamps: it always serializes.)
-    let json: Vec<String> = match events.iter().map(serde_json::to_string).collect() {
-        Ok(j) => j,
-        Err(e) => return Err((e.into(), events)),
-    };
-    let pairs: Vec<(&AlertEvent, &str)> =
-        events.iter().zip(json.iter().map(String::as_str)).collect();
+) -> Result<(), (anyhow::Error, Vec<(AlertEvent, String)>)> {
+    let pairs: Vec<(&AlertEvent, &str)> = events.iter().map(|(e, t)| (e, t.as_str())).collect();
     let seqs = match store.record_alert_events(&pairs) {
         Ok(s) => s,
         Err(e) => return Err((e.into(), events)),
     };
     let now = wall_now();
     let mut fresh = Vec::with_capacity(events.len());
-    for ((e, body), seq) in events.into_iter().zip(json).zip(seqs) {
+    for ((e, body), seq) in events.into_iter().zip(seqs) {
         let Some(seq) = seq else {
             metrics.alert_events_replayed.fetch_add(1, Relaxed);
             continue;
