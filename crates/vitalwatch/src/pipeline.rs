@@ -277,7 +277,14 @@ impl Pipeline {
             let records = records_tx.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("notify-{name}"))
-                .spawn(move || notifier_loop(n, store, rx, records, &metrics))?;
+                .spawn(move || {
+                    let r = notifier_loop(n, store, rx, records, &metrics);
+                    if let Err(e) = &r {
+                        // Said at once, not only at shutdown: its events wait in the outbox.
+                        tracing::error!(error = %format!("{e:#}"), "a notifier stopped; its alert events wait in the outbox for the next start");
+                    }
+                    r
+                })?;
             wake.push(tx);
             notifiers.push((name, handle));
         }
