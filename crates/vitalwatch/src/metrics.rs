@@ -49,6 +49,10 @@ pub struct Metrics {
     pub notification_retries: AtomicU64,
     /// Outbox entries a notifier gave up on (permanent errors).
     pub notifications_failed: AtomicU64,
+    /// The newest outbox sequence number recorded.
+    pub outbox_head: AtomicU64,
+    /// Each notifier's last delivered (or given-up) outbox sequence number, by name.
+    notifier_cursors: Mutex<Vec<(String, Arc<AtomicU64>)>>,
     latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
     latency_count: AtomicU64,
     latency_sum_us: AtomicU64,
@@ -95,6 +99,21 @@ impl Metrics {
         if let Ok(mut g) = self.samples.lock() {
             *g = Some(Vec::new());
         }
+    }
+
+    /// The gauge of a notifier's last delivered outbox sequence number (created on first
+    /// use). `vitalwatch_outbox_head` minus it is the notifier's backlog.
+    pub fn notifier_cursor(&self, name: &str) -> Arc<AtomicU64> {
+        let mut g = self
+            .notifier_cursors
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((_, c)) = g.iter().find(|(n, _)| n == name) {
+            return c.clone();
+        }
+        let c = Arc::new(AtomicU64::new(0));
+        g.push((name.to_owned(), c.clone()));
+        c
     }
 
     /// Takes the kept latency samples (microseconds).
@@ -192,6 +211,24 @@ impl Metrics {
             "Outbox entries a notifier gave up on.",
             self.notifications_failed.load(Relaxed),
         );
+        let _ = writeln!(
+            s,
+            "# HELP vitalwatch_outbox_head The newest alert event's outbox sequence number.\n# TYPE vitalwatch_outbox_head gauge\nvitalwatch_outbox_head {}",
+            self.outbox_head.load(Relaxed)
+        );
+        let _ = writeln!(
+            s,
+            "# HELP vitalwatch_notifier_delivered_seq The outbox sequence number each notifier has delivered up to (the head minus it is its backlog).\n# TYPE vitalwatch_notifier_delivered_seq gauge"
+        );
+        if let Ok(g) = self.notifier_cursors.lock() {
+            for (name, c) in g.iter() {
+                let _ = writeln!(
+                    s,
+                    "vitalwatch_notifier_delivered_seq{{notifier=\"{name}\"}} {}",
+                    c.load(Relaxed)
+                );
+            }
+        }
         let _ = writeln!(
             s,
             "# HELP vitalwatch_alerts_triggered_total Alerts triggered, by priority.\n# TYPE vitalwatch_alerts_triggered_total counter"

@@ -751,6 +751,7 @@ fn record(
         fresh.push(OutboxItem::new(seq, e.idempotency_key(), e, body));
     }
     if let Some(last) = fresh.last().map(|i| i.seq) {
+        metrics.outbox_head.fetch_max(last, Relaxed);
         let fresh = Arc::new(Handover {
             after: std::mem::replace(handed, last),
             items: fresh,
@@ -776,6 +777,7 @@ fn notifier_loop(
     metrics: &Metrics,
 ) -> anyhow::Result<u64> {
     let name = notifier.name().to_owned();
+    let gauge = metrics.notifier_cursor(&name);
     let stored = store.cursor(&name)?;
     let cursor = notifier
         .resume(stored, &store)
@@ -792,12 +794,14 @@ fn notifier_loop(
             error: None,
         });
     }
+    gauge.store(cursor, Relaxed);
     let mut queue = OutboxQueue {
         fetched: cursor,
         items: Vec::new(),
         since: None,
     };
     queue.catch_up(&store, u64::MAX)?;
+    metrics.outbox_head.fetch_max(queue.fetched, Relaxed);
     let max = notifier.max_batch().max(1);
     let linger = notifier.linger();
     let mut delivered = 0u64;
@@ -832,7 +836,10 @@ fn notifier_loop(
                 queue.since = None;
             }
             match deliver(notifier.as_mut(), &records, &batch, closing, metrics) {
-                Some(()) => delivered += batch.len() as u64,
+                Some(()) => {
+                    delivered += batch.len() as u64;
+                    gauge.store(batch[batch.len() - 1].seq, Relaxed);
+                }
                 None => {
                     tracing::warn!(
                         notifier = %name,

@@ -170,9 +170,23 @@ async fn http_ingest_to_alerts_and_warehouse() {
     let log_lines =
         || std::fs::read_to_string(data.join("alerts.jsonl")).map_or(0, |l| l.lines().count());
     // The alert log is a notifier on the outbox: written a moment after the store commit.
-    while (metrics.alerts_total() < 4 || log_lines() < 4) && Instant::now() < deadline {
+    // Its backlog is on /metrics: the outbox head and how far each notifier got.
+    let caught_up = || {
+        let m = metrics.render();
+        let value = |prefix: &str| {
+            m.lines()
+                .find_map(|l| l.strip_prefix(prefix)?.trim().parse::<u64>().ok())
+        };
+        let head = value("vitalwatch_outbox_head ");
+        head.is_some_and(|h| h >= 4)
+            && head == value("vitalwatch_notifier_delivered_seq{notifier=\"jsonl\"} ")
+    };
+    while (metrics.alerts_total() < 4 || log_lines() < 4 || !caught_up())
+        && Instant::now() < deadline
+    {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    assert!(caught_up(), "{}", metrics.render());
     let log = std::fs::read_to_string(data.join("alerts.jsonl")).unwrap();
     let alerts: Vec<serde_json::Value> = log
         .lines()
