@@ -275,6 +275,21 @@ pub enum AlertsCommand {
         #[arg(long, value_enum, default_value = "table")]
         format: TableFormat,
     },
+    /// Delivery attempts of the notifiers (alert log, console, warehouse), newest first,
+    /// with how far each notifier got in the outbox.
+    Deliveries {
+        #[command(flatten)]
+        data: DataArgs,
+        /// Only this notifier (`jsonl`, `console`, `warehouse`).
+        #[arg(long)]
+        notifier: Option<String>,
+        /// At most this many attempts per notifier.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "table")]
+        format: TableFormat,
+    },
 }
 
 /// `vitalwatch config …`

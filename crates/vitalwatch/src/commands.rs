@@ -609,6 +609,10 @@ pub async fn query(data: &DataArgs, sql: &str, format: TableFormat) -> anyhow::R
 /// Prints rows as a table, CSV or JSON lines.
 /// Columns whose cells are numbers (JSON output writes them as numbers).
 const NUMERIC_COLUMNS: &[&str] = &[
+    "delivered_to",
+    "first_seq",
+    "last_seq",
+    "attempt",
     "age",
     "spo2_scale",
     "ref_id",
@@ -918,6 +922,49 @@ pub fn alerts(cmd: AlertsCommand) -> anyhow::Result<()> {
                     "since",
                     "events",
                     "message",
+                ],
+                &rows,
+                format,
+            )
+        }
+        AlertsCommand::Deliveries {
+            data,
+            notifier,
+            limit,
+            format,
+        } => {
+            let cfg = load_config(&data)?;
+            let store = open_catalog_read(&cfg)?;
+            let names: Vec<String> = match notifier {
+                Some(n) => vec![n],
+                None => ["warehouse", "jsonl", "console"].map(String::from).to_vec(),
+            };
+            let mut rows = Vec::new();
+            for name in &names {
+                let cursor = store.cursor(name)?;
+                for a in store.deliveries(name, limit)? {
+                    rows.push(vec![
+                        name.clone(),
+                        cursor.to_string(),
+                        a.first_seq.to_string(),
+                        a.last_seq.to_string(),
+                        a.attempt.to_string(),
+                        a.at.to_string(),
+                        a.outcome.as_str().to_owned(),
+                        a.error.unwrap_or_default(),
+                    ]);
+                }
+            }
+            print_rows(
+                &[
+                    "notifier",
+                    "delivered_to",
+                    "first_seq",
+                    "last_seq",
+                    "attempt",
+                    "at",
+                    "outcome",
+                    "error",
                 ],
                 &rows,
                 format,
