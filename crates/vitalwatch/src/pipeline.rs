@@ -400,7 +400,7 @@ const ALERT_CHUNK: usize = 256;
 
 /// Batches queued per notifier before the alert path stops handing them over (the
 /// notifier then catches up from the store: a slow notifier never holds up an alarm).
-const NOTIFY_QUEUE: usize = 64;
+const NOTIFY_QUEUE: usize = 16;
 
 /// The clock the engine thread injects.
 enum EngineClock {
