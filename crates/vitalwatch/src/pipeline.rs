@@ -16,7 +16,8 @@
 //! a slow disk never delays an alarm; when a channel is full its sender waits (sources
 //! are held back), nothing is dropped. Notifiers read the outbox from their own cursor
 //! and never hold up the alert path. A source's checkpoint travels behind its data and is
-//! confirmed by both paths once what precedes it is durable ([`crate::checkpoint`]).
+//! confirmed by both paths once what precedes it is durable
+//! ([`vitalwatch_connectors::source::checkpoint`]).
 //! Shutdown is a drain: sources drop their handles, each thread finishes its queue and
 //! ends when its inputs close, in data-flow order; notifiers deliver the outbox to its end.
 
@@ -363,7 +364,8 @@ impl Pipeline {
             .archive
             .join()
             .map_err(|_| anyhow!("archive thread panicked"))??;
-        // The alert thread is gone, so every notifier drains the outbox to its end.
+        // The alert thread ended once every notifier had delivered the outbox to its end
+        // (it records their deliveries); their counts are what is left to collect.
         for (name, h) in self.notifiers {
             let delivered = h
                 .join()
@@ -630,29 +632,22 @@ fn alert_loop(
     // The last outbox sequence number handed to the notifiers.
     let mut handed = 0;
     loop {
-        let first = if unrecorded.is_empty() {
-            // A second at most, so delivery records are written on a quiet ward too.
-            match rx.recv_timeout(std::time::Duration::from_secs(1)) {
-                Ok(m) => Some(m),
-                Err(flume::RecvTimeoutError::Timeout) => None,
-                Err(flume::RecvTimeoutError::Disconnected) => break,
-            }
-        } else {
-            // Something waits for a retry: not longer than a second.
-            match rx.recv_timeout(std::time::Duration::from_secs(1)) {
-                Ok(m) => Some(m),
-                Err(flume::RecvTimeoutError::Timeout) => None,
-                Err(flume::RecvTimeoutError::Disconnected) => {
-                    retries_at_close += 1;
-                    if retries_at_close > 10 {
-                        anyhow::bail!(
-                            "{} alert events could not be recorded in the alert store",
-                            unrecorded.len()
-                        );
-                    }
-                    std::thread::sleep(std::time::Duration::from_secs(1));
-                    None
+        // A second at most: delivery records are written on a quiet ward too, and events
+        // the store refused are retried.
+        let first = match rx.recv_timeout(std::time::Duration::from_secs(1)) {
+            Ok(m) => Some(m),
+            Err(flume::RecvTimeoutError::Timeout) => None,
+            Err(flume::RecvTimeoutError::Disconnected) if unrecorded.is_empty() => break,
+            Err(flume::RecvTimeoutError::Disconnected) => {
+                retries_at_close += 1;
+                if retries_at_close > 10 {
+                    anyhow::bail!(
+                        "{} alert events could not be recorded in the alert store",
+                        unrecorded.len()
+                    );
                 }
+                std::thread::sleep(std::time::Duration::from_secs(1));
+                None
             }
         };
         let mut events = std::mem::take(&mut unrecorded);
@@ -748,7 +743,7 @@ fn record(
             metrics.alert_triggered(e.priority);
             metrics.observe_latency(now.since(e.input_message_time).micros());
         }
-        fresh.push(OutboxItem::new(seq, e.idempotency_key(), e, body));
+        fresh.push(OutboxItem::new(seq, e, body));
     }
     if let Some(last) = fresh.last().map(|i| i.seq) {
         metrics.outbox_head.fetch_max(last, Relaxed);

@@ -26,8 +26,6 @@ use crate::store::{AlertStore, StoreError};
 pub struct OutboxItem {
     /// Outbox sequence number.
     pub seq: u64,
-    /// Idempotency key ([`AlertEvent::idempotency_key`]).
-    pub key: Arc<str>,
     /// The event as JSON, as stored.
     pub body: Arc<str>,
     /// The event, when known; read back from `body` on first use otherwise (a notifier
@@ -37,10 +35,9 @@ pub struct OutboxItem {
 
 impl OutboxItem {
     /// A new entry, with its event.
-    pub fn new(seq: u64, key: String, event: AlertEvent, body: String) -> Self {
+    pub fn new(seq: u64, event: AlertEvent, body: String) -> Self {
         OutboxItem {
             seq,
-            key: key.into(),
             body: body.into(),
             event: Arc::new(OnceLock::from(event)),
         }
@@ -50,10 +47,15 @@ impl OutboxItem {
     pub fn from_entry(e: crate::store::OutboxEntry) -> Self {
         OutboxItem {
             seq: e.seq,
-            key: e.key.into(),
             body: e.body.into(),
             event: Arc::new(OnceLock::new()),
         }
+    }
+
+    /// The event's idempotency key ([`AlertEvent::idempotency_key`]), for notifiers that
+    /// pass it on (made on demand: most notifiers never need it).
+    pub fn key(&self) -> Result<String, NotifyError> {
+        Ok(self.event()?.idempotency_key())
     }
 
     /// The event.
@@ -208,6 +210,24 @@ impl Notifier for JsonlNotifier {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_item_read_back_from_the_store_has_the_event_and_key_it_was_stored_with() {
+        let event = crate::store::contract::sample_event();
+        let entry = crate::store::OutboxEntry {
+            seq: 9,
+            key: event.idempotency_key(),
+            body: serde_json::to_string(&event).unwrap(),
+        };
+        let item = OutboxItem::from_entry(entry.clone());
+        assert_eq!(item.event().unwrap(), &event);
+        assert_eq!(item.key().unwrap(), entry.key);
+        let garbled = OutboxItem::from_entry(crate::store::OutboxEntry {
+            body: "{".into(),
+            ..entry
+        });
+        assert!(matches!(garbled.event(), Err(NotifyError::Permanent(_))));
+    }
 
     #[test]
     fn a_torn_last_line_is_cut_off_and_complete_lines_kept() {

@@ -661,13 +661,11 @@ impl<R: Rows> TableOps for Table<R> {
             }
             self.buffered -= n;
             let w = write_partition(self.name, &self.schema, part, key, files, &mut self.stats);
-            match w {
-                Ok(None) => {}
-                Ok(Some(staged)) => self.staged.push(staged),
-                Err((e, lost)) => {
-                    self.lost += lost;
-                    first.get_or_insert(e);
-                }
+            // Nothing rolled, or a file staged, or a failure and the rows it lost.
+            if let Some(closed) = w.transpose()
+                && let Err(e) = keep_staged(&mut self.staged, &mut self.lost, closed)
+            {
+                first.get_or_insert(e);
             }
         }
         if let Err(e) = self.close_excess(files) {
