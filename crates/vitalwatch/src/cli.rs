@@ -27,8 +27,10 @@ pub enum Command {
     Run(RunArgs),
     /// Push JSON-lines files through the pipeline as fast as possible, then summarise.
     Replay(ReplayArgs),
-    /// Write simulated vitals as JSON lines.
+    /// Write simulated vitals as JSON lines, or send them to a Kafka topic in real time.
     Simulate(SimulateArgs),
+    /// Send JSON-lines files to a Kafka topic, keyed by patient id (the classic producer).
+    Produce(crate::produce::ProduceArgs),
     /// Run SQL over the warehouse (tables vitals, alerts, dead_letters, unclassified).
     Query(QueryArgs),
     /// Patients in the catalog.
@@ -123,6 +125,10 @@ pub struct RunArgs {
     /// Stop by itself after this long (e.g. `30s`), as if Ctrl-C were pressed.
     #[arg(long)]
     pub duration: Option<String>,
+    /// Make sure demo patients 1..=N exist in the catalog first (for readings from
+    /// `simulate --kafka` or other sources; the simulator adds its own).
+    #[arg(long, default_value_t = 0)]
+    pub demo_patients: usize,
 }
 
 /// `vitalwatch replay`
@@ -184,9 +190,20 @@ pub struct SimulateArgs {
     /// Output file, or `-` for standard output.
     #[arg(long, short = 'o', default_value = "-")]
     pub output: PathBuf,
-    /// Simulated start time (RFC 3339).
-    #[arg(long, default_value = "2026-01-01T00:00:00Z")]
-    pub start: String,
+    /// Simulated start time (RFC 3339); default 2026-01-01T00:00:00Z, or now with
+    /// `--kafka`.
+    #[arg(long)]
+    pub start: Option<String>,
+    /// Send to Kafka instead (bootstrap brokers, `HOST:PORT,…`), paced in real time at
+    /// `--rate` for `--duration`, keyed by patient id.
+    #[arg(long, value_name = "BROKERS")]
+    pub kafka: Option<String>,
+    /// Topic for `--kafka`.
+    #[arg(long, default_value = "vitals", requires = "kafka")]
+    pub topic: String,
+    /// A librdkafka producer setting for `--kafka`, `KEY=VALUE` (repeatable).
+    #[arg(long = "option", value_name = "KEY=VALUE", requires = "kafka")]
+    pub options: Vec<String>,
 }
 
 /// Output format of `query` and the list commands.

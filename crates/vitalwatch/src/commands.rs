@@ -12,11 +12,12 @@ use tokio_util::sync::CancellationToken;
 
 use vitalwatch_connectors::catalog::SqliteCatalog;
 use vitalwatch_connectors::source::file::{FileSource, ReplayAdmission};
+use vitalwatch_connectors::source::kafka::{KafkaSettings, KafkaSource};
 use vitalwatch_connectors::source::simulator;
 use vitalwatch_connectors::store::{AlertStore, ReferenceStore};
 use vitalwatch_connectors::warehouse::{self, OutputFormat};
 use vitalwatch_core::codec::{InputFormat, encode_canonical, encode_classic};
-use vitalwatch_core::model::{Duration, Timestamp};
+use vitalwatch_core::model::{Duration, Observation, Timestamp};
 use vitalwatch_core::reference::{
     BuiltinTable, THRESHOLD_COLUMNS, THRESHOLD_EXTRA_COLUMNS, parse_patients_csv,
     parse_threshold_csv,
@@ -245,7 +246,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .iter()
         .filter_map(|s| match s {
             SourceConfig::Simulator(sim) => Some(sim.clone()),
-            SourceConfig::Http(_) => None,
+            _ => None,
+        })
+        .collect();
+    let kafka_sources: Vec<KafkaSettings> = cfg
+        .sources
+        .iter()
+        .filter_map(|s| match s {
+            SourceConfig::Kafka(k) => Some(k.clone()),
+            _ => None,
         })
         .collect();
     let http_source = cfg
@@ -276,7 +285,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let _lock = lock_data_dir(&cfg.data_dir, "run")?;
     seed_reference(
         &cfg,
-        simulators.iter().map(|s| s.patients).max().unwrap_or(0),
+        simulators
+            .iter()
+            .map(|s| s.patients)
+            .max()
+            .unwrap_or(0)
+            .max(args.demo_patients),
     )?;
 
     let metrics = Arc::new(Metrics::default());
@@ -285,9 +299,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         PipelineOptions {
             clock: Clock::Wall,
             console: true,
-            publish_at_checkpoints_only: false,
+            // A Kafka source's checkpoints decide which files a restart keeps: files are
+            // published only at them, named after its stream.
+            publish_at_checkpoints_only: !kafka_sources.is_empty(),
         },
-        metrics,
+        metrics.clone(),
     )?;
     let cancel = CancellationToken::new();
 
@@ -319,6 +335,34 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 .name("simulator".into())
                 .spawn(move || simulate_live(sc, h, c))?,
         );
+    }
+    let mut kafka_threads = Vec::new();
+    for k in &kafka_sources {
+        let store = SqliteCatalog::open(&catalog_path(&cfg.data_dir))?;
+        let source = KafkaSource::new(
+            k.clone(),
+            pipeline.handle().source,
+            Box::new(store),
+            warehouse_root(&cfg.data_dir),
+            cfg.pipeline.checkpoint_interval.to_std(),
+        );
+        metrics.add_kafka(source.metrics());
+        let c = cancel.clone();
+        kafka_threads.push(
+            std::thread::Builder::new()
+                .name("kafka-source".into())
+                .spawn(move || {
+                    let r = source
+                        .run(&|| c.is_cancelled())
+                        .map_err(anyhow::Error::from);
+                    if let Err(e) = &r {
+                        // Said at once: a run whose source stopped ingests nothing.
+                        tracing::error!("the kafka source stopped: {e:#}");
+                    }
+                    r
+                })?,
+        );
+        eprintln!("reading {}", k.describe());
     }
     eprintln!(
         "vitalwatch ready in {:.0} ms: profile {}, {}, {}, data in {}",
@@ -353,6 +397,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     for t in sim_threads {
         let _ = t.join();
+    }
+    for t in kafka_threads {
+        t.join()
+            .map_err(|_| anyhow::anyhow!("kafka source panicked"))?
+            .context("kafka source")?;
     }
     let summary = tokio::task::spawn_blocking(move || pipeline.shutdown()).await??;
     eprintln!("{summary}");
@@ -499,6 +548,21 @@ pub(crate) fn open_input(path: &Path) -> anyhow::Result<(Box<dyn BufRead>, Strin
     ))
 }
 
+/// One simulated observation as a record (canonical records carry the episode label).
+fn encode_simulated(sim: &Simulator, o: &Observation, format: SimFormat, line: &mut String) {
+    line.clear();
+    match format {
+        SimFormat::Classic => encode_classic(o, line),
+        SimFormat::Canonical => {
+            let label = sim
+                .patient_index(&o.patient_id)
+                .and_then(|idx| sim.label_at(idx, o.observed_at))
+                .map(|l| l.to_string());
+            encode_canonical(o, label.as_deref(), line);
+        }
+    }
+}
+
 /// `vitalwatch simulate`
 pub fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
     if args.patients == 0 {
@@ -508,7 +572,11 @@ pub fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
         bail!("--rate must be above 0 (observation sets per second over all patients)");
     }
     let duration = parse_duration(&args.duration, "--duration")?;
-    let start = Timestamp::parse(&args.start).context("bad --start")?;
+    let start = match &args.start {
+        Some(s) => Timestamp::parse(s).context("bad --start")?,
+        None if args.kafka.is_some() => wall_now(),
+        None => Timestamp::parse("2026-01-01T00:00:00Z").context("default start")?,
+    };
     // Each patient reports every patients/rate seconds.
     let interval = Duration((args.patients as f64 / args.rate * 1e6).round().max(1.0) as i64);
     let count = (args.rate * duration.micros() as f64 / 1e6).round() as u64;
@@ -519,6 +587,19 @@ pub fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
         interval,
         ..SimConfig::default()
     });
+    if let Some(brokers) = &args.kafka {
+        let options = crate::produce::parse_options(&args.options)?;
+        let mut out =
+            crate::produce::KafkaOut::new(brokers, &args.topic, Some(args.rate), &options)?;
+        let mut line = String::with_capacity(512);
+        for _ in 0..count {
+            let o = sim.next_observation();
+            encode_simulated(&sim, &o, args.format, &mut line);
+            out.send(Some(o.patient_id.as_str()), line.as_bytes())?;
+        }
+        confirm(out.finish()?);
+        return Ok(());
+    }
     let out: Box<dyn Write> = if args.output.as_os_str() == "-" {
         Box::new(std::io::stdout().lock())
     } else {
@@ -540,17 +621,7 @@ pub fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
     let mut line = String::with_capacity(512);
     for i in 0..count {
         let o = sim.next_observation();
-        line.clear();
-        match args.format {
-            SimFormat::Classic => encode_classic(&o, &mut line),
-            SimFormat::Canonical => {
-                let label = sim
-                    .patient_index(&o.patient_id)
-                    .and_then(|idx| sim.label_at(idx, o.observed_at))
-                    .map(|l| l.to_string());
-                encode_canonical(&o, label.as_deref(), &mut line);
-            }
-        }
+        encode_simulated(&sim, &o, args.format, &mut line);
         line.push('\n');
         if let Err(e) = out.write_all(line.as_bytes()) {
             if e.kind() == std::io::ErrorKind::BrokenPipe {

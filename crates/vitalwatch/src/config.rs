@@ -9,6 +9,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use vitalwatch_connectors::notify::kafka::KafkaNotifierSettings;
+use vitalwatch_connectors::source::kafka::KafkaSettings;
 use vitalwatch_core::clock::TimeConfig;
 use vitalwatch_core::model::Duration;
 use vitalwatch_core::rules::RulesConfig;
@@ -29,6 +31,8 @@ pub struct Config {
     pub http: HttpConfig,
     /// Alert outputs.
     pub alerts: AlertsConfig,
+    /// More alert destinations: one `[[notifiers]]` item each, with a `type`.
+    pub notifiers: Vec<NotifierConfig>,
     /// Parquet warehouse.
     pub warehouse: WarehouseSection,
     /// Internal channels.
@@ -47,6 +51,7 @@ impl Default for Config {
             ],
             http: HttpConfig::default(),
             alerts: AlertsConfig::default(),
+            notifiers: Vec::new(),
             warehouse: WarehouseSection::default(),
             pipeline: PipelineConfig::default(),
         }
@@ -54,7 +59,7 @@ impl Default for Config {
 }
 
 /// One `[[sources]]` item: its `type` says which source, the other keys are its own.
-/// (`vitalwatch replay` is the file source; Kafka and MQTT join here.)
+/// (`vitalwatch replay` is the file source; MQTT joins here.)
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
 pub enum SourceConfig {
@@ -62,6 +67,32 @@ pub enum SourceConfig {
     Http(HttpSourceConfig),
     /// Simulated patients streaming in real time.
     Simulator(SimulatorConfig),
+    /// A Kafka consumer-group member.
+    Kafka(KafkaSettings),
+}
+
+/// One `[[notifiers]]` item: its `type` says which, the other keys are its own.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum NotifierConfig {
+    /// Alert events onto a Kafka topic (the classic "doctors' queue").
+    Kafka(KafkaNotifierSettings),
+}
+
+impl NotifierConfig {
+    /// The notifier's name (its outbox cursor).
+    pub fn name(&self) -> &str {
+        match self {
+            NotifierConfig::Kafka(k) => &k.name,
+        }
+    }
+
+    /// The notifier's `type`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            NotifierConfig::Kafka(_) => "kafka",
+        }
+    }
 }
 
 impl SourceConfig {
@@ -70,6 +101,7 @@ impl SourceConfig {
         match self {
             SourceConfig::Http(_) => "http",
             SourceConfig::Simulator(_) => "simulator",
+            SourceConfig::Kafka(_) => "kafka",
         }
     }
 }
@@ -234,7 +266,7 @@ impl std::error::Error for ConfigProblems {}
 const OPEN_MAPS: &[&str] = &["rules.thresholds.hysteresis"];
 
 /// Arrays of tables, checked item by item.
-const TABLE_ARRAYS: &[&str] = &["rules.limits", "sources"];
+const TABLE_ARRAYS: &[&str] = &["rules.limits", "sources", "notifiers"];
 
 /// One problem, with the key it is about when there is one.
 struct Problem {
@@ -304,7 +336,7 @@ fn unknown_keys(user: &toml::Table, schema: &toml::Table, prefix: &str, out: &mu
         } else {
             format!("{prefix}.{k}")
         };
-        if OPEN_MAPS.contains(&path.as_str()) || path == "sources" {
+        if OPEN_MAPS.contains(&path.as_str()) || path == "sources" || path == "notifiers" {
             continue;
         }
         match (v, schema.get(k)) {
@@ -436,6 +468,8 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigProblems> {
                     // Each type has its own keys: the item's own deserialization names
                     // an unknown one along with the keys its type has.
                     SourceConfig::deserialize(item.clone()).map(drop)
+                } else if dotted == "notifiers" {
+                    NotifierConfig::deserialize(item.clone()).map(drop)
                 } else {
                     // Unknown keys are reported above, once.
                     if let toml::Value::Table(t) = &mut item {
@@ -591,6 +625,43 @@ impl Config {
                         sim.interval
                     ));
                 }
+            }
+        }
+        for (i, src) in self.sources.iter().enumerate() {
+            if let SourceConfig::Kafka(k) = src {
+                p.extend(k.problems(&format!("sources[{i}]")));
+                if self.sources.len() > 1 {
+                    p.push(format!(
+                        "sources[{i}]: a kafka source must be the only source of a run (its checkpoints decide which warehouse files a restart keeps; rows of other sources would be lost with them): run other sources in another vitalwatch"
+                    ));
+                }
+            }
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for (i, n) in self.notifiers.iter().enumerate() {
+            let name = n.name();
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                p.push(format!(
+                    "notifiers[{i}].name = {name:?}: use letters, digits, `-` and `_`"
+                ));
+            } else if ["warehouse", "jsonl", "console"].contains(&name) {
+                p.push(format!(
+                    "notifiers[{i}].name = {name:?} is taken by a built-in output"
+                ));
+            } else if !names.insert(name) {
+                p.push(format!(
+                    "notifiers[{i}].name = {name:?} is used twice: each notifier keeps its own cursor under its name"
+                ));
+            }
+            let NotifierConfig::Kafka(k) = n;
+            if k.brokers.trim().is_empty() || k.topic.trim().is_empty() {
+                p.push(format!(
+                    "notifiers[{i}]: a kafka notifier needs brokers and topic"
+                ));
             }
         }
         if self.pipeline.checkpoint_interval < Duration::from_millis(100) {

@@ -7,6 +7,7 @@
 //! - [`pipeline`]: sources → engine → alert outputs | warehouse, on bounded channels.
 //! - [`http`]: HTTP ingest, health, metrics, alert API.
 //! - [`metrics`]: counters and the alert-latency histogram (Prometheus).
+//! - [`produce`]: `vitalwatch produce` and `simulate --kafka` (readings onto a topic).
 //! - [`bench`]: `vitalwatch bench`.
 //! - [`evaluate`]: `vitalwatch evaluate`, alarm quality on labelled episodes.
 
@@ -18,6 +19,7 @@ pub mod evaluate;
 pub mod http;
 pub mod metrics;
 pub mod pipeline;
+pub mod produce;
 
 use clap::Parser;
 use cli::{BenchCommand, Cli, Command};
@@ -45,6 +47,7 @@ pub fn main_with_args() -> anyhow::Result<()> {
         Command::Run(a) => rt()?.block_on(commands::run(a)),
         Command::Replay(a) => commands::replay(a),
         Command::Simulate(a) => commands::simulate(a),
+        Command::Produce(a) => produce::produce(a),
         Command::Query(a) => rt()?.block_on(commands::query(&a.data, &a.sql, a.format)),
         Command::Patients(c) => commands::patients(c),
         Command::Thresholds(c) => commands::thresholds(c),

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
 use vitalwatch_connectors::source::SourceCounters;
+use vitalwatch_connectors::source::kafka::KafkaMetrics;
 use vitalwatch_core::alert::Priority;
 
 /// Upper bounds of the latency buckets, in seconds.
@@ -56,6 +57,8 @@ pub struct Metrics {
     latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
     latency_count: AtomicU64,
     latency_sum_us: AtomicU64,
+    /// Each Kafka source's own counters (consumed, lag per partition, commits).
+    kafka: Mutex<Vec<Arc<KafkaMetrics>>>,
     /// When set, every latency sample is kept too (benchmarks compute exact percentiles).
     samples: Mutex<Option<Vec<u64>>>,
 }
@@ -262,7 +265,19 @@ impl Metrics {
             self.latency_sum_us.load(Relaxed) as f64 / 1e6
         );
         let _ = writeln!(s, "vitalwatch_alert_latency_seconds_count {count}");
+        if let Ok(k) = self.kafka.lock() {
+            for m in k.iter() {
+                m.render(&mut s);
+            }
+        }
         s
+    }
+
+    /// Adds a Kafka source's counters to what `GET /metrics` shows.
+    pub fn add_kafka(&self, m: Arc<KafkaMetrics>) {
+        if let Ok(mut k) = self.kafka.lock() {
+            k.push(m);
+        }
     }
 }
 

@@ -30,6 +30,7 @@ use std::time::Instant;
 
 use anyhow::{Context, anyhow};
 use vitalwatch_connectors::catalog::SqliteCatalog;
+use vitalwatch_connectors::notify::kafka::KafkaNotifier;
 use vitalwatch_connectors::notify::{JsonlNotifier, Notifier, NotifyError, OutboxItem};
 use vitalwatch_connectors::store::{AlertStore, DeliveryAttempt, DeliveryOutcome, ReferenceStore};
 use vitalwatch_connectors::warehouse::recovery::remove_unpublished;
@@ -43,7 +44,7 @@ use vitalwatch_core::engine::{Engine, Findings, Processed};
 use vitalwatch_core::model::{DeadLetter, Duration, Observation, Timestamp, Unclassified};
 use vitalwatch_core::rules::Profile;
 
-use crate::config::Config;
+use crate::config::{Config, NotifierConfig};
 use crate::metrics::Metrics;
 use vitalwatch_connectors::source::Checkpoint;
 use vitalwatch_connectors::source::checkpoint::Path as CheckpointPath;
@@ -259,6 +260,14 @@ impl Pipeline {
             outputs.push(Box::new(JsonlNotifier::open(&path).with_context(|| {
                 format!("cannot open alert log {}", path.display())
             })?));
+        }
+        for n in &config.notifiers {
+            match n {
+                NotifierConfig::Kafka(k) => outputs
+                    .push(Box::new(KafkaNotifier::new(k.clone()).with_context(
+                        || format!("cannot create notifier {}", k.name),
+                    )?)),
+            }
         }
         if opts.console && config.alerts.console {
             outputs.push(Box::new(ConsolePrinter {

@@ -4,72 +4,14 @@
 
 mod common;
 
-use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{os, request, vitalwatch};
+use common::{alert_log, os, outcome, request, sql, vitalwatch};
 use vitalwatch_connectors::catalog::SqliteCatalog;
 use vitalwatch_connectors::store::AlertStore;
-
-/// `SELECT` over a data directory's warehouse, as CSV without the header.
-fn sql(data: &Path, q: &str) -> String {
-    let o = vitalwatch(&["query", "--format", "csv", "--data", &os(data), q]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let out = String::from_utf8(o.stdout).unwrap();
-    out.split_once('\n')
-        .map_or(out.clone(), |(_, rest)| rest.trim().to_owned())
-}
-
-/// The alert log's (alert id, event, time) keys, asserting each appears once.
-fn alert_log(data: &Path) -> BTreeSet<String> {
-    let log = std::fs::read_to_string(data.join("alerts.jsonl")).unwrap();
-    let mut keys = BTreeSet::new();
-    for line in log.lines() {
-        let v: serde_json::Value = serde_json::from_str(line).unwrap();
-        let key = format!(
-            "{}:{}:{}",
-            v["alert_id"], v["event"], v["input_message_time"]
-        );
-        assert!(keys.insert(key.clone()), "notified twice: {key}");
-    }
-    keys
-}
-
-/// What a replay left behind, to compare a crashed-and-resumed replay with a clean one.
-#[derive(Debug, PartialEq)]
-struct Outcome {
-    vitals: String,
-    distinct_vitals: String,
-    alert_rows: String,
-    distinct_alert_rows: String,
-    dead_letters: String,
-    unclassified: String,
-    catalog_alerts: usize,
-    log: BTreeSet<String>,
-}
-
-fn outcome(data: &Path) -> Outcome {
-    let catalog = SqliteCatalog::open(&data.join("catalog.sqlite")).unwrap();
-    Outcome {
-        vitals: sql(data, "SELECT count(*) FROM vitals"),
-        distinct_vitals: sql(
-            data,
-            "SELECT count(*) FROM (SELECT DISTINCT patient_id, device_id, vital, observed_at, value FROM vitals)",
-        ),
-        alert_rows: sql(data, "SELECT count(*) FROM alerts"),
-        distinct_alert_rows: sql(
-            data,
-            "SELECT count(*) FROM (SELECT DISTINCT alert_id, event, input_message_time FROM alerts)",
-        ),
-        dead_letters: sql(data, "SELECT count(*) FROM dead_letters"),
-        unclassified: sql(data, "SELECT count(*) FROM unclassified"),
-        catalog_alerts: catalog.alerts(false, usize::MAX >> 1).unwrap().len(),
-        log: alert_log(data),
-    }
-}
 
 /// Kill -9 in the middle of replaying a million readings, then the same command again:
 /// every reading is in the warehouse once, every alert event once in the catalog, the

@@ -719,22 +719,27 @@ impl AlertStore for SqliteCatalog {
             .optional()?)
     }
 
-    fn commit_source_position(&mut self, p: &SourcePosition) -> Result<(), StoreError> {
-        self.conn
-            .prepare_cached(
+    fn commit_source_positions(&mut self, positions: &[SourcePosition]) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut st = tx.prepare_cached(
                 "INSERT INTO source_positions (source, checkpoint, offset, fingerprint, updated_at)
                  VALUES (?1, ?2, ?3, ?4, ?5)
                  ON CONFLICT(source) DO UPDATE SET checkpoint = excluded.checkpoint,
                    offset = excluded.offset, fingerprint = excluded.fingerprint,
                    updated_at = excluded.updated_at",
-            )?
-            .execute(params![
-                p.source,
-                p.checkpoint as i64,
-                p.offset as i64,
-                p.fingerprint,
-                p.at.micros()
-            ])?;
+            )?;
+            for p in positions {
+                st.execute(params![
+                    p.source,
+                    p.checkpoint as i64,
+                    p.offset as i64,
+                    p.fingerprint,
+                    p.at.micros()
+                ])?;
+            }
+        }
+        tx.commit()?;
         Ok(())
     }
 

@@ -7,8 +7,9 @@
 //! the event's idempotency key (and [`Notifier::resume`], which lets a notifier tell where
 //! it really got to) effectively once.
 //!
-//! Notifiers here: [`JsonlNotifier`] (the alert log). The console printer lives in the
-//! binary; e-mail, SNS and webhooks join behind cargo features.
+//! Notifiers here: [`JsonlNotifier`] (the alert log), [`kafka`] (feature `kafka`: an alert
+//! topic). The console printer lives in the binary; e-mail, SNS and webhooks join behind
+//! cargo features.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
@@ -19,6 +20,9 @@ use std::time::Duration;
 use vitalwatch_core::alert::AlertEvent;
 
 use crate::store::{AlertStore, StoreError};
+
+#[cfg(all(feature = "kafka", feature = "warehouse"))]
+pub mod kafka;
 
 /// One outbox entry on its way to a notifier. Cheap to clone: every notifier gets the
 /// same event and text.

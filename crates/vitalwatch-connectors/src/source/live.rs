@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 use vitalwatch_core::codec::{InputFormat, decode_record, split_body};
-use vitalwatch_core::model::DeadLetter;
+use vitalwatch_core::model::{DeadLetter, Observation, Timestamp};
 
 use super::{Closed, IngestMsg, Outcome, SourceHandle, Tracker, stamp_untimed, wall_now};
 
@@ -55,15 +55,9 @@ impl SourceHandle {
         for r in &records {
             // Each record its own ingest time: two records without a time of their own
             // are two readings, not one.
-            let decoded = decode_record(r.bytes, format, wall).and_then(|mut o| {
-                stamp_untimed(&mut o, wall, || self.stamps.next(wall));
-                self.admit_live(&o)?;
-                Ok(o)
-            });
-            match decoded {
+            match self.decode_live(r.bytes, format, wall) {
                 Ok(o) => accepted.push(o),
-                Err(e) => {
-                    let reason = e.to_string();
+                Err(reason) => {
                     dead.push(DeadLetter::new(
                         wall,
                         format!("{source}:record {}", r.index),
@@ -97,6 +91,21 @@ impl SourceHandle {
             accepted: n,
             rejected,
         })
+    }
+
+    /// Decodes one live record received at `ingested` (wall time, or the time a broker
+    /// stamped it), gives it its own ingest stamp if it carries no time, and admits it
+    /// against its ingest time; `Err` is the dead letter's reason.
+    pub fn decode_live(
+        &self,
+        bytes: &[u8],
+        format: InputFormat,
+        ingested: Timestamp,
+    ) -> Result<Observation, String> {
+        let mut o = decode_record(bytes, format, ingested).map_err(|e| e.to_string())?;
+        stamp_untimed(&mut o, ingested, || self.stamps.next(ingested));
+        self.admit_live(&o).map_err(|e| e.to_string())?;
+        Ok(o)
     }
 
     /// A body too big to take: its head (up to a dead letter's payload bound) is kept as a

@@ -9,11 +9,14 @@
 //!
 //! Sources here: [`file`] (`replay`: resumable files), [`live`] (decoding request bodies:
 //! the HTTP source; MQTT and MLLP bodies later), [`simulator`] (simulated patients in
-//! real time). Kafka joins behind a cargo feature.
+//! real time), [`kafka`] (feature `kafka`: a consumer-group member with offsets committed
+//! once durable).
 
 pub mod checkpoint;
 #[cfg(feature = "warehouse")]
 pub mod file;
+#[cfg(all(feature = "kafka", feature = "warehouse"))]
+pub mod kafka;
 pub mod live;
 pub mod simulator;
 

@@ -218,8 +218,13 @@ pub trait AlertStore: Send {
     fn deliveries(&self, consumer: &str, limit: usize) -> Result<Vec<DeliveryAttempt>, StoreError>;
     /// Where a resumable source stands, if it ever committed.
     fn source_position(&self, source: &str) -> Result<Option<SourcePosition>, StoreError>;
+    /// Commits source positions, all or none (one transaction): a source that reads
+    /// several partitions records them with its checkpoint number as one decision.
+    fn commit_source_positions(&mut self, positions: &[SourcePosition]) -> Result<(), StoreError>;
     /// Commits a source's position (replacing the previous one).
-    fn commit_source_position(&mut self, position: &SourcePosition) -> Result<(), StoreError>;
+    fn commit_source_position(&mut self, position: &SourcePosition) -> Result<(), StoreError> {
+        self.commit_source_positions(std::slice::from_ref(position))
+    }
     /// Forgets a source's position (it starts over).
     fn forget_source_position(&mut self, source: &str) -> Result<(), StoreError>;
 }

@@ -3,6 +3,7 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -10,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
+use vitalwatch_connectors::catalog::SqliteCatalog;
+use vitalwatch_connectors::store::AlertStore;
 
 /// A loopback port nothing listens on now.
 pub fn free_port() -> u16 {
@@ -83,4 +86,61 @@ pub fn spawn_run(data: &Path, config: Option<&Path>, port: u16) -> Child {
         cmd.args(["--config", &os(c)]);
     }
     serve(cmd, port)
+}
+
+/// `SELECT` over a data directory's warehouse, as CSV without the header.
+pub fn sql(data: &Path, q: &str) -> String {
+    let o = vitalwatch(&["query", "--format", "csv", "--data", &os(data), q]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = String::from_utf8(o.stdout).unwrap();
+    out.split_once('\n')
+        .map_or(out.clone(), |(_, rest)| rest.trim().to_owned())
+}
+
+/// The alert log's (alert id, event, time) keys, asserting each appears once.
+pub fn alert_log(data: &Path) -> BTreeSet<String> {
+    let log = std::fs::read_to_string(data.join("alerts.jsonl")).unwrap();
+    let mut keys = BTreeSet::new();
+    for line in log.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let key = format!(
+            "{}:{}:{}",
+            v["alert_id"], v["event"], v["input_message_time"]
+        );
+        assert!(keys.insert(key.clone()), "notified twice: {key}");
+    }
+    keys
+}
+
+/// What a replay left behind, to compare a crashed-and-resumed replay with a clean one.
+#[derive(Debug, PartialEq)]
+pub struct Outcome {
+    pub vitals: String,
+    pub distinct_vitals: String,
+    pub alert_rows: String,
+    pub distinct_alert_rows: String,
+    pub dead_letters: String,
+    pub unclassified: String,
+    pub catalog_alerts: usize,
+    pub log: BTreeSet<String>,
+}
+
+pub fn outcome(data: &Path) -> Outcome {
+    let catalog = SqliteCatalog::open(&data.join("catalog.sqlite")).unwrap();
+    Outcome {
+        vitals: sql(data, "SELECT count(*) FROM vitals"),
+        distinct_vitals: sql(
+            data,
+            "SELECT count(*) FROM (SELECT DISTINCT patient_id, device_id, vital, observed_at, value FROM vitals)",
+        ),
+        alert_rows: sql(data, "SELECT count(*) FROM alerts"),
+        distinct_alert_rows: sql(
+            data,
+            "SELECT count(*) FROM (SELECT DISTINCT alert_id, event, input_message_time FROM alerts)",
+        ),
+        dead_letters: sql(data, "SELECT count(*) FROM dead_letters"),
+        unclassified: sql(data, "SELECT count(*) FROM unclassified"),
+        catalog_alerts: catalog.alerts(false, usize::MAX >> 1).unwrap().len(),
+        log: alert_log(data),
+    }
 }

@@ -1,0 +1,843 @@
+//! The Kafka source: readings from a Kafka-protocol broker, in a consumer group, with
+//! offsets committed only once what they cover is durable.
+//!
+//! Where it sits: a source like any other, feeding a [`SourceHandle`] from its own thread.
+//! Each record is decoded (classic or canonical, decided per record unless the format is
+//! fixed) with the broker's timestamp as its ingest time, so a backlog read after an
+//! outage is judged by when it was produced, not when it is read, and a re-read after a
+//! crash gives the same rows. A record that cannot be decoded or admitted becomes a dead
+//! letter (in the warehouse's `dead_letters` table, and, if configured, on a dead-letter
+//! topic with its reason in a header and its original bytes as payload); the records
+//! around it are processed.
+//!
+//! Exactly-once into the warehouse, like the file source ([`super::file`]): every
+//! `pipeline.checkpoint_interval` the source sends a checkpoint; once the alert store
+//! committed and the warehouse published everything before it, the source commits each
+//! partition's next offset *and* the checkpoint number to the alert store in one
+//! transaction (the decision), then to the broker (for lag tools and other consumers). At
+//! start it removes the warehouse files no committed checkpoint covers and skips records
+//! below the stored offsets, so a crash at any point re-reads exactly what was not made
+//! durable. Alert events re-derived from re-read records are recognised by the alert
+//! store's idempotency key and not notified again.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientConfig;
+use rdkafka::ClientContext;
+use rdkafka::Message as _;
+use rdkafka::Offset;
+use rdkafka::TopicPartitionList;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use serde::{Deserialize, Serialize};
+use vitalwatch_core::codec::InputFormat;
+use vitalwatch_core::model::{DeadLetter, Observation, Timestamp};
+
+use super::{IngestMsg, Outcome, SourceHandle, Tracker, wall_now};
+use crate::store::{AlertStore, SourcePosition, StoreError};
+use crate::warehouse::WarehouseError;
+use crate::warehouse::recovery::{position_tag, remove_uncommitted, stream_id};
+
+/// Where a new consumer group starts reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum StartAt {
+    /// The oldest record the broker keeps.
+    #[default]
+    Earliest,
+    /// Only records produced from now on.
+    Latest,
+}
+
+/// `[[sources]] type = "kafka"`: the settings of one Kafka source.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaSettings {
+    /// Bootstrap brokers, comma-separated `HOST:PORT`.
+    pub brokers: String,
+    /// Topics to read.
+    pub topics: Vec<String>,
+    /// Consumer group: replicas with the same group share the topics' partitions.
+    pub group: String,
+    /// Record layout: `auto` (per record), `classic` or `canonical`.
+    pub format: InputFormat,
+    /// Where a group with no committed offsets starts: `earliest` or `latest`.
+    pub start: StartAt,
+    /// Topic that receives undecodable and implausible records (reason in the
+    /// `vitalwatch-reason` header, original bytes as payload); empty: none (they are
+    /// still dead letters in the warehouse).
+    pub dead_letter_topic: String,
+    /// librdkafka client settings passed through as they are (`security.protocol`,
+    /// `sasl.*`, `ssl.*`, `compression.type`, timeouts). Values of keys that hold
+    /// secrets are never printed.
+    pub options: BTreeMap<String, String>,
+}
+
+impl Default for KafkaSettings {
+    fn default() -> Self {
+        KafkaSettings {
+            brokers: "127.0.0.1:9092".into(),
+            topics: vec!["vitals".into()],
+            group: "vitalwatch".into(),
+            format: InputFormat::Auto,
+            start: StartAt::Earliest,
+            dead_letter_topic: "vitals-dead-letters".into(),
+            options: BTreeMap::new(),
+        }
+    }
+}
+
+/// Settings vitalwatch sets itself: passing them through would break its guarantees.
+const RESERVED: [&str; 6] = [
+    "bootstrap.servers",
+    "group.id",
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "auto.offset.reset",
+    "enable.partition.eof",
+];
+
+/// Whether a librdkafka setting holds a secret (its value is never printed).
+pub fn is_secret(key: &str) -> bool {
+    ["password", "secret", "key", "token", "jaas"]
+        .iter()
+        .any(|w| key.contains(w))
+        && !key.ends_with(".location")
+}
+
+impl KafkaSettings {
+    /// Every problem with these settings, each starting with `prefix` (the config key).
+    pub fn problems(&self, prefix: &str) -> Vec<String> {
+        let mut p = Vec::new();
+        if self.brokers.trim().is_empty() {
+            p.push(format!(
+                "{prefix}.brokers is empty: name at least one HOST:PORT"
+            ));
+        }
+        if self.topics.is_empty() || self.topics.iter().any(|t| !valid_topic(t)) {
+            p.push(format!(
+                "{prefix}.topics = {:?}: give one or more topic names (letters, digits, `.`, `_`, `-`)",
+                self.topics
+            ));
+        }
+        if self.group.trim().is_empty() {
+            p.push(format!("{prefix}.group is empty"));
+        }
+        if !self.dead_letter_topic.is_empty() && !valid_topic(&self.dead_letter_topic) {
+            p.push(format!(
+                "{prefix}.dead_letter_topic = {:?} is not a topic name",
+                self.dead_letter_topic
+            ));
+        }
+        if self.topics.contains(&self.dead_letter_topic) {
+            p.push(format!(
+                "{prefix}.dead_letter_topic must not be one of the topics read"
+            ));
+        }
+        for k in self.options.keys() {
+            if RESERVED.contains(&k.as_str()) {
+                p.push(format!(
+                    "{prefix}.options.{k:?} is set by vitalwatch (use brokers, group, start): offsets are committed only once durable"
+                ));
+            }
+        }
+        p
+    }
+
+    /// The settings as one line for people, secrets masked.
+    pub fn describe(&self) -> String {
+        let mut s = format!(
+            "kafka {} topics {} group {}",
+            self.brokers,
+            self.topics.join(","),
+            self.group
+        );
+        for (k, v) in &self.options {
+            let v = if is_secret(k) { "***" } else { v.as_str() };
+            let _ = write!(s, " {k}={v}");
+        }
+        s
+    }
+
+    /// The stream name of this source's warehouse files and positions.
+    fn source_name(&self) -> String {
+        format!("kafka:{}:{}", self.group, self.topics.join(","))
+    }
+}
+
+fn valid_topic(t: &str) -> bool {
+    !t.is_empty()
+        && t.len() <= 249
+        && t.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+/// A librdkafka client configuration: `brokers`, then the pass-through `options`.
+pub fn client_config(brokers: &str, options: &BTreeMap<String, String>) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", brokers);
+    for (k, v) in options {
+        c.set(k, v);
+    }
+    c
+}
+
+/// What can stop the Kafka source.
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaSourceError {
+    /// The client could not be created or subscribe.
+    #[error("kafka client")]
+    Client(#[from] rdkafka::error::KafkaError),
+    /// The alert store (positions) failed.
+    #[error("alert store")]
+    Store(#[from] StoreError),
+    /// Warehouse files of an interrupted run could not be removed.
+    #[error("cannot remove warehouse files no committed checkpoint covers")]
+    Warehouse(#[from] WarehouseError),
+    /// The pipeline stopped taking input.
+    #[error("the pipeline stopped")]
+    Closed,
+}
+
+impl From<super::Closed> for KafkaSourceError {
+    fn from(_: super::Closed) -> Self {
+        KafkaSourceError::Closed
+    }
+}
+
+/// One assigned partition, as the metrics see it.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PartitionState {
+    /// Next offset to read (after the last record consumed).
+    pub position: i64,
+    /// Next offset committed as durable (-1: none yet).
+    pub committed: i64,
+    /// The broker's high watermark (next offset to be written), as last fetched.
+    pub high: i64,
+}
+
+/// Counters of one Kafka source, rendered on `GET /metrics`.
+#[derive(Debug, Default)]
+pub struct KafkaMetrics {
+    /// The source's name (`kafka:GROUP:TOPICS`): the `source` label.
+    pub source: String,
+    /// Records consumed.
+    pub records: AtomicU64,
+    /// Records that became dead letters.
+    pub dead_letters: AtomicU64,
+    /// Dead letters that could not be written to the dead-letter topic (they are still
+    /// in the warehouse).
+    pub dead_letter_topic_errors: AtomicU64,
+    /// Rebalances (assignments and revocations).
+    pub rebalances: AtomicU64,
+    /// Offset commits after durable checkpoints.
+    pub commits: AtomicU64,
+    /// Sum of commit latencies (checkpoint sent → offsets committed), microseconds.
+    pub commit_micros: AtomicU64,
+    /// Partitions assigned to this replica, by (topic, partition).
+    pub partitions: Mutex<BTreeMap<(String, i32), PartitionState>>,
+}
+
+impl KafkaMetrics {
+    /// Appends the Prometheus text of these counters.
+    pub fn render(&self, s: &mut String) {
+        let src = &self.source;
+        for (name, help, v) in [
+            (
+                "vitalwatch_kafka_records_total",
+                "Records consumed from Kafka.",
+                &self.records,
+            ),
+            (
+                "vitalwatch_kafka_dead_letters_total",
+                "Kafka records that became dead letters.",
+                &self.dead_letters,
+            ),
+            (
+                "vitalwatch_kafka_dead_letter_topic_errors_total",
+                "Dead letters the dead-letter topic did not take (still in the warehouse).",
+                &self.dead_letter_topic_errors,
+            ),
+            (
+                "vitalwatch_kafka_rebalances_total",
+                "Consumer-group rebalances seen (assignments and revocations).",
+                &self.rebalances,
+            ),
+            (
+                "vitalwatch_kafka_commits_total",
+                "Offset commits after a durable checkpoint.",
+                &self.commits,
+            ),
+        ] {
+            let _ = writeln!(
+                s,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name}{{source=\"{src}\"}} {}",
+                v.load(Relaxed)
+            );
+        }
+        let n = self.commits.load(Relaxed);
+        let _ = writeln!(
+            s,
+            "# HELP vitalwatch_kafka_commit_latency_seconds Checkpoint sent to offsets committed.\n# TYPE vitalwatch_kafka_commit_latency_seconds summary\nvitalwatch_kafka_commit_latency_seconds_sum{{source=\"{src}\"}} {}\nvitalwatch_kafka_commit_latency_seconds_count{{source=\"{src}\"}} {n}",
+            self.commit_micros.load(Relaxed) as f64 / 1e6
+        );
+        let parts = self
+            .partitions
+            .lock()
+            .map(|p| p.clone())
+            .unwrap_or_default();
+        let _ = writeln!(
+            s,
+            "# HELP vitalwatch_kafka_consumer_lag Records on the broker not yet committed as durable (high watermark minus committed offset).\n# TYPE vitalwatch_kafka_consumer_lag gauge"
+        );
+        for ((topic, partition), st) in &parts {
+            let lag = (st.high - st.committed.max(0)).max(0);
+            let _ = writeln!(
+                s,
+                "vitalwatch_kafka_consumer_lag{{source=\"{src}\",topic=\"{topic}\",partition=\"{partition}\"}} {lag}"
+            );
+        }
+        let _ = writeln!(
+            s,
+            "# HELP vitalwatch_kafka_committed_offset Next offset committed as durable.\n# TYPE vitalwatch_kafka_committed_offset gauge"
+        );
+        for ((topic, partition), st) in &parts {
+            let _ = writeln!(
+                s,
+                "vitalwatch_kafka_committed_offset{{source=\"{src}\",topic=\"{topic}\",partition=\"{partition}\"}} {}",
+                st.committed
+            );
+        }
+    }
+}
+
+/// Rebalance news from librdkafka's callbacks (served inside `poll`) to the read loop.
+#[derive(Default)]
+struct GroupContext {
+    changed: AtomicBool,
+    assigned: Mutex<Vec<(String, i32)>>,
+    revoked: Mutex<Vec<(String, i32)>>,
+    metrics: Arc<KafkaMetrics>,
+}
+
+impl ClientContext for GroupContext {}
+
+fn partitions_of(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
+    tpl.elements()
+        .iter()
+        .map(|e| (e.topic().to_owned(), e.partition()))
+        .collect()
+}
+
+impl ConsumerContext for GroupContext {
+    fn post_rebalance(&self, _c: &BaseConsumer<Self>, r: &Rebalance<'_>) {
+        let (slot, list) = match r {
+            Rebalance::Assign(l) => (&self.assigned, partitions_of(l)),
+            Rebalance::Revoke(l) => (&self.revoked, partitions_of(l)),
+            Rebalance::Error(e) => {
+                tracing::warn!(error = %e, "kafka rebalance error");
+                return;
+            }
+        };
+        tracing::info!(partitions = ?list, assign = matches!(r, Rebalance::Assign(_)), "kafka rebalance");
+        self.metrics.rebalances.fetch_add(1, Relaxed);
+        if let Ok(mut s) = slot.lock() {
+            s.extend(list);
+        }
+        self.changed.store(true, Relaxed);
+    }
+}
+
+/// Delivery reports of a producer that only needs to know whether records arrived.
+#[derive(Debug, Default)]
+pub struct CountingContext {
+    /// Records delivered.
+    pub delivered: AtomicU64,
+    /// Records the broker did not take, and the last reason.
+    pub failed: AtomicU64,
+    /// The last delivery error, in words.
+    pub last_error: Mutex<Option<String>>,
+}
+
+impl ClientContext for CountingContext {}
+
+impl ProducerContext for CountingContext {
+    type DeliveryOpaque = ();
+    fn delivery(&self, r: &DeliveryResult<'_>, _: ()) {
+        match r {
+            Ok(_) => {
+                self.delivered.fetch_add(1, Relaxed);
+            }
+            Err((e, _)) => {
+                self.failed.fetch_add(1, Relaxed);
+                if let Ok(mut l) = self.last_error.lock() {
+                    *l = Some(e.to_string());
+                }
+            }
+        }
+    }
+}
+
+/// Where a checkpoint found the partitions: carried back to commit them.
+#[derive(Debug)]
+struct KafkaCheckpoint {
+    number: u64,
+    offsets: Vec<((String, i32), i64)>,
+    sent: Instant,
+}
+
+/// Records per batch sent to the engine.
+const BATCH: usize = 1024;
+/// Longest a record waits in a part-filled batch.
+const LINGER: Duration = Duration::from_millis(5);
+/// Checkpoints in flight before the reader waits for the oldest.
+const MAX_OUTSTANDING: usize = 4;
+
+/// The Kafka source: a consumer-group member feeding the pipeline until stopped.
+pub struct KafkaSource {
+    settings: KafkaSettings,
+    h: SourceHandle,
+    store: Box<dyn AlertStore>,
+    warehouse: PathBuf,
+    interval: Duration,
+    metrics: Arc<KafkaMetrics>,
+}
+
+impl std::fmt::Debug for KafkaSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaSource")
+            .field("settings", &self.settings.describe())
+            .finish()
+    }
+}
+
+/// The read loop's own state.
+struct Reader {
+    /// Next offset to read per assigned partition; records below it are skipped (they
+    /// were made durable before a crash or a hand-over).
+    next: HashMap<(String, i32), i64>,
+    batch: Vec<Observation>,
+    dead: Vec<DeadLetter>,
+    batch_since: Option<Instant>,
+    received: usize,
+    dirty: bool,
+}
+
+impl KafkaSource {
+    /// A Kafka source feeding `h`, keeping positions in `store`, removing uncommitted
+    /// files under the warehouse root `warehouse`, checkpointing every `interval`.
+    pub fn new(
+        settings: KafkaSettings,
+        h: SourceHandle,
+        store: Box<dyn AlertStore>,
+        warehouse: PathBuf,
+        interval: Duration,
+    ) -> Self {
+        let metrics = Arc::new(KafkaMetrics {
+            source: settings.source_name(),
+            ..Default::default()
+        });
+        KafkaSource {
+            settings,
+            h,
+            store,
+            warehouse,
+            interval,
+            metrics,
+        }
+    }
+
+    /// This source's counters (register them with the metrics before [`Self::run`]).
+    pub fn metrics(&self) -> Arc<KafkaMetrics> {
+        self.metrics.clone()
+    }
+
+    /// Consumes until `stop()` says so, then makes what it read durable, commits it and
+    /// leaves the group.
+    pub fn run(mut self, stop: &dyn Fn() -> bool) -> Result<(), KafkaSourceError> {
+        let source = self.settings.source_name();
+        let stream = stream_id(&source);
+        // The decision record: which checkpoint of this stream is durable. Files of later
+        // checkpoints hold rows that will be read again.
+        let stored = self.store.source_position(&source)?;
+        let mut number = stored.as_ref().map_or(0, |p| p.checkpoint);
+        let removed = remove_uncommitted(&self.warehouse, &stream, stored.map(|p| p.checkpoint))?;
+        if removed.uncommitted > 0 {
+            tracing::info!(
+                files = removed.uncommitted,
+                "removed warehouse files no committed Kafka checkpoint covers; their records are read again"
+            );
+        }
+
+        let ctx = GroupContext {
+            metrics: self.metrics.clone(),
+            ..Default::default()
+        };
+        let mut cc = client_config(&self.settings.brokers, &self.settings.options);
+        cc.set("group.id", &self.settings.group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("enable.partition.eof", "false")
+            .set(
+                "auto.offset.reset",
+                match self.settings.start {
+                    StartAt::Earliest => "earliest",
+                    StartAt::Latest => "latest",
+                },
+            );
+        if !self.settings.options.contains_key("session.timeout.ms") {
+            // A group's first join waits for half of it (seen with Tansu); 6 s keeps a
+            // hand-over after a crash short too.
+            cc.set("session.timeout.ms", "6000");
+        }
+        let consumer: BaseConsumer<GroupContext> = cc.create_with_context(ctx)?;
+        let topics: Vec<&str> = self.settings.topics.iter().map(String::as_str).collect();
+        consumer.subscribe(&topics)?;
+        let dlq = if self.settings.dead_letter_topic.is_empty() {
+            None
+        } else {
+            let mut pc = client_config(&self.settings.brokers, &self.settings.options);
+            pc.set("message.max.bytes", "33554432")
+                .set("linger.ms", "5");
+            Some(pc.create_with_context::<_, BaseProducer<CountingContext>>(
+                CountingContext::default(),
+            )?)
+        };
+
+        let mut tracker: Tracker<KafkaCheckpoint> = Tracker::default();
+        let mut r = Reader {
+            next: HashMap::new(),
+            batch: Vec::with_capacity(BATCH),
+            dead: Vec::new(),
+            batch_since: None,
+            received: 0,
+            dirty: false,
+        };
+        let mut last_checkpoint = Instant::now();
+        let mut last_watermarks = Instant::now();
+        while !stop() {
+            let polled = consumer.poll(Duration::from_millis(10));
+            if consumer.context().changed.swap(false, Relaxed) {
+                self.rebalanced(&consumer, &mut r)?;
+            }
+            match polled {
+                None => self.flush(&mut r)?,
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "kafka consumer");
+                    self.flush(&mut r)?;
+                }
+                Some(Ok(m)) => {
+                    let key = (m.topic().to_owned(), m.partition());
+                    let off = m.offset();
+                    match r.next.get(&key) {
+                        Some(&n) if off < n => continue,
+                        _ => {}
+                    }
+                    r.next.insert(key, off + 1);
+                    r.dirty = true;
+                    r.received += 1;
+                    self.metrics.records.fetch_add(1, Relaxed);
+                    let ingested = match m.timestamp().to_millis() {
+                        Some(ms) if ms > 0 => Timestamp(ms * 1000),
+                        _ => wall_now(),
+                    };
+                    let payload = m.payload().unwrap_or_default();
+                    match self.h.decode_live(payload, self.settings.format, ingested) {
+                        Ok(o) => r.batch.push(o),
+                        Err(reason) => {
+                            let from = format!("kafka:{}/{}@{}", m.topic(), m.partition(), off);
+                            self.metrics.dead_letters.fetch_add(1, Relaxed);
+                            if let Some(p) = &dlq {
+                                send_dead_letter(p, &self.settings.dead_letter_topic, &m, &reason);
+                            }
+                            r.dead
+                                .push(DeadLetter::new(ingested, from, reason, payload));
+                        }
+                    }
+                    r.batch_since.get_or_insert_with(Instant::now);
+                    if r.batch.len() >= BATCH
+                        || r.batch_since.is_some_and(|t| t.elapsed() >= LINGER)
+                    {
+                        self.flush(&mut r)?;
+                    }
+                }
+            }
+            if let Some(p) = &dlq {
+                p.poll(Duration::ZERO);
+            }
+            if r.dirty && last_checkpoint.elapsed() >= self.interval {
+                self.flush(&mut r)?;
+                number += 1;
+                self.checkpoint(&mut tracker, &stream, number, &r, dlq.as_ref())?;
+                r.dirty = false;
+                last_checkpoint = Instant::now();
+            }
+            let wait = if tracker.outstanding() > MAX_OUTSTANDING {
+                Duration::from_secs(1)
+            } else {
+                Duration::ZERO
+            };
+            let done = tracker.poll(wait);
+            self.settle(&consumer, &source, done)?;
+            if last_watermarks.elapsed() >= Duration::from_secs(5) {
+                self.refresh_watermarks(&consumer);
+                last_watermarks = Instant::now();
+            }
+        }
+        // Stop: make what was read durable, commit it, leave the group.
+        self.flush(&mut r)?;
+        if r.dirty {
+            number += 1;
+            self.checkpoint(&mut tracker, &stream, number, &r, dlq.as_ref())?;
+        }
+        let done = tracker.drain(Duration::from_secs(60));
+        self.settle(&consumer, &source, done)?;
+        if let Some(p) = &dlq {
+            let _ = p.flush(Duration::from_secs(10));
+        }
+        consumer.unsubscribe();
+        Ok(())
+    }
+
+    /// Sends the batch and dead letters gathered so far.
+    fn flush(&self, r: &mut Reader) -> Result<(), KafkaSourceError> {
+        self.h.received(std::mem::take(&mut r.received));
+        self.h.dead_letters(std::mem::take(&mut r.dead))?;
+        if !r.batch.is_empty() {
+            let batch = std::mem::replace(&mut r.batch, Vec::with_capacity(BATCH));
+            self.h.send(batch)?;
+        }
+        r.batch_since = None;
+        Ok(())
+    }
+
+    /// Takes the partitions assigned and revoked since the last look: a new partition
+    /// starts after its stored durable offset; a revoked one is forgotten (its new owner
+    /// starts from the committed offset).
+    fn rebalanced(
+        &mut self,
+        consumer: &BaseConsumer<GroupContext>,
+        r: &mut Reader,
+    ) -> Result<(), KafkaSourceError> {
+        let ctx = consumer.context();
+        let revoked: Vec<_> = ctx
+            .revoked
+            .lock()
+            .map(|mut v| std::mem::take(&mut *v))
+            .unwrap_or_default();
+        let assigned: Vec<_> = ctx
+            .assigned
+            .lock()
+            .map(|mut v| std::mem::take(&mut *v))
+            .unwrap_or_default();
+        let mut parts = self
+            .metrics
+            .partitions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        for k in revoked {
+            r.next.remove(&k);
+            parts.remove(&k);
+        }
+        for k in assigned {
+            let stored = self
+                .store
+                .source_position(&partition_name(&self.settings, &k))?;
+            let committed = stored.map_or(-1, |p| p.offset as i64);
+            if committed >= 0 {
+                r.next.insert(k.clone(), committed);
+            } else {
+                r.next.remove(&k);
+            }
+            parts.insert(
+                k,
+                PartitionState {
+                    position: committed.max(0),
+                    committed,
+                    high: 0,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// Sends a checkpoint covering everything read so far.
+    fn checkpoint(
+        &self,
+        tracker: &mut Tracker<KafkaCheckpoint>,
+        stream: &str,
+        number: u64,
+        r: &Reader,
+        dlq: Option<&BaseProducer<CountingContext>>,
+    ) -> Result<(), KafkaSourceError> {
+        if let Some(p) = dlq
+            && let Err(e) = p.flush(Duration::from_secs(10))
+        {
+            tracing::warn!(error = %e, "dead-letter topic: not every dead letter was delivered (they are in the warehouse)");
+        }
+        if let Some(p) = dlq {
+            let failed = p.context().failed.swap(0, Relaxed);
+            self.metrics
+                .dead_letter_topic_errors
+                .fetch_add(failed, Relaxed);
+        }
+        let mut offsets: Vec<_> = r.next.iter().map(|(k, v)| (k.clone(), *v)).collect();
+        offsets.sort();
+        if let Ok(mut parts) = self.metrics.partitions.lock() {
+            for (k, v) in &offsets {
+                parts.entry(k.clone()).or_default().position = *v;
+            }
+        }
+        let cp = tracker.mark(
+            Some(position_tag(stream, number)),
+            KafkaCheckpoint {
+                number,
+                offsets,
+                sent: Instant::now(),
+            },
+        );
+        self.h
+            .ingest
+            .send(IngestMsg::Checkpoint(cp))
+            .map_err(|_| KafkaSourceError::Closed)
+    }
+
+    /// Commits the offsets of durable checkpoints: to the alert store (the decision, in
+    /// one transaction with the checkpoint number), then to the broker.
+    fn settle(
+        &mut self,
+        consumer: &BaseConsumer<GroupContext>,
+        source: &str,
+        done: Vec<(KafkaCheckpoint, Outcome)>,
+    ) -> Result<(), KafkaSourceError> {
+        for (cp, outcome) in done {
+            self.h.count_checkpoint(&outcome);
+            if let Outcome::Failed(why) = outcome {
+                // The pipeline keeps what it could not write and retries at the next
+                // checkpoint, which covers this one's records too.
+                tracing::warn!(checkpoint = cp.number, %why, "kafka checkpoint failed; offsets not committed");
+                continue;
+            }
+            let at = wall_now();
+            let mut rows = vec![SourcePosition {
+                source: source.to_owned(),
+                checkpoint: cp.number,
+                offset: 0,
+                fingerprint: String::new(),
+                at,
+            }];
+            let mut tpl = TopicPartitionList::new();
+            for ((topic, partition), off) in &cp.offsets {
+                rows.push(SourcePosition {
+                    source: partition_name(&self.settings, &(topic.clone(), *partition)),
+                    checkpoint: cp.number,
+                    offset: *off as u64,
+                    fingerprint: String::new(),
+                    at,
+                });
+                tpl.add_partition_offset(topic, *partition, Offset::Offset(*off))?;
+            }
+            self.store.commit_source_positions(&rows)?;
+            if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
+                // The store holds the decision; the broker's copy catches up next time.
+                tracing::warn!(error = %e, "kafka offset commit");
+            }
+            self.metrics.commits.fetch_add(1, Relaxed);
+            self.metrics
+                .commit_micros
+                .fetch_add(cp.sent.elapsed().as_micros() as u64, Relaxed);
+            if let Ok(mut parts) = self.metrics.partitions.lock() {
+                for (k, off) in &cp.offsets {
+                    if let Some(st) = parts.get_mut(k) {
+                        st.committed = *off;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Fetches each assigned partition's high watermark (for the lag gauge).
+    fn refresh_watermarks(&self, consumer: &BaseConsumer<GroupContext>) {
+        let keys: Vec<_> = match self.metrics.partitions.lock() {
+            Ok(p) => p.keys().cloned().collect(),
+            Err(_) => return,
+        };
+        for (topic, partition) in keys {
+            if let Ok((_, high)) =
+                consumer.fetch_watermarks(&topic, partition, Duration::from_millis(500))
+                && let Ok(mut parts) = self.metrics.partitions.lock()
+                && let Some(st) = parts.get_mut(&(topic, partition))
+            {
+                st.high = high;
+            }
+        }
+    }
+}
+
+/// The position row of one partition.
+fn partition_name(s: &KafkaSettings, (topic, partition): &(String, i32)) -> String {
+    format!("kafka:{}:{topic}:{partition}", s.group)
+}
+
+/// Puts a dead record on the dead-letter topic: its key and bytes as they came, the
+/// reason and origin in headers.
+fn send_dead_letter(
+    p: &BaseProducer<CountingContext>,
+    topic: &str,
+    m: &rdkafka::message::BorrowedMessage<'_>,
+    reason: &str,
+) {
+    let origin = format!("{}/{}@{}", m.topic(), m.partition(), m.offset());
+    let headers = OwnedHeaders::new()
+        .insert(Header {
+            key: "vitalwatch-reason",
+            value: Some(reason),
+        })
+        .insert(Header {
+            key: "vitalwatch-origin",
+            value: Some(origin.as_str()),
+        });
+    let payload = m.payload().unwrap_or_default();
+    let mut rec = BaseRecord::to(topic).payload(payload).headers(headers);
+    if let Some(k) = m.key() {
+        rec = rec.key(k);
+    }
+    if let Err(e) = send(p, rec) {
+        tracing::warn!(error = %e, "dead-letter topic: record not sent (it is in the warehouse)");
+        p.context().failed.fetch_add(1, Relaxed);
+    }
+}
+
+/// Queues a record, waiting (serving delivery reports) while the producer's queue is full.
+pub fn send<K, P>(
+    p: &BaseProducer<CountingContext>,
+    mut rec: BaseRecord<'_, K, P, ()>,
+) -> Result<(), rdkafka::error::KafkaError>
+where
+    K: rdkafka::message::ToBytes + ?Sized,
+    P: rdkafka::message::ToBytes + ?Sized,
+{
+    loop {
+        match p.send(rec) {
+            Ok(()) => return Ok(()),
+            Err((
+                rdkafka::error::KafkaError::MessageProduction(
+                    rdkafka::types::RDKafkaErrorCode::QueueFull,
+                ),
+                back,
+            )) => {
+                rec = back;
+                p.poll(Duration::from_millis(10));
+            }
+            Err((e, _)) => return Err(e),
+        }
+    }
+}

@@ -1,0 +1,461 @@
+//! Kafka ingest against a real Kafka-protocol broker: Tansu on 127.0.0.1:9092 (or
+//! `VITALWATCH_KAFKA`), started by `scripts/services.sh`. Every test uses topics and a
+//! consumer group of its own, so tests run side by side on one broker.
+//!
+//! What they show: records produced by `vitalwatch produce` are archived exactly once and
+//! raise exactly the alerts `replay` raises over the same records, also when the consumer
+//! is killed with SIGKILL in the middle and restarted; alert events reach an alert topic
+//! keyed by patient with their idempotency key; garbage lands on the dead-letter topic
+//! with its reason while the records around it are processed.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use common::{Outcome, free_port, os, outcome, serve, sql, vitalwatch};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Headers;
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+
+fn brokers() -> String {
+    let b = std::env::var("VITALWATCH_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".into());
+    assert!(
+        std::net::TcpStream::connect(&b).is_ok(),
+        "no Kafka broker on {b}: start it with `bash scripts/services.sh`"
+    );
+    b
+}
+
+/// A name no other test or run uses.
+fn unique(name: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{name}-{}-{nanos}", std::process::id())
+}
+
+fn create_topic(name: &str, partitions: i32) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let r = rt
+        .block_on(admin.create_topics(
+            &[NewTopic::new(name, partitions, TopicReplication::Fixed(1))],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        ))
+        .unwrap();
+    for t in r {
+        t.unwrap();
+    }
+}
+
+/// One record read back from a topic.
+#[derive(Debug)]
+struct Record {
+    key: Option<String>,
+    payload: Vec<u8>,
+    headers: BTreeMap<String, String>,
+}
+
+/// Every record of `topic` (`partitions` of them), waiting until at least `expect` arrived
+/// and no more come for a second.
+fn read_topic(topic: &str, partitions: i32, expect: usize) -> Vec<Record> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", unique("reader"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
+    }
+    c.assign(&tpl).unwrap();
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut quiet_since = Instant::now();
+    while Instant::now() < deadline {
+        match c.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                let mut headers = BTreeMap::new();
+                if let Some(h) = m.headers() {
+                    for x in h.iter() {
+                        headers.insert(
+                            x.key.to_owned(),
+                            String::from_utf8_lossy(x.value.unwrap_or_default()).into_owned(),
+                        );
+                    }
+                }
+                out.push(Record {
+                    key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                    payload: m.payload().unwrap_or_default().to_vec(),
+                    headers,
+                });
+                quiet_since = Instant::now();
+            }
+            Some(Err(e)) => panic!("reading {topic}: {e}"),
+            None if out.len() >= expect && quiet_since.elapsed() > Duration::from_secs(1) => {
+                break;
+            }
+            None => {}
+        }
+    }
+    assert!(
+        out.len() >= expect,
+        "{topic}: {} of {expect} records",
+        out.len()
+    );
+    out
+}
+
+/// The sum of a metric over its label sets, from `GET /metrics`.
+fn metric(port: u16, name: &str) -> Option<f64> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let mut sum = None;
+    for l in text.lines() {
+        if let Some(rest) = l.strip_prefix(name)
+            && (rest.starts_with('{') || rest.starts_with(' '))
+        {
+            let v: f64 = rest.rsplit(' ').next()?.parse().ok()?;
+            *sum.get_or_insert(0.0) += v;
+        }
+    }
+    sum
+}
+
+/// Waits until `name` reaches `at_least` (panics after `timeout`, or if `child` exits).
+fn wait_metric(child: &mut Child, port: u16, name: &str, at_least: f64, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("vitalwatch run exited early: {status}");
+        }
+        let v = metric(port, name).unwrap_or(0.0);
+        if v >= at_least {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} = {v}, waited for {at_least}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Stops a run as Ctrl-C does and waits for it to drain and exit cleanly.
+fn interrupt(mut child: Child) {
+    let ok = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let status = child.wait().unwrap();
+    assert!(status.success(), "vitalwatch run: {status}");
+}
+
+/// `vitalwatch run --profile classic` reading `topic` in `group`.
+fn run_kafka(data: &Path, config: &Path, port: u16, patients: usize) -> Child {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_vitalwatch"));
+    cmd.args([
+        "run",
+        "--profile",
+        "classic",
+        "--demo-patients",
+        &patients.to_string(),
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--data",
+        &os(data),
+        "--config",
+        &os(config),
+    ]);
+    serve(cmd, port)
+}
+
+fn write_config(dir: &Path, topic: &str, group: &str, extra: &str) -> PathBuf {
+    let path = dir.join(format!("{group}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+[[sources]]
+type = "kafka"
+brokers = "{}"
+topics = ["{topic}"]
+group = "{group}"
+dead_letter_topic = "{topic}-dead"
+
+[alerts]
+console = false
+
+[pipeline]
+checkpoint_interval = "300ms"
+{extra}
+"#,
+            brokers()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// Simulated records observed in the last minutes (so a live source admits them):
+/// classic records of 500 patients, then canonical ones of 400, 100,000 in all.
+fn recordings(dir: &Path) -> Vec<PathBuf> {
+    let start = (chrono::Utc::now() - chrono::Duration::seconds(100))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let mut files = Vec::new();
+    for (format, patients, seconds, seed) in [
+        ("classic", "500", "60s", "1"),
+        ("canonical", "400", "40s", "2"),
+    ] {
+        let f = dir.join(format!("{format}.jsonl"));
+        let o = vitalwatch(&[
+            "simulate",
+            "--format",
+            format,
+            "--patients",
+            patients,
+            "--rate",
+            "1000",
+            "--duration",
+            seconds,
+            "--seed",
+            seed,
+            "--start",
+            &start,
+            "--output",
+            &os(&f),
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        files.push(f);
+    }
+    files
+}
+
+fn produce(topic: &str, files: &[PathBuf], options: &[&str]) {
+    let mut args = vec![
+        "produce".to_owned(),
+        "--kafka".into(),
+        brokers(),
+        "--topic".into(),
+        topic.into(),
+    ];
+    for o in options {
+        args.extend(["--option".to_owned(), (*o).to_owned()]);
+    }
+    args.extend(files.iter().map(os));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = vitalwatch(&args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// What one `replay` of the same records leaves.
+fn replayed(dir: &Path, files: &[PathBuf]) -> Outcome {
+    let data = dir.join("replayed");
+    let mut args = vec![
+        "replay".to_owned(),
+        "--profile".into(),
+        "classic".into(),
+        "--demo-patients".into(),
+        "500".into(),
+        "--data".into(),
+        os(&data),
+    ];
+    args.extend(files.iter().map(os));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = vitalwatch(&args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    outcome(&data)
+}
+
+const RECORDS: f64 = 100_000.0;
+
+/// One replica consumes 100,000 mixed records: every reading is archived once, the
+/// alerts are those `replay` raises over the same records, and every alert event is on
+/// the alert topic once, keyed by patient, with its idempotency key.
+#[test]
+fn one_replica_archives_every_reading_once_and_alerts_like_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = recordings(dir.path());
+    let topic = unique("vitals");
+    let alerts = format!("{topic}-alerts");
+    create_topic(&topic, 4);
+    create_topic(&format!("{topic}-dead"), 1);
+    create_topic(&alerts, 4);
+    produce(&topic, &files, &[]);
+    let want = replayed(dir.path(), &files);
+
+    let config = write_config(
+        dir.path(),
+        &topic,
+        &unique("group"),
+        &format!(
+            "\n[[notifiers]]\ntype = \"kafka\"\nbrokers = \"{}\"\ntopic = \"{alerts}\"\n",
+            brokers()
+        ),
+    );
+    let data = dir.path().join("kafka");
+    let port = free_port();
+    let mut child = run_kafka(&data, &config, port, 500);
+    wait_metric(
+        &mut child,
+        port,
+        "vitalwatch_kafka_committed_offset",
+        RECORDS,
+        Duration::from_secs(300),
+    );
+    let lag = metric(port, "vitalwatch_kafka_consumer_lag");
+    interrupt(child);
+    let got = outcome(&data);
+    assert_eq!(got, want, "kafka run vs replay of the same records");
+    assert_eq!(
+        sql(&data, "SELECT count(*) FROM dead_letters"),
+        "0",
+        "every simulated record decodes"
+    );
+    assert!(lag.is_some(), "the lag gauge is exported");
+
+    // The alert topic: each event once, keyed by its patient, idempotency key attached.
+    let events = read_topic(&alerts, 4, got.log.len());
+    assert_eq!(events.len(), got.log.len());
+    let mut keys = BTreeSet::new();
+    for e in &events {
+        let v: serde_json::Value = serde_json::from_slice(&e.payload).unwrap();
+        assert_eq!(e.key.as_deref(), v["patient_id"].as_str());
+        let k = &e.headers["vitalwatch-idempotency-key"];
+        assert!(keys.insert(k.clone()), "sent twice: {k}");
+    }
+}
+
+/// SIGKILL in the middle of consuming, then a restart: nothing missing, nothing archived
+/// or notified twice; the same outcome as one replay of the records.
+#[test]
+fn a_killed_consumer_restarts_with_nothing_lost_or_doubled() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = recordings(dir.path());
+    let topic = unique("vitals");
+    create_topic(&topic, 4);
+    create_topic(&format!("{topic}-dead"), 1);
+    produce(&topic, &files, &[]);
+    let want = replayed(dir.path(), &files);
+
+    let config = write_config(dir.path(), &topic, &unique("group"), "");
+    let data = dir.path().join("kafka");
+    let port = free_port();
+    let mut child = run_kafka(&data, &config, port, 500);
+    // Past a few checkpoints, well before the end.
+    wait_metric(
+        &mut child,
+        port,
+        "vitalwatch_kafka_committed_offset",
+        RECORDS * 0.3,
+        Duration::from_secs(300),
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let port = free_port();
+    let mut child = run_kafka(&data, &config, port, 500);
+    wait_metric(
+        &mut child,
+        port,
+        "vitalwatch_kafka_committed_offset",
+        RECORDS,
+        Duration::from_secs(300),
+    );
+    interrupt(child);
+    assert_eq!(outcome(&data), want, "killed and restarted vs replay");
+}
+
+/// Undecodable, mistyped, implausible and oversized records go to the dead-letter topic
+/// with their reason and original bytes, and to the warehouse; the records around them
+/// are processed.
+#[test]
+fn garbage_goes_to_the_dead_letter_topic_and_the_rest_is_processed() {
+    let dir = tempfile::tempdir().unwrap();
+    let topic = unique("vitals");
+    let dead = format!("{topic}-dead");
+    create_topic(&topic, 1);
+    create_topic(&dead, 1);
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let good = |i: u32| {
+        format!(
+            r#"{{"customerId": 1, "heartBeat": {}, "bp": 120, "message_time": "{}"}}"#,
+            60 + i,
+            (chrono::Utc::now() - chrono::Duration::seconds(60 - i as i64))
+                .format("%Y-%m-%d %H:%M:%S")
+        )
+    };
+    let huge = format!(
+        r#"{{"patient_id": "1", "note": "{}"}}"#,
+        "x".repeat(10 << 20)
+    );
+    let bad = [
+        "this is not json".to_owned(),
+        r#"{"patient_id": "2", "observed_at": "NOW", "vitals": "garbled"}"#.replace("NOW", &now),
+        r#"{"customerId": 3, "heartBeat": 900, "bp": 120}"#.to_owned(),
+        huge.clone(),
+    ];
+    let mut lines = Vec::new();
+    for (i, b) in bad.iter().enumerate() {
+        lines.push(good(2 * i as u32));
+        lines.push(b.clone());
+        lines.push(good(2 * i as u32 + 1));
+    }
+    let file = dir.path().join("mixed.jsonl");
+    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+    produce(&topic, &[file], &["message.max.bytes=33554432"]);
+
+    let config = write_config(dir.path(), &topic, &unique("group"), "");
+    let data = dir.path().join("kafka");
+    let port = free_port();
+    let mut child = run_kafka(&data, &config, port, 5);
+    wait_metric(
+        &mut child,
+        port,
+        "vitalwatch_kafka_committed_offset",
+        lines.len() as f64,
+        Duration::from_secs(120),
+    );
+    let dead_count = metric(port, "vitalwatch_kafka_dead_letters_total");
+    interrupt(child);
+    assert_eq!(dead_count, Some(bad.len() as f64));
+
+    let on_topic = read_topic(&dead, 1, bad.len());
+    assert_eq!(on_topic.len(), bad.len());
+    for (rec, original) in on_topic.iter().zip(&bad) {
+        assert_eq!(rec.payload, original.as_bytes(), "original bytes kept");
+        let reason = &rec.headers["vitalwatch-reason"];
+        assert!(!reason.is_empty());
+        assert!(
+            rec.headers["vitalwatch-origin"].starts_with(&format!("{topic}/0@")),
+            "{:?}",
+            rec.headers
+        );
+    }
+    assert!(
+        on_topic[2].headers["vitalwatch-reason"].contains("heart"),
+        "the implausible value is named: {:?}",
+        on_topic[2].headers
+    );
+    assert_eq!(sql(&data, "SELECT count(*) FROM dead_letters"), "4");
+    // Eight classic records of two readings each, around the garbage.
+    assert_eq!(sql(&data, "SELECT count(*) FROM vitals"), "16");
+}
