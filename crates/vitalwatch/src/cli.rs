@@ -359,6 +359,25 @@ pub enum BenchCommand {
         #[arg(long)]
         keep_data: Option<PathBuf>,
     },
+    /// Kafka: records/s one replica sustains vs a bare consumer on the same topic, then
+    /// produce-to-alert latency at a steady rate (needs a broker).
+    Kafka {
+        /// Bootstrap brokers.
+        #[arg(long, default_value = "127.0.0.1:9092")]
+        brokers: String,
+        /// Records for the throughput run.
+        #[arg(long, default_value_t = 500_000)]
+        records: u64,
+        /// Partitions of the benchmark topics.
+        #[arg(long, default_value_t = 4)]
+        partitions: i32,
+        /// Records per second for the latency run.
+        #[arg(long, default_value_t = 5000)]
+        rate: u64,
+        /// How long the latency run produces (e.g. `10s`).
+        #[arg(long, default_value = "10s")]
+        duration: String,
+    },
 }
 
 #[cfg(test)]

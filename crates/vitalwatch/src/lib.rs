@@ -58,6 +58,19 @@ pub fn main_with_args() -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Engine { patients, readings }) => {
             bench::engine(patients, readings)
         }
+        Command::Bench(BenchCommand::Kafka {
+            brokers,
+            records,
+            partitions,
+            rate,
+            duration,
+        }) => bench::kafka(
+            &brokers,
+            records,
+            partitions,
+            rate,
+            vitalwatch_core::model::Duration::parse(&duration)?,
+        ),
         Command::Bench(BenchCommand::Http {
             rate,
             duration,

@@ -396,7 +396,7 @@ struct KafkaCheckpoint {
 /// Records per batch sent to the engine.
 const BATCH: usize = 1024;
 /// Longest a record waits in a part-filled batch.
-const LINGER: Duration = Duration::from_millis(5);
+const LINGER: Duration = Duration::from_millis(2);
 /// Checkpoints in flight before the reader waits for the oldest.
 const MAX_OUTSTANDING: usize = 4;
 
@@ -492,10 +492,21 @@ impl KafkaSource {
                     StartAt::Latest => "latest",
                 },
             );
-        if !self.settings.options.contains_key("session.timeout.ms") {
-            // A group's first join waits for half of it (seen with Tansu); 6 s keeps a
-            // hand-over after a crash short too.
-            cc.set("session.timeout.ms", "6000");
+        for (k, v, _why) in [
+            (
+                "session.timeout.ms",
+                "6000",
+                "a group's first join waits for half of it (seen with Tansu); 6 s keeps a hand-over after a crash short too",
+            ),
+            (
+                "fetch.wait.max.ms",
+                "10",
+                "a broker may hold a fetch for this long when no record is waiting: at librdkafka's 500 ms default every alert could wait that long",
+            ),
+        ] {
+            if !self.settings.options.contains_key(k) {
+                cc.set(k, v);
+            }
         }
         let consumer: BaseConsumer<GroupContext> = cc.create_with_context(ctx)?;
         let topics: Vec<&str> = self.settings.topics.iter().map(String::as_str).collect();
