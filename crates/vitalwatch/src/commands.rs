@@ -1051,7 +1051,7 @@ pub fn config_cmd(cmd: ConfigCommand) -> anyhow::Result<()> {
         ConfigCommand::Check { file } => {
             let cfg = config::load(&file)?;
             emit(&format!(
-                "{}: ok (profile {}, data in {}, HTTP {}, sources {})\n",
+                "{}: ok (profile {}, data in {}, HTTP {}, sources {}{})\n",
                 file.display(),
                 cfg.rules.profile.as_str(),
                 cfg.data_dir.display(),
@@ -1068,6 +1068,17 @@ pub fn config_cmd(cmd: ConfigCommand) -> anyhow::Result<()> {
                         .map(SourceConfig::kind)
                         .collect::<Vec<_>>()
                         .join(", "),
+                },
+                match cfg.notifiers.len() {
+                    0 => String::new(),
+                    _ => format!(
+                        ", notifiers {}",
+                        cfg.notifiers
+                            .iter()
+                            .map(config::NotifierConfig::kind)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
                 }
             ))?;
             Ok(())
