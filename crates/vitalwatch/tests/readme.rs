@@ -10,6 +10,8 @@
 //!   commands, release builds, commands that run until Ctrl-C); the reason is required.
 //! - `<!-- readme-test: server -->`: the block runs while `vitalwatch run --no-simulator`
 //!   serves from the scratch directory; `127.0.0.1:8080` in the block means its port.
+//! - A command ending in `\` continues on the next line; one with a here-document
+//!   (`<<'EOF'`) runs to its delimiter line.
 //! - Comment lines directly after a command (no blank line between) are its documented
 //!   output: each must appear in what the command printed (stdout and stderr), in order,
 //!   `…` standing for any text (timings, ids, counts that vary). A command whose
@@ -83,6 +85,18 @@ fn parse(readme: &str) -> Vec<Block> {
                 k += 1;
                 command.push('\n');
                 command.push_str(body[k]);
+            }
+            // A here-document runs to its delimiter line.
+            if let Some((_, word)) = command.split_once("<<") {
+                let word = word.trim().trim_matches(['\'', '"']).to_owned();
+                while k + 1 < body.len() {
+                    k += 1;
+                    command.push('\n');
+                    command.push_str(body[k]);
+                    if body[k].trim() == word {
+                        break;
+                    }
+                }
             }
             k += 1;
             let mut expected = Vec::new();

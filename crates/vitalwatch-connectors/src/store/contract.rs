@@ -234,6 +234,23 @@ pub fn alert_store<S: AlertStore>(open: impl Fn() -> S) {
     .unwrap();
     s.forget_source_position("file:/b").unwrap();
     assert_eq!(s.source_position("file:/b").unwrap(), None);
+    // Several positions as one decision (a Kafka checkpoint: the stream's checkpoint
+    // number and each partition's offset), all readable afterwards.
+    let parts: Vec<SourcePosition> = ["kafka:g:t", "kafka:g:t:0", "kafka:g:t:1"]
+        .iter()
+        .enumerate()
+        .map(|(i, name)| SourcePosition {
+            source: (*name).into(),
+            checkpoint: 7,
+            offset: 100 * i as u64,
+            fingerprint: String::new(),
+            at: Timestamp(9),
+        })
+        .collect();
+    s.commit_source_positions(&parts).unwrap();
+    for p in &parts {
+        assert_eq!(s.source_position(&p.source).unwrap().as_ref(), Some(p));
+    }
 
     // Everything committed survives a reopen (a restart after a crash).
     drop(s);
