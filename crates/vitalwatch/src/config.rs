@@ -829,4 +829,49 @@ mod tests {
         let err = parse("[rules]\nrenotify_after = \"soon\"\n", Path::new("t.toml")).unwrap_err();
         assert!(err.to_string().contains("invalid duration"), "{err}");
     }
+
+    #[test]
+    fn kafka_settings_are_checked_all_at_once_and_secrets_stay_hidden() {
+        let text = r#"
+            [[sources]]
+            type = "kafka"
+            brokers = ""
+            topics = ["vitals", "bad topic"]
+            dead_letter_topic = "vitals"
+            options = { "group.id" = "x", "sasl.password" = "hunter2" }
+            [[sources]]
+            type = "http"
+            [[notifiers]]
+            type = "kafka"
+            name = "jsonl"
+            topic = ""
+            [[notifiers]]
+            type = "kafka"
+            topik = "alerts"
+        "#;
+        let err = parse(text, Path::new("k.toml")).unwrap_err();
+        let all = err.to_string();
+        for want in [
+            "sources[0].brokers is empty",
+            "sources[0].topics = [\"vitals\", \"bad topic\"]",
+            "sources[0].dead_letter_topic must not be one of the topics read",
+            "sources[0].options.\"group.id\" is set by vitalwatch",
+            "sources[0]: a kafka source must be the only source of a run",
+            "notifiers[0].name = \"jsonl\" is taken by a built-in output",
+            "notifiers[0]: a kafka notifier needs brokers and topic",
+            "`notifiers[1]`: unknown field `topik`",
+        ] {
+            assert!(all.contains(want), "missing {want:?} in:\n{all}");
+        }
+        assert!(!all.contains("hunter2"), "a secret in an error: {all}");
+        let shown = KafkaSettings {
+            options: [("sasl.password".to_owned(), "hunter2".to_owned())].into(),
+            ..KafkaSettings::default()
+        }
+        .describe();
+        assert!(
+            shown.contains("sasl.password=***") && !shown.contains("hunter2"),
+            "{shown}"
+        );
+    }
 }
