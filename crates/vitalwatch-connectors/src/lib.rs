@@ -8,12 +8,16 @@
 //!   their contract test suite.
 //! - [`catalog`] (feature `sqlite`): patients, versioned threshold bands, alerts and their
 //!   transitions in SQLite — the reference-data role HBase played in the classic design.
+//! - [`postgres`] (feature `postgres`): the same catalog in PostgreSQL, shared by
+//!   replicas.
 //! - [`warehouse`] (feature `warehouse`): Parquet in Hive layout, written by a rolling
 //!   writer, queried with Apache DataFusion — the role Hive played.
 
 #[cfg(feature = "sqlite")]
 pub mod catalog;
 pub mod notify;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 pub mod source;
 pub mod store;
 #[cfg(feature = "warehouse")]

@@ -16,14 +16,14 @@
 use std::path::Path;
 
 use rusqlite::{Connection, OptionalExtension, params};
-use vitalwatch_core::alert::{AlertEvent, Priority};
+use vitalwatch_core::alert::AlertEvent;
 
 use crate::store::{
     AlertStore, DeliveryAttempt, DeliveryOutcome, OutboxEntry, ReferenceStore, SourcePosition,
-    StoreError,
+    StoreError, changed_fields, stored_band,
 };
 pub use crate::store::{AuditEntry, PatientImport, StoredAlert, ThresholdVersion};
-use vitalwatch_core::model::{Patient, PatientId, Spo2Scale, Timestamp, Vital};
+use vitalwatch_core::model::{Patient, PatientId, Spo2Scale, Timestamp};
 use vitalwatch_core::reference::{ThresholdBand, ThresholdTable};
 
 /// A catalog operation that failed: the store error (kept under its old name).
@@ -36,25 +36,6 @@ impl From<rusqlite::Error> for StoreError {
             source: Box::new(e),
         }
     }
-}
-
-/// The fields (catalog column names) in which two records of one patient differ.
-fn changed_fields(old: &Patient, new: &Patient) -> Vec<&'static str> {
-    let mut f = Vec::new();
-    for (name, differs) in [
-        ("patientname", old.name != new.name),
-        ("patientaddress", old.address != new.address),
-        ("phone_number", old.phone != new.phone),
-        ("admitted_ward", old.ward != new.ward),
-        ("age", old.age != new.age),
-        ("spo2_scale", old.spo2_scale != new.spo2_scale),
-        ("other_details", old.other_details != new.other_details),
-    ] {
-        if differs {
-            f.push(name);
-        }
-    }
-    f
 }
 
 /// The SQLite catalog.
@@ -429,24 +410,9 @@ impl ReferenceStore for SqliteCatalog {
         let mut bands = Vec::new();
         for row in rows {
             let (ref_id, attribute, la, ha, lv, hv, flag, msg, prio, pid) = row?;
-            let vital = Vital::from_name(&attribute).ok_or_else(|| {
-                CatalogError::Corrupt(format!("band {ref_id}: unknown attribute {attribute}"))
-            })?;
-            let priority = Priority::parse(&prio)
-                .ok_or_else(|| CatalogError::Corrupt(format!("band {ref_id}: priority {prio}")))?;
-            bands.push(ThresholdBand {
-                ref_id,
-                attribute,
-                vital,
-                low_age_limit: la,
-                high_age_limit: ha,
-                low_range_value: lv,
-                high_range_value: hv,
-                alert_flag: flag,
-                alert_message: msg,
-                priority,
-                patient_id: pid.map(PatientId),
-            });
+            bands.push(stored_band(
+                ref_id, attribute, la, ha, lv, hv, flag, msg, &prio, pid,
+            )?);
         }
         Ok(ThresholdTable { version, bands })
     }
@@ -681,12 +647,7 @@ impl AlertStore for SqliteCatalog {
         let mut out = Vec::new();
         for row in rows {
             let (first, last, attempt, at, outcome, error) = row?;
-            let outcome = match outcome.as_str() {
-                "delivered" => DeliveryOutcome::Delivered,
-                "retrying" => DeliveryOutcome::Retrying,
-                "gave_up" => DeliveryOutcome::GaveUp,
-                other => return Err(StoreError::Corrupt(format!("delivery outcome {other:?}"))),
-            };
+            let outcome = DeliveryOutcome::parse(&outcome)?;
             out.push(DeliveryAttempt {
                 consumer: consumer.to_owned(),
                 first_seq: first as u64,
@@ -805,77 +766,18 @@ mod tests {
         crate::store::contract::alert_store(|| SqliteCatalog::open(&path).unwrap());
     }
     use vitalwatch_core::engine::{Engine, Findings};
-    use vitalwatch_core::model::{DeviceId, Observation, VitalSet};
+    use vitalwatch_core::model::{DeviceId, Observation, Vital, VitalSet};
     use vitalwatch_core::reference::{
         CLASSIC_PATIENTS_CSV, CLASSIC_THRESHOLDS_CSV, parse_patients_csv, parse_threshold_csv,
     };
     use vitalwatch_core::rules::{Profile, RulesConfig};
 
     #[test]
-    fn reference_data_round_trips_and_versions() {
+    fn sqlite_passes_the_reference_store_contract() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("catalog.sqlite");
-        let mut c = SqliteCatalog::open(&path).unwrap();
-        assert!(c.is_empty().unwrap());
-        let patients = parse_patients_csv(CLASSIC_PATIENTS_CSV.as_bytes()).unwrap();
-        let first = c.import_patients(&patients, "a.csv", Timestamp(1)).unwrap();
-        assert_eq!((first.added, first.unchanged), (patients.len(), 0));
-        // Again, with one phone number changed: one update naming the field, the rest
-        // unchanged, and an audit row per change.
-        let mut moved = patients.clone();
-        moved[2].phone = "0000".into();
-        let again = c.import_patients(&moved, "b.csv", Timestamp(2)).unwrap();
-        assert_eq!(again.added, 0);
-        assert_eq!(again.unchanged, patients.len() - 1);
-        assert_eq!(
-            again.updated,
-            vec![(patients[2].patient_id.clone(), vec!["phone_number"])]
-        );
-        let audit = c.audit_log(10).unwrap();
-        assert_eq!(audit.len(), patients.len() + 1);
-        assert_eq!(
-            (
-                audit[0].actor.as_str(),
-                audit[0].action.as_str(),
-                audit[0].detail.as_str()
-            ),
-            ("b.csv", "patient updated", "phone_number")
-        );
-        c.import_patients(&patients, "c.csv", Timestamp(3)).unwrap();
-        let bands = parse_threshold_csv(CLASSIC_THRESHOLDS_CSV.as_bytes()).unwrap();
-        assert_eq!(
-            c.import_thresholds(&bands, "a.csv", Timestamp(1)).unwrap(),
-            1
-        );
-        assert_eq!(
-            c.import_thresholds(&bands, "again.csv", Timestamp(1))
-                .unwrap(),
-            1,
-            "an identical table is not a new version"
-        );
-        let mut changed = bands.clone();
-        changed[0].alert_message = "Bradycardia".into();
-        assert_eq!(
-            c.import_thresholds(&changed, "b.csv", Timestamp(2))
-                .unwrap(),
-            2
-        );
-        drop(c);
-
-        let c = SqliteCatalog::open(&path).unwrap();
-        assert_eq!(c.patients().unwrap(), patients);
-        let t = c.thresholds().unwrap();
-        assert_eq!(t.version, 2);
-        assert_eq!(t.bands, changed);
-        assert_eq!(c.thresholds_version(1).unwrap().bands, bands);
-        let versions = c.threshold_versions().unwrap();
-        assert_eq!(
-            versions
-                .iter()
-                .map(|v| (v.version, v.bands))
-                .collect::<Vec<_>>(),
-            vec![(1, 12), (2, 12)]
-        );
+        assert!(SqliteCatalog::open(&path).unwrap().is_empty().unwrap());
+        crate::store::contract::reference_store(|| SqliteCatalog::open(&path).unwrap());
     }
 
     fn record(c: &mut SqliteCatalog, events: &[AlertEvent]) -> Vec<bool> {

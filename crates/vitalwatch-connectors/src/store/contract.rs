@@ -1,5 +1,5 @@
-//! The alert-store contract: one suite every [`AlertStore`] backend must pass (SQLite in
-//! this crate's tests; PostgreSQL runs the same). Each check states a guarantee the
+//! The store contracts: one suite per seam every backend must pass ([`alert_store`],
+//! [`reference_store`]; SQLite and PostgreSQL run the same). Each check states a guarantee the
 //! pipeline relies on; a backend that fails one would lose, silence or duplicate alarms.
 
 use vitalwatch_core::alert::{
@@ -7,7 +7,11 @@ use vitalwatch_core::alert::{
 };
 use vitalwatch_core::model::{PatientId, Timestamp};
 
-use super::{AlertStore, DeliveryAttempt, DeliveryOutcome, SourcePosition};
+use vitalwatch_core::reference::{
+    CLASSIC_PATIENTS_CSV, CLASSIC_THRESHOLDS_CSV, parse_patients_csv, parse_threshold_csv,
+};
+
+use super::{AlertStore, DeliveryAttempt, DeliveryOutcome, ReferenceStore, SourcePosition};
 
 /// An alert event of patient `patient`, rule `rule`, episode starting at second `start`.
 fn event(patient: &str, rule: &str, start: i64, kind: AlertEventKind, at: i64) -> AlertEvent {
@@ -261,5 +265,70 @@ pub fn alert_store<S: AlertStore>(open: impl Fn() -> S) {
     assert_eq!(
         s.alert(a_trig.alert_id.as_str()).unwrap().map(|e| e.event),
         Some(AlertEventKind::Acknowledged)
+    );
+}
+
+/// Runs the reference-store contract against the store `open` opens (the same data each
+/// time: a fresh store first, then reopened as after a restart).
+pub fn reference_store<S: ReferenceStore>(open: impl Fn() -> S) {
+    let mut c = open();
+    let patients = parse_patients_csv(CLASSIC_PATIENTS_CSV.as_bytes()).unwrap();
+    let first = c.import_patients(&patients, "a.csv", Timestamp(1)).unwrap();
+    assert_eq!((first.added, first.unchanged), (patients.len(), 0));
+    // Again, with one phone number changed: one update naming the field, the rest
+    // unchanged, and an audit row per change.
+    let mut moved = patients.clone();
+    moved[2].phone = "0000".into();
+    let again = c.import_patients(&moved, "b.csv", Timestamp(2)).unwrap();
+    assert_eq!(again.added, 0);
+    assert_eq!(again.unchanged, patients.len() - 1);
+    assert_eq!(
+        again.updated,
+        vec![(patients[2].patient_id.clone(), vec!["phone_number"])]
+    );
+    let audit = c.audit_log(10).unwrap();
+    assert_eq!(audit.len(), patients.len() + 1);
+    assert_eq!(
+        (
+            audit[0].actor.as_str(),
+            audit[0].action.as_str(),
+            audit[0].detail.as_str()
+        ),
+        ("b.csv", "patient updated", "phone_number")
+    );
+    c.import_patients(&patients, "c.csv", Timestamp(3)).unwrap();
+    let bands = parse_threshold_csv(CLASSIC_THRESHOLDS_CSV.as_bytes()).unwrap();
+    assert_eq!(
+        c.import_thresholds(&bands, "a.csv", Timestamp(1)).unwrap(),
+        1
+    );
+    assert_eq!(
+        c.import_thresholds(&bands, "again.csv", Timestamp(1))
+            .unwrap(),
+        1,
+        "an identical table is not a new version"
+    );
+    let mut changed = bands.clone();
+    changed[0].alert_message = "Bradycardia".into();
+    assert_eq!(
+        c.import_thresholds(&changed, "b.csv", Timestamp(2))
+            .unwrap(),
+        2
+    );
+    drop(c);
+
+    let c = open();
+    assert_eq!(c.patients().unwrap(), patients);
+    let t = c.thresholds().unwrap();
+    assert_eq!(t.version, 2);
+    assert_eq!(t.bands, changed);
+    assert_eq!(c.thresholds_version(1).unwrap().bands, bands);
+    let versions = c.threshold_versions().unwrap();
+    assert_eq!(
+        versions
+            .iter()
+            .map(|v| (v.version, v.bands))
+            .collect::<Vec<_>>(),
+        vec![(1, 12), (2, 12)]
     );
 }

@@ -18,6 +18,59 @@ use vitalwatch_core::alert::AlertEvent;
 use vitalwatch_core::model::{Patient, Timestamp};
 use vitalwatch_core::reference::{ThresholdBand, ThresholdTable};
 
+/// The fields (catalog column names) in which two records of one patient differ.
+pub(crate) fn changed_fields(old: &Patient, new: &Patient) -> Vec<&'static str> {
+    let mut f = Vec::new();
+    for (name, differs) in [
+        ("patientname", old.name != new.name),
+        ("patientaddress", old.address != new.address),
+        ("phone_number", old.phone != new.phone),
+        ("admitted_ward", old.ward != new.ward),
+        ("age", old.age != new.age),
+        ("spo2_scale", old.spo2_scale != new.spo2_scale),
+        ("other_details", old.other_details != new.other_details),
+    ] {
+        if differs {
+            f.push(name);
+        }
+    }
+    f
+}
+
+/// A threshold band from its stored columns (the layout is the same in every backend).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn stored_band(
+    ref_id: u32,
+    attribute: String,
+    low_age_limit: u32,
+    high_age_limit: u32,
+    low_range_value: f64,
+    high_range_value: f64,
+    alert_flag: bool,
+    alert_message: String,
+    priority: &str,
+    patient_id: Option<String>,
+) -> Result<ThresholdBand, StoreError> {
+    let vital = vitalwatch_core::model::Vital::from_name(&attribute).ok_or_else(|| {
+        StoreError::Corrupt(format!("band {ref_id}: unknown attribute {attribute}"))
+    })?;
+    let priority = vitalwatch_core::alert::Priority::parse(priority)
+        .ok_or_else(|| StoreError::Corrupt(format!("band {ref_id}: priority {priority}")))?;
+    Ok(ThresholdBand {
+        ref_id,
+        attribute,
+        vital,
+        low_age_limit,
+        high_age_limit,
+        low_range_value,
+        high_range_value,
+        alert_flag,
+        alert_message,
+        priority,
+        patient_id: patient_id.map(vitalwatch_core::model::PatientId),
+    })
+}
+
 /// A store operation that failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -109,6 +162,16 @@ pub enum DeliveryOutcome {
 }
 
 impl DeliveryOutcome {
+    /// From its stored (lower-case) name.
+    pub fn parse(s: &str) -> Result<Self, StoreError> {
+        match s {
+            "delivered" => Ok(DeliveryOutcome::Delivered),
+            "retrying" => Ok(DeliveryOutcome::Retrying),
+            "gave_up" => Ok(DeliveryOutcome::GaveUp),
+            other => Err(StoreError::Corrupt(format!("delivery outcome {other:?}"))),
+        }
+    }
+
     /// Lower-case name, as stored.
     pub fn as_str(self) -> &'static str {
         match self {

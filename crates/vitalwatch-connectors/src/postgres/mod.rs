@@ -1,0 +1,703 @@
+//! The catalog in PostgreSQL: the same reference data and alert store as the embedded
+//! SQLite catalog, in a server every replica can share.
+//!
+//! Where it sits: behind the [`ReferenceStore`] and [`AlertStore`] seams, chosen with
+//! `catalog = "postgres://…"`. Same tables and semantics as [`crate::catalog`] (the
+//! contract suite in [`crate::store::contract`] runs against both): the outbox is the event
+//! history, keyed by (alert id, event, time) so re-processed input records nothing twice;
+//! the alert state row and the outbox row of an event are one transaction; notifier
+//! cursors only move forward.
+//!
+//! The client is the blocking `postgres` crate: the store seams are blocking, and each
+//! pipeline thread that writes owns its own connection.
+
+use std::sync::Mutex;
+
+use postgres::{Client, NoTls, Transaction};
+use vitalwatch_core::alert::AlertEvent;
+use vitalwatch_core::model::{Patient, PatientId, Spo2Scale, Timestamp};
+use vitalwatch_core::reference::{ThresholdBand, ThresholdTable};
+
+use crate::store::{
+    AlertStore, AuditEntry, DeliveryAttempt, DeliveryOutcome, OutboxEntry, PatientImport,
+    ReferenceStore, SourcePosition, StoreError, StoredAlert, ThresholdVersion, changed_fields,
+    stored_band,
+};
+
+impl From<postgres::Error> for StoreError {
+    fn from(e: postgres::Error) -> Self {
+        StoreError::Backend {
+            backend: "postgres",
+            source: Box::new(e),
+        }
+    }
+}
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS patients (
+    patient_id     TEXT PRIMARY KEY,
+    name           TEXT NOT NULL,
+    address        TEXT NOT NULL,
+    phone          TEXT NOT NULL,
+    ward           TEXT NOT NULL,
+    age            INTEGER NOT NULL,
+    spo2_scale     INTEGER NOT NULL DEFAULT 1,
+    other_details  TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS threshold_versions (
+    version      INTEGER PRIMARY KEY,
+    imported_at  BIGINT NOT NULL,
+    source       TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS threshold_bands (
+    version          INTEGER NOT NULL REFERENCES threshold_versions(version),
+    ref_id           INTEGER NOT NULL,
+    attribute        TEXT NOT NULL,
+    low_age_limit    INTEGER NOT NULL,
+    high_age_limit   INTEGER NOT NULL,
+    low_range_value  DOUBLE PRECISION NOT NULL,
+    high_range_value DOUBLE PRECISION NOT NULL,
+    alert_flag       BOOLEAN NOT NULL,
+    alert_message    TEXT NOT NULL,
+    priority         TEXT NOT NULL,
+    patient_id       TEXT,
+    PRIMARY KEY (version, ref_id)
+);
+CREATE TABLE IF NOT EXISTS audit_log (
+    id       BIGSERIAL PRIMARY KEY,
+    at       BIGINT NOT NULL,
+    actor    TEXT NOT NULL,
+    action   TEXT NOT NULL,
+    subject  TEXT NOT NULL,
+    detail   TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS outbox (
+    seq       BIGSERIAL PRIMARY KEY,
+    alert_id  TEXT NOT NULL,
+    event     TEXT NOT NULL,
+    at        BIGINT NOT NULL,
+    priority  TEXT NOT NULL,
+    state     TEXT NOT NULL,
+    actor     TEXT,
+    body      TEXT NOT NULL,
+    UNIQUE (alert_id, event, at)
+);
+CREATE TABLE IF NOT EXISTS alerts (
+    alert_id     TEXT PRIMARY KEY,
+    patient_id   TEXT NOT NULL,
+    rule_key     TEXT NOT NULL,
+    priority     TEXT NOT NULL,
+    state        TEXT NOT NULL,
+    opened_at    BIGINT NOT NULL,
+    updated_at   BIGINT NOT NULL,
+    latest_seq   BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS outbox_cursors (
+    consumer    TEXT PRIMARY KEY,
+    seq         BIGINT NOT NULL,
+    updated_at  BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS delivery_attempts (
+    id         BIGSERIAL PRIMARY KEY,
+    consumer   TEXT NOT NULL,
+    first_seq  BIGINT NOT NULL,
+    last_seq   BIGINT NOT NULL,
+    attempt    INTEGER NOT NULL,
+    at         BIGINT NOT NULL,
+    outcome    TEXT NOT NULL,
+    error      TEXT
+);
+CREATE INDEX IF NOT EXISTS delivery_attempts_consumer ON delivery_attempts(consumer, id);
+CREATE TABLE IF NOT EXISTS source_positions (
+    source       TEXT PRIMARY KEY,
+    checkpoint   BIGINT NOT NULL,
+    "offset"     BIGINT NOT NULL,
+    fingerprint  TEXT NOT NULL,
+    updated_at   BIGINT NOT NULL
+);
+"#;
+
+/// Serializes schema creation across processes (`CREATE TABLE IF NOT EXISTS` races
+/// between two replicas starting at once).
+const SCHEMA_LOCK: i64 = 0x7669_7461_6c77;
+
+/// The catalog in a PostgreSQL database.
+pub struct PostgresStore {
+    // The store seams read through `&self`; the client needs `&mut` for every query.
+    client: Mutex<Client>,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore").finish_non_exhaustive()
+    }
+}
+
+impl PostgresStore {
+    /// Connects to `url` (`postgres://user[:password]@host:port/db`, or a libpq key=value
+    /// string) and creates the tables if needed.
+    pub fn connect(url: &str) -> Result<Self, StoreError> {
+        let mut client = Client::connect(url, NoTls)?;
+        let mut tx = client.transaction()?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])?;
+        tx.batch_execute(SCHEMA)?;
+        tx.commit()?;
+        Ok(PostgresStore {
+            client: Mutex::new(client),
+        })
+    }
+
+    fn client(&self) -> std::sync::MutexGuard<'_, Client> {
+        // A panic while holding it cannot leave a half-done transaction behind (the
+        // server rolls back an unfinished one), so the client stays usable.
+        self.client.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether the catalog has no patients and no thresholds yet.
+    pub fn is_empty(&self) -> Result<bool, StoreError> {
+        let n: i64 = self
+            .client()
+            .query_one(
+                "SELECT (SELECT COUNT(*) FROM patients) + (SELECT COUNT(*) FROM threshold_versions)",
+                &[],
+            )?
+            .get(0);
+        Ok(n == 0)
+    }
+}
+
+fn us(t: Timestamp) -> i64 {
+    t.micros()
+}
+
+fn read_alert(body: &str) -> Result<AlertEvent, StoreError> {
+    Ok(serde_json::from_str(body)?)
+}
+
+impl ReferenceStore for PostgresStore {
+    fn import_patients(
+        &mut self,
+        patients: &[Patient],
+        source: &str,
+        at: Timestamp,
+    ) -> Result<PatientImport, StoreError> {
+        let existing: std::collections::HashMap<String, Patient> = self
+            .patients()?
+            .into_iter()
+            .map(|p| (p.patient_id.0.clone(), p))
+            .collect();
+        let mut report = PatientImport::default();
+        let mut client = self.client();
+        let mut tx = client.transaction()?;
+        let upsert = tx.prepare(
+            "INSERT INTO patients (patient_id, name, address, phone, ward, age, spo2_scale, other_details)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+             ON CONFLICT (patient_id) DO UPDATE SET name = excluded.name, address = excluded.address,
+               phone = excluded.phone, ward = excluded.ward, age = excluded.age,
+               spo2_scale = excluded.spo2_scale, other_details = excluded.other_details",
+        )?;
+        let audit = tx.prepare(
+            "INSERT INTO audit_log (at, actor, action, subject, detail) VALUES ($1, $2, $3, $4, $5)",
+        )?;
+        for p in patients {
+            let (action, fields) = match existing.get(p.patient_id.as_str()) {
+                None => ("patient added", Vec::new()),
+                Some(old) => {
+                    let changed = changed_fields(old, p);
+                    if changed.is_empty() {
+                        report.unchanged += 1;
+                        continue;
+                    }
+                    ("patient updated", changed)
+                }
+            };
+            let scale: i32 = match p.spo2_scale {
+                Spo2Scale::Scale1 => 1,
+                Spo2Scale::Scale2 => 2,
+            };
+            tx.execute(
+                &upsert,
+                &[
+                    &p.patient_id.as_str(),
+                    &p.name,
+                    &p.address,
+                    &p.phone,
+                    &p.ward,
+                    &(p.age as i32),
+                    &scale,
+                    &p.other_details,
+                ],
+            )?;
+            // The audit trail names the fields, never their values (no personal data).
+            tx.execute(
+                &audit,
+                &[
+                    &us(at),
+                    &source,
+                    &action,
+                    &p.patient_id.as_str(),
+                    &fields.join(","),
+                ],
+            )?;
+            if fields.is_empty() {
+                report.added += 1;
+            } else {
+                report.updated.push((p.patient_id.clone(), fields));
+            }
+        }
+        tx.commit()?;
+        Ok(report)
+    }
+
+    fn audit_log(&self, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        let rows = self.client().query(
+            "SELECT at, actor, action, subject, detail FROM audit_log ORDER BY id DESC LIMIT $1",
+            &[&(limit as i64)],
+        )?;
+        Ok(rows
+            .iter()
+            .map(|r| AuditEntry {
+                at: Timestamp(r.get(0)),
+                actor: r.get(1),
+                action: r.get(2),
+                subject: r.get(3),
+                detail: r.get(4),
+            })
+            .collect())
+    }
+
+    fn patients(&self) -> Result<Vec<Patient>, StoreError> {
+        let rows = self.client().query(
+            "SELECT patient_id, name, address, phone, ward, age, spo2_scale, other_details FROM patients
+             ORDER BY CASE WHEN patient_id ~ '^[0-9]{1,18}$' THEN patient_id::BIGINT END, patient_id",
+            &[],
+        )?;
+        Ok(rows
+            .iter()
+            .map(|r| Patient {
+                patient_id: PatientId(r.get(0)),
+                name: r.get(1),
+                address: r.get(2),
+                phone: r.get(3),
+                ward: r.get(4),
+                age: r.get::<_, i32>(5) as u32,
+                spo2_scale: if r.get::<_, i32>(6) == 2 {
+                    Spo2Scale::Scale2
+                } else {
+                    Spo2Scale::Scale1
+                },
+                other_details: r.get(7),
+            })
+            .collect())
+    }
+
+    fn import_thresholds(
+        &mut self,
+        bands: &[ThresholdBand],
+        source: &str,
+        at: Timestamp,
+    ) -> Result<u32, StoreError> {
+        // An identical table is not a new version: alerts keep naming the one they fired on.
+        let current = self.thresholds()?;
+        if current.version > 0 && current.bands == bands {
+            return Ok(current.version);
+        }
+        let mut client = self.client();
+        let mut tx = client.transaction()?;
+        // Two replicas importing at once get two versions, not one clash.
+        tx.execute("LOCK TABLE threshold_versions IN EXCLUSIVE MODE", &[])?;
+        let version: i32 = tx
+            .query_one(
+                "SELECT COALESCE(MAX(version), 0) + 1 FROM threshold_versions",
+                &[],
+            )?
+            .get(0);
+        tx.execute(
+            "INSERT INTO threshold_versions (version, imported_at, source) VALUES ($1, $2, $3)",
+            &[&version, &us(at), &source],
+        )?;
+        let ins = tx.prepare(
+            "INSERT INTO threshold_bands (version, ref_id, attribute, low_age_limit, high_age_limit,
+               low_range_value, high_range_value, alert_flag, alert_message, priority, patient_id)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        )?;
+        for b in bands {
+            tx.execute(
+                &ins,
+                &[
+                    &version,
+                    &(b.ref_id as i32),
+                    &b.attribute,
+                    &(b.low_age_limit as i32),
+                    &(b.high_age_limit as i32),
+                    &b.low_range_value,
+                    &b.high_range_value,
+                    &b.alert_flag,
+                    &b.alert_message,
+                    &b.priority.as_str(),
+                    &b.patient_id.as_ref().map(PatientId::as_str),
+                ],
+            )?;
+        }
+        tx.commit()?;
+        Ok(version as u32)
+    }
+
+    fn thresholds(&self) -> Result<ThresholdTable, StoreError> {
+        let version: i32 = self
+            .client()
+            .query_one(
+                "SELECT COALESCE(MAX(version), 0) FROM threshold_versions",
+                &[],
+            )?
+            .get(0);
+        self.thresholds_version(version as u32)
+    }
+
+    fn thresholds_version(&self, version: u32) -> Result<ThresholdTable, StoreError> {
+        let rows = self.client().query(
+            "SELECT ref_id, attribute, low_age_limit, high_age_limit, low_range_value, high_range_value,
+                    alert_flag, alert_message, priority, patient_id
+             FROM threshold_bands WHERE version = $1 ORDER BY ref_id",
+            &[&(version as i32)],
+        )?;
+        let mut bands = Vec::with_capacity(rows.len());
+        for r in &rows {
+            bands.push(stored_band(
+                r.get::<_, i32>(0) as u32,
+                r.get(1),
+                r.get::<_, i32>(2) as u32,
+                r.get::<_, i32>(3) as u32,
+                r.get(4),
+                r.get(5),
+                r.get(6),
+                r.get(7),
+                r.get::<_, &str>(8),
+                r.get(9),
+            )?);
+        }
+        Ok(ThresholdTable { version, bands })
+    }
+
+    fn threshold_versions(&self) -> Result<Vec<ThresholdVersion>, StoreError> {
+        let rows = self.client().query(
+            "SELECT v.version, v.imported_at, v.source, COUNT(b.ref_id)
+             FROM threshold_versions v LEFT JOIN threshold_bands b ON b.version = v.version
+             GROUP BY v.version ORDER BY v.version",
+            &[],
+        )?;
+        Ok(rows
+            .iter()
+            .map(|r| ThresholdVersion {
+                version: r.get::<_, i32>(0) as u32,
+                imported_at: Timestamp(r.get(1)),
+                source: r.get(2),
+                bands: r.get::<_, i64>(3) as u32,
+            })
+            .collect())
+    }
+}
+
+/// Records one event and its state row in `tx`; the new outbox sequence number, or `None`
+/// if the event was recorded before.
+fn record_event(
+    tx: &mut Transaction<'_>,
+    e: &AlertEvent,
+    body: &str,
+) -> Result<Option<u64>, StoreError> {
+    let at = us(e.identity_time());
+    let row = tx.query_opt(
+        "INSERT INTO outbox (alert_id, event, at, priority, state, actor, body)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)
+         ON CONFLICT (alert_id, event, at) DO NOTHING RETURNING seq",
+        &[
+            &e.alert_id.as_str(),
+            &e.event.as_str(),
+            &at,
+            &e.priority.as_str(),
+            &e.state.as_str(),
+            &e.acknowledged_by,
+            &body,
+        ],
+    )?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let seq: i64 = row.get(0);
+    tx.execute(
+        "INSERT INTO alerts (alert_id, patient_id, rule_key, priority, state, opened_at, updated_at, latest_seq)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+         ON CONFLICT (alert_id) DO UPDATE SET priority = excluded.priority, state = excluded.state,
+           updated_at = excluded.updated_at, latest_seq = excluded.latest_seq
+         WHERE excluded.updated_at >= alerts.updated_at",
+        &[
+            &e.alert_id.as_str(),
+            &e.patient_id.as_str(),
+            &e.rule_key,
+            &e.priority.as_str(),
+            &e.state.as_str(),
+            &us(e.episode_start),
+            &at,
+            &seq,
+        ],
+    )?;
+    Ok(Some(seq as u64))
+}
+
+impl AlertStore for PostgresStore {
+    fn record_alert_events(
+        &mut self,
+        events: &[(&AlertEvent, &str)],
+    ) -> Result<Vec<Option<u64>>, StoreError> {
+        let mut client = self.client();
+        let mut tx = client.transaction()?;
+        let mut fresh = Vec::with_capacity(events.len());
+        for &(e, body) in events {
+            fresh.push(record_event(&mut tx, e, body)?);
+        }
+        tx.commit()?;
+        Ok(fresh)
+    }
+
+    fn alerts(&self, only_open: bool, limit: usize) -> Result<Vec<StoredAlert>, StoreError> {
+        let sql = format!(
+            "SELECT o.body, (SELECT COUNT(*) FROM outbox e WHERE e.alert_id = a.alert_id)
+             FROM alerts a JOIN outbox o ON o.seq = a.latest_seq {}
+             ORDER BY a.updated_at DESC, a.alert_id LIMIT $1",
+            if only_open {
+                "WHERE a.state <> 'resolved'"
+            } else {
+                ""
+            }
+        );
+        let rows = self.client().query(&sql, &[&(limit as i64)])?;
+        rows.iter()
+            .map(|r| {
+                Ok(StoredAlert {
+                    latest: read_alert(r.get(0))?,
+                    events: r.get::<_, i64>(1) as u32,
+                })
+            })
+            .collect()
+    }
+
+    fn open_alerts_to_restore(&self) -> Result<Vec<AlertEvent>, StoreError> {
+        let rows = self.client().query(
+            "SELECT o.body FROM alerts a JOIN outbox o ON o.seq = a.latest_seq
+             WHERE a.alert_id IN (
+                 SELECT max(alert_id) FROM alerts WHERE state <> 'resolved'
+                 GROUP BY patient_id, rule_key)",
+            &[],
+        )?;
+        rows.iter().map(|r| read_alert(r.get(0))).collect()
+    }
+
+    fn alert(&self, alert_id: &str) -> Result<Option<AlertEvent>, StoreError> {
+        let row = self.client().query_opt(
+            "SELECT o.body FROM alerts a JOIN outbox o ON o.seq = a.latest_seq
+             WHERE a.alert_id = $1",
+            &[&alert_id],
+        )?;
+        row.map(|r| read_alert(r.get(0))).transpose()
+    }
+
+    fn outbox_after(&self, after: u64, limit: usize) -> Result<Vec<OutboxEntry>, StoreError> {
+        let rows = self.client().query(
+            "SELECT seq, alert_id, event, at, body FROM outbox WHERE seq > $1 ORDER BY seq LIMIT $2",
+            &[&(after as i64), &(limit as i64)],
+        )?;
+        Ok(rows
+            .iter()
+            .map(|r| OutboxEntry {
+                seq: r.get::<_, i64>(0) as u64,
+                key: format!(
+                    "{}:{}:{}",
+                    r.get::<_, &str>(1),
+                    r.get::<_, &str>(2),
+                    r.get::<_, i64>(3)
+                ),
+                body: r.get(4),
+            })
+            .collect())
+    }
+
+    fn outbox_seq(&self, event: &AlertEvent, after: u64) -> Result<Option<u64>, StoreError> {
+        let row = self.client().query_opt(
+            "SELECT seq FROM outbox WHERE alert_id = $1 AND event = $2 AND at = $3 AND seq > $4",
+            &[
+                &event.alert_id.as_str(),
+                &event.event.as_str(),
+                &us(event.identity_time()),
+                &(after as i64),
+            ],
+        )?;
+        Ok(row.map(|r| r.get::<_, i64>(0) as u64))
+    }
+
+    fn cursor(&self, consumer: &str) -> Result<u64, StoreError> {
+        let row = self.client().query_opt(
+            "SELECT seq FROM outbox_cursors WHERE consumer = $1",
+            &[&consumer],
+        )?;
+        Ok(row.map_or(0, |r| r.get::<_, i64>(0) as u64))
+    }
+
+    fn record_deliveries(&mut self, attempts: &[DeliveryAttempt]) -> Result<(), StoreError> {
+        let mut client = self.client();
+        let mut tx = client.transaction()?;
+        for a in attempts {
+            tx.execute(
+                "INSERT INTO delivery_attempts (consumer, first_seq, last_seq, attempt, at, outcome, error)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                &[
+                    &a.consumer,
+                    &(a.first_seq as i64),
+                    &(a.last_seq as i64),
+                    &(a.attempt as i32),
+                    &us(a.at),
+                    &a.outcome.as_str(),
+                    &a.error,
+                ],
+            )?;
+            if a.outcome != DeliveryOutcome::Retrying {
+                // A cursor only moves forward.
+                tx.execute(
+                    "INSERT INTO outbox_cursors (consumer, seq, updated_at) VALUES ($1, $2, $3)
+                     ON CONFLICT (consumer) DO UPDATE SET seq = GREATEST(outbox_cursors.seq, excluded.seq),
+                       updated_at = excluded.updated_at",
+                    &[&a.consumer, &(a.last_seq as i64), &us(a.at)],
+                )?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn deliveries(&self, consumer: &str, limit: usize) -> Result<Vec<DeliveryAttempt>, StoreError> {
+        let rows = self.client().query(
+            "SELECT first_seq, last_seq, attempt, at, outcome, error FROM delivery_attempts
+             WHERE consumer = $1 ORDER BY id DESC LIMIT $2",
+            &[&consumer, &(limit as i64)],
+        )?;
+        rows.iter()
+            .map(|r| {
+                Ok(DeliveryAttempt {
+                    consumer: consumer.to_owned(),
+                    first_seq: r.get::<_, i64>(0) as u64,
+                    last_seq: r.get::<_, i64>(1) as u64,
+                    attempt: r.get::<_, i32>(2) as u32,
+                    at: Timestamp(r.get(3)),
+                    outcome: DeliveryOutcome::parse(r.get(4))?,
+                    error: r.get(5),
+                })
+            })
+            .collect()
+    }
+
+    fn source_position(&self, source: &str) -> Result<Option<SourcePosition>, StoreError> {
+        let row = self.client().query_opt(
+            "SELECT checkpoint, \"offset\", fingerprint, updated_at FROM source_positions WHERE source = $1",
+            &[&source],
+        )?;
+        Ok(row.map(|r| SourcePosition {
+            source: source.to_owned(),
+            checkpoint: r.get::<_, i64>(0) as u64,
+            offset: r.get::<_, i64>(1) as u64,
+            fingerprint: r.get(2),
+            at: Timestamp(r.get(3)),
+        }))
+    }
+
+    fn commit_source_positions(&mut self, positions: &[SourcePosition]) -> Result<(), StoreError> {
+        let mut client = self.client();
+        let mut tx = client.transaction()?;
+        for p in positions {
+            tx.execute(
+                "INSERT INTO source_positions (source, checkpoint, \"offset\", fingerprint, updated_at)
+                 VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (source) DO UPDATE SET checkpoint = excluded.checkpoint,
+                   \"offset\" = excluded.\"offset\", fingerprint = excluded.fingerprint,
+                   updated_at = excluded.updated_at",
+                &[
+                    &p.source,
+                    &(p.checkpoint as i64),
+                    &(p.offset as i64),
+                    &p.fingerprint,
+                    &us(p.at),
+                ],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn forget_source_position(&mut self, source: &str) -> Result<(), StoreError> {
+        self.client()
+            .execute("DELETE FROM source_positions WHERE source = $1", &[&source])?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A database of its own on the machine's PostgreSQL (`VITALWATCH_POSTGRES`, default
+    /// `postgres://postgres@127.0.0.1:5432/postgres`), dropped at the end.
+    pub(crate) struct TestDb {
+        admin: String,
+        pub(crate) name: String,
+        pub(crate) url: String,
+    }
+
+    impl TestDb {
+        pub(crate) fn new() -> Self {
+            let admin = std::env::var("VITALWATCH_POSTGRES")
+                .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+            static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+            let name = format!(
+                "vw_test_{}_{}",
+                std::process::id(),
+                N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            );
+            let mut c = Client::connect(&admin, NoTls).unwrap_or_else(|e| {
+                panic!("PostgreSQL at {admin}: {e} (start it: bash scripts/services.sh)")
+            });
+            // One statement each: neither runs inside a transaction block.
+            c.batch_execute(&format!("DROP DATABASE IF EXISTS {name}"))
+                .unwrap();
+            c.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
+            let url = match admin.rsplit_once('/') {
+                Some((base, _)) => format!("{base}/{name}"),
+                None => unreachable!("a URL with a database"),
+            };
+            TestDb { admin, name, url }
+        }
+    }
+
+    impl Drop for TestDb {
+        fn drop(&mut self) {
+            if let Ok(mut c) = Client::connect(&self.admin, NoTls) {
+                let _ = c.batch_execute(&format!(
+                    "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                    self.name
+                ));
+            }
+        }
+    }
+
+    #[test]
+    fn postgres_passes_the_alert_store_contract() {
+        let db = TestDb::new();
+        crate::store::contract::alert_store(|| PostgresStore::connect(&db.url).unwrap());
+    }
+
+    #[test]
+    fn postgres_passes_the_reference_store_contract() {
+        let db = TestDb::new();
+        let fresh = PostgresStore::connect(&db.url).unwrap();
+        assert!(fresh.is_empty().unwrap());
+        drop(fresh);
+        crate::store::contract::reference_store(|| PostgresStore::connect(&db.url).unwrap());
+    }
+}
