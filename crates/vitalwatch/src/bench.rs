@@ -136,6 +136,7 @@ pub async fn http(
             clock: Clock::Wall,
             console: false,
             publish_at_checkpoints_only: false,
+            reference_refresh: None,
         },
         metrics.clone(),
     )?;
@@ -349,6 +350,7 @@ pub fn kafka(
                 clock: Clock::Wall,
                 console: false,
                 publish_at_checkpoints_only: true,
+                reference_refresh: None,
             },
             metrics.clone(),
         )?;
@@ -426,6 +428,7 @@ pub fn kafka(
             clock: Clock::Wall,
             console: false,
             publish_at_checkpoints_only: true,
+            reference_refresh: None,
         },
         metrics.clone(),
     )?;
@@ -526,13 +529,11 @@ fn consume_with_pipeline(
     metrics: &Arc<Metrics>,
     done: impl Fn(&vitalwatch_connectors::source::kafka::KafkaMetrics) -> bool,
 ) -> anyhow::Result<(f64, u64)> {
-    let store = vitalwatch_connectors::catalog::SqliteCatalog::open(
-        &crate::pipeline::catalog_path(&cfg.data_dir),
-    )?;
+    let store = crate::pipeline::CatalogAt::of(cfg).open()?;
     let source = vitalwatch_connectors::source::kafka::KafkaSource::new(
         settings,
         pipeline.handle().source,
-        Box::new(store),
+        store,
         crate::pipeline::warehouse_root(&cfg.data_dir),
         cfg.pipeline.checkpoint_interval.to_std(),
     );

@@ -10,11 +10,9 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use tokio_util::sync::CancellationToken;
 
-use vitalwatch_connectors::catalog::SqliteCatalog;
 use vitalwatch_connectors::source::file::{FileSource, ReplayAdmission};
 use vitalwatch_connectors::source::kafka::{KafkaSettings, KafkaSource};
 use vitalwatch_connectors::source::simulator;
-use vitalwatch_connectors::store::{AlertStore, ReferenceStore};
 use vitalwatch_connectors::warehouse::{self, OutputFormat};
 use vitalwatch_core::codec::{InputFormat, encode_canonical, encode_classic};
 use vitalwatch_core::model::{Duration, Observation, Timestamp};
@@ -32,7 +30,7 @@ use crate::config::{self, Config, SimulatorConfig, SourceConfig};
 use crate::http;
 use crate::metrics::Metrics;
 use crate::pipeline::{
-    Clock, Pipeline, PipelineHandle, PipelineOptions, catalog_path, wall_now, warehouse_root,
+    CatalogAt, Clock, Pipeline, PipelineHandle, PipelineOptions, Store, wall_now, warehouse_root,
 };
 
 /// Loads the config file (or defaults) and applies `--data`.
@@ -148,24 +146,26 @@ fn existing_data_dir(cfg: &Config) -> anyhow::Result<()> {
     )
 }
 
-/// The catalog of an existing data directory, for reading.
-fn open_catalog_read(cfg: &Config) -> anyhow::Result<SqliteCatalog> {
-    existing_data_dir(cfg)?;
-    let p = catalog_path(&cfg.data_dir);
-    if !p.is_file() {
-        bail!(
-            "no catalog in {}: nothing was imported, run or replayed there yet",
-            cfg.data_dir.display()
-        );
+/// The catalog of an existing data directory (or the configured PostgreSQL one), for
+/// reading.
+fn open_catalog_read(cfg: &Config) -> anyhow::Result<Box<dyn Store>> {
+    let at = CatalogAt::of(cfg);
+    if let CatalogAt::Sqlite(p) = &at {
+        existing_data_dir(cfg)?;
+        if !p.is_file() {
+            bail!(
+                "no catalog in {}: nothing was imported, run or replayed there yet",
+                cfg.data_dir.display()
+            );
+        }
     }
-    SqliteCatalog::open(&p).with_context(|| format!("cannot open catalog {}", p.display()))
+    at.open()
 }
 
-fn open_catalog(cfg: &Config) -> anyhow::Result<SqliteCatalog> {
+fn open_catalog(cfg: &Config) -> anyhow::Result<Box<dyn Store>> {
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("cannot create data directory {}", cfg.data_dir.display()))?;
-    let p = catalog_path(&cfg.data_dir);
-    SqliteCatalog::open(&p).with_context(|| format!("cannot open catalog {}", p.display()))
+    CatalogAt::of(cfg).open()
 }
 
 /// First-run set-up: the profile's built-in threshold table when none is loaded (or when
@@ -283,28 +283,38 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         None
     };
     let _lock = lock_data_dir(&cfg.data_dir, "run")?;
-    seed_reference(
-        &cfg,
-        simulators
-            .iter()
-            .map(|s| s.patients)
-            .max()
-            .unwrap_or(0)
-            .max(args.demo_patients),
-    )?;
-
     let metrics = Arc::new(Metrics::default());
-    let pipeline = Pipeline::start(
-        &cfg,
-        PipelineOptions {
-            clock: Clock::Wall,
-            console: true,
-            // A Kafka source's checkpoints decide which files a restart keeps: files are
-            // published only at them, named after its stream.
-            publish_at_checkpoints_only: !kafka_sources.is_empty(),
-        },
-        metrics.clone(),
-    )?;
+    // The catalog's blocking clients (PostgreSQL's runs its own runtime) stay off this
+    // async task's thread.
+    let (pipeline, kafka_stores) = off_runtime(|| {
+        seed_reference(
+            &cfg,
+            simulators
+                .iter()
+                .map(|s| s.patients)
+                .max()
+                .unwrap_or(0)
+                .max(args.demo_patients),
+        )?;
+        let pipeline = Pipeline::start(
+            &cfg,
+            PipelineOptions {
+                clock: Clock::Wall,
+                console: true,
+                // A Kafka source's checkpoints decide which files a restart keeps: files
+                // are published only at them, named after its stream.
+                publish_at_checkpoints_only: !kafka_sources.is_empty(),
+                reference_refresh: (cfg.pipeline.reference_refresh.micros() > 0)
+                    .then(|| cfg.pipeline.reference_refresh.to_std()),
+            },
+            metrics.clone(),
+        )?;
+        let stores = kafka_sources
+            .iter()
+            .map(|_| CatalogAt::of(&cfg).open())
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        anyhow::Ok((pipeline, stores))
+    })?;
     let cancel = CancellationToken::new();
 
     let mut http_task = None;
@@ -337,12 +347,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         );
     }
     let mut kafka_threads = Vec::new();
-    for k in &kafka_sources {
-        let store = SqliteCatalog::open(&catalog_path(&cfg.data_dir))?;
+    for (k, store) in kafka_sources.iter().zip(kafka_stores) {
         let source = KafkaSource::new(
             k.clone(),
             pipeline.handle().source,
-            Box::new(store),
+            store,
             warehouse_root(&cfg.data_dir),
             cfg.pipeline.checkpoint_interval.to_std(),
         );
@@ -411,6 +420,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Runs blocking work on a thread of its own, outside any async runtime: the catalog's
+/// clients block (PostgreSQL's drives a runtime of its own, which cannot start on a
+/// thread that is already driving one).
+pub(crate) fn off_runtime<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    std::thread::scope(|s| match s.spawn(f).join() {
+        Ok(r) => r,
+        Err(panic) => std::panic::resume_unwind(panic),
+    })
+}
+
 /// Feeds simulated observations in real time until cancelled.
 fn simulate_live(config: SimConfig, h: PipelineHandle, cancel: CancellationToken) {
     simulator::run_live(config, &h.source, &|| cancel.is_cancelled());
@@ -436,6 +455,7 @@ pub fn replay(args: ReplayArgs) -> anyhow::Result<()> {
             clock: Clock::Stream,
             console: args.print_alerts,
             publish_at_checkpoints_only: true,
+            reference_refresh: None,
         },
         metrics,
     )?;
@@ -453,10 +473,10 @@ pub fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         let bar = bar.clone();
         let files = args.files.clone();
         let time = cfg.time.clone();
-        let store = SqliteCatalog::open(&catalog_path(&cfg.data_dir))?;
+        let store = CatalogAt::of(&cfg).open()?;
         let mut source = FileSource::new(
             h.source.clone(),
-            Box::new(store),
+            store,
             warehouse_root(&cfg.data_dir),
             cfg.pipeline.checkpoint_interval.to_std(),
             args.from_start,
@@ -790,7 +810,7 @@ pub fn patients(cmd: PatientsCommand) -> anyhow::Result<()> {
                 r.added,
                 r.updated.len(),
                 r.unchanged,
-                catalog_path(&cfg.data_dir).display()
+                CatalogAt::of(&cfg).describe()
             ));
             for (id, fields) in &r.updated {
                 confirm(format_args!(

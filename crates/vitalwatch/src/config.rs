@@ -21,6 +21,9 @@ use vitalwatch_core::rules::RulesConfig;
 pub struct Config {
     /// Where the catalog, the warehouse and the alert log live.
     pub data_dir: PathBuf,
+    /// The catalog (patients, thresholds, alert state, outbox, source positions): empty
+    /// for SQLite in the data directory, or a PostgreSQL URL to share it between replicas.
+    pub catalog: String,
     /// Event-time limits: future and old readings, out-of-order tolerance.
     pub time: TimeConfig,
     /// Clinical rules.
@@ -43,6 +46,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             data_dir: PathBuf::from("./vitalwatch-data"),
+            catalog: String::new(),
             time: TimeConfig::default(),
             rules: RulesConfig::default(),
             sources: vec![
@@ -220,6 +224,10 @@ pub struct PipelineConfig {
     /// read up to then becomes durable and its position is committed, so a crash re-reads
     /// at most this much. Each checkpoint publishes one file per open warehouse partition.
     pub checkpoint_interval: Duration,
+    /// How often `run` looks for changed reference data in the catalog (a threshold
+    /// import from another replica, an update in the database) and applies it without a
+    /// restart; 0s: never.
+    pub reference_refresh: Duration,
 }
 
 impl Default for PipelineConfig {
@@ -229,6 +237,7 @@ impl Default for PipelineConfig {
             archive_capacity: 32,
             alert_capacity: 64,
             checkpoint_interval: Duration::from_secs(5),
+            reference_refresh: Duration::from_secs(2),
         }
     }
 }
@@ -578,6 +587,14 @@ impl Config {
         p.extend(self.rules.problems());
         if self.data_dir.as_os_str().is_empty() {
             p.push("data_dir is empty".into());
+        }
+        if !self.catalog.is_empty()
+            && !self.catalog.starts_with("postgres://")
+            && !self.catalog.starts_with("postgresql://")
+        {
+            p.push(
+                "catalog must be empty (SQLite in the data directory) or a postgres:// URL".into(),
+            );
         }
         if self.http.enabled && !is_host_port(&self.http.listen) {
             p.push(format!(

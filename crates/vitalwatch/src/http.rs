@@ -20,8 +20,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
-use vitalwatch_connectors::catalog::SqliteCatalog;
-use vitalwatch_connectors::store::AlertStore;
 use vitalwatch_core::codec::InputFormat;
 use vitalwatch_core::engine::AckError;
 use vitalwatch_core::model::DeadLetter;
@@ -189,9 +187,12 @@ fn default_limit() -> usize {
 }
 
 async fn list_alerts(State(h): State<PipelineHandle>, Query(q): Query<AlertsQuery>) -> Response {
-    let path = h.catalog_path.clone();
+    let at = h.catalog.clone();
     let r = tokio::task::spawn_blocking(move || {
-        SqliteCatalog::open(&path).and_then(|c| c.alerts(!q.all, q.limit.min(10_000)))
+        crate::commands::off_runtime(|| {
+            at.open()
+                .and_then(|c| Ok(c.alerts(!q.all, q.limit.min(10_000))?))
+        })
     })
     .await;
     match r {

@@ -52,6 +52,10 @@ pub struct Metrics {
     pub notifications_failed: AtomicU64,
     /// The newest outbox sequence number recorded.
     pub outbox_head: AtomicU64,
+    /// The threshold table version the engine applies.
+    pub threshold_version: AtomicU64,
+    /// Reference data reloaded from the catalog while running.
+    pub reference_reloads: AtomicU64,
     /// Each notifier's last delivered (or given-up) outbox sequence number, by name.
     notifier_cursors: Mutex<Vec<(String, Arc<AtomicU64>)>>,
     latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
@@ -218,6 +222,12 @@ impl Metrics {
             s,
             "# HELP vitalwatch_outbox_head The newest alert event's outbox sequence number.\n# TYPE vitalwatch_outbox_head gauge\nvitalwatch_outbox_head {}",
             self.outbox_head.load(Relaxed)
+        );
+        let _ = writeln!(
+            s,
+            "# HELP vitalwatch_threshold_version The threshold table version the engine applies.\n# TYPE vitalwatch_threshold_version gauge\nvitalwatch_threshold_version {}\n# HELP vitalwatch_reference_reloads_total Reference data reloaded from the catalog while running.\n# TYPE vitalwatch_reference_reloads_total counter\nvitalwatch_reference_reloads_total {}",
+            self.threshold_version.load(Relaxed),
+            self.reference_reloads.load(Relaxed)
         );
         let _ = writeln!(
             s,

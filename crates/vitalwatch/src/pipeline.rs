@@ -32,6 +32,7 @@ use anyhow::{Context, anyhow};
 use vitalwatch_connectors::catalog::SqliteCatalog;
 use vitalwatch_connectors::notify::kafka::KafkaNotifier;
 use vitalwatch_connectors::notify::{JsonlNotifier, Notifier, NotifyError, OutboxItem};
+use vitalwatch_connectors::postgres::PostgresStore;
 use vitalwatch_connectors::store::{AlertStore, DeliveryAttempt, DeliveryOutcome, ReferenceStore};
 use vitalwatch_connectors::warehouse::recovery::remove_unpublished;
 use vitalwatch_connectors::warehouse::{
@@ -93,8 +94,8 @@ pub struct PipelineHandle {
     pub source: SourceHandle,
     /// Shared counters.
     pub metrics: Arc<Metrics>,
-    /// Catalog file, for read-only API requests.
-    pub catalog_path: PathBuf,
+    /// Where the catalog is, for read-only API requests.
+    pub catalog: CatalogAt,
 }
 
 /// Options beyond the config file.
@@ -108,6 +109,9 @@ pub struct PipelineOptions {
     /// checkpoint covers stays invisible and is re-read after a crash), not every
     /// `warehouse.roll_interval`.
     pub publish_at_checkpoints_only: bool,
+    /// Look for changed reference data in the catalog this often and apply it while
+    /// running (a threshold import from another replica, an update in the database).
+    pub reference_refresh: Option<std::time::Duration>,
 }
 
 /// A running pipeline.
@@ -118,6 +122,8 @@ pub struct Pipeline {
     alerts: JoinHandle<anyhow::Result<()>>,
     archive: JoinHandle<anyhow::Result<WarehouseStats>>,
     notifiers: Vec<(String, JoinHandle<anyhow::Result<u64>>)>,
+    /// Dropped at shutdown: stops the reference watcher.
+    _watch: Option<flume::Sender<()>>,
     started: Instant,
 }
 
@@ -177,6 +183,68 @@ pub fn catalog_path(data: &Path) -> PathBuf {
     data.join("catalog.sqlite")
 }
 
+/// Both store seams in one backend: the catalog.
+pub trait Store: ReferenceStore + AlertStore {}
+impl<T: ReferenceStore + AlertStore> Store for T {}
+
+/// Where the catalog lives: `catalog = ""` (SQLite in the data directory, the embedded
+/// default) or `catalog = "postgres://…"` (shared by replicas).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CatalogAt {
+    /// `<data_dir>/catalog.sqlite`.
+    Sqlite(PathBuf),
+    /// A PostgreSQL connection URL (it may hold a password: never print it, use
+    /// [`CatalogAt::describe`]).
+    Postgres(String),
+}
+
+impl CatalogAt {
+    /// Where `cfg` puts the catalog.
+    pub fn of(cfg: &Config) -> Self {
+        if cfg.catalog.is_empty() {
+            CatalogAt::Sqlite(catalog_path(&cfg.data_dir))
+        } else {
+            CatalogAt::Postgres(cfg.catalog.clone())
+        }
+    }
+
+    /// Opens the catalog (creating its tables if needed).
+    pub fn open(&self) -> anyhow::Result<Box<dyn Store>> {
+        Ok(match self {
+            CatalogAt::Sqlite(p) => Box::new(
+                SqliteCatalog::open(p)
+                    .with_context(|| format!("cannot open catalog {}", p.display()))?,
+            ),
+            CatalogAt::Postgres(url) => Box::new(
+                PostgresStore::connect(url)
+                    .with_context(|| format!("cannot open catalog {}", self.describe()))?,
+            ),
+        })
+    }
+
+    /// For people: the SQLite path, or the PostgreSQL URL with its password masked.
+    pub fn describe(&self) -> String {
+        match self {
+            CatalogAt::Sqlite(p) => p.display().to_string(),
+            CatalogAt::Postgres(url) => mask_password(url),
+        }
+    }
+}
+
+/// A connection URL with the password (`user:PASSWORD@`) replaced by `***`.
+pub fn mask_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    match rest.split_once('@') {
+        Some((user_info, host)) => match user_info.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
 /// Root of the Parquet warehouse inside the data directory.
 pub fn warehouse_root(data: &Path) -> PathBuf {
     data.join("warehouse")
@@ -192,9 +260,8 @@ impl Pipeline {
         let data = &config.data_dir;
         std::fs::create_dir_all(data)
             .with_context(|| format!("cannot create data directory {}", data.display()))?;
-        let cat_path = catalog_path(data);
-        let catalog = SqliteCatalog::open(&cat_path)
-            .with_context(|| format!("cannot open catalog {}", cat_path.display()))?;
+        let cat_at = CatalogAt::of(config);
+        let catalog = cat_at.open()?;
         let patients = catalog.patients().context("cannot load patients")?;
         let table = catalog.thresholds().context("cannot load thresholds")?;
         tracing::info!(
@@ -204,6 +271,20 @@ impl Pipeline {
             profile = config.rules.profile.as_str(),
             "reference data loaded"
         );
+        metrics.threshold_version.store(
+            u64::from(table.version),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        let (control_tx, control_rx) = flume::bounded(64);
+        let watch = match opts.reference_refresh {
+            Some(every) => Some(watch_reference(
+                cat_at.clone(),
+                (patients.clone(), table.clone()),
+                control_tx.clone(),
+                every,
+            )?),
+            None => None,
+        };
         let mut engine =
             Engine::new(config.rules.clone(), patients, table).with_lateness(config.time.lateness);
         // The alerts still open when the last run stopped (or crashed) carry on. (The
@@ -219,7 +300,6 @@ impl Pipeline {
         }
 
         let (ingest_tx, ingest_rx) = flume::bounded(config.pipeline.ingest_capacity);
-        let (control_tx, control_rx) = flume::bounded(64);
         let (archive_tx, archive_rx) = flume::bounded(config.pipeline.archive_capacity);
         let (alert_tx, alert_rx) = flume::bounded(config.pipeline.alert_capacity);
 
@@ -280,8 +360,7 @@ impl Pipeline {
         let (records_tx, records_rx) = flume::unbounded();
         for n in outputs {
             let (tx, rx) = flume::bounded(NOTIFY_QUEUE);
-            let store = SqliteCatalog::open(&cat_path)
-                .with_context(|| format!("cannot open catalog {}", cat_path.display()))?;
+            let store = cat_at.open()?;
             let name = n.name().to_owned();
             let metrics = metrics.clone();
             let records = records_tx.clone();
@@ -301,8 +380,18 @@ impl Pipeline {
         drop(records_tx);
 
         let alerts = {
-            catalog.disable_autocheckpoint()?;
-            let checkpointer = spawn_checkpointer(cat_path.clone())?;
+            // SQLite: the alert writer's own connection never checkpoints the WAL; a
+            // thread does, off the alert path. (PostgreSQL has its own checkpointer.)
+            let (catalog, checkpointer): (Box<dyn Store>, _) = match &cat_at {
+                CatalogAt::Sqlite(p) => {
+                    drop(catalog);
+                    let c = SqliteCatalog::open(p)
+                        .with_context(|| format!("cannot open catalog {}", p.display()))?;
+                    c.disable_autocheckpoint()?;
+                    (Box::new(c), Some(spawn_checkpointer(p.clone())?))
+                }
+                CatalogAt::Postgres(_) => (catalog, None),
+            };
             let metrics = metrics.clone();
             std::thread::Builder::new()
                 .name("alerts".into())
@@ -341,12 +430,13 @@ impl Pipeline {
                     stamps: Arc::new(IngestStamps::default()),
                 },
                 metrics,
-                catalog_path: cat_path,
+                catalog: cat_at,
             }),
             engine,
             alerts,
             archive,
             notifiers,
+            _watch: watch,
             started: Instant::now(),
         })
     }
@@ -554,6 +644,19 @@ fn engine_loop(
                 let _ = reply.send(r);
             }
             // Every control sender is gone: only ingest is read from now on.
+            Some(Next::Control(Ok(Control::Reload { patients, table }))) => {
+                tracing::info!(
+                    patients = patients.len(),
+                    bands = table.bands.len(),
+                    version = table.version,
+                    "reference data reloaded from the catalog"
+                );
+                metrics
+                    .threshold_version
+                    .store(u64::from(table.version), Relaxed);
+                metrics.reference_reloads.fetch_add(1, Relaxed);
+                engine.load_reference(patients, table);
+            }
             Some(Next::Control(Err(_))) => control_open = false,
         }
         if matches!(clock, EngineClock::Wall) {
@@ -600,6 +703,61 @@ fn reject(
     readings
 }
 
+/// Reads the catalog's reference data every `every` and sends it to the engine when it
+/// differs from what the engine has (`current`): a threshold import by another replica
+/// or an update in the database takes effect without a restart. Stops when the returned
+/// sender drops. A catalog that cannot be read is logged and tried again.
+fn watch_reference(
+    at: CatalogAt,
+    mut current: (
+        Vec<vitalwatch_core::model::Patient>,
+        vitalwatch_core::reference::ThresholdTable,
+    ),
+    control: flume::Sender<Control>,
+    every: std::time::Duration,
+) -> anyhow::Result<flume::Sender<()>> {
+    let (tx, rx) = flume::bounded::<()>(1);
+    let mut store = Some(at.open()?);
+    std::thread::Builder::new()
+        .name("reference-watch".into())
+        .spawn(move || {
+            while let Err(flume::RecvTimeoutError::Timeout) = rx.recv_timeout(every) {
+                let s = match &store {
+                    Some(s) => s,
+                    None => match at.open() {
+                        Ok(s) => store.insert(s),
+                        Err(e) => {
+                            tracing::warn!(error = %format!("{e:#}"), "reference data: cannot open the catalog");
+                            continue;
+                        }
+                    },
+                };
+                let fresh = s.patients().and_then(|p| Ok((p, s.thresholds()?)));
+                match fresh {
+                    Ok(fresh) if fresh != current => {
+                        current = fresh.clone();
+                        if control
+                            .send(Control::Reload {
+                                patients: fresh.0,
+                                table: fresh.1,
+                            })
+                            .is_err()
+                        {
+                            break;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "reference data: cannot read the catalog; trying again");
+                        // A new connection next time (a restarted database server).
+                        store = None;
+                    }
+                }
+            }
+        })?;
+    Ok(tx)
+}
+
 /// Checkpoints the catalog's WAL from its own connection once a second, off the alert
 /// path (see [`SqliteCatalog::disable_autocheckpoint`]). Stops when the sender drops.
 fn spawn_checkpointer(path: PathBuf) -> anyhow::Result<flume::Sender<()>> {
@@ -630,7 +788,7 @@ fn spawn_checkpointer(path: PathBuf) -> anyhow::Result<flume::Sender<()>> {
 /// could not take are kept and retried (checkpoints fail meanwhile): an alarm is never
 /// dropped because a disk hiccuped.
 fn alert_loop(
-    mut store: SqliteCatalog,
+    mut store: Box<dyn Store>,
     rx: flume::Receiver<AlertMsg>,
     notifiers: Vec<flume::Sender<Arc<Handover>>>,
     records: flume::Receiver<DeliveryAttempt>,
@@ -673,7 +831,7 @@ fn alert_loop(
             }
         }
         if !events.is_empty()
-            && let Err((e, kept)) = record(&mut store, events, &notifiers, &mut handed, metrics)
+            && let Err((e, kept)) = record(&mut *store, events, &notifiers, &mut handed, metrics)
         {
             metrics.alert_output_errors.fetch_add(1, Relaxed);
             tracing::error!(error = %format!("{e:#}"), events = kept.len(), "cannot record alert events; retrying");
@@ -690,7 +848,7 @@ fn alert_loop(
             };
             cp.confirm(CheckpointPath::Alerts, r);
         }
-        record_deliveries(&mut store, &records);
+        record_deliveries(&mut *store, &records);
     }
     // The notifiers deliver the outbox to its end once they are told no more comes; their
     // last delivery records arrive until the last one is done.
@@ -698,21 +856,21 @@ fn alert_loop(
     while let Ok(first) = records.recv() {
         let mut batch = vec![first];
         batch.extend(records.try_iter());
-        write_deliveries(&mut store, &batch);
+        write_deliveries(&mut *store, &batch);
     }
     Ok(())
 }
 
 /// Records the delivery attempts the notifiers reported so far (this thread is the
 /// store's one writer: notifiers never wait for its lock).
-fn record_deliveries(store: &mut SqliteCatalog, records: &flume::Receiver<DeliveryAttempt>) {
+fn record_deliveries(store: &mut dyn Store, records: &flume::Receiver<DeliveryAttempt>) {
     let batch: Vec<DeliveryAttempt> = records.try_iter().collect();
     if !batch.is_empty() {
         write_deliveries(store, &batch);
     }
 }
 
-fn write_deliveries(store: &mut SqliteCatalog, batch: &[DeliveryAttempt]) {
+fn write_deliveries(store: &mut dyn Store, batch: &[DeliveryAttempt]) {
     if let Err(e) = store.record_deliveries(batch) {
         // Not recorded: delivered again after a restart (at least once).
         tracing::error!(error = %e, attempts = batch.len(), "cannot record deliveries");
@@ -729,7 +887,7 @@ fn with_text(e: AlertEvent) -> (AlertEvent, String) {
 /// Records one burst; hands the new events to the notifiers. On error, gives the events
 /// back to be tried again.
 fn record(
-    store: &mut SqliteCatalog,
+    store: &mut dyn Store,
     events: Vec<(AlertEvent, String)>,
     notifiers: &[flume::Sender<Arc<Handover>>],
     handed: &mut u64,
@@ -775,7 +933,7 @@ fn record(
 /// outbox is delivered to its end; returns how many entries it delivered.
 fn notifier_loop(
     mut notifier: Box<dyn Notifier>,
-    store: SqliteCatalog,
+    store: Box<dyn Store>,
     rx: flume::Receiver<Arc<Handover>>,
     records: flume::Sender<DeliveryAttempt>,
     metrics: &Metrics,
@@ -784,7 +942,7 @@ fn notifier_loop(
     let gauge = metrics.notifier_cursor(&name);
     let stored = store.cursor(&name)?;
     let cursor = notifier
-        .resume(stored, &store)
+        .resume(stored, &*store)
         .with_context(|| format!("notifier {name} cannot resume"))?;
     if cursor > stored {
         tracing::info!(notifier = %name, stored, cursor, "delivered before the crash, not again");
@@ -804,7 +962,7 @@ fn notifier_loop(
         items: Vec::new(),
         since: None,
     };
-    queue.catch_up(&store, u64::MAX)?;
+    queue.catch_up(&*store, u64::MAX)?;
     metrics.outbox_head.fetch_max(queue.fetched, Relaxed);
     let max = notifier.max_batch().max(1);
     let linger = notifier.linger();
@@ -816,16 +974,16 @@ fn notifier_loop(
             None => std::time::Duration::from_secs(1),
         };
         match rx.recv_timeout(wait) {
-            Ok(batch) => queue.take(&store, &batch)?,
+            Ok(batch) => queue.take(&*store, &batch)?,
             Err(flume::RecvTimeoutError::Timeout) => {}
             Err(flume::RecvTimeoutError::Disconnected) => closing = true,
         }
         while let Ok(batch) = rx.try_recv() {
-            queue.take(&store, &batch)?;
+            queue.take(&*store, &batch)?;
         }
         if closing {
             // Whatever the alert path recorded but could not hand over.
-            queue.catch_up(&store, u64::MAX)?;
+            queue.catch_up(&*store, u64::MAX)?;
         }
         let due = |q: &OutboxQueue| {
             !q.items.is_empty()
@@ -877,7 +1035,7 @@ impl OutboxQueue {
     }
 
     /// Reads entries after the last fetched one, up to `upto`, from the store.
-    fn catch_up(&mut self, store: &SqliteCatalog, upto: u64) -> anyhow::Result<()> {
+    fn catch_up(&mut self, store: &dyn Store, upto: u64) -> anyhow::Result<()> {
         while self.fetched < upto {
             let want = (upto - self.fetched).min(4096) as usize;
             let rows = store.outbox_after(self.fetched, want)?;
@@ -895,7 +1053,7 @@ impl OutboxQueue {
     }
 
     /// Takes a handover from the alert path, reading what it missed from the store first.
-    fn take(&mut self, store: &SqliteCatalog, batch: &Handover) -> anyhow::Result<()> {
+    fn take(&mut self, store: &dyn Store, batch: &Handover) -> anyhow::Result<()> {
         if batch.after > self.fetched {
             self.catch_up(store, batch.after)?;
         }

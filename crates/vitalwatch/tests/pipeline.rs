@@ -59,6 +59,7 @@ async fn start(cfg: &Config) -> Live {
         clock: Clock::Wall,
         console: false,
         publish_at_checkpoints_only: false,
+        reference_refresh: None,
     };
     let pipeline = Pipeline::start(cfg, opts, metrics.clone()).unwrap();
     let cancel = CancellationToken::new();

@@ -638,63 +638,75 @@ impl AlertStore for PostgresStore {
     }
 }
 
+/// A database of its own for a test or a benchmark, on the server named by
+/// `VITALWATCH_POSTGRES` (default `postgres://postgres@127.0.0.1:5432/postgres`, the
+/// machine's PostgreSQL), dropped when this is dropped.
+#[derive(Debug)]
+pub struct ScratchDatabase {
+    admin: String,
+    name: String,
+    /// Its connection URL.
+    pub url: String,
+}
+
+impl ScratchDatabase {
+    /// Creates an empty database with a name no other process uses. Panics with what to
+    /// do when the server is not there: a test that needs it must not pass without it.
+    pub fn new() -> Self {
+        let admin = std::env::var("VITALWATCH_POSTGRES")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let name = format!(
+            "vw_scratch_{}_{}",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        let mut c = Client::connect(&admin, NoTls).unwrap_or_else(|e| {
+            panic!("PostgreSQL at {admin}: {e} (start it: bash scripts/services.sh)")
+        });
+        // One statement each: neither runs inside a transaction block.
+        c.batch_execute(&format!("DROP DATABASE IF EXISTS {name}"))
+            .expect("drop an old scratch database");
+        c.batch_execute(&format!("CREATE DATABASE {name}"))
+            .expect("create a scratch database");
+        let url = match admin.rsplit_once('/') {
+            Some((base, _)) => format!("{base}/{name}"),
+            None => format!("{admin}/{name}"),
+        };
+        ScratchDatabase { admin, name, url }
+    }
+}
+
+impl Default for ScratchDatabase {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for ScratchDatabase {
+    fn drop(&mut self) {
+        if let Ok(mut c) = Client::connect(&self.admin, NoTls) {
+            let _ = c.batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// A database of its own on the machine's PostgreSQL (`VITALWATCH_POSTGRES`, default
-    /// `postgres://postgres@127.0.0.1:5432/postgres`), dropped at the end.
-    pub(crate) struct TestDb {
-        admin: String,
-        pub(crate) name: String,
-        pub(crate) url: String,
-    }
-
-    impl TestDb {
-        pub(crate) fn new() -> Self {
-            let admin = std::env::var("VITALWATCH_POSTGRES")
-                .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-            static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-            let name = format!(
-                "vw_test_{}_{}",
-                std::process::id(),
-                N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-            );
-            let mut c = Client::connect(&admin, NoTls).unwrap_or_else(|e| {
-                panic!("PostgreSQL at {admin}: {e} (start it: bash scripts/services.sh)")
-            });
-            // One statement each: neither runs inside a transaction block.
-            c.batch_execute(&format!("DROP DATABASE IF EXISTS {name}"))
-                .unwrap();
-            c.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
-            let url = match admin.rsplit_once('/') {
-                Some((base, _)) => format!("{base}/{name}"),
-                None => unreachable!("a URL with a database"),
-            };
-            TestDb { admin, name, url }
-        }
-    }
-
-    impl Drop for TestDb {
-        fn drop(&mut self) {
-            if let Ok(mut c) = Client::connect(&self.admin, NoTls) {
-                let _ = c.batch_execute(&format!(
-                    "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                    self.name
-                ));
-            }
-        }
-    }
-
     #[test]
     fn postgres_passes_the_alert_store_contract() {
-        let db = TestDb::new();
+        let db = ScratchDatabase::new();
         crate::store::contract::alert_store(|| PostgresStore::connect(&db.url).unwrap());
     }
 
     #[test]
     fn postgres_passes_the_reference_store_contract() {
-        let db = TestDb::new();
+        let db = ScratchDatabase::new();
         let fresh = PostgresStore::connect(&db.url).unwrap();
         assert!(fresh.is_empty().unwrap());
         drop(fresh);

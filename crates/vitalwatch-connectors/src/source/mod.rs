@@ -60,6 +60,14 @@ pub enum Control {
         /// Where the result goes.
         reply: flume::Sender<Result<AlertEvent, AckError>>,
     },
+    /// New reference data (patients, threshold table) from the catalog: applied between
+    /// two batches; open alerts and per-patient state are kept.
+    Reload {
+        /// Every patient.
+        patients: Vec<vitalwatch_core::model::Patient>,
+        /// The threshold table now in force.
+        table: vitalwatch_core::reference::ThresholdTable,
+    },
 }
 
 /// The pipeline stopped taking input (shutdown).
