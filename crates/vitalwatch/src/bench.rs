@@ -335,25 +335,7 @@ pub fn kafka(
     );
 
     for profile in [Profile::Standard, Profile::Classic] {
-        let dir = tempfile_dir()?;
-        let mut cfg = Config {
-            data_dir: dir.clone(),
-            ..Config::default()
-        };
-        cfg.rules.profile = profile;
-        cfg.alerts.console = false;
-        crate::commands::seed_reference(&cfg, patients)?;
-        let metrics = Arc::new(Metrics::default());
-        let pipeline = Pipeline::start(
-            &cfg,
-            PipelineOptions {
-                clock: Clock::Wall,
-                console: false,
-                publish_at_checkpoints_only: true,
-                reference_refresh: None,
-            },
-            metrics.clone(),
-        )?;
+        let (dir, cfg, pipeline, metrics) = kafka_bench_pipeline(profile, patients, false)?;
         let settings = vitalwatch_connectors::source::kafka::KafkaSettings {
             brokers: brokers.to_owned(),
             topics: vec![topic.clone()],
@@ -412,26 +394,7 @@ pub fn kafka(
 
     let topic = format!("vitalwatch-bench-latency-{run_id}");
     create_topic(brokers, &topic, partitions)?;
-    let dir = tempfile_dir()?;
-    let mut cfg = Config {
-        data_dir: dir.clone(),
-        ..Config::default()
-    };
-    cfg.rules.profile = Profile::Classic;
-    cfg.alerts.console = false;
-    crate::commands::seed_reference(&cfg, 16)?;
-    let metrics = Arc::new(Metrics::default());
-    metrics.keep_latency_samples();
-    let pipeline = Pipeline::start(
-        &cfg,
-        PipelineOptions {
-            clock: Clock::Wall,
-            console: false,
-            publish_at_checkpoints_only: true,
-            reference_refresh: None,
-        },
-        metrics.clone(),
-    )?;
+    let (dir, cfg, pipeline, metrics) = kafka_bench_pipeline(Profile::Classic, 16, true)?;
     let producer = paced_producer(brokers, &topic, rate, total);
     let settings = vitalwatch_connectors::source::kafka::KafkaSettings {
         brokers: brokers.to_owned(),
@@ -453,6 +416,38 @@ pub fn kafka(
     )?;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
+}
+
+/// A pipeline in a scratch data directory for a Kafka source (files published at its
+/// checkpoints), with `patients` demo patients; `samples`: keep every latency sample.
+fn kafka_bench_pipeline(
+    profile: Profile,
+    patients: usize,
+    samples: bool,
+) -> anyhow::Result<(std::path::PathBuf, Config, Pipeline, Arc<Metrics>)> {
+    let dir = tempfile_dir()?;
+    let mut cfg = Config {
+        data_dir: dir.clone(),
+        ..Config::default()
+    };
+    cfg.rules.profile = profile;
+    cfg.alerts.console = false;
+    crate::commands::seed_reference(&cfg, patients)?;
+    let metrics = Arc::new(Metrics::default());
+    if samples {
+        metrics.keep_latency_samples();
+    }
+    let pipeline = Pipeline::start(
+        &cfg,
+        PipelineOptions {
+            clock: Clock::Wall,
+            console: false,
+            publish_at_checkpoints_only: true,
+            reference_refresh: None,
+        },
+        metrics.clone(),
+    )?;
+    Ok((dir, cfg, pipeline, metrics))
 }
 
 /// The `observed_at` of a canonical record, in microseconds.
