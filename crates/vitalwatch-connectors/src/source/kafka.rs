@@ -304,16 +304,26 @@ impl KafkaMetrics {
                 "vitalwatch_kafka_consumer_lag{{source=\"{src}\",topic=\"{topic}\",partition=\"{partition}\"}} {lag}"
             );
         }
-        let _ = writeln!(
-            s,
-            "# HELP vitalwatch_kafka_committed_offset Next offset committed as durable.\n# TYPE vitalwatch_kafka_committed_offset gauge"
-        );
-        for ((topic, partition), st) in &parts {
-            let _ = writeln!(
-                s,
-                "vitalwatch_kafka_committed_offset{{source=\"{src}\",topic=\"{topic}\",partition=\"{partition}\"}} {}",
-                st.committed
-            );
+        for (name, help, get) in [
+            (
+                "vitalwatch_kafka_committed_offset",
+                "Next offset committed as durable.",
+                (|st: &PartitionState| st.committed) as fn(&PartitionState) -> i64,
+            ),
+            (
+                "vitalwatch_kafka_high_watermark",
+                "The broker's next offset to be written, as last fetched (every 5 s).",
+                |st: &PartitionState| st.high,
+            ),
+        ] {
+            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} gauge");
+            for ((topic, partition), st) in &parts {
+                let _ = writeln!(
+                    s,
+                    "{name}{{source=\"{src}\",topic=\"{topic}\",partition=\"{partition}\"}} {}",
+                    get(st)
+                );
+            }
         }
     }
 }
