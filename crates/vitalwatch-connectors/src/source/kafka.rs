@@ -23,8 +23,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -328,13 +328,13 @@ impl KafkaMetrics {
     }
 }
 
-/// Rebalance news from librdkafka's callbacks (served inside `poll`) to the read loop.
-#[derive(Default)]
+/// The consumer's context: the read loop's state lives here, so librdkafka's rebalance
+/// callbacks (served inside `poll`, on the source's own thread) can make what was read
+/// from a revoked partition durable and commit it before the partition goes to another
+/// replica, and take a new partition's durable position from the store.
 struct GroupContext {
-    changed: AtomicBool,
-    assigned: Mutex<Vec<(String, i32)>>,
-    revoked: Mutex<Vec<(String, i32)>>,
-    metrics: Arc<KafkaMetrics>,
+    shared: Shared,
+    state: Mutex<State>,
 }
 
 impl ClientContext for GroupContext {}
@@ -346,22 +346,40 @@ fn partitions_of(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
         .collect()
 }
 
+impl GroupContext {
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 impl ConsumerContext for GroupContext {
-    fn post_rebalance(&self, _c: &BaseConsumer<Self>, r: &Rebalance<'_>) {
-        let (slot, list) = match r {
-            Rebalance::Assign(l) => (&self.assigned, partitions_of(l)),
-            Rebalance::Revoke(l) => (&self.revoked, partitions_of(l)),
-            Rebalance::Error(e) => {
-                tracing::warn!(error = %e, "kafka rebalance error");
-                return;
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, r: &Rebalance<'_>) {
+        if let Rebalance::Revoke(l) = r {
+            let list = partitions_of(l);
+            tracing::info!(partitions = ?list, "kafka partitions revoked: committing what was read from them");
+            self.shared.metrics.rebalances.fetch_add(1, Relaxed);
+            let mut st = self.state();
+            if let Err(e) = self.shared.hand_over(&mut st, consumer, &list) {
+                // Not committed: the next owner reads them again (never lost).
+                tracing::warn!(error = %e, "kafka: revoked partitions not committed");
             }
-        };
-        tracing::info!(partitions = ?list, assign = matches!(r, Rebalance::Assign(_)), "kafka rebalance");
-        self.metrics.rebalances.fetch_add(1, Relaxed);
-        if let Ok(mut s) = slot.lock() {
-            s.extend(list);
         }
-        self.changed.store(true, Relaxed);
+    }
+
+    fn post_rebalance(&self, _c: &BaseConsumer<Self>, r: &Rebalance<'_>) {
+        match r {
+            Rebalance::Assign(l) => {
+                let list = partitions_of(l);
+                tracing::info!(partitions = ?list, "kafka partitions assigned");
+                self.shared.metrics.rebalances.fetch_add(1, Relaxed);
+                let mut st = self.state();
+                if let Err(e) = self.shared.take_over(&mut st, &list) {
+                    st.failed = Some(e);
+                }
+            }
+            Rebalance::Revoke(_) => {}
+            Rebalance::Error(e) => tracing::warn!(error = %e, "kafka rebalance error"),
+        }
     }
 }
 
@@ -409,27 +427,43 @@ const BATCH: usize = 1024;
 const LINGER: Duration = Duration::from_millis(2);
 /// Checkpoints in flight before the reader waits for the oldest.
 const MAX_OUTSTANDING: usize = 4;
+/// Longest a revocation waits for its checkpoint before the partitions go anyway (they
+/// are then read again by their next owner: never lost).
+const HAND_OVER_WAIT: Duration = Duration::from_secs(30);
 
 /// The Kafka source: a consumer-group member feeding the pipeline until stopped.
 pub struct KafkaSource {
-    settings: KafkaSettings,
-    h: SourceHandle,
+    shared: Shared,
     store: Box<dyn AlertStore>,
-    warehouse: PathBuf,
-    interval: Duration,
-    metrics: Arc<KafkaMetrics>,
 }
 
 impl std::fmt::Debug for KafkaSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KafkaSource")
-            .field("settings", &self.settings.describe())
+            .field("settings", &self.shared.settings.describe())
             .finish()
     }
 }
 
-/// The read loop's own state.
-struct Reader {
+/// What the read loop and the rebalance callbacks share and never change.
+struct Shared {
+    settings: KafkaSettings,
+    h: SourceHandle,
+    warehouse: PathBuf,
+    interval: Duration,
+    metrics: Arc<KafkaMetrics>,
+    /// `kafka:GROUP:TOPICS`: the decision row and the warehouse stream.
+    source: String,
+    stream: String,
+}
+
+/// The read loop's state.
+struct State {
+    store: Box<dyn AlertStore>,
+    tracker: Tracker<KafkaCheckpoint>,
+    dlq: Option<BaseProducer<CountingContext>>,
+    /// The last checkpoint number handed out.
+    number: u64,
     /// Next offset to read per assigned partition; records below it are skipped (they
     /// were made durable before a crash or a hand-over).
     next: HashMap<(String, i32), i64>,
@@ -437,7 +471,11 @@ struct Reader {
     dead: Vec<DeadLetter>,
     batch_since: Option<Instant>,
     received: usize,
+    /// Read since the last checkpoint.
     dirty: bool,
+    last_checkpoint: Instant,
+    /// An error a rebalance callback could not return: the loop stops with it.
+    failed: Option<KafkaSourceError>,
 }
 
 impl KafkaSource {
@@ -450,54 +488,58 @@ impl KafkaSource {
         warehouse: PathBuf,
         interval: Duration,
     ) -> Self {
+        let source = settings.source_name();
         let metrics = Arc::new(KafkaMetrics {
-            source: settings.source_name(),
+            source: source.clone(),
             ..Default::default()
         });
         KafkaSource {
-            settings,
-            h,
+            shared: Shared {
+                stream: stream_id(&source),
+                source,
+                settings,
+                h,
+                warehouse,
+                interval,
+                metrics,
+            },
             store,
-            warehouse,
-            interval,
-            metrics,
         }
     }
 
     /// This source's counters (register them with the metrics before [`Self::run`]).
     pub fn metrics(&self) -> Arc<KafkaMetrics> {
-        self.metrics.clone()
+        self.shared.metrics.clone()
     }
 
     /// Consumes until `stop()` says so, then makes what it read durable, commits it and
     /// leaves the group.
-    pub fn run(mut self, stop: &dyn Fn() -> bool) -> Result<(), KafkaSourceError> {
-        let source = self.settings.source_name();
-        let stream = stream_id(&source);
+    pub fn run(self, stop: &dyn Fn() -> bool) -> Result<(), KafkaSourceError> {
+        let KafkaSource { shared, store } = self;
         // The decision record: which checkpoint of this stream is durable. Files of later
         // checkpoints hold rows that will be read again.
-        let stored = self.store.source_position(&source)?;
-        let mut number = stored.as_ref().map_or(0, |p| p.checkpoint);
-        let removed = remove_uncommitted(&self.warehouse, &stream, stored.map(|p| p.checkpoint))?;
+        let stored = store.source_position(&shared.source)?;
+        let number = stored.as_ref().map_or(0, |p| p.checkpoint);
+        let removed = remove_uncommitted(
+            &shared.warehouse,
+            &shared.stream,
+            stored.map(|p| p.checkpoint),
+        )?;
         if removed.uncommitted > 0 {
             tracing::info!(
                 files = removed.uncommitted,
                 "removed warehouse files no committed Kafka checkpoint covers; their records are read again"
             );
         }
-
-        let ctx = GroupContext {
-            metrics: self.metrics.clone(),
-            ..Default::default()
-        };
-        let mut cc = client_config(&self.settings.brokers, &self.settings.options);
-        cc.set("group.id", &self.settings.group)
+        let settings = &shared.settings;
+        let mut cc = client_config(&settings.brokers, &settings.options);
+        cc.set("group.id", &settings.group)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("enable.partition.eof", "false")
             .set(
                 "auto.offset.reset",
-                match self.settings.start {
+                match settings.start {
                     StartAt::Earliest => "earliest",
                     StartAt::Latest => "latest",
                 },
@@ -514,171 +556,172 @@ impl KafkaSource {
                 "a broker may hold a fetch for this long when no record is waiting: at librdkafka's 500 ms default every alert could wait that long",
             ),
         ] {
-            if !self.settings.options.contains_key(k) {
+            if !settings.options.contains_key(k) {
                 cc.set(k, v);
             }
         }
-        let consumer: BaseConsumer<GroupContext> = cc.create_with_context(ctx)?;
-        let topics: Vec<&str> = self.settings.topics.iter().map(String::as_str).collect();
-        consumer.subscribe(&topics)?;
-        let dlq = if self.settings.dead_letter_topic.is_empty() {
+        let dlq = if settings.dead_letter_topic.is_empty() {
             None
         } else {
-            let mut pc = client_config(&self.settings.brokers, &self.settings.options);
+            let mut pc = client_config(&settings.brokers, &settings.options);
             pc.set("message.max.bytes", "33554432")
                 .set("linger.ms", "5");
             Some(pc.create_with_context::<_, BaseProducer<CountingContext>>(
                 CountingContext::default(),
             )?)
         };
-
-        let mut tracker: Tracker<KafkaCheckpoint> = Tracker::default();
-        let mut r = Reader {
-            next: HashMap::new(),
-            batch: Vec::with_capacity(BATCH),
-            dead: Vec::new(),
-            batch_since: None,
-            received: 0,
-            dirty: false,
+        let topics: Vec<String> = settings.topics.clone();
+        let ctx = GroupContext {
+            state: Mutex::new(State {
+                store,
+                tracker: Tracker::default(),
+                dlq,
+                number,
+                next: HashMap::new(),
+                batch: Vec::with_capacity(BATCH),
+                dead: Vec::new(),
+                batch_since: None,
+                received: 0,
+                dirty: false,
+                last_checkpoint: Instant::now(),
+                failed: None,
+            }),
+            shared,
         };
-        let mut last_checkpoint = Instant::now();
+        let consumer: BaseConsumer<GroupContext> = cc.create_with_context(ctx)?;
+        let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+        consumer.subscribe(&topics)?;
         let mut last_watermarks = Instant::now();
         while !stop() {
+            // No lock is held across `poll`: rebalance callbacks run inside it.
             let polled = consumer.poll(Duration::from_millis(10));
-            if consumer.context().changed.swap(false, Relaxed) {
-                self.rebalanced(&consumer, &mut r)?;
+            let ctx = consumer.context();
+            let sh = &ctx.shared;
+            let mut st = ctx.state();
+            if let Some(e) = st.failed.take() {
+                return Err(e);
             }
             match polled {
-                None => self.flush(&mut r)?,
+                None => sh.flush(&mut st)?,
                 Some(Err(e)) => {
                     tracing::warn!(error = %e, "kafka consumer");
-                    self.flush(&mut r)?;
+                    sh.flush(&mut st)?;
                 }
-                Some(Ok(m)) => {
-                    let key = (m.topic().to_owned(), m.partition());
-                    let off = m.offset();
-                    match r.next.get(&key) {
-                        Some(&n) if off < n => continue,
-                        _ => {}
-                    }
-                    r.next.insert(key, off + 1);
-                    r.dirty = true;
-                    r.received += 1;
-                    self.metrics.records.fetch_add(1, Relaxed);
-                    let ingested = match m.timestamp().to_millis() {
-                        Some(ms) if ms > 0 => Timestamp(ms * 1000),
-                        _ => wall_now(),
-                    };
-                    let payload = m.payload().unwrap_or_default();
-                    match self.h.decode_live(payload, self.settings.format, ingested) {
-                        Ok(o) => r.batch.push(o),
-                        Err(reason) => {
-                            let from = format!("kafka:{}/{}@{}", m.topic(), m.partition(), off);
-                            self.metrics.dead_letters.fetch_add(1, Relaxed);
-                            if let Some(p) = &dlq {
-                                send_dead_letter(p, &self.settings.dead_letter_topic, &m, &reason);
-                            }
-                            r.dead
-                                .push(DeadLetter::new(ingested, from, reason, payload));
-                        }
-                    }
-                    r.batch_since.get_or_insert_with(Instant::now);
-                    if r.batch.len() >= BATCH
-                        || r.batch_since.is_some_and(|t| t.elapsed() >= LINGER)
-                    {
-                        self.flush(&mut r)?;
-                    }
-                }
+                Some(Ok(m)) => sh.take(&mut st, &m)?,
             }
-            if let Some(p) = &dlq {
+            if let Some(p) = &st.dlq {
                 p.poll(Duration::ZERO);
             }
-            if r.dirty && last_checkpoint.elapsed() >= self.interval {
-                self.flush(&mut r)?;
-                number += 1;
-                self.checkpoint(&mut tracker, &stream, number, &r, dlq.as_ref())?;
-                r.dirty = false;
-                last_checkpoint = Instant::now();
+            if st.dirty && st.last_checkpoint.elapsed() >= sh.interval {
+                sh.checkpoint(&mut st)?;
             }
-            let wait = if tracker.outstanding() > MAX_OUTSTANDING {
+            let wait = if st.tracker.outstanding() > MAX_OUTSTANDING {
                 Duration::from_secs(1)
             } else {
                 Duration::ZERO
             };
-            let done = tracker.poll(wait);
-            self.settle(&consumer, &source, done)?;
+            let done = st.tracker.poll(wait);
+            sh.settle(&mut st, &consumer, done, CommitMode::Async)?;
             if last_watermarks.elapsed() >= Duration::from_secs(5) {
-                self.refresh_watermarks(&consumer);
+                drop(st);
+                sh.refresh_watermarks(&consumer);
                 last_watermarks = Instant::now();
             }
         }
         // Stop: make what was read durable, commit it, leave the group.
-        self.flush(&mut r)?;
-        if r.dirty {
-            number += 1;
-            self.checkpoint(&mut tracker, &stream, number, &r, dlq.as_ref())?;
-        }
-        let done = tracker.drain(Duration::from_secs(60));
-        self.settle(&consumer, &source, done)?;
-        if let Some(p) = &dlq {
-            let _ = p.flush(Duration::from_secs(10));
+        {
+            let ctx = consumer.context();
+            let sh = &ctx.shared;
+            let mut st = ctx.state();
+            sh.flush(&mut st)?;
+            if st.dirty {
+                sh.checkpoint(&mut st)?;
+            }
+            let done = st.tracker.drain(Duration::from_secs(60));
+            sh.settle(&mut st, &consumer, done, CommitMode::Sync)?;
+            if let Some(p) = &st.dlq {
+                let _ = p.flush(Duration::from_secs(10));
+            }
         }
         consumer.unsubscribe();
         Ok(())
     }
+}
 
-    /// Sends the batch and dead letters gathered so far.
-    fn flush(&self, r: &mut Reader) -> Result<(), KafkaSourceError> {
-        self.h.received(std::mem::take(&mut r.received));
-        self.h.dead_letters(std::mem::take(&mut r.dead))?;
-        if !r.batch.is_empty() {
-            let batch = std::mem::replace(&mut r.batch, Vec::with_capacity(BATCH));
-            self.h.send(batch)?;
+impl Shared {
+    /// Decodes one record into the batch (or a dead letter), skipping what an earlier
+    /// owner already made durable.
+    fn take(
+        &self,
+        st: &mut State,
+        m: &rdkafka::message::BorrowedMessage<'_>,
+    ) -> Result<(), KafkaSourceError> {
+        let key = (m.topic().to_owned(), m.partition());
+        let off = m.offset();
+        if st.next.get(&key).is_some_and(|&n| off < n) {
+            return Ok(());
         }
-        r.batch_since = None;
+        st.next.insert(key, off + 1);
+        st.dirty = true;
+        st.received += 1;
+        self.metrics.records.fetch_add(1, Relaxed);
+        let ingested = match m.timestamp().to_millis() {
+            Some(ms) if ms > 0 => Timestamp(ms * 1000),
+            _ => wall_now(),
+        };
+        let payload = m.payload().unwrap_or_default();
+        match self.h.decode_live(payload, self.settings.format, ingested) {
+            Ok(o) => st.batch.push(o),
+            Err(reason) => {
+                let from = format!("kafka:{}/{}@{}", m.topic(), m.partition(), off);
+                self.metrics.dead_letters.fetch_add(1, Relaxed);
+                if let Some(p) = &st.dlq {
+                    send_dead_letter(p, &self.settings.dead_letter_topic, m, &reason);
+                }
+                st.dead
+                    .push(DeadLetter::new(ingested, from, reason, payload));
+            }
+        }
+        st.batch_since.get_or_insert_with(Instant::now);
+        if st.batch.len() >= BATCH || st.batch_since.is_some_and(|t| t.elapsed() >= LINGER) {
+            self.flush(st)?;
+        }
         Ok(())
     }
 
-    /// Takes the partitions assigned and revoked since the last look: a new partition
-    /// starts after its stored durable offset; a revoked one is forgotten (its new owner
-    /// starts from the committed offset).
-    fn rebalanced(
-        &mut self,
-        consumer: &BaseConsumer<GroupContext>,
-        r: &mut Reader,
-    ) -> Result<(), KafkaSourceError> {
-        let ctx = consumer.context();
-        let revoked: Vec<_> = ctx
-            .revoked
-            .lock()
-            .map(|mut v| std::mem::take(&mut *v))
-            .unwrap_or_default();
-        let assigned: Vec<_> = ctx
-            .assigned
-            .lock()
-            .map(|mut v| std::mem::take(&mut *v))
-            .unwrap_or_default();
+    /// Sends the batch and dead letters gathered so far.
+    fn flush(&self, st: &mut State) -> Result<(), KafkaSourceError> {
+        self.h.received(std::mem::take(&mut st.received));
+        self.h.dead_letters(std::mem::take(&mut st.dead))?;
+        if !st.batch.is_empty() {
+            let batch = std::mem::replace(&mut st.batch, Vec::with_capacity(BATCH));
+            self.h.send(batch)?;
+        }
+        st.batch_since = None;
+        Ok(())
+    }
+
+    /// New partitions start after their stored durable offset, if the store has one
+    /// (this replica's earlier run, or a replica that shares the catalog); otherwise at
+    /// the broker's committed offset.
+    fn take_over(&self, st: &mut State, list: &[(String, i32)]) -> Result<(), KafkaSourceError> {
         let mut parts = self
             .metrics
             .partitions
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        for k in revoked {
-            r.next.remove(&k);
-            parts.remove(&k);
-        }
-        for k in assigned {
-            let stored = self
+        for k in list {
+            let stored = st
                 .store
-                .source_position(&partition_name(&self.settings, &k))?;
+                .source_position(&partition_name(&self.settings, k))?;
             let committed = stored.map_or(-1, |p| p.offset as i64);
             if committed >= 0 {
-                r.next.insert(k.clone(), committed);
+                st.next.insert(k.clone(), committed);
             } else {
-                r.next.remove(&k);
+                st.next.remove(k);
             }
             parts.insert(
-                k,
+                k.clone(),
                 PartitionState {
                     position: committed.max(0),
                     committed,
@@ -689,41 +732,63 @@ impl KafkaSource {
         Ok(())
     }
 
-    /// Sends a checkpoint covering everything read so far.
-    fn checkpoint(
+    /// Partitions leave this replica: what was read from them is made durable and
+    /// committed first (waiting up to [`HAND_OVER_WAIT`]), so their next owner starts
+    /// exactly after it — nothing read twice, nothing skipped.
+    fn hand_over(
         &self,
-        tracker: &mut Tracker<KafkaCheckpoint>,
-        stream: &str,
-        number: u64,
-        r: &Reader,
-        dlq: Option<&BaseProducer<CountingContext>>,
+        st: &mut State,
+        consumer: &BaseConsumer<GroupContext>,
+        list: &[(String, i32)],
     ) -> Result<(), KafkaSourceError> {
-        if let Some(p) = dlq
-            && let Err(e) = p.flush(Duration::from_secs(10))
-        {
-            tracing::warn!(error = %e, "dead-letter topic: not every dead letter was delivered (they are in the warehouse)");
+        self.flush(st)?;
+        if st.dirty {
+            self.checkpoint(st)?;
         }
-        if let Some(p) = dlq {
+        let done = st.tracker.drain(HAND_OVER_WAIT);
+        self.settle(st, consumer, done, CommitMode::Sync)?;
+        let mut parts = self
+            .metrics
+            .partitions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        for k in list {
+            st.next.remove(k);
+            parts.remove(k);
+        }
+        Ok(())
+    }
+
+    /// Sends a checkpoint covering everything read so far.
+    fn checkpoint(&self, st: &mut State) -> Result<(), KafkaSourceError> {
+        self.flush(st)?;
+        if let Some(p) = &st.dlq {
+            if let Err(e) = p.flush(Duration::from_secs(10)) {
+                tracing::warn!(error = %e, "dead-letter topic: not every dead letter was delivered (they are in the warehouse)");
+            }
             let failed = p.context().failed.swap(0, Relaxed);
             self.metrics
                 .dead_letter_topic_errors
                 .fetch_add(failed, Relaxed);
         }
-        let mut offsets: Vec<_> = r.next.iter().map(|(k, v)| (k.clone(), *v)).collect();
+        st.number += 1;
+        let mut offsets: Vec<_> = st.next.iter().map(|(k, v)| (k.clone(), *v)).collect();
         offsets.sort();
         if let Ok(mut parts) = self.metrics.partitions.lock() {
             for (k, v) in &offsets {
                 parts.entry(k.clone()).or_default().position = *v;
             }
         }
-        let cp = tracker.mark(
-            Some(position_tag(stream, number)),
+        let cp = st.tracker.mark(
+            Some(position_tag(&self.stream, st.number)),
             KafkaCheckpoint {
-                number,
+                number: st.number,
                 offsets,
                 sent: Instant::now(),
             },
         );
+        st.dirty = false;
+        st.last_checkpoint = Instant::now();
         self.h
             .ingest
             .send(IngestMsg::Checkpoint(cp))
@@ -733,10 +798,11 @@ impl KafkaSource {
     /// Commits the offsets of durable checkpoints: to the alert store (the decision, in
     /// one transaction with the checkpoint number), then to the broker.
     fn settle(
-        &mut self,
+        &self,
+        st: &mut State,
         consumer: &BaseConsumer<GroupContext>,
-        source: &str,
         done: Vec<(KafkaCheckpoint, Outcome)>,
+        mode: CommitMode,
     ) -> Result<(), KafkaSourceError> {
         for (cp, outcome) in done {
             self.h.count_checkpoint(&outcome);
@@ -748,7 +814,7 @@ impl KafkaSource {
             }
             let at = wall_now();
             let mut rows = vec![SourcePosition {
-                source: source.to_owned(),
+                source: self.source.clone(),
                 checkpoint: cp.number,
                 offset: 0,
                 fingerprint: String::new(),
@@ -765,8 +831,8 @@ impl KafkaSource {
                 });
                 tpl.add_partition_offset(topic, *partition, Offset::Offset(*off))?;
             }
-            self.store.commit_source_positions(&rows)?;
-            if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
+            st.store.commit_source_positions(&rows)?;
+            if let Err(e) = consumer.commit(&tpl, mode) {
                 // The store holds the decision; the broker's copy catches up next time.
                 tracing::warn!(error = %e, "kafka offset commit");
             }
@@ -776,8 +842,8 @@ impl KafkaSource {
                 .fetch_add(cp.sent.elapsed().as_micros() as u64, Relaxed);
             if let Ok(mut parts) = self.metrics.partitions.lock() {
                 for (k, off) in &cp.offsets {
-                    if let Some(st) = parts.get_mut(k) {
-                        st.committed = *off;
+                    if let Some(p) = parts.get_mut(k) {
+                        p.committed = *off;
                     }
                 }
             }
@@ -795,9 +861,9 @@ impl KafkaSource {
             if let Ok((_, high)) =
                 consumer.fetch_watermarks(&topic, partition, Duration::from_millis(500))
                 && let Ok(mut parts) = self.metrics.partitions.lock()
-                && let Some(st) = parts.get_mut(&(topic, partition))
+                && let Some(p) = parts.get_mut(&(topic, partition))
             {
-                st.high = high;
+                p.high = high;
             }
         }
     }
