@@ -459,3 +459,70 @@ fn garbage_goes_to_the_dead_letter_topic_and_the_rest_is_processed() {
     // Eight classic records of two readings each, around the garbage.
     assert_eq!(sql(&data, "SELECT count(*) FROM vitals"), "16");
 }
+
+/// A second replica joins the group in the middle of the stream (a graceful rebalance:
+/// the first commits what it read from the partitions it gives up before it lets them
+/// go): between their two warehouses and alert logs, every record is there exactly once,
+/// as one replay of the records leaves it.
+#[test]
+fn a_replica_joining_mid_stream_takes_over_partitions_without_a_gap_or_a_double() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = recordings(dir.path());
+    let topic = unique("vitals");
+    create_topic(&topic, 4);
+    create_topic(&format!("{topic}-dead"), 1);
+    produce(&topic, &files, &[]);
+    let want = replayed(dir.path(), &files);
+
+    let config = write_config(dir.path(), &topic, &unique("group"), "");
+    let (a_data, b_data) = (dir.path().join("a"), dir.path().join("b"));
+    let (a_port, b_port) = (free_port(), free_port());
+    let mut a = run_kafka(&a_data, &config, a_port, 500);
+    wait_metric(
+        &mut a,
+        a_port,
+        "vitalwatch_kafka_committed_offset",
+        RECORDS * 0.2,
+        Duration::from_secs(300),
+    );
+    let mut b = run_kafka(&b_data, &config, b_port, 500);
+    wait_metric(
+        &mut b,
+        b_port,
+        "vitalwatch_kafka_rebalances_total",
+        1.0,
+        Duration::from_secs(60),
+    );
+    // Done when the two replicas' committed offsets cover every record.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let committed: f64 = [a_port, b_port]
+            .iter()
+            .map(|&p| metric(p, "vitalwatch_kafka_committed_offset").unwrap_or(0.0))
+            .sum();
+        if committed >= RECORDS {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "committed {committed} of {RECORDS}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    interrupt(b);
+    interrupt(a);
+    let (ga, gb) = (outcome(&a_data), outcome(&b_data));
+    assert!(
+        !gb.log.is_empty() && !ga.log.is_empty(),
+        "both replicas did part of the work"
+    );
+    let n = |s: &str| s.parse::<u64>().unwrap();
+    assert_eq!(n(&ga.vitals) + n(&gb.vitals), n(&want.vitals), "readings");
+    assert_eq!(
+        n(&ga.distinct_vitals) + n(&gb.distinct_vitals),
+        n(&want.distinct_vitals)
+    );
+    assert_eq!(ga.log.len() + gb.log.len(), want.log.len(), "alert events");
+    let union: BTreeSet<String> = ga.log.union(&gb.log).cloned().collect();
+    assert_eq!(union, want.log, "the same alert events as one replay");
+}
