@@ -204,6 +204,9 @@ pub enum KafkaSourceError {
     /// The pipeline stopped taking input.
     #[error("the pipeline stopped")]
     Closed,
+    /// A helper thread could not be started.
+    #[error("cannot start a thread: {0}")]
+    Thread(String),
 }
 
 impl From<super::Closed> for KafkaSourceError {
@@ -591,7 +594,32 @@ impl KafkaSource {
         let consumer: BaseConsumer<GroupContext> = cc.create_with_context(ctx)?;
         let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics)?;
-        let mut last_watermarks = Instant::now();
+        // High watermarks (for the lag gauge) come from a client and thread of their own:
+        // each is a request to the broker, which must not hold up the records.
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let watermarks = {
+            let (done, metrics) = (done.clone(), consumer.context().shared.metrics.clone());
+            let client: BaseConsumer = client_config(
+                &consumer.context().shared.settings.brokers,
+                &consumer.context().shared.settings.options,
+            )
+            .create()?;
+            std::thread::Builder::new()
+                .name("kafka-watermarks".into())
+                .spawn(move || refresh_watermarks(&client, &metrics, &done))
+                .map_err(|e| KafkaSourceError::Thread(e.to_string()))?
+        };
+        let result = Self::read(&consumer, stop);
+        done.store(true, Relaxed);
+        let _ = watermarks.join();
+        result
+    }
+
+    /// The read loop, then the final checkpoint.
+    fn read(
+        consumer: &BaseConsumer<GroupContext>,
+        stop: &dyn Fn() -> bool,
+    ) -> Result<(), KafkaSourceError> {
         while !stop() {
             // No lock is held across `poll`: rebalance callbacks run inside it.
             let polled = consumer.poll(Duration::from_millis(10));
@@ -621,12 +649,7 @@ impl KafkaSource {
                 Duration::ZERO
             };
             let done = st.tracker.poll(wait);
-            sh.settle(&mut st, &consumer, done, CommitMode::Async)?;
-            if last_watermarks.elapsed() >= Duration::from_secs(5) {
-                drop(st);
-                sh.refresh_watermarks(&consumer);
-                last_watermarks = Instant::now();
-            }
+            sh.settle(&mut st, consumer, done, CommitMode::Async)?;
         }
         // Stop: make what was read durable, commit it, leave the group.
         {
@@ -638,7 +661,7 @@ impl KafkaSource {
                 sh.checkpoint(&mut st)?;
             }
             let done = st.tracker.drain(Duration::from_secs(60));
-            sh.settle(&mut st, &consumer, done, CommitMode::Sync)?;
+            sh.settle(&mut st, consumer, done, CommitMode::Sync)?;
             if let Some(p) = &st.dlq {
                 let _ = p.flush(Duration::from_secs(10));
             }
@@ -850,17 +873,30 @@ impl Shared {
         }
         Ok(())
     }
+}
 
-    /// Fetches each assigned partition's high watermark (for the lag gauge).
-    fn refresh_watermarks(&self, consumer: &BaseConsumer<GroupContext>) {
-        let keys: Vec<_> = match self.metrics.partitions.lock() {
+/// Fetches each assigned partition's high watermark every 5 s (for the lag gauge) until
+/// `done`.
+fn refresh_watermarks(
+    client: &BaseConsumer,
+    metrics: &KafkaMetrics,
+    done: &std::sync::atomic::AtomicBool,
+) {
+    let mut last = Instant::now() - Duration::from_secs(5);
+    while !done.load(Relaxed) {
+        std::thread::sleep(Duration::from_millis(100));
+        if last.elapsed() < Duration::from_secs(5) {
+            continue;
+        }
+        last = Instant::now();
+        let keys: Vec<_> = match metrics.partitions.lock() {
             Ok(p) => p.keys().cloned().collect(),
             Err(_) => return,
         };
         for (topic, partition) in keys {
             if let Ok((_, high)) =
-                consumer.fetch_watermarks(&topic, partition, Duration::from_millis(500))
-                && let Ok(mut parts) = self.metrics.partitions.lock()
+                client.fetch_watermarks(&topic, partition, Duration::from_secs(1))
+                && let Ok(mut parts) = metrics.partitions.lock()
                 && let Some(p) = parts.get_mut(&(topic, partition))
             {
                 p.high = high;
