@@ -369,14 +369,14 @@ impl ConsumerContext for GroupContext {
         }
     }
 
-    fn post_rebalance(&self, _c: &BaseConsumer<Self>, r: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, r: &Rebalance<'_>) {
         match r {
             Rebalance::Assign(l) => {
                 let list = partitions_of(l);
                 tracing::info!(partitions = ?list, "kafka partitions assigned");
                 self.shared.metrics.rebalances.fetch_add(1, Relaxed);
                 let mut st = self.state();
-                if let Err(e) = self.shared.take_over(&mut st, &list) {
+                if let Err(e) = self.shared.take_over(&mut st, consumer, &list) {
                     st.failed = Some(e);
                 }
             }
@@ -620,9 +620,18 @@ impl KafkaSource {
         consumer: &BaseConsumer<GroupContext>,
         stop: &dyn Fn() -> bool,
     ) -> Result<(), KafkaSourceError> {
+        // Records waiting in a part-filled batch: then `poll` only takes what librdkafka
+        // already holds, and the batch goes to the engine as soon as that runs dry (a
+        // fetch brings records in bursts; waiting for the next burst added its interval
+        // to every alert).
+        let mut pending = false;
         while !stop() {
             // No lock is held across `poll`: rebalance callbacks run inside it.
-            let polled = consumer.poll(Duration::from_millis(10));
+            let polled = consumer.poll(if pending {
+                Duration::ZERO
+            } else {
+                Duration::from_millis(10)
+            });
             let ctx = consumer.context();
             let sh = &ctx.shared;
             let mut st = ctx.state();
@@ -650,6 +659,7 @@ impl KafkaSource {
             };
             let done = st.tracker.poll(wait);
             sh.settle(&mut st, consumer, done, CommitMode::Async)?;
+            pending = !st.batch.is_empty() || !st.dead.is_empty();
         }
         // Stop: make what was read durable, commit it, leave the group.
         {
@@ -726,8 +736,29 @@ impl Shared {
 
     /// New partitions start after their stored durable offset, if the store has one
     /// (this replica's earlier run, or a replica that shares the catalog); otherwise at
-    /// the broker's committed offset.
-    fn take_over(&self, st: &mut State, list: &[(String, i32)]) -> Result<(), KafkaSourceError> {
+    /// the broker's committed offset (a partition another replica gave up).
+    fn take_over(
+        &self,
+        st: &mut State,
+        consumer: &BaseConsumer<GroupContext>,
+        list: &[(String, i32)],
+    ) -> Result<(), KafkaSourceError> {
+        let mut broker = HashMap::new();
+        let mut ask = TopicPartitionList::new();
+        for (topic, partition) in list {
+            ask.add_partition(topic, *partition);
+        }
+        match consumer.committed_offsets(ask, Duration::from_secs(10)) {
+            Ok(tpl) => {
+                for e in tpl.elements() {
+                    if let Offset::Offset(o) = e.offset() {
+                        broker.insert((e.topic().to_owned(), e.partition()), o);
+                    }
+                }
+            }
+            // Then the store's offsets only; librdkafka still starts at the broker's.
+            Err(e) => tracing::warn!(error = %e, "kafka: committed offsets not fetched"),
+        }
         let mut parts = self
             .metrics
             .partitions
@@ -737,7 +768,15 @@ impl Shared {
             let stored = st
                 .store
                 .source_position(&partition_name(&self.settings, k))?;
-            let committed = stored.map_or(-1, |p| p.offset as i64);
+            // The later of the two: the store's is ahead after a crash between its commit
+            // and the broker's; the broker's is ahead when another replica with its own
+            // catalog read the partition since (going back would read records twice).
+            let committed = stored
+                .map(|p| p.offset as i64)
+                .into_iter()
+                .chain(broker.get(k).copied())
+                .max()
+                .unwrap_or(-1);
             if committed >= 0 {
                 st.next.insert(k.clone(), committed);
             } else {
