@@ -110,6 +110,9 @@ pub fn alert_store<S: AlertStore>(open: impl Fn() -> S) {
     assert_eq!(again[0], None, "a recorded event is not new again");
     let later_seq = again[1].expect("a new event in the same batch is recorded");
     assert!(later_seq > seqs[2]);
+    // The same event twice in one batch (a re-sent reading): recorded once.
+    let twice = record(&mut s, &[a_later.clone(), a_later.clone()]);
+    assert_eq!(twice, vec![None, None], "already recorded, both times");
 
     // The outbox hands out each entry once, in order, with its key and body.
     let all = s.outbox_after(0, 100).unwrap();
@@ -266,6 +269,11 @@ pub fn alert_store<S: AlertStore>(open: impl Fn() -> S) {
         s.alert(a_trig.alert_id.as_str()).unwrap().map(|e| e.event),
         Some(AlertEventKind::Acknowledged)
     );
+    // A new event twice in one batch: recorded once.
+    let mut s = s;
+    let c_trig = event("3", "spo2_low", 400, AlertEventKind::Triggered, 400);
+    let twice = record(&mut s, &[c_trig.clone(), c_trig.clone()]);
+    assert!(twice[0].is_some() && twice[1].is_none(), "once: {twice:?}");
 }
 
 /// Runs the reference-store contract against the store `open` opens (the same data each
