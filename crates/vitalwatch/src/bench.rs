@@ -266,7 +266,6 @@ pub fn kafka(
     duration: vitalwatch_core::model::Duration,
 ) -> anyhow::Result<()> {
     use rdkafka::Message as _;
-    use rdkafka::consumer::{BaseConsumer, Consumer};
     let run_id = format!("{}-{}", std::process::id(), wall_now().micros());
 
     // 1. Throughput: the same records read raw, then through the whole pipeline.
@@ -305,16 +304,7 @@ pub fn kafka(
     );
     say!("  produced: {}", out.finish()?);
 
-    let raw: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", format!("raw-{run_id}"))
-        .set("enable.auto.commit", "false")
-        .create()?;
-    let mut tpl = rdkafka::TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition_offset(&topic, p, rdkafka::Offset::Beginning)?;
-    }
-    raw.assign(&tpl)?;
+    let raw = bare_consumer(brokers, &topic, partitions)?;
     let t = Instant::now();
     let (mut n, mut bytes) = (0u64, 0u64);
     // Timed from the first record, as the pipeline run is.
@@ -363,17 +353,7 @@ pub fn kafka(
     let topic = format!("vitalwatch-bench-latency-raw-{run_id}");
     create_topic(brokers, &topic, partitions)?;
     let producer = paced_producer(brokers, &topic, rate, total);
-    let raw: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", format!("raw-latency-{run_id}"))
-        .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", "10")
-        .create()?;
-    let mut tpl = rdkafka::TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition_offset(&topic, p, rdkafka::Offset::Beginning)?;
-    }
-    raw.assign(&tpl)?;
+    let raw = bare_consumer(brokers, &topic, partitions)?;
     let mut lat = Vec::with_capacity(total as usize);
     let t = Instant::now();
     while (lat.len() as u64) < total && t.elapsed() < std::time::Duration::from_secs(600) {
@@ -556,6 +536,29 @@ fn consume_with_pipeline(
         .map_err(|_| anyhow::anyhow!("kafka source panicked"))??;
     pipeline.shutdown()?;
     Ok((secs, km.records.load(Relaxed)))
+}
+
+/// A plain rdkafka consumer reading every partition of `topic` from the beginning, with
+/// the fetch wait the Kafka source uses (no commits): the broker's own limit.
+fn bare_consumer(
+    brokers: &str,
+    topic: &str,
+    partitions: i32,
+) -> anyhow::Result<rdkafka::consumer::BaseConsumer> {
+    use rdkafka::consumer::Consumer;
+    let raw: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        // librdkafka wants a group even for assigned partitions; nothing is committed.
+        .set("group.id", format!("bare-{topic}"))
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "10")
+        .create()?;
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, rdkafka::Offset::Beginning)?;
+    }
+    raw.assign(&tpl)?;
+    Ok(raw)
 }
 
 /// Creates a topic with `partitions` partitions.
