@@ -121,25 +121,8 @@ pub async fn http(
         }
         None => tempfile_dir()?,
     };
-    let mut cfg = Config {
-        data_dir: dir.clone(),
-        ..Config::default()
-    };
-    cfg.rules.profile = Profile::Classic;
-    cfg.alerts.console = false;
-    crate::commands::seed_reference(&cfg, connections)?;
-    let metrics = Arc::new(Metrics::default());
-    metrics.keep_latency_samples();
-    let pipeline = Pipeline::start(
-        &cfg,
-        PipelineOptions {
-            clock: Clock::Wall,
-            console: false,
-            publish_at_checkpoints_only: false,
-            reference_refresh: None,
-        },
-        metrics.clone(),
-    )?;
+    let (cfg, pipeline, metrics) =
+        scratch_pipeline(dir.clone(), Profile::Classic, connections, true, false)?;
     let cancel = CancellationToken::new();
     let (addr, server) = crate::http::serve(
         "127.0.0.1:0".parse()?,
@@ -406,6 +389,20 @@ fn kafka_bench_pipeline(
     samples: bool,
 ) -> anyhow::Result<(std::path::PathBuf, Config, Pipeline, Arc<Metrics>)> {
     let dir = tempfile_dir()?;
+    let (cfg, pipeline, metrics) = scratch_pipeline(dir.clone(), profile, patients, samples, true)?;
+    Ok((dir, cfg, pipeline, metrics))
+}
+
+/// A benchmark's pipeline on the wall clock in data directory `dir`, without console
+/// output, with `patients` demo patients; `samples`: keep every latency sample;
+/// `checkpoints_only`: publish warehouse files only at checkpoints (a Kafka source).
+fn scratch_pipeline(
+    dir: std::path::PathBuf,
+    profile: Profile,
+    patients: usize,
+    samples: bool,
+    checkpoints_only: bool,
+) -> anyhow::Result<(Config, Pipeline, Arc<Metrics>)> {
     let mut cfg = Config {
         data_dir: dir.clone(),
         ..Config::default()
@@ -422,12 +419,12 @@ fn kafka_bench_pipeline(
         PipelineOptions {
             clock: Clock::Wall,
             console: false,
-            publish_at_checkpoints_only: true,
+            publish_at_checkpoints_only: checkpoints_only,
             reference_refresh: None,
         },
         metrics.clone(),
     )?;
-    Ok((dir, cfg, pipeline, metrics))
+    Ok((cfg, pipeline, metrics))
 }
 
 /// The `observed_at` of a canonical record, in microseconds.

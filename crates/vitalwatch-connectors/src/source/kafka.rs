@@ -666,12 +666,7 @@ impl KafkaSource {
             let ctx = consumer.context();
             let sh = &ctx.shared;
             let mut st = ctx.state();
-            sh.flush(&mut st)?;
-            if st.dirty {
-                sh.checkpoint(&mut st)?;
-            }
-            let done = st.tracker.drain(Duration::from_secs(60));
-            sh.settle(&mut st, consumer, done, CommitMode::Sync)?;
+            sh.make_durable(&mut st, consumer, Duration::from_secs(60))?;
             if let Some(p) = &st.dlq {
                 let _ = p.flush(Duration::from_secs(10));
             }
@@ -803,12 +798,7 @@ impl Shared {
         consumer: &BaseConsumer<GroupContext>,
         list: &[(String, i32)],
     ) -> Result<(), KafkaSourceError> {
-        self.flush(st)?;
-        if st.dirty {
-            self.checkpoint(st)?;
-        }
-        let done = st.tracker.drain(HAND_OVER_WAIT);
-        self.settle(st, consumer, done, CommitMode::Sync)?;
+        self.make_durable(st, consumer, HAND_OVER_WAIT)?;
         let mut parts = self
             .metrics
             .partitions
@@ -819,6 +809,23 @@ impl Shared {
             parts.remove(k);
         }
         Ok(())
+    }
+
+    /// Makes everything read so far durable (a last checkpoint, waiting up to `wait` for
+    /// every outstanding one) and commits it, synchronously: before partitions leave and
+    /// before the source stops.
+    fn make_durable(
+        &self,
+        st: &mut State,
+        consumer: &BaseConsumer<GroupContext>,
+        wait: Duration,
+    ) -> Result<(), KafkaSourceError> {
+        // Not dirty: nothing was read since the last checkpoint, which flushed the batch.
+        if st.dirty {
+            self.checkpoint(st)?;
+        }
+        let done = st.tracker.drain(wait);
+        self.settle(st, consumer, done, CommitMode::Sync)
     }
 
     /// Sends a checkpoint covering everything read so far.
