@@ -28,7 +28,7 @@
 //! ended. A reading more than the lateness window older than its device's newest reading is
 //! not evaluated at all ([`Processed::Late`]); the pipeline still archives it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use crate::alert::{
@@ -754,6 +754,11 @@ impl Engine {
         }
     }
 
+    /// The rules in force.
+    pub fn rules(&self) -> &RulesConfig {
+        &self.rules
+    }
+
     /// How many patients and devices the engine tracks now (parked alerts not counted).
     pub fn tracked(&self) -> (usize, usize) {
         (self.states.len(), self.devices.len())
@@ -912,6 +917,83 @@ impl Engine {
             }
         }
         restored
+    }
+
+    /// Makes the engine's open alerts those of the alert store, after Kafka partitions
+    /// (and the patients keyed to them) moved between replicas that share one store. Call
+    /// it only when every event this engine emitted is recorded: the store is then the
+    /// truth for every alert. A patient whose open alerts differ from the store's (another
+    /// replica raised one, or resolved one this engine still holds) loses its in-memory
+    /// state and takes the store's alerts back as at start-up ([`Engine::restore`]): the
+    /// same condition raises no second alert, and an alert resolved elsewhere no longer
+    /// hides a new one. Patients that agree keep their state; a device's stale alarm is
+    /// treated alike. Returns how many patients and devices were re-synchronised.
+    pub fn resync(&mut self, open: Vec<AlertEvent>) -> usize {
+        if self.rules.profile == Profile::Classic {
+            return 0;
+        }
+        let mut patients: HashMap<PatientId, BTreeSet<&str>> = HashMap::new();
+        let mut devices: HashMap<DeviceId, &str> = HashMap::new();
+        for e in open.iter().filter(|e| e.state != AlertState::Resolved) {
+            match e.rule_key.parse::<RuleKey>() {
+                Ok(RuleKey::DeviceStale(d)) => {
+                    devices.insert(d, e.alert_id.as_str());
+                }
+                Ok(_) => {
+                    patients
+                        .entry(e.patient_id.clone())
+                        .or_default()
+                        .insert(e.alert_id.as_str());
+                }
+                Err(_) => {}
+            }
+        }
+        let none = BTreeSet::new();
+        fn held(conds: &[Condition]) -> BTreeSet<&str> {
+            conds
+                .iter()
+                .filter_map(|c| c.active.as_ref())
+                .map(|a| a.alert_id.as_str())
+                .collect()
+        }
+        let differ: Vec<PatientId> = self
+            .states
+            .iter()
+            .filter(|(id, st)| held(&st.conditions) != *patients.get(*id).unwrap_or(&none))
+            .map(|(id, _)| id.clone())
+            .collect();
+        let mut changed = differ.len();
+        for id in &differ {
+            self.states.remove(id);
+        }
+        // Parked alerts are only alerts: taken back from the store below.
+        changed += self
+            .parked
+            .iter()
+            .filter(|(id, conds)| held(conds) != *patients.get(*id).unwrap_or(&none))
+            .count();
+        self.parked.clear();
+        for (id, dev) in self
+            .devices
+            .iter_mut()
+            .chain(self.parked_devices.iter_mut())
+        {
+            if dev.active.as_ref().map(|a| a.alert_id.as_str()) != devices.get(id).copied() {
+                dev.active = None;
+                changed += 1;
+            }
+        }
+        self.parked_devices.retain(|_, d| d.active.is_some());
+        let states = &self.states;
+        let back: Vec<AlertEvent> = open
+            .into_iter()
+            .filter(|e| {
+                matches!(e.rule_key.parse::<RuleKey>(), Ok(RuleKey::DeviceStale(_)))
+                    || !states.contains_key(&e.patient_id)
+            })
+            .collect();
+        self.restore(back);
+        changed
     }
 
     /// Ids of the alerts active now (triggered or acknowledged), with their state,

@@ -675,3 +675,42 @@ proptest! {
         }
     }
 }
+
+/// Partitions move between replicas that share one alert store: the engine taking a
+/// patient over takes its open alert from the store (no second alert for the same
+/// condition), and an alert another replica resolved no longer hides a new one.
+#[test]
+fn resync_takes_alerts_over_from_the_store_and_drops_ones_resolved_elsewhere() {
+    let hr = |v: f64, s: i64| obs("5", at(s), &[(Vital::HeartRate, v)]);
+    let mut a = standard(|r| r.thresholds.persistence = Duration::ZERO);
+    let raised = run(&mut a, &hr(90.0, 0)).events;
+    assert_eq!(raised[0].event, AlertEventKind::Triggered);
+
+    // Replica b had an older state of the patient (it owned it before): normal readings.
+    let mut b = standard(|r| r.thresholds.persistence = Duration::ZERO);
+    assert!(run(&mut b, &hr(70.0, -10)).events.is_empty());
+    // The store holds a's alert; b takes the patient over.
+    assert_eq!(b.resync(raised.clone()), 1, "patient 5 differed");
+    assert!(
+        run(&mut b, &hr(95.0, 1)).events.is_empty(),
+        "the same condition raises no second alert"
+    );
+    let resolved = run(&mut b, &hr(70.0, 2)).events;
+    assert_eq!(resolved[0].event, AlertEventKind::Resolved);
+    assert_eq!(resolved[0].alert_id, raised[0].alert_id);
+
+    // Back on a, which still holds the alert b resolved: the store has none open.
+    assert_eq!(a.resync(Vec::new()), 1);
+    assert!(a.active_alerts().is_empty());
+    let again = run(&mut a, &hr(92.0, 3)).events;
+    assert_eq!(
+        again.len(),
+        1,
+        "a new episode is not hidden by a stale alert"
+    );
+    assert_eq!(again[0].event, AlertEventKind::Triggered);
+    assert_ne!(again[0].alert_id, raised[0].alert_id);
+    // Agreeing with the store changes nothing.
+    assert_eq!(a.resync(again.clone()), 0);
+    assert_eq!(a.active_alerts().len(), 1);
+}

@@ -502,14 +502,7 @@ fn consume_with_pipeline(
     metrics: &Arc<Metrics>,
     done: impl Fn(&vitalwatch_connectors::source::kafka::KafkaMetrics) -> bool,
 ) -> anyhow::Result<(f64, u64)> {
-    let store = crate::pipeline::CatalogAt::of(cfg).open()?;
-    let source = vitalwatch_connectors::source::kafka::KafkaSource::new(
-        settings,
-        pipeline.handle().source,
-        store,
-        crate::pipeline::warehouse_root(&cfg.data_dir),
-        cfg.pipeline.checkpoint_interval.to_std(),
-    );
+    let source = crate::pipeline::kafka_source(cfg, settings, pipeline.handle().source)?;
     let km = source.metrics();
     metrics.add_kafka(km.clone());
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));

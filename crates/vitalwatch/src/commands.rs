@@ -11,7 +11,7 @@ use anyhow::{Context, bail};
 use tokio_util::sync::CancellationToken;
 
 use vitalwatch_connectors::source::file::{FileSource, ReplayAdmission};
-use vitalwatch_connectors::source::kafka::{KafkaSettings, KafkaSource};
+use vitalwatch_connectors::source::kafka::KafkaSettings;
 use vitalwatch_connectors::source::simulator;
 use vitalwatch_connectors::warehouse::{self, OutputFormat};
 use vitalwatch_core::codec::{InputFormat, encode_canonical, encode_classic};
@@ -30,7 +30,8 @@ use crate::config::{self, Config, SimulatorConfig, SourceConfig};
 use crate::http;
 use crate::metrics::Metrics;
 use crate::pipeline::{
-    CatalogAt, Clock, Pipeline, PipelineHandle, PipelineOptions, Store, wall_now, warehouse_root,
+    CatalogAt, Clock, Pipeline, PipelineHandle, PipelineOptions, Store, kafka_source, wall_now,
+    warehouse_root,
 };
 
 /// Loads the config file (or defaults) and applies `--data`.
@@ -286,7 +287,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
     // The catalog's blocking clients (PostgreSQL's runs its own runtime) stay off this
     // async task's thread.
-    let (pipeline, kafka_stores) = off_runtime(|| {
+    let (pipeline, kafka_readers) = off_runtime(|| {
         seed_reference(
             &cfg,
             simulators
@@ -309,11 +310,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             },
             metrics.clone(),
         )?;
-        let stores = kafka_sources
+        let sources = kafka_sources
             .iter()
-            .map(|_| CatalogAt::of(&cfg).open())
+            .map(|k| kafka_source(&cfg, k.clone(), pipeline.handle().source))
             .collect::<anyhow::Result<Vec<_>>>()?;
-        anyhow::Ok((pipeline, stores))
+        anyhow::Ok((pipeline, sources))
     })?;
     let cancel = CancellationToken::new();
 
@@ -347,14 +348,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         );
     }
     let mut kafka_threads = Vec::new();
-    for (k, store) in kafka_sources.iter().zip(kafka_stores) {
-        let source = KafkaSource::new(
-            k.clone(),
-            pipeline.handle().source,
-            store,
-            warehouse_root(&cfg.data_dir),
-            cfg.pipeline.checkpoint_interval.to_std(),
-        );
+    for (k, source) in kafka_sources.iter().zip(kafka_readers) {
         metrics.add_kafka(source.metrics());
         let c = cancel.clone();
         kafka_threads.push(

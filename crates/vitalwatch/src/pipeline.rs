@@ -83,6 +83,8 @@ enum AlertMsg {
     /// the bottleneck of an alert flood).
     Events(Vec<(AlertEvent, String)>),
     Checkpoint(Arc<Checkpoint>),
+    /// Once everything before it is recorded: the store's open alerts (for a resync).
+    OpenAlerts(flume::Sender<Result<Vec<AlertEvent>, String>>),
 }
 
 /// What the HTTP server and the sources of a running pipeline get: the source seam's
@@ -193,9 +195,14 @@ impl<T: ReferenceStore + AlertStore> Store for T {}
 pub enum CatalogAt {
     /// `<data_dir>/catalog.sqlite`.
     Sqlite(PathBuf),
-    /// A PostgreSQL connection URL (it may hold a password: never print it, use
-    /// [`CatalogAt::describe`]).
-    Postgres(String),
+    /// A PostgreSQL database shared by replicas.
+    Postgres {
+        /// The connection URL (it may hold a password: never print it, use
+        /// [`CatalogAt::describe`]).
+        url: String,
+        /// The data directory, whose [`replica_id`] names this replica's outbox.
+        data_dir: PathBuf,
+    },
 }
 
 impl CatalogAt {
@@ -204,7 +211,10 @@ impl CatalogAt {
         if cfg.catalog.is_empty() {
             CatalogAt::Sqlite(catalog_path(&cfg.data_dir))
         } else {
-            CatalogAt::Postgres(cfg.catalog.clone())
+            CatalogAt::Postgres {
+                url: cfg.catalog.clone(),
+                data_dir: cfg.data_dir.clone(),
+            }
         }
     }
 
@@ -215,9 +225,10 @@ impl CatalogAt {
                 SqliteCatalog::open(p)
                     .with_context(|| format!("cannot open catalog {}", p.display()))?,
             ),
-            CatalogAt::Postgres(url) => Box::new(
+            CatalogAt::Postgres { url, data_dir } => Box::new(
                 PostgresStore::connect(url)
-                    .with_context(|| format!("cannot open catalog {}", self.describe()))?,
+                    .with_context(|| format!("cannot open catalog {}", self.describe()))?
+                    .with_origin(&replica_id(data_dir, false)?),
             ),
         })
     }
@@ -226,7 +237,7 @@ impl CatalogAt {
     pub fn describe(&self) -> String {
         match self {
             CatalogAt::Sqlite(p) => p.display().to_string(),
-            CatalogAt::Postgres(url) => mask_password(url),
+            CatalogAt::Postgres { url, .. } => mask_password(url),
         }
     }
 }
@@ -245,6 +256,57 @@ pub fn mask_password(url: &str) -> String {
     }
 }
 
+/// The data directory's replica id: in a shared catalog it names this replica's outbox
+/// (its notifiers deliver exactly the events it recorded) and its Kafka checkpoints.
+/// Made once, at random, by the first `run` or `replay` (`create`), and kept in
+/// `<data>/replica-id`; `""` before that.
+pub fn replica_id(data: &Path, create: bool) -> anyhow::Result<String> {
+    let path = data.join("replica-id");
+    match std::fs::read_to_string(&path) {
+        Ok(id) => return Ok(id.trim().to_owned()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(String::new()),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+    // Unique enough without a random-number crate: where, who and when.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    let id = format!(
+        "r{:012x}",
+        vitalwatch_core::alert::stable_hash(&[
+            data.as_os_str().as_encoded_bytes(),
+            &std::process::id().to_le_bytes(),
+            &nanos.to_le_bytes(),
+        ]) >> 16
+    );
+    // Written whole, then renamed: a crash never leaves half an id.
+    let tmp = data.join(".replica-id.tmp");
+    std::fs::write(&tmp, format!("{id}\n"))
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(id)
+}
+
+/// The Kafka source of `settings` for a pipeline in `cfg`'s data directory, scoped to
+/// its replica.
+pub fn kafka_source(
+    cfg: &Config,
+    settings: vitalwatch_connectors::source::kafka::KafkaSettings,
+    handle: SourceHandle,
+) -> anyhow::Result<vitalwatch_connectors::source::kafka::KafkaSource> {
+    let store = CatalogAt::of(cfg).open()?;
+    Ok(vitalwatch_connectors::source::kafka::KafkaSource::new(
+        settings,
+        handle,
+        store,
+        warehouse_root(&cfg.data_dir),
+        cfg.pipeline.checkpoint_interval.to_std(),
+    )
+    .for_replica(&replica_id(&cfg.data_dir, true)?))
+}
+
 /// Root of the Parquet warehouse inside the data directory.
 pub fn warehouse_root(data: &Path) -> PathBuf {
     data.join("warehouse")
@@ -260,6 +322,7 @@ impl Pipeline {
         let data = &config.data_dir;
         std::fs::create_dir_all(data)
             .with_context(|| format!("cannot create data directory {}", data.display()))?;
+        replica_id(data, true)?;
         let cat_at = CatalogAt::of(config);
         let catalog = cat_at.open()?;
         let patients = catalog.patients().context("cannot load patients")?;
@@ -390,7 +453,7 @@ impl Pipeline {
                     c.disable_autocheckpoint()?;
                     (Box::new(c), Some(spawn_checkpointer(p.clone())?))
                 }
-                CatalogAt::Postgres(_) => (catalog, None),
+                CatalogAt::Postgres { .. } => (catalog, None),
             };
             let metrics = metrics.clone();
             std::thread::Builder::new()
@@ -643,7 +706,10 @@ fn engine_loop(
                 }
                 let _ = reply.send(r);
             }
-            // Every control sender is gone: only ingest is read from now on.
+            Some(Next::Control(Ok(Control::Resync { reply }))) => {
+                emit(&mut findings);
+                let _ = reply.send(resync(&mut engine, &io.alerts));
+            }
             Some(Next::Control(Ok(Control::Reload { patients, table }))) => {
                 tracing::info!(
                     patients = patients.len(),
@@ -657,6 +723,7 @@ fn engine_loop(
                 metrics.reference_reloads.fetch_add(1, Relaxed);
                 engine.load_reference(patients, table);
             }
+            // Every control sender is gone: only ingest is read from now on.
             Some(Next::Control(Err(_))) => control_open = false,
         }
         if matches!(clock, EngineClock::Wall) {
@@ -669,6 +736,24 @@ fn engine_loop(
         }
     }
     Ok(())
+}
+
+/// Makes the engine's open alerts the alert store's (partitions moved between replicas
+/// sharing it): asks the alert thread for them once it has recorded every event emitted
+/// so far, so the store is the truth for each alert. The engine waits meanwhile: no event
+/// can slip in between. (The classic profile keeps no alert open: nothing to ask.)
+fn resync(engine: &mut Engine, alerts: &flume::Sender<AlertMsg>) -> Result<usize, String> {
+    if engine.rules().profile == Profile::Classic {
+        return Ok(0);
+    }
+    let (tx, rx) = flume::bounded(1);
+    alerts
+        .send(AlertMsg::OpenAlerts(tx))
+        .map_err(|_| "the alert path has stopped".to_owned())?;
+    let open = rx
+        .recv_timeout(std::time::Duration::from_secs(30))
+        .map_err(|_| "no answer from the alert path in 30 s".to_owned())??;
+    Ok(engine.resync(open))
 }
 
 /// Turns the observations the engine refused (a state bound was reached) into dead
@@ -819,12 +904,14 @@ fn alert_loop(
         };
         let mut events = std::mem::take(&mut unrecorded);
         let mut checkpoints = Vec::new();
+        let mut questions = Vec::new();
         // Take whatever else is queued: one store transaction per burst.
         let mut next = first;
         while let Some(m) = next.take() {
             match m {
                 AlertMsg::Events(e) => events.extend(e),
                 AlertMsg::Checkpoint(cp) => checkpoints.push(cp),
+                AlertMsg::OpenAlerts(reply) => questions.push(reply),
             }
             if events.len() < 4096 {
                 next = rx.try_recv().ok();
@@ -847,6 +934,17 @@ fn alert_loop(
                 ))
             };
             cp.confirm(CheckpointPath::Alerts, r);
+        }
+        for reply in questions {
+            let answer = if unrecorded.is_empty() {
+                store.open_alerts_to_restore().map_err(|e| e.to_string())
+            } else {
+                Err(format!(
+                    "{} alert events not yet recorded",
+                    unrecorded.len()
+                ))
+            };
+            let _ = reply.send(answer);
         }
         record_deliveries(&mut *store, &records);
     }

@@ -93,10 +93,12 @@ CREATE TABLE IF NOT EXISTS alerts (
     updated_at   BIGINT NOT NULL,
     latest_seq   BIGINT NOT NULL
 );
-CREATE TABLE IF NOT EXISTS outbox_cursors (
-    consumer    TEXT PRIMARY KEY,
+CREATE TABLE IF NOT EXISTS notifier_cursors (
+    consumer    TEXT NOT NULL,
+    origin      TEXT NOT NULL,
     seq         BIGINT NOT NULL,
-    updated_at  BIGINT NOT NULL
+    updated_at  BIGINT NOT NULL,
+    PRIMARY KEY (consumer, origin)
 );
 CREATE TABLE IF NOT EXISTS delivery_attempts (
     id         BIGSERIAL PRIMARY KEY,
@@ -109,6 +111,17 @@ CREATE TABLE IF NOT EXISTS delivery_attempts (
     error      TEXT
 );
 CREATE INDEX IF NOT EXISTS delivery_attempts_consumer ON delivery_attempts(consumer, id);
+ALTER TABLE outbox ADD COLUMN IF NOT EXISTS origin TEXT NOT NULL DEFAULT '';
+CREATE INDEX IF NOT EXISTS outbox_origin ON outbox(origin, seq);
+ALTER TABLE delivery_attempts ADD COLUMN IF NOT EXISTS origin TEXT NOT NULL DEFAULT '';
+DO $$ BEGIN
+    -- Before origins, cursors were per notifier only (one replica per catalog).
+    IF to_regclass('outbox_cursors') IS NOT NULL THEN
+        INSERT INTO notifier_cursors (consumer, origin, seq, updated_at)
+            SELECT consumer, '', seq, updated_at FROM outbox_cursors ON CONFLICT DO NOTHING;
+        DROP TABLE outbox_cursors;
+    END IF;
+END $$;
 CREATE TABLE IF NOT EXISTS source_positions (
     source       TEXT PRIMARY KEY,
     checkpoint   BIGINT NOT NULL,
@@ -123,9 +136,17 @@ CREATE TABLE IF NOT EXISTS source_positions (
 const SCHEMA_LOCK: i64 = 0x7669_7461_6c77;
 
 /// The catalog in a PostgreSQL database.
+///
+/// Several replicas share one database. Reference data and alert state are common to all;
+/// the **outbox is partitioned by origin**: each replica's handle is scoped to its origin
+/// ([`PostgresStore::with_origin`], the replica's id), records its events under it, and
+/// its notifiers read, deliver and move cursors for that origin only. So each event is
+/// delivered by exactly one replica, and sequence numbers of one origin, having a single
+/// writer, commit in order (a cursor never skips a row committed late by another writer).
 pub struct PostgresStore {
     // The store seams read through `&self`; the client needs `&mut` for every query.
     client: Mutex<Client>,
+    origin: String,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -145,7 +166,15 @@ impl PostgresStore {
         tx.commit()?;
         Ok(PostgresStore {
             client: Mutex::new(client),
+            origin: String::new(),
         })
+    }
+
+    /// This handle records, reads and delivers the outbox of `origin` (a replica's id;
+    /// `""`, the default, for a catalog only one replica uses).
+    pub fn with_origin(mut self, origin: &str) -> Self {
+        self.origin = origin.to_owned();
+        self
     }
 
     fn client(&self) -> std::sync::MutexGuard<'_, Client> {
@@ -405,6 +434,7 @@ impl ReferenceStore for PostgresStore {
 /// recorded before (or earlier in the same burst).
 fn record_events(
     tx: &mut Transaction<'_>,
+    origin: &str,
     events: &[(&AlertEvent, &str)],
 ) -> Result<Vec<Option<u64>>, StoreError> {
     let n = events.len();
@@ -429,14 +459,14 @@ fn record_events(
     // The outbox is the history: an event already recorded is ignored by its identity.
     // Rows go in in the burst's order, so sequence numbers follow it.
     let inserted = tx.query(
-        "INSERT INTO outbox (alert_id, event, at, priority, state, actor, body)
-         SELECT i, k, t, p, s, a, b
+        "INSERT INTO outbox (alert_id, event, at, priority, state, actor, body, origin)
+         SELECT i, k, t, p, s, a, b, $8
          FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[])
               WITH ORDINALITY AS x(i, k, t, p, s, a, b, n)
          ORDER BY n
          ON CONFLICT (alert_id, event, at) DO NOTHING
          RETURNING seq, alert_id, event, at",
-        &[&ids, &kinds, &ats, &prios, &states, &actors, &bodies],
+        &[&ids, &kinds, &ats, &prios, &states, &actors, &bodies, &origin],
     )?;
     let mut seqs: HashMap<(String, String, i64), i64> = inserted
         .iter()
@@ -512,9 +542,9 @@ impl AlertStore for PostgresStore {
         &mut self,
         events: &[(&AlertEvent, &str)],
     ) -> Result<Vec<Option<u64>>, StoreError> {
-        let mut client = self.client();
+        let mut client = self.client.lock().unwrap_or_else(|e| e.into_inner());
         let mut tx = client.transaction()?;
-        let fresh = record_events(&mut tx, events)?;
+        let fresh = record_events(&mut tx, &self.origin, events)?;
         tx.commit()?;
         Ok(fresh)
     }
@@ -563,8 +593,9 @@ impl AlertStore for PostgresStore {
 
     fn outbox_after(&self, after: u64, limit: usize) -> Result<Vec<OutboxEntry>, StoreError> {
         let rows = self.client().query(
-            "SELECT seq, alert_id, event, at, body FROM outbox WHERE seq > $1 ORDER BY seq LIMIT $2",
-            &[&(after as i64), &(limit as i64)],
+            "SELECT seq, alert_id, event, at, body FROM outbox WHERE origin = $3 AND seq > $1
+             ORDER BY seq LIMIT $2",
+            &[&(after as i64), &(limit as i64), &self.origin],
         )?;
         Ok(rows
             .iter()
@@ -596,8 +627,8 @@ impl AlertStore for PostgresStore {
 
     fn cursor(&self, consumer: &str) -> Result<u64, StoreError> {
         let row = self.client().query_opt(
-            "SELECT seq FROM outbox_cursors WHERE consumer = $1",
-            &[&consumer],
+            "SELECT seq FROM notifier_cursors WHERE consumer = $1 AND origin = $2",
+            &[&consumer, &self.origin],
         )?;
         Ok(row.map_or(0, |r| r.get::<_, i64>(0) as u64))
     }
@@ -607,8 +638,8 @@ impl AlertStore for PostgresStore {
         let mut tx = client.transaction()?;
         for a in attempts {
             tx.execute(
-                "INSERT INTO delivery_attempts (consumer, first_seq, last_seq, attempt, at, outcome, error)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                "INSERT INTO delivery_attempts (consumer, first_seq, last_seq, attempt, at, outcome, error, origin)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
                 &[
                     &a.consumer,
                     &(a.first_seq as i64),
@@ -617,15 +648,17 @@ impl AlertStore for PostgresStore {
                     &us(a.at),
                     &a.outcome.as_str(),
                     &a.error,
+                    &self.origin,
                 ],
             )?;
             if a.outcome != DeliveryOutcome::Retrying {
                 // A cursor only moves forward.
                 tx.execute(
-                    "INSERT INTO outbox_cursors (consumer, seq, updated_at) VALUES ($1, $2, $3)
-                     ON CONFLICT (consumer) DO UPDATE SET seq = GREATEST(outbox_cursors.seq, excluded.seq),
+                    "INSERT INTO notifier_cursors (consumer, origin, seq, updated_at) VALUES ($1, $4, $2, $3)
+                     ON CONFLICT (consumer, origin) DO UPDATE
+                       SET seq = GREATEST(notifier_cursors.seq, excluded.seq),
                        updated_at = excluded.updated_at",
-                    &[&a.consumer, &(a.last_seq as i64), &us(a.at)],
+                    &[&a.consumer, &(a.last_seq as i64), &us(a.at), &self.origin],
                 )?;
             }
         }
@@ -636,8 +669,8 @@ impl AlertStore for PostgresStore {
     fn deliveries(&self, consumer: &str, limit: usize) -> Result<Vec<DeliveryAttempt>, StoreError> {
         let rows = self.client().query(
             "SELECT first_seq, last_seq, attempt, at, outcome, error FROM delivery_attempts
-             WHERE consumer = $1 ORDER BY id DESC LIMIT $2",
-            &[&consumer, &(limit as i64)],
+             WHERE consumer = $1 AND origin = $3 ORDER BY id DESC LIMIT $2",
+            &[&consumer, &(limit as i64), &self.origin],
         )?;
         rows.iter()
             .map(|r| {
@@ -757,6 +790,57 @@ impl Drop for ScratchDatabase {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::contract::sample_event;
+    use crate::store::{DeliveryAttempt, DeliveryOutcome};
+
+    /// Two replicas on one database: each records, reads and delivers only its own
+    /// outbox; alert state and history are common.
+    #[test]
+    fn replicas_sharing_a_database_each_deliver_only_their_own_outbox() {
+        let db = ScratchDatabase::new();
+        let mut a = PostgresStore::connect(&db.url).unwrap().with_origin("a");
+        let mut b = PostgresStore::connect(&db.url).unwrap().with_origin("b");
+        let ea = sample_event();
+        let mut eb = sample_event();
+        eb.alert_id = vitalwatch_core::alert::AlertId(format!("{}-b", ea.alert_id.as_str()));
+        let text = |e: &AlertEvent| serde_json::to_string(e).unwrap();
+        let sa = a.record_alert_events(&[(&ea, &text(&ea))]).unwrap()[0].unwrap();
+        let sb = b.record_alert_events(&[(&eb, &text(&eb))]).unwrap()[0].unwrap();
+        // The same event from the other replica (a partition re-read after a take-over)
+        // is not new: it is not delivered twice.
+        assert_eq!(
+            b.record_alert_events(&[(&ea, &text(&ea))]).unwrap(),
+            vec![None]
+        );
+        let seqs = |s: &PostgresStore| -> Vec<u64> {
+            s.outbox_after(0, 10)
+                .unwrap()
+                .iter()
+                .map(|e| e.seq)
+                .collect()
+        };
+        assert_eq!(seqs(&a), vec![sa]);
+        assert_eq!(seqs(&b), vec![sb]);
+        assert_eq!(
+            a.alerts(false, 10).unwrap().len(),
+            2,
+            "alert state is common"
+        );
+        a.record_delivery(&DeliveryAttempt {
+            consumer: "jsonl".into(),
+            first_seq: sa,
+            last_seq: sa,
+            attempt: 1,
+            at: ea.alert_generated_time,
+            outcome: DeliveryOutcome::Delivered,
+            error: None,
+        })
+        .unwrap();
+        assert_eq!(a.cursor("jsonl").unwrap(), sa);
+        assert_eq!(b.cursor("jsonl").unwrap(), 0, "cursors are per origin");
+        assert_eq!(a.deliveries("jsonl", 10).unwrap().len(), 1);
+        assert!(b.deliveries("jsonl", 10).unwrap().is_empty());
+    }
 
     #[test]
     fn postgres_passes_the_alert_store_contract() {

@@ -40,7 +40,7 @@ use serde::{Deserialize, Serialize};
 use vitalwatch_core::codec::InputFormat;
 use vitalwatch_core::model::{DeadLetter, Observation, Timestamp};
 
-use super::{IngestMsg, Outcome, SourceHandle, Tracker, wall_now};
+use super::{Control, IngestMsg, Outcome, SourceHandle, Tracker, wall_now};
 use crate::store::{AlertStore, SourcePosition, StoreError};
 use crate::warehouse::WarehouseError;
 use crate::warehouse::recovery::{position_tag, remove_uncommitted, stream_id};
@@ -207,6 +207,9 @@ pub enum KafkaSourceError {
     /// A helper thread could not be started.
     #[error("cannot start a thread: {0}")]
     Thread(String),
+    /// The engine could not take the open alerts of new partitions from the alert store.
+    #[error("cannot take open alerts over from the alert store: {0}")]
+    TakeOver(String),
 }
 
 impl From<super::Closed> for KafkaSourceError {
@@ -510,6 +513,18 @@ impl KafkaSource {
         }
     }
 
+    /// Scopes the source's checkpoints to replica `id` (a data directory's id): its
+    /// decision row and warehouse stream are its own, while the partitions' committed
+    /// offsets stay common, so replicas sharing a catalog take partitions over from each
+    /// other and each restart removes only its own uncommitted files.
+    pub fn for_replica(mut self, id: &str) -> Self {
+        if !id.is_empty() {
+            self.shared.source = format!("{}@{id}", self.shared.settings.source_name());
+            self.shared.stream = stream_id(&self.shared.source);
+        }
+        self
+    }
+
     /// This source's counters (register them with the metrics before [`Self::run`]).
     pub fn metrics(&self) -> Arc<KafkaMetrics> {
         self.shared.metrics.clone()
@@ -785,6 +800,27 @@ impl Shared {
                     high: 0,
                 },
             );
+        }
+        drop(parts);
+        // The patients of these partitions may have had alerts raised or resolved by
+        // their previous owner: the engine takes them from the shared store before the
+        // first record is read.
+        let (tx, rx) = flume::bounded(1);
+        self.h
+            .control
+            .send(Control::Resync { reply: tx })
+            .map_err(|_| KafkaSourceError::Closed)?;
+        match rx.recv_timeout(HAND_OVER_WAIT) {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => {
+                tracing::info!(patients = n, "open alerts taken over from the alert store")
+            }
+            Ok(Err(why)) => return Err(KafkaSourceError::TakeOver(why)),
+            Err(_) => {
+                return Err(KafkaSourceError::TakeOver(format!(
+                    "no answer from the engine in {HAND_OVER_WAIT:?}"
+                )));
+            }
         }
         Ok(())
     }

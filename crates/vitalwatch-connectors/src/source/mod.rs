@@ -60,6 +60,13 @@ pub enum Control {
         /// Where the result goes.
         reply: flume::Sender<Result<AlertEvent, AckError>>,
     },
+    /// Partitions moved between replicas sharing the alert store: once every alert event
+    /// emitted so far is recorded, the engine takes its open alerts from the store
+    /// (`Engine::resync`). The reply says how many patients and devices changed.
+    Resync {
+        /// Where the result goes.
+        reply: flume::Sender<Result<usize, String>>,
+    },
     /// New reference data (patients, threshold table) from the catalog: applied between
     /// two batches; open alerts and per-patient state are kept.
     Reload {
