@@ -228,6 +228,11 @@ pub struct PipelineConfig {
     /// import from another replica, an update in the database) and applies it without a
     /// restart; 0s: never.
     pub reference_refresh: Duration,
+    /// With a PostgreSQL catalog: how long a replica's outbox stays its own after it
+    /// stops renewing its lease (it renews every third of this). When a replica dies,
+    /// another one delivers its undelivered alert events to the external notifiers
+    /// (`[[notifiers]]`) after this long.
+    pub outbox_lease: Duration,
 }
 
 impl Default for PipelineConfig {
@@ -238,6 +243,7 @@ impl Default for PipelineConfig {
             alert_capacity: 64,
             checkpoint_interval: Duration::from_secs(5),
             reference_refresh: Duration::from_secs(2),
+            outbox_lease: Duration::from_secs(15),
         }
     }
 }
@@ -680,6 +686,9 @@ impl Config {
                     "notifiers[{i}]: a kafka notifier needs brokers and topic"
                 ));
             }
+        }
+        if self.pipeline.outbox_lease < Duration::from_secs(1) {
+            p.push("pipeline.outbox_lease must be at least 1s".into());
         }
         if self.pipeline.checkpoint_interval < Duration::from_millis(100) {
             p.push("pipeline.checkpoint_interval must be at least 100ms".into());

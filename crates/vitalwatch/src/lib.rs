@@ -8,9 +8,11 @@
 //! - [`http`]: HTTP ingest, health, metrics, alert API.
 //! - [`metrics`]: counters and the alert-latency histogram (Prometheus).
 //! - [`produce`]: `vitalwatch produce` and `simulate --kafka` (readings onto a topic).
+//! - [`adopt`]: outbox leases; delivering a dead replica's alert events.
 //! - [`bench`]: `vitalwatch bench`.
 //! - [`evaluate`]: `vitalwatch evaluate`, alarm quality on labelled episodes.
 
+pub mod adopt;
 pub mod bench;
 pub mod cli;
 pub mod commands;

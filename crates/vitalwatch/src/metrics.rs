@@ -56,6 +56,10 @@ pub struct Metrics {
     pub threshold_version: AtomicU64,
     /// Reference data reloaded from the catalog while running.
     pub reference_reloads: AtomicU64,
+    /// Alert events of other (dead) replicas this one delivered to external notifiers.
+    pub outbox_adopted: AtomicU64,
+    /// Times this replica found its own outbox lease taken (it stalled past the lease).
+    pub outbox_lease_lost: AtomicU64,
     /// Each notifier's last delivered (or given-up) outbox sequence number, by name.
     notifier_cursors: Mutex<Vec<(String, Arc<AtomicU64>)>>,
     latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
@@ -228,6 +232,12 @@ impl Metrics {
             "# HELP vitalwatch_threshold_version The threshold table version the engine applies.\n# TYPE vitalwatch_threshold_version gauge\nvitalwatch_threshold_version {}\n# HELP vitalwatch_reference_reloads_total Reference data reloaded from the catalog while running.\n# TYPE vitalwatch_reference_reloads_total counter\nvitalwatch_reference_reloads_total {}",
             self.threshold_version.load(Relaxed),
             self.reference_reloads.load(Relaxed)
+        );
+        let _ = writeln!(
+            s,
+            "# HELP vitalwatch_outbox_adopted_total Alert events of dead replicas (lapsed outbox lease) this replica delivered to external notifiers.\n# TYPE vitalwatch_outbox_adopted_total counter\nvitalwatch_outbox_adopted_total {}\n# HELP vitalwatch_outbox_lease_lost_total Times this replica found its own outbox lease held by another (it stalled longer than pipeline.outbox_lease).\n# TYPE vitalwatch_outbox_lease_lost_total counter\nvitalwatch_outbox_lease_lost_total {}",
+            self.outbox_adopted.load(Relaxed),
+            self.outbox_lease_lost.load(Relaxed)
         );
         let _ = writeln!(
             s,

@@ -126,6 +126,8 @@ pub struct Pipeline {
     notifiers: Vec<(String, JoinHandle<anyhow::Result<u64>>)>,
     /// Dropped at shutdown: stops the reference watcher.
     _watch: Option<flume::Sender<()>>,
+    /// Outbox leases of a shared catalog: released once the notifiers are done.
+    leases: Option<crate::adopt::Leases>,
     started: Instant,
 }
 
@@ -254,6 +256,16 @@ pub fn mask_password(url: &str) -> String {
         },
         None => url.to_owned(),
     }
+}
+
+/// A `[[notifiers]]` item's notifier.
+pub fn external_notifier(n: &NotifierConfig) -> anyhow::Result<Box<dyn Notifier>> {
+    Ok(match n {
+        NotifierConfig::Kafka(k) => Box::new(
+            KafkaNotifier::new(k.clone())
+                .with_context(|| format!("cannot create notifier {}", k.name))?,
+        ),
+    })
 }
 
 /// The data directory's replica id: in a shared catalog it names this replica's outbox
@@ -393,6 +405,18 @@ impl Pipeline {
                 .spawn(move || archive_loop(sink, archive_rx, &metrics))?
         };
 
+        // A shared catalog: this replica delivers its own outbox (once an adopter that
+        // took it over while this replica was down is done) and adopts dead ones'.
+        let leases = match &cat_at {
+            CatalogAt::Postgres { url, data_dir } => Some(crate::adopt::Leases::start(
+                url,
+                &replica_id(data_dir, false)?,
+                config.pipeline.outbox_lease.to_std(),
+                config.notifiers.clone(),
+                metrics.clone(),
+            )?),
+            CatalogAt::Sqlite(_) => None,
+        };
         // Notifiers: each takes the outbox from its own cursor on its own thread, so a
         // slow one never holds up the alert path or another notifier.
         let mut outputs: Vec<Box<dyn Notifier>> = vec![Box::new(
@@ -405,12 +429,7 @@ impl Pipeline {
             })?));
         }
         for n in &config.notifiers {
-            match n {
-                NotifierConfig::Kafka(k) => outputs
-                    .push(Box::new(KafkaNotifier::new(k.clone()).with_context(
-                        || format!("cannot create notifier {}", k.name),
-                    )?)),
-            }
+            outputs.push(external_notifier(n)?);
         }
         if opts.console && config.alerts.console {
             outputs.push(Box::new(ConsolePrinter {
@@ -500,6 +519,7 @@ impl Pipeline {
             archive,
             notifiers,
             _watch: watch,
+            leases,
             started: Instant::now(),
         })
     }
@@ -535,6 +555,9 @@ impl Pipeline {
             if name == "warehouse" {
                 warehouse.alerts.rows_committed = delivered;
             }
+        }
+        if let Some(l) = self.leases.take() {
+            l.stop();
         }
         Ok(Summary {
             observations: metrics.observations.load(Relaxed),
@@ -1167,7 +1190,7 @@ impl OutboxQueue {
 /// Delivers one batch, retrying transient failures (100 ms doubling to 30 s); sends every
 /// attempt to the alert thread, the store's one writer, to be recorded. `None` when it
 /// stops trying because the pipeline is shutting down.
-fn deliver(
+pub(crate) fn deliver(
     notifier: &mut dyn Notifier,
     records: &flume::Sender<DeliveryAttempt>,
     batch: &[OutboxItem],

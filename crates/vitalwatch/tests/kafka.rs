@@ -639,3 +639,90 @@ fn a_replica_killed_mid_stream_is_taken_over_with_nothing_missing_or_doubled() {
         "alerts in the shared catalog"
     );
 }
+
+/// A replica died with alert events recorded in the shared PostgreSQL catalog but not yet
+/// sent to the alert topic, and does not come back: once its outbox lease lapses, a
+/// running replica delivers them (after the last one the dead replica had delivered),
+/// each once. A live replica's outbox is never touched.
+#[test]
+fn a_dead_replicas_undelivered_alert_events_are_delivered_by_a_survivor() {
+    use vitalwatch_connectors::postgres::PostgresStore;
+    use vitalwatch_connectors::store::{AlertStore as _, DeliveryAttempt, DeliveryOutcome};
+    let dir = tempfile::tempdir().unwrap();
+    let db = vitalwatch_connectors::postgres::ScratchDatabase::new();
+    let topic = unique("pager");
+    create_topic(&topic, 1);
+
+    // Two other replicas' events: one dead (lease lapsed), one alive (lease held).
+    let events = |origin: &str, n: usize| -> (PostgresStore, Vec<u64>) {
+        let mut s = PostgresStore::connect(&db.url).unwrap().with_origin(origin);
+        let mut seqs = Vec::new();
+        for i in 0..n {
+            let mut e = vitalwatch_connectors::store::contract::sample_event();
+            e.alert_id = vitalwatch_core::alert::AlertId(format!("{origin}-{i}"));
+            let text = serde_json::to_string(&e).unwrap();
+            seqs.push(s.record_alert_events(&[(&e, &text)]).unwrap()[0].unwrap());
+        }
+        (s, seqs)
+    };
+    let (mut dead, dead_seqs) = events("rdead", 5);
+    let (alive, _) = events("ralive", 3);
+    // The dead one had sent its first event before it died.
+    dead.record_delivery(&DeliveryAttempt {
+        consumer: "pager".into(),
+        first_seq: dead_seqs[0],
+        last_seq: dead_seqs[0],
+        attempt: 1,
+        at: vitalwatch_core::model::Timestamp(0),
+        outcome: DeliveryOutcome::Delivered,
+        error: None,
+    })
+    .unwrap();
+    assert!(dead.claim_outbox("rdead", Duration::ZERO).unwrap());
+    assert!(
+        alive
+            .claim_outbox("ralive", Duration::from_secs(600))
+            .unwrap()
+    );
+
+    let config = dir.path().join("survivor.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "catalog = \"{}\"\n[alerts]\nconsole = false\n[pipeline]\noutbox_lease = \"1s\"\n\
+             [[notifiers]]\ntype = \"kafka\"\nname = \"pager\"\nbrokers = \"{}\"\ntopic = \"{topic}\"\n",
+            db.url,
+            brokers()
+        ),
+    )
+    .unwrap();
+    let port = free_port();
+    let mut run = common::spawn_run(&dir.path().join("survivor"), Some(&config), port);
+    wait_metric(
+        &mut run,
+        port,
+        "vitalwatch_outbox_adopted_total",
+        4.0,
+        Duration::from_secs(60),
+    );
+    interrupt(run);
+
+    let sent: Vec<String> = read_topic(&topic, 1, 4)
+        .iter()
+        .map(|r| {
+            let v: serde_json::Value = serde_json::from_slice(&r.payload).unwrap();
+            v["alert_id"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(sent, ["rdead-1", "rdead-2", "rdead-3", "rdead-4"]);
+    assert_eq!(
+        dead.cursor("pager").unwrap(),
+        dead_seqs[4],
+        "recorded under its origin"
+    );
+    assert_eq!(
+        alive.cursor("pager").unwrap(),
+        0,
+        "a live replica's outbox is its own"
+    );
+}

@@ -111,6 +111,11 @@ CREATE TABLE IF NOT EXISTS delivery_attempts (
     error      TEXT
 );
 CREATE INDEX IF NOT EXISTS delivery_attempts_consumer ON delivery_attempts(consumer, id);
+CREATE TABLE IF NOT EXISTS outbox_leases (
+    origin  TEXT PRIMARY KEY,
+    holder  TEXT NOT NULL,
+    until   TIMESTAMPTZ NOT NULL
+);
 ALTER TABLE outbox ADD COLUMN IF NOT EXISTS origin TEXT NOT NULL DEFAULT '';
 CREATE INDEX IF NOT EXISTS outbox_origin ON outbox(origin, seq);
 ALTER TABLE delivery_attempts ADD COLUMN IF NOT EXISTS origin TEXT NOT NULL DEFAULT '';
@@ -181,6 +186,48 @@ impl PostgresStore {
         // A panic while holding it cannot leave a half-done transaction behind (the
         // server rolls back an unfinished one), so the client stays usable.
         self.client.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes (or renews) the right to deliver `origin`'s outbox for `ttl`, as this
+    /// handle's replica: granted when nobody holds it, this replica holds it, or the
+    /// holder let it lapse (the server's clock decides: replicas' clocks may differ).
+    /// Each replica holds its own origin while it runs; when it dies, its lease lapses
+    /// and another replica may deliver what it left undelivered.
+    pub fn claim_outbox(&self, origin: &str, ttl: std::time::Duration) -> Result<bool, StoreError> {
+        let secs = ttl.as_secs_f64();
+        let row = self.client().query_opt(
+            "INSERT INTO outbox_leases (origin, holder, until)
+             VALUES ($1, $2, now() + make_interval(secs => $3))
+             ON CONFLICT (origin) DO UPDATE SET holder = excluded.holder, until = excluded.until
+             WHERE outbox_leases.holder = excluded.holder OR outbox_leases.until <= now()
+             RETURNING origin",
+            &[&origin, &self.origin, &secs],
+        )?;
+        Ok(row.is_some())
+    }
+
+    /// Gives up the right to deliver `origin`'s outbox, if this replica holds it.
+    pub fn release_outbox(&self, origin: &str) -> Result<(), StoreError> {
+        self.client().execute(
+            "UPDATE outbox_leases SET until = now() WHERE origin = $1 AND holder = $2",
+            &[&origin, &self.origin],
+        )?;
+        Ok(())
+    }
+
+    /// Other replicas' origins whose lease lapsed and whose outbox holds entries past
+    /// `consumer`'s cursor: alert events a dead replica recorded and did not deliver.
+    pub fn orphaned_outboxes(&self, consumer: &str) -> Result<Vec<String>, StoreError> {
+        let rows = self.client().query(
+            "SELECT l.origin FROM outbox_leases l
+             WHERE l.origin <> $2 AND l.until <= now()
+               AND EXISTS (SELECT 1 FROM outbox o WHERE o.origin = l.origin
+                   AND o.seq > coalesce((SELECT c.seq FROM notifier_cursors c
+                                         WHERE c.consumer = $1 AND c.origin = l.origin), 0))
+             ORDER BY l.origin",
+            &[&consumer, &self.origin],
+        )?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
     /// Whether the catalog has no patients and no thresholds yet.
@@ -840,6 +887,31 @@ mod tests {
         assert_eq!(b.cursor("jsonl").unwrap(), 0, "cursors are per origin");
         assert_eq!(a.deliveries("jsonl", 10).unwrap().len(), 1);
         assert!(b.deliveries("jsonl", 10).unwrap().is_empty());
+
+        // Leases: each holds its own; a lapsed one with a backlog is another's to adopt.
+        let long = std::time::Duration::from_secs(60);
+        assert!(a.claim_outbox("a", long).unwrap());
+        assert!(b.claim_outbox("b", long).unwrap());
+        assert!(!b.claim_outbox("a", long).unwrap(), "a holds its own");
+        assert!(b.orphaned_outboxes("jsonl").unwrap().is_empty());
+        // b dies: its lease lapses. Its jsonl backlog (seq sb) is a's to deliver; a's own
+        // outbox is never listed.
+        assert!(b.claim_outbox("b", std::time::Duration::ZERO).unwrap());
+        assert_eq!(a.orphaned_outboxes("jsonl").unwrap(), vec!["b".to_owned()]);
+        assert!(
+            b.orphaned_outboxes("jsonl").unwrap().is_empty(),
+            "a is alive"
+        );
+        assert!(a.claim_outbox("b", long).unwrap());
+        assert!(
+            !b.claim_outbox("b", long).unwrap(),
+            "back too early: a delivers its outbox"
+        );
+        a.release_outbox("b").unwrap();
+        assert!(
+            b.claim_outbox("b", long).unwrap(),
+            "released: b takes it back"
+        );
     }
 
     #[test]
