@@ -726,3 +726,134 @@ fn a_dead_replicas_undelivered_alert_events_are_delivered_by_a_survivor() {
         "a live replica's outbox is its own"
     );
 }
+
+/// Per-patient alert state moves with the partition (standard profile, shared
+/// PostgreSQL catalog): replica a raises an alert and leaves the group; replica b, now
+/// owning the partition, raises no second alert for the same condition and resolves a's
+/// alert when the patient recovers.
+#[test]
+fn an_open_alert_moves_with_its_partition_to_the_next_replica() {
+    use vitalwatch_connectors::postgres::PostgresStore;
+    use vitalwatch_connectors::store::AlertStore as _;
+    use vitalwatch_core::alert::AlertState;
+    let dir = tempfile::tempdir().unwrap();
+    let db = vitalwatch_connectors::postgres::ScratchDatabase::new();
+    let topic = unique("ward");
+    create_topic(&topic, 1);
+    let config = write_config(dir.path(), &topic, &unique("group"), "");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            "catalog = \"{}\"\n{text}\n[rules.thresholds]\npersistence = \"0s\"\n",
+            db.url
+        ),
+    )
+    .unwrap();
+    for (what, file) in [
+        ("patients", "patients_information.csv"),
+        ("thresholds", "threshold_ref.csv"),
+    ] {
+        let (c, d, f) = (
+            os(&config),
+            os(dir.path().join("admin")),
+            format!("../../data/{file}"),
+        );
+        let o = vitalwatch(&[what, "import", "--config", &c, "--data", &d, &f]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let start = |data: &Path, port: u16| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_vitalwatch"));
+        cmd.args(["run", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--data", &os(data), "--config", &os(&config)]);
+        serve(cmd, port)
+    };
+    let mut sent = 0;
+    let mut send = |heart_rate: u32| {
+        sent += 1;
+        let f = dir.path().join(format!("r{sent}.jsonl"));
+        std::fs::write(
+            &f,
+            format!(
+                "{{\"patient_id\": \"5\", \"observed_at\": \"{}\", \"vitals\": {{\"heart_rate\": {heart_rate}}}}}\n",
+                chrono::Utc::now().to_rfc3339()
+            ),
+        )
+        .unwrap();
+        produce(&topic, &[f], &[]);
+        sent as f64
+    };
+    let store = PostgresStore::connect(&db.url).unwrap();
+    let alerts = || store.alerts(false, 100).unwrap();
+
+    let (a_port, b_port) = (free_port(), free_port());
+    let mut a = start(&dir.path().join("a"), a_port);
+    wait_metric(
+        &mut a,
+        a_port,
+        "vitalwatch_kafka_rebalances_total",
+        1.0,
+        Duration::from_secs(60),
+    );
+    let n = send(130);
+    wait_metric(
+        &mut a,
+        a_port,
+        "vitalwatch_kafka_committed_offset",
+        n,
+        Duration::from_secs(60),
+    );
+    let raised = alerts();
+    assert_eq!(raised.len(), 1, "patient 5's heart rate 130 is high");
+    let id = raised[0].latest.alert_id.clone();
+
+    let mut b = start(&dir.path().join("b"), b_port);
+    wait_metric(
+        &mut b,
+        b_port,
+        "vitalwatch_kafka_rebalances_total",
+        1.0,
+        Duration::from_secs(60),
+    );
+    interrupt(a);
+    // b owns the partition now (its committed offset is a's).
+    wait_metric(
+        &mut b,
+        b_port,
+        "vitalwatch_kafka_committed_offset",
+        n,
+        Duration::from_secs(60),
+    );
+    let n = send(140);
+    wait_metric(
+        &mut b,
+        b_port,
+        "vitalwatch_kafka_committed_offset",
+        n,
+        Duration::from_secs(60),
+    );
+    let still = alerts();
+    assert_eq!(
+        still.len(),
+        1,
+        "no second alert for the same condition: {still:?}"
+    );
+    assert_eq!(still[0].latest.state, AlertState::Triggered);
+    let n = send(70);
+    wait_metric(
+        &mut b,
+        b_port,
+        "vitalwatch_kafka_committed_offset",
+        n,
+        Duration::from_secs(60),
+    );
+    interrupt(b);
+    let end = alerts();
+    assert_eq!(end.len(), 1);
+    assert_eq!(end[0].latest.alert_id, id);
+    assert_eq!(
+        end[0].latest.state,
+        AlertState::Resolved,
+        "b resolved a's alert"
+    );
+}

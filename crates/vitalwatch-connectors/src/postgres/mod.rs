@@ -140,6 +140,9 @@ CREATE TABLE IF NOT EXISTS source_positions (
 /// between two replicas starting at once).
 const SCHEMA_LOCK: i64 = 0x7669_7461_6c77;
 
+/// Serializes threshold imports across processes.
+const IMPORT_LOCK: i64 = SCHEMA_LOCK + 1;
+
 /// The catalog in a PostgreSQL database.
 ///
 /// Several replicas share one database. Reference data and alert state are common to all;
@@ -374,8 +377,41 @@ impl ReferenceStore for PostgresStore {
         source: &str,
         at: Timestamp,
     ) -> Result<u32, StoreError> {
+        // Imports one at a time: two replicas seeding the same built-in table at start-up
+        // make one version, not two.
+        self.client()
+            .execute("SELECT pg_advisory_lock($1)", &[&IMPORT_LOCK])?;
+        let r = self.import_thresholds_locked(bands, source, at);
+        let unlocked = self
+            .client()
+            .execute("SELECT pg_advisory_unlock($1)", &[&IMPORT_LOCK]);
+        let version = r?;
+        unlocked?;
+        Ok(version)
+    }
+
+    fn threshold_versions(&self) -> Result<Vec<ThresholdVersion>, StoreError> {
+        self.threshold_versions_impl()
+    }
+
+    fn thresholds(&self) -> Result<ThresholdTable, StoreError> {
+        self.thresholds_impl()
+    }
+
+    fn thresholds_version(&self, version: u32) -> Result<ThresholdTable, StoreError> {
+        self.thresholds_version_impl(version)
+    }
+}
+
+impl PostgresStore {
+    fn import_thresholds_locked(
+        &self,
+        bands: &[ThresholdBand],
+        source: &str,
+        at: Timestamp,
+    ) -> Result<u32, StoreError> {
         // An identical table is not a new version: alerts keep naming the one they fired on.
-        let current = self.thresholds()?;
+        let current = self.thresholds_impl()?;
         if current.version > 0 && current.bands == bands {
             return Ok(current.version);
         }
@@ -420,7 +456,7 @@ impl ReferenceStore for PostgresStore {
         Ok(version as u32)
     }
 
-    fn thresholds(&self) -> Result<ThresholdTable, StoreError> {
+    fn thresholds_impl(&self) -> Result<ThresholdTable, StoreError> {
         let version: i32 = self
             .client()
             .query_one(
@@ -428,10 +464,10 @@ impl ReferenceStore for PostgresStore {
                 &[],
             )?
             .get(0);
-        self.thresholds_version(version as u32)
+        self.thresholds_version_impl(version as u32)
     }
 
-    fn thresholds_version(&self, version: u32) -> Result<ThresholdTable, StoreError> {
+    fn thresholds_version_impl(&self, version: u32) -> Result<ThresholdTable, StoreError> {
         let rows = self.client().query(
             "SELECT ref_id, attribute, low_age_limit, high_age_limit, low_range_value, high_range_value,
                     alert_flag, alert_message, priority, patient_id
@@ -456,7 +492,7 @@ impl ReferenceStore for PostgresStore {
         Ok(ThresholdTable { version, bands })
     }
 
-    fn threshold_versions(&self) -> Result<Vec<ThresholdVersion>, StoreError> {
+    fn threshold_versions_impl(&self) -> Result<Vec<ThresholdVersion>, StoreError> {
         let rows = self.client().query(
             "SELECT v.version, v.imported_at, v.source, COUNT(b.ref_id)
              FROM threshold_versions v LEFT JOIN threshold_bands b ON b.version = v.version
