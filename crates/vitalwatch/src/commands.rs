@@ -1111,3 +1111,32 @@ pub fn warehouse_cmd(cmd: WarehouseCommand) -> anyhow::Result<()> {
         }
     }
 }
+
+/// `vitalwatch notify test NAME`: one test message through a configured notifier.
+pub fn notify(c: crate::cli::NotifyCommand) -> anyhow::Result<()> {
+    let crate::cli::NotifyCommand::Test { notifier, data } = c;
+    let cfg = load_config(&data)?;
+    let Some(n) = cfg.notifiers.iter().find(|n| n.name() == notifier) else {
+        let names: Vec<&str> = cfg.notifiers.iter().map(|n| n.name()).collect();
+        bail!(
+            "no notifier named {notifier:?} in the configuration (configured: {})",
+            if names.is_empty() {
+                "none".to_owned()
+            } else {
+                names.join(", ")
+            }
+        );
+    };
+    let mut out = crate::pipeline::external_notifier(n)?;
+    let event = vitalwatch_connectors::notify::test_event(wall_now());
+    let text = serde_json::to_string(&event)?;
+    let item = vitalwatch_connectors::notify::OutboxItem::new(0, event, text);
+    let answer = out.send_test(&item).with_context(|| {
+        format!(
+            "notifier {notifier} ({}): the test message was not sent",
+            n.kind()
+        )
+    })?;
+    println!("{notifier}: sent; the server answered: {answer}");
+    Ok(())
+}

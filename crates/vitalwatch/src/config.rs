@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use vitalwatch_connectors::notify::kafka::KafkaNotifierSettings;
+use vitalwatch_connectors::notify::smtp::SmtpSettings;
 use vitalwatch_connectors::source::kafka::KafkaSettings;
 use vitalwatch_core::clock::TimeConfig;
 use vitalwatch_core::model::Duration;
@@ -81,6 +82,8 @@ pub enum SourceConfig {
 pub enum NotifierConfig {
     /// Alert events onto a Kafka topic (the classic "doctors' queue").
     Kafka(KafkaNotifierSettings),
+    /// Alert events as e-mail over SMTP.
+    Smtp(SmtpSettings),
 }
 
 impl NotifierConfig {
@@ -88,6 +91,7 @@ impl NotifierConfig {
     pub fn name(&self) -> &str {
         match self {
             NotifierConfig::Kafka(k) => &k.name,
+            NotifierConfig::Smtp(m) => &m.name,
         }
     }
 
@@ -95,6 +99,7 @@ impl NotifierConfig {
     pub fn kind(&self) -> &'static str {
         match self {
             NotifierConfig::Kafka(_) => "kafka",
+            NotifierConfig::Smtp(_) => "smtp",
         }
     }
 }
@@ -680,11 +685,15 @@ impl Config {
                     "notifiers[{i}].name = {name:?} is used twice: each notifier keeps its own cursor under its name"
                 ));
             }
-            let NotifierConfig::Kafka(k) = n;
-            if k.brokers.trim().is_empty() || k.topic.trim().is_empty() {
-                p.push(format!(
-                    "notifiers[{i}]: a kafka notifier needs brokers and topic"
-                ));
+            match n {
+                NotifierConfig::Kafka(k) => {
+                    if k.brokers.trim().is_empty() || k.topic.trim().is_empty() {
+                        p.push(format!(
+                            "notifiers[{i}]: a kafka notifier needs brokers and topic"
+                        ));
+                    }
+                }
+                NotifierConfig::Smtp(m) => p.extend(m.problems(&format!("notifiers[{i}]"))),
             }
         }
         if self.pipeline.outbox_lease < Duration::from_secs(1) {

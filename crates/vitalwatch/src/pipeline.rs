@@ -265,6 +265,10 @@ pub fn external_notifier(n: &NotifierConfig) -> anyhow::Result<Box<dyn Notifier>
             KafkaNotifier::new(k.clone())
                 .with_context(|| format!("cannot create notifier {}", k.name))?,
         ),
+        NotifierConfig::Smtp(m) => Box::new(
+            vitalwatch_connectors::notify::smtp::SmtpNotifier::new(m.clone())
+                .with_context(|| format!("cannot create notifier {}", m.name))?,
+        ),
     })
 }
 

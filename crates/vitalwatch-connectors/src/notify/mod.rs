@@ -23,6 +23,8 @@ use crate::store::{AlertStore, StoreError};
 
 #[cfg(all(feature = "kafka", feature = "warehouse"))]
 pub mod kafka;
+#[cfg(feature = "smtp")]
+pub mod smtp;
 
 /// One outbox entry on its way to a notifier. Cheap to clone: every notifier gets the
 /// same event and text.
@@ -117,6 +119,30 @@ pub trait Notifier: Send {
 
     /// Delivers a batch, in order, all or nothing as far as the notifier can tell.
     fn deliver(&mut self, batch: &[OutboxItem]) -> Result<(), NotifyError>;
+
+    /// Delivers one (test) entry outside the outbox and says what the other side
+    /// answered (`vitalwatch notify test`).
+    fn send_test(&mut self, item: &OutboxItem) -> Result<String, NotifyError> {
+        self.deliver(std::slice::from_ref(item))?;
+        Ok("accepted".into())
+    }
+}
+
+/// An alert event for `vitalwatch notify test`: clearly a test, for a patient id no
+/// hospital uses.
+pub fn test_event(now: vitalwatch_core::model::Timestamp) -> AlertEvent {
+    let mut e = crate::store::contract::sample_event();
+    e.patient_id = vitalwatch_core::model::PatientId("vitalwatch-test".into());
+    e.alert_id = vitalwatch_core::alert::AlertId(format!("test-{}", now.micros()));
+    e.alert_message = "vitalwatch test notification: no patient is affected".into();
+    e.rule = "test".into();
+    e.rule_key = "test".into();
+    e.input_message_time = now;
+    e.alert_generated_time = now;
+    e.episode_start = now;
+    e.patient.patientname = "Test Patient".into();
+    e.patient.admitted_ward = "test".into();
+    e
 }
 
 /// Appends each event as one JSON line to `alerts.jsonl`.

@@ -1,0 +1,379 @@
+//! The e-mail notifier: each alert event as one message over SMTP — the classic design's
+//! SNS e-mail, sent once per state change instead of every few seconds.
+//!
+//! Where it sits: an outbox consumer like every notifier (one event per delivery, so a
+//! failure never re-sends an event that already went out). The subject is the classic
+//! `Health Alert: Patient- {name}`, the body the classic alert fields; `privacy =
+//! "minimal"` keeps name, address, phone and age out of the message (ward and patient id
+//! only) for channels that leave the hospital. The event's idempotency key is the
+//! message's `Message-ID`: a mail system that sees the same id twice (after a crash
+//! between sending and recording the delivery) can drop the second. SMTP 4xx answers and
+//! connection failures are transient (retried); 5xx answers are permanent.
+
+use std::fmt::Write as _;
+use std::time::Duration as StdDuration;
+
+use lettre::message::{Mailbox, header::ContentType};
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
+use lettre::{Message, SmtpTransport, Transport};
+use serde::{Deserialize, Serialize};
+use vitalwatch_core::alert::AlertEvent;
+use vitalwatch_core::model::Duration;
+
+use super::{Notifier, NotifyError, OutboxItem};
+
+/// How the connection to the SMTP server is secured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpTls {
+    /// Plain connection upgraded with STARTTLS, which the server must offer (port 587).
+    Starttls,
+    /// TLS from the first byte (port 465).
+    Implicit,
+    /// No encryption: only for a relay on the same host or a test server.
+    None,
+}
+
+/// What personal data a message may carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Privacy {
+    /// Every classic field: name, age, address, phone, ward (hospital-internal mail).
+    Full,
+    /// Ward and patient id only: no name, age, address or phone.
+    Minimal,
+}
+
+/// `[[notifiers]] type = "smtp"`: alert events as e-mail.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SmtpSettings {
+    /// The notifier's name (its outbox cursor and delivery records are kept under it).
+    pub name: String,
+    /// SMTP server host name (also the name its TLS certificate must carry).
+    pub host: String,
+    /// SMTP server port.
+    pub port: u16,
+    /// `starttls`, `implicit` or `none`.
+    pub tls: SmtpTls,
+    /// A PEM file with a CA certificate to trust besides the public roots (a hospital's
+    /// internal CA); `""` for none.
+    pub ca_file: String,
+    /// User name for SMTP AUTH; `""` for none.
+    pub username: String,
+    /// The environment variable holding the password (never the password itself).
+    pub password_env: String,
+    /// Sender address.
+    pub from: String,
+    /// Recipient addresses.
+    pub to: Vec<String>,
+    /// `full` or `minimal`.
+    pub privacy: Privacy,
+    /// How long one message may take (connect, TLS, send).
+    pub timeout: Duration,
+}
+
+impl Default for SmtpSettings {
+    fn default() -> Self {
+        SmtpSettings {
+            name: "email".into(),
+            host: "127.0.0.1".into(),
+            port: 587,
+            tls: SmtpTls::Starttls,
+            ca_file: String::new(),
+            username: String::new(),
+            password_env: String::new(),
+            from: "vitalwatch@localhost".into(),
+            to: Vec::new(),
+            privacy: Privacy::Full,
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl SmtpSettings {
+    /// Everything wrong with these settings, each prefixed with `prefix`.
+    pub fn problems(&self, prefix: &str) -> Vec<String> {
+        let mut p = Vec::new();
+        if self.host.trim().is_empty() {
+            p.push(format!("{prefix}: an smtp notifier needs a host"));
+        }
+        if self.to.is_empty() {
+            p.push(format!(
+                "{prefix}: an smtp notifier needs at least one `to` address"
+            ));
+        }
+        for a in std::iter::once(&self.from).chain(&self.to) {
+            if a.parse::<Mailbox>().is_err() {
+                p.push(format!("{prefix}: {a:?} is not an e-mail address"));
+            }
+        }
+        if !self.username.is_empty() && self.password_env.is_empty() {
+            p.push(format!(
+                "{prefix}: username is set: name the environment variable with the password in password_env"
+            ));
+        }
+        if !self.ca_file.is_empty() && !std::path::Path::new(&self.ca_file).is_file() {
+            p.push(format!(
+                "{prefix}: ca_file {:?} does not exist",
+                self.ca_file
+            ));
+        }
+        p
+    }
+
+    /// For people: where it sends (no password).
+    pub fn describe(&self) -> String {
+        let tls = match self.tls {
+            SmtpTls::Starttls => "starttls",
+            SmtpTls::Implicit => "tls",
+            SmtpTls::None => "plain",
+        };
+        format!(
+            "smtp {}:{} ({tls}) to {}",
+            self.host,
+            self.port,
+            self.to.join(", ")
+        )
+    }
+}
+
+/// Sends alert events as e-mail.
+pub struct SmtpNotifier {
+    settings: SmtpSettings,
+    transport: SmtpTransport,
+    from: Mailbox,
+    to: Vec<Mailbox>,
+}
+
+impl std::fmt::Debug for SmtpNotifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SmtpNotifier")
+            .field("name", &self.settings.name)
+            .field("to", &self.settings.to)
+            .finish()
+    }
+}
+
+impl SmtpNotifier {
+    /// A notifier for `settings` (connects per message: a server that is down is a
+    /// transient delivery error, not a start-up failure).
+    pub fn new(settings: SmtpSettings) -> Result<Self, NotifyError> {
+        let bad =
+            |e: String| NotifyError::Permanent(format!("smtp notifier {}: {e}", settings.name));
+        let from: Mailbox = settings
+            .from
+            .parse()
+            .map_err(|e| bad(format!("from: {e}")))?;
+        let to = settings
+            .to
+            .iter()
+            .map(|a| {
+                a.parse::<Mailbox>()
+                    .map_err(|e| bad(format!("to {a:?}: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut params = TlsParameters::builder(settings.host.clone());
+        if !settings.ca_file.is_empty() {
+            let pem = std::fs::read(&settings.ca_file)
+                .map_err(|e| bad(format!("ca_file {}: {e}", settings.ca_file)))?;
+            let cert = Certificate::from_pem(&pem)
+                .map_err(|e| bad(format!("ca_file {}: {e}", settings.ca_file)))?;
+            params = params.add_root_certificate(cert);
+        }
+        let tls = match settings.tls {
+            SmtpTls::None => Tls::None,
+            mode => {
+                let p = params.build().map_err(|e| bad(format!("tls: {e}")))?;
+                if mode == SmtpTls::Implicit {
+                    Tls::Wrapper(p)
+                } else {
+                    Tls::Required(p)
+                }
+            }
+        };
+        let mut b = SmtpTransport::builder_dangerous(&settings.host)
+            .port(settings.port)
+            .tls(tls)
+            .timeout(Some(StdDuration::from_micros(
+                settings.timeout.micros().max(1) as u64,
+            )));
+        if !settings.username.is_empty() {
+            let password = std::env::var(&settings.password_env).map_err(|_| {
+                bad(format!(
+                    "the environment variable {} (password_env) is not set",
+                    settings.password_env
+                ))
+            })?;
+            b = b.credentials(Credentials::new(settings.username.clone(), password));
+        }
+        Ok(SmtpNotifier {
+            transport: b.build(),
+            settings,
+            from,
+            to,
+        })
+    }
+
+    /// Sends one event; the server's answer (code and text) on success.
+    fn send(&self, event: &AlertEvent) -> Result<String, NotifyError> {
+        let mut b = Message::builder()
+            .from(self.from.clone())
+            .subject(subject(event, self.settings.privacy))
+            .message_id(Some(message_id(&event.idempotency_key())))
+            .header(ContentType::TEXT_PLAIN);
+        for t in &self.to {
+            b = b.to(t.clone());
+        }
+        let msg = b
+            .body(body(event, self.settings.privacy))
+            .map_err(|e| NotifyError::Permanent(format!("cannot build the message: {e}")))?;
+        match self.transport.send(&msg) {
+            Ok(r) => Ok(format!(
+                "{} {}",
+                r.code(),
+                r.message().collect::<Vec<_>>().join(" ")
+            )),
+            // 5xx: the server will not take it however often it is asked; a certificate
+            // that cannot be verified will not verify on the next try either.
+            Err(e) if e.is_permanent() || chain(&e).contains("invalid peer certificate") => Err(
+                NotifyError::Permanent(format!("{}: {}", self.settings.describe(), chain(&e))),
+            ),
+            // 4xx, refused connections, timeouts, TLS hiccups: try again.
+            Err(e) => Err(NotifyError::Transient(format!(
+                "{}: {}",
+                self.settings.describe(),
+                chain(&e)
+            ))),
+        }
+    }
+}
+
+/// An error with its causes, on one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let _ = write!(s, ": {c}");
+        cur = c.source();
+    }
+    s
+}
+
+/// `<KEY@vitalwatch>` with the characters a Message-ID's left part may not hold replaced.
+pub fn message_id(key: &str) -> String {
+    let left: String = key
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~.".contains(c) {
+                c
+            } else {
+                '.'
+            }
+        })
+        .collect();
+    format!("<{left}@vitalwatch>")
+}
+
+/// The classic subject, `Health Alert: Patient- {name}` (the patient id when the name
+/// may not leave, or is unknown).
+pub fn subject(e: &AlertEvent, privacy: Privacy) -> String {
+    let who = match privacy {
+        Privacy::Full if !e.patient.patientname.is_empty() => e.patient.patientname.clone(),
+        _ => e.patient_id.as_str().to_owned(),
+    };
+    format!("Health Alert: Patient- {who}")
+}
+
+/// The classic alert fields, one per line, then vitalwatch's own.
+pub fn body(e: &AlertEvent, privacy: Privacy) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{} alert {}: {}\n",
+        e.priority.as_str().to_uppercase(),
+        e.event.as_str(),
+        e.alert_message
+    );
+    let num = |v: Option<f64>| v.map(|x| x.to_string()).unwrap_or_default();
+    let mut field = |k: &str, v: &str| {
+        let _ = writeln!(s, "{k}: {v}");
+    };
+    if privacy == Privacy::Full {
+        field("patientname", &e.patient.patientname);
+        field(
+            "age",
+            &e.patient.age.map(|a| a.to_string()).unwrap_or_default(),
+        );
+        field("patientaddress", &e.patient.patientaddress);
+        field("phone_number", &e.patient.phone_number);
+    }
+    field("admitted_ward", &e.patient.admitted_ward);
+    field("patient_id", e.patient_id.as_str());
+    field("heartBeat", &num(e.heart_beat));
+    field("bp", &num(e.bp));
+    field("input_message_time", &e.input_message_time.to_string());
+    field("alert_generated_time", &e.alert_generated_time.to_string());
+    field("alert_message", &e.alert_message);
+    field("alert_id", e.alert_id.as_str());
+    field("rule", &e.rule);
+    field("priority", e.priority.as_str());
+    field("state", e.state.as_str());
+    field("vital", &e.vital.map(|v| v.to_string()).unwrap_or_default());
+    field("value", &num(e.value));
+    s
+}
+
+impl Notifier for SmtpNotifier {
+    fn name(&self) -> &str {
+        &self.settings.name
+    }
+
+    /// One message per delivery: a failed send never repeats one that went out.
+    fn max_batch(&self) -> usize {
+        1
+    }
+
+    fn deliver(&mut self, batch: &[OutboxItem]) -> Result<(), NotifyError> {
+        for item in batch {
+            self.send(item.event()?)?;
+        }
+        Ok(())
+    }
+
+    fn send_test(&mut self, item: &OutboxItem) -> Result<String, NotifyError> {
+        self.send(item.event()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minimal_privacy_keeps_personal_data_out_of_subject_and_body() {
+        let mut e = crate::store::contract::sample_event();
+        e.patient.patientname = "Pam".into();
+        e.patient.patientaddress = "ABC test Address".into();
+        e.patient.phone_number = "4982739282".into();
+        e.patient.admitted_ward = "5".into();
+        assert_eq!(subject(&e, Privacy::Full), "Health Alert: Patient- Pam");
+        let full = body(&e, Privacy::Full);
+        assert!(full.contains("patientname: Pam") && full.contains("phone_number: 4982739282"));
+        let minimal = format!(
+            "{}\n{}",
+            subject(&e, Privacy::Minimal),
+            body(&e, Privacy::Minimal)
+        );
+        for secret in ["Pam", "ABC test", "4982739282"] {
+            assert!(!minimal.contains(secret), "{secret} leaked: {minimal}");
+        }
+        assert!(minimal.contains("admitted_ward: 5") && minimal.contains("patient_id: 7"));
+        let id = message_id(&e.idempotency_key());
+        assert!(
+            id.starts_with('<') && id.ends_with("@vitalwatch>") && !id.contains(':'),
+            "{id}"
+        );
+    }
+}
