@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use vitalwatch_connectors::notify::kafka::KafkaNotifierSettings;
 use vitalwatch_connectors::notify::smtp::SmtpSettings;
+use vitalwatch_connectors::notify::webhook::WebhookSettings;
 use vitalwatch_connectors::source::kafka::KafkaSettings;
 use vitalwatch_core::clock::TimeConfig;
 use vitalwatch_core::model::Duration;
@@ -84,6 +85,8 @@ pub enum NotifierConfig {
     Kafka(KafkaNotifierSettings),
     /// Alert events as e-mail over SMTP.
     Smtp(SmtpSettings),
+    /// Alert events as HTTP POSTs (JSON, Slack, Microsoft Teams).
+    Webhook(WebhookSettings),
 }
 
 impl NotifierConfig {
@@ -92,6 +95,7 @@ impl NotifierConfig {
         match self {
             NotifierConfig::Kafka(k) => &k.name,
             NotifierConfig::Smtp(m) => &m.name,
+            NotifierConfig::Webhook(w) => &w.name,
         }
     }
 
@@ -100,6 +104,7 @@ impl NotifierConfig {
         match self {
             NotifierConfig::Kafka(_) => "kafka",
             NotifierConfig::Smtp(_) => "smtp",
+            NotifierConfig::Webhook(_) => "webhook",
         }
     }
 }
@@ -694,6 +699,7 @@ impl Config {
                     }
                 }
                 NotifierConfig::Smtp(m) => p.extend(m.problems(&format!("notifiers[{i}]"))),
+                NotifierConfig::Webhook(w) => p.extend(w.problems(&format!("notifiers[{i}]"))),
             }
         }
         if self.pipeline.outbox_lease < Duration::from_secs(1) {

@@ -269,6 +269,9 @@ pub fn external_notifier(n: &NotifierConfig) -> anyhow::Result<Box<dyn Notifier>
             vitalwatch_connectors::notify::smtp::SmtpNotifier::new(m.clone())
                 .with_context(|| format!("cannot create notifier {}", m.name))?,
         ),
+        NotifierConfig::Webhook(w) => {
+            Box::new(vitalwatch_connectors::notify::webhook::WebhookNotifier::new(w.clone()))
+        }
     })
 }
 

@@ -25,6 +25,8 @@ use crate::store::{AlertStore, StoreError};
 pub mod kafka;
 #[cfg(feature = "smtp")]
 pub mod smtp;
+#[cfg(feature = "webhook")]
+pub mod webhook;
 
 /// One outbox entry on its way to a notifier. Cheap to clone: every notifier gets the
 /// same event and text.
@@ -77,6 +79,47 @@ impl OutboxItem {
         })?;
         Ok(self.event.get_or_init(|| parsed))
     }
+}
+
+/// What personal data a notifier's messages may carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Privacy {
+    /// Every classic field: name, age, address, phone, ward (hospital-internal channels).
+    Full,
+    /// Ward and patient id only: no name, age, address or phone (channels that leave the
+    /// hospital: SMS, a chat service).
+    Minimal,
+}
+
+/// The classic alert fields that identify a person: left out under [`Privacy::Minimal`].
+pub const PERSONAL_FIELDS: [&str; 4] = ["patientname", "age", "patientaddress", "phone_number"];
+
+/// One line for people: priority, event, message, who, where, the value.
+pub fn summary(e: &AlertEvent, privacy: Privacy) -> String {
+    let who = match privacy {
+        Privacy::Full if !e.patient.patientname.is_empty() => {
+            format!("{} (patient {})", e.patient.patientname, e.patient_id)
+        }
+        _ => format!("patient {}", e.patient_id),
+    };
+    let ward = if e.patient.admitted_ward.is_empty() {
+        String::new()
+    } else {
+        format!(", ward {}", e.patient.admitted_ward)
+    };
+    let value = match (e.vital, e.value) {
+        (Some(v), Some(x)) => format!(", {v} {x}"),
+        (None, Some(x)) if e.rule == "news2" => format!(", NEWS2 {x}"),
+        _ => String::new(),
+    };
+    format!(
+        "{} {}: {} — {who}{ward}{value} (alert {})",
+        e.priority.as_str().to_uppercase(),
+        e.event.as_str(),
+        e.alert_message,
+        e.alert_id
+    )
 }
 
 /// Why a delivery failed, and whether trying again can help.

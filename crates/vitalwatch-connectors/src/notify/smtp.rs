@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use vitalwatch_core::alert::AlertEvent;
 use vitalwatch_core::model::Duration;
 
-use super::{Notifier, NotifyError, OutboxItem};
+use super::{Notifier, NotifyError, OutboxItem, Privacy};
 
 /// How the connection to the SMTP server is secured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,16 +33,6 @@ pub enum SmtpTls {
     Implicit,
     /// No encryption: only for a relay on the same host or a test server.
     None,
-}
-
-/// What personal data a message may carry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Privacy {
-    /// Every classic field: name, age, address, phone, ward (hospital-internal mail).
-    Full,
-    /// Ward and patient id only: no name, age, address or phone.
-    Minimal,
 }
 
 /// `[[notifiers]] type = "smtp"`: alert events as e-mail.

@@ -1,0 +1,247 @@
+//! The webhook notifier: each alert event as one HTTP POST — to a hospital system (the
+//! alert JSON), a Slack or a Microsoft Teams incoming webhook (a one-line message).
+//!
+//! Where it sits: an outbox consumer like every notifier, one event per request (a failed
+//! request never repeats one that was accepted). The event's idempotency key goes in the
+//! `Idempotency-Key` header. 2xx is delivered; 408, 429, 5xx, refused connections and
+//! timeouts are transient (retried with the pipeline's backoff); any other answer is
+//! permanent (a wrong URL or a rejected payload will not get better by asking again).
+
+use std::collections::BTreeMap;
+use std::time::Duration as StdDuration;
+
+use serde::{Deserialize, Serialize};
+use vitalwatch_core::alert::AlertEvent;
+use vitalwatch_core::model::Duration;
+
+use super::{Notifier, NotifyError, OutboxItem, PERSONAL_FIELDS, Privacy, summary};
+
+/// What the request body looks like.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Preset {
+    /// The alert event's JSON, as `alerts.jsonl` has it.
+    Json,
+    /// A Slack incoming webhook: `{"text": "…"}`.
+    Slack,
+    /// A Microsoft Teams incoming webhook: a MessageCard with the line as its text.
+    Teams,
+}
+
+/// `[[notifiers]] type = "webhook"`: alert events as HTTP POSTs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhookSettings {
+    /// The notifier's name (its outbox cursor and delivery records are kept under it).
+    pub name: String,
+    /// Where to POST (`http://` or `https://`).
+    pub url: String,
+    /// Extra request headers (`Authorization`, ...). Values are never printed.
+    pub headers: BTreeMap<String, String>,
+    /// `json`, `slack` or `teams`.
+    pub preset: Preset,
+    /// `full` or `minimal` (no name, age, address or phone).
+    pub privacy: Privacy,
+    /// How long one request may take.
+    pub timeout: Duration,
+}
+
+impl Default for WebhookSettings {
+    fn default() -> Self {
+        WebhookSettings {
+            name: "webhook".into(),
+            url: String::new(),
+            headers: BTreeMap::new(),
+            preset: Preset::Json,
+            privacy: Privacy::Full,
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl WebhookSettings {
+    /// Everything wrong with these settings, each prefixed with `prefix`.
+    pub fn problems(&self, prefix: &str) -> Vec<String> {
+        let mut p = Vec::new();
+        if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
+            p.push(format!(
+                "{prefix}: a webhook notifier needs an http:// or https:// url"
+            ));
+        }
+        for k in self.headers.keys() {
+            if k.is_empty() || !k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+                p.push(format!("{prefix}: {k:?} is not a header name"));
+            }
+        }
+        p
+    }
+
+    /// For people: where it posts (the URL's path and query may hold a token: only the
+    /// scheme and host are shown; header values never).
+    pub fn describe(&self) -> String {
+        let host = self
+            .url
+            .split_once("://")
+            .map(|(scheme, rest)| {
+                format!("{scheme}://{}", rest.split(['/', '?']).next().unwrap_or(""))
+            })
+            .unwrap_or_default();
+        format!("webhook {host}/…")
+    }
+}
+
+/// Posts alert events to a URL.
+#[derive(Debug)]
+pub struct WebhookNotifier {
+    settings: WebhookSettings,
+    agent: ureq::Agent,
+}
+
+impl WebhookNotifier {
+    /// A notifier for `settings`.
+    pub fn new(settings: WebhookSettings) -> Self {
+        let timeout = StdDuration::from_micros(settings.timeout.micros().max(1) as u64);
+        let agent = ureq::Agent::config_builder()
+            .timeout_global(Some(timeout))
+            // Every status is an answer to classify, not an error to unwrap.
+            .http_status_as_error(false)
+            .build()
+            .into();
+        WebhookNotifier { settings, agent }
+    }
+
+    /// The request body for `event`.
+    pub fn body(&self, event: &AlertEvent, json: &str) -> Result<String, NotifyError> {
+        let privacy = self.settings.privacy;
+        let v = match self.settings.preset {
+            Preset::Json => {
+                let mut v: serde_json::Value = serde_json::from_str(json)
+                    .map_err(|e| NotifyError::Permanent(format!("alert event is not JSON: {e}")))?;
+                if privacy == Privacy::Minimal {
+                    strip_personal(&mut v);
+                }
+                return Ok(v.to_string());
+            }
+            Preset::Slack => serde_json::json!({ "text": summary(event, privacy) }),
+            Preset::Teams => serde_json::json!({
+                "@type": "MessageCard",
+                "@context": "https://schema.org/extensions",
+                "summary": format!("Health Alert: {}", event.alert_message),
+                "themeColor": match event.priority {
+                    vitalwatch_core::alert::Priority::High => "D32F2F",
+                    vitalwatch_core::alert::Priority::Medium => "FBC02D",
+                    vitalwatch_core::alert::Priority::Low => "0097A7",
+                },
+                "text": summary(event, privacy),
+            }),
+        };
+        Ok(v.to_string())
+    }
+
+    /// Posts one event; `HTTP <status>` and the start of the answer on success.
+    fn post(&self, item: &OutboxItem) -> Result<String, NotifyError> {
+        let event = item.event()?;
+        let body = self.body(event, &item.body)?;
+        let mut req = self
+            .agent
+            .post(&self.settings.url)
+            .header("Content-Type", "application/json")
+            .header("Idempotency-Key", &event.idempotency_key());
+        for (k, v) in &self.settings.headers {
+            req = req.header(k, v);
+        }
+        let what = self.settings.describe();
+        let mut resp = req
+            .send(body.as_bytes())
+            .map_err(|e| NotifyError::Transient(format!("{what}: {e}")))?;
+        let status = resp.status().as_u16();
+        let text = resp
+            .body_mut()
+            .with_config()
+            .limit(4096)
+            .read_to_string()
+            .unwrap_or_default();
+        let answer = format!("HTTP {status} {}", text.trim())
+            .trim_end()
+            .to_owned();
+        match status {
+            200..=299 => Ok(answer),
+            408 | 429 | 500..=599 => Err(NotifyError::Transient(format!("{what}: {answer}"))),
+            _ => Err(NotifyError::Permanent(format!("{what}: {answer}"))),
+        }
+    }
+}
+
+/// Removes the fields that identify a person, wherever the event JSON has them.
+fn strip_personal(v: &mut serde_json::Value) {
+    if let Some(o) = v.as_object_mut() {
+        for f in PERSONAL_FIELDS {
+            o.remove(f);
+        }
+        for child in o.values_mut() {
+            strip_personal(child);
+        }
+    }
+}
+
+impl Notifier for WebhookNotifier {
+    fn name(&self) -> &str {
+        &self.settings.name
+    }
+
+    /// One request per delivery: a failed request never repeats an accepted one.
+    fn max_batch(&self) -> usize {
+        1
+    }
+
+    fn deliver(&mut self, batch: &[OutboxItem]) -> Result<(), NotifyError> {
+        for item in batch {
+            self.post(item)?;
+        }
+        Ok(())
+    }
+
+    fn send_test(&mut self, item: &OutboxItem) -> Result<String, NotifyError> {
+        self.post(item)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minimal_privacy_strips_personal_fields_from_every_preset() {
+        let mut e = crate::store::contract::sample_event();
+        e.patient.patientname = "Pam".into();
+        e.patient.phone_number = "4982739282".into();
+        e.patient.patientaddress = "ABC test Address".into();
+        e.patient.age = Some(72);
+        let json = serde_json::to_string(&e).unwrap();
+        for preset in [Preset::Json, Preset::Slack, Preset::Teams] {
+            let n = |privacy| {
+                WebhookNotifier::new(WebhookSettings {
+                    url: "http://127.0.0.1:9/".into(),
+                    preset,
+                    privacy,
+                    ..WebhookSettings::default()
+                })
+            };
+            let full = n(Privacy::Full).body(&e, &json).unwrap();
+            assert!(full.contains("Pam"), "{preset:?}: {full}");
+            let minimal = n(Privacy::Minimal).body(&e, &json).unwrap();
+            for personal in ["Pam", "4982739282", "ABC test", "\"age\""] {
+                assert!(
+                    !minimal.contains(personal),
+                    "{preset:?} leaked {personal}: {minimal}"
+                );
+            }
+            assert!(minimal.contains(e.alert_id.as_str()), "{minimal}");
+        }
+        let s = WebhookSettings {
+            url: "https://hooks.slack.com/services/T000/B000/SECRET".into(),
+            ..WebhookSettings::default()
+        };
+        assert_eq!(s.describe(), "webhook https://hooks.slack.com/…");
+    }
+}

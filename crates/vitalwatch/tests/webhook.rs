@@ -1,0 +1,228 @@
+//! Webhook delivery against HTTP servers on loopback: each test runs its own receivers (a
+//! plain HTTP/1.1 server that records every request and answers with the statuses it is
+//! given, as a hospital system or a chat service would), so the requests vitalwatch
+//! really sends are checked byte for byte.
+//!
+//! What it shows: an alert raised by `run` is posted once per webhook; a 503 is retried
+//! with the same Idempotency-Key until accepted; a 400 is not retried and is recorded as
+//! given up; the Slack preset carries a one-line message, the JSON preset the alert event,
+//! without personal data under `privacy = "minimal"`; configured headers are sent.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{os, request, spawn_run, vitalwatch};
+
+/// One request a receiver got.
+#[derive(Debug, Clone)]
+struct Received {
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Received {
+    fn header(&self, name: &str) -> &str {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map_or("", |(_, v)| v.as_str())
+    }
+}
+
+/// An HTTP server on a free port answering its n-th request with `statuses[n]` (the last
+/// one from then on) and recording every request.
+fn receiver(statuses: Vec<u16>) -> (u16, Arc<Mutex<Vec<Received>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let seen = got.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut r = BufReader::new(stream.try_clone().unwrap());
+            let mut line = String::new();
+            if r.read_line(&mut line).unwrap_or(0) == 0 {
+                continue;
+            }
+            let mut headers = Vec::new();
+            loop {
+                line.clear();
+                r.read_line(&mut line).unwrap();
+                let l = line.trim_end();
+                if l.is_empty() {
+                    break;
+                }
+                if let Some((k, v)) = l.split_once(':') {
+                    headers.push((k.trim().to_owned(), v.trim().to_owned()));
+                }
+            }
+            let len: usize = headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+                .map_or(0, |(_, v)| v.parse().unwrap());
+            let mut body = vec![0; len];
+            r.read_exact(&mut body).unwrap();
+            let n = {
+                let mut g = seen.lock().unwrap();
+                g.push(Received {
+                    headers,
+                    body: String::from_utf8(body).unwrap(),
+                });
+                g.len()
+            };
+            let status = statuses[(n - 1).min(statuses.len() - 1)];
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status} X\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+            );
+        }
+    });
+    (port, got)
+}
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn webhooks_retry_transient_answers_give_up_on_permanent_ones_and_keep_personal_data_in() {
+    let (slack_port, slack) = receiver(vec![503, 200]);
+    let (audit_port, audit) = receiver(vec![400]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("hooks.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[rules]
+profile = "classic"
+
+[alerts]
+console = false
+
+[[notifiers]]
+type = "webhook"
+name = "slack"
+url = "http://127.0.0.1:{slack_port}/services/T0/B0/token"
+preset = "slack"
+headers = {{ Authorization = "Bearer s3cret" }}
+
+[[notifiers]]
+type = "webhook"
+name = "audit"
+url = "http://127.0.0.1:{audit_port}/alerts"
+privacy = "minimal"
+"#
+        ),
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let (c, d) = (os(&config), os(&data));
+    let o = vitalwatch(&[
+        "patients",
+        "import",
+        "--config",
+        &c,
+        "--data",
+        &d,
+        "../../data/patients_information.csv",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    let port = common::free_port();
+    let mut run = spawn_run(&data, Some(&config), port);
+    let (status, text) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(request(
+            std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+            "POST",
+            "/v1/readings",
+            &format!(
+                r#"{{"patient_id": "5", "observed_at": "{}", "vitals": {{"heart_rate": 130}}}}"#,
+                chrono::Utc::now().to_rfc3339()
+            ),
+        ));
+    assert_eq!(status, 202, "{text}");
+    wait_for("the retried Slack post", || {
+        slack.lock().unwrap().len() >= 2
+    });
+    wait_for("the audit post", || !audit.lock().unwrap().is_empty());
+    // Long enough for a wrong retry of the 400 (the first backoff is 200 ms).
+    std::thread::sleep(Duration::from_secs(2));
+    run.kill().unwrap();
+    run.wait().unwrap();
+
+    let slack = slack.lock().unwrap().clone();
+    assert_eq!(slack.len(), 2, "503 retried once, then accepted: {slack:?}");
+    assert_eq!(
+        slack[0].header("idempotency-key"),
+        slack[1].header("idempotency-key")
+    );
+    assert!(slack[0].header("idempotency-key").contains(":triggered:"));
+    assert_eq!(slack[1].header("authorization"), "Bearer s3cret");
+    let v: serde_json::Value = serde_json::from_str(&slack[1].body).unwrap();
+    let line = v["text"].as_str().unwrap();
+    assert!(
+        line.starts_with(
+            "MEDIUM triggered: Higher Heart Rate than Normal — Pam (patient 5), ward 5, heart_rate 130"
+        ),
+        "{line}"
+    );
+
+    let audit = audit.lock().unwrap().clone();
+    assert_eq!(audit.len(), 1, "a 400 is not retried");
+    let event: serde_json::Value = serde_json::from_str(&audit[0].body).unwrap();
+    assert_eq!(event["patient_id"], "5");
+    assert_eq!(event["alert_message"], "Higher Heart Rate than Normal");
+    for personal in ["Pam", "ABC test", "4982739282", "\"age\""] {
+        assert!(
+            !audit[0].body.contains(personal),
+            "{personal} left: {}",
+            audit[0].body
+        );
+    }
+
+    // Every attempt is on record: the audit hook's refusal with its answer.
+    let o = vitalwatch(&[
+        "alerts",
+        "deliveries",
+        "--notifier",
+        "audit",
+        "--config",
+        &c,
+        "--data",
+        &d,
+    ]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(out.contains("gave_up") && out.contains("HTTP 400"), "{out}");
+    let o = vitalwatch(&[
+        "alerts",
+        "deliveries",
+        "--notifier",
+        "slack",
+        "--config",
+        &c,
+        "--data",
+        &d,
+    ]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("retrying") && out.contains("HTTP 503") && out.contains("delivered"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("token"),
+        "the URL's token stays out of the records: {out}"
+    );
+}
