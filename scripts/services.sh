@@ -12,6 +12,7 @@
 #   plain on 127.0.0.1:2525 into the Maildir $VITALWATCH_SERVICES/smtp/plain, and
 #   STARTTLS-only on 127.0.0.1:2587 into $VITALWATCH_SERVICES/smtp/tls, with a certificate
 #   for 127.0.0.1 and localhost signed by a test CA ($VITALWATCH_SERVICES/smtp/ca.pem).
+# - An Amazon SNS emulator (moto's server, PyPI moto[server]) on 127.0.0.1:5000.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 S=${VITALWATCH_SERVICES:-$HOME/.cache/vitalwatch-services}
@@ -77,4 +78,20 @@ if ! listening 2525 || ! listening 2587; then
     wait_port 2587 "the STARTTLS SMTP server (aiosmtpd)"
   fi
   echo "services: SMTP on 127.0.0.1:2525 (plain) and 127.0.0.1:2587 (STARTTLS)"
+fi
+
+# Amazon SNS emulator (moto). It keeps state: tests reset it (POST /moto-api/reset).
+A=$S/moto
+if ! listening 5000; then
+  if [ ! -x "$A/venv/bin/moto_server" ]; then
+    echo "services: installing moto[server] 5.1.18 into $A/venv"
+    mkdir -p "$A"
+    python3 -m venv "$A/venv"
+    "$A/venv/bin/pip" install -q "moto[server]==5.1.18"
+  fi
+  (cd "$A" && exec nohup "$A/venv/bin/moto_server" -H 127.0.0.1 -p 5000 \
+      >"$A/moto.log" 2>&1 </dev/null &)
+  for _ in $(seq 1 300); do listening 5000 && break; sleep 0.1; done
+  wait_port 5000 "the SNS emulator (moto)"
+  echo "services: SNS emulator (moto) on 127.0.0.1:5000"
 fi

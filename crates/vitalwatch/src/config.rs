@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use vitalwatch_connectors::notify::kafka::KafkaNotifierSettings;
 use vitalwatch_connectors::notify::smtp::SmtpSettings;
+use vitalwatch_connectors::notify::sns::SnsSettings;
 use vitalwatch_connectors::notify::webhook::WebhookSettings;
 use vitalwatch_connectors::source::kafka::KafkaSettings;
 use vitalwatch_core::clock::TimeConfig;
@@ -87,6 +88,8 @@ pub enum NotifierConfig {
     Smtp(SmtpSettings),
     /// Alert events as HTTP POSTs (JSON, Slack, Microsoft Teams).
     Webhook(WebhookSettings),
+    /// Alert events onto an Amazon SNS topic.
+    Sns(SnsSettings),
 }
 
 impl NotifierConfig {
@@ -96,6 +99,7 @@ impl NotifierConfig {
             NotifierConfig::Kafka(k) => &k.name,
             NotifierConfig::Smtp(m) => &m.name,
             NotifierConfig::Webhook(w) => &w.name,
+            NotifierConfig::Sns(a) => &a.name,
         }
     }
 
@@ -105,6 +109,7 @@ impl NotifierConfig {
             NotifierConfig::Kafka(_) => "kafka",
             NotifierConfig::Smtp(_) => "smtp",
             NotifierConfig::Webhook(_) => "webhook",
+            NotifierConfig::Sns(_) => "sns",
         }
     }
 }
@@ -700,6 +705,7 @@ impl Config {
                 }
                 NotifierConfig::Smtp(m) => p.extend(m.problems(&format!("notifiers[{i}]"))),
                 NotifierConfig::Webhook(w) => p.extend(w.problems(&format!("notifiers[{i}]"))),
+                NotifierConfig::Sns(a) => p.extend(a.problems(&format!("notifiers[{i}]"))),
             }
         }
         if self.pipeline.outbox_lease < Duration::from_secs(1) {

@@ -272,6 +272,9 @@ pub fn external_notifier(n: &NotifierConfig) -> anyhow::Result<Box<dyn Notifier>
         NotifierConfig::Webhook(w) => {
             Box::new(vitalwatch_connectors::notify::webhook::WebhookNotifier::new(w.clone()))
         }
+        NotifierConfig::Sns(a) => Box::new(vitalwatch_connectors::notify::sns::SnsNotifier::new(
+            a.clone(),
+        )),
     })
 }
 

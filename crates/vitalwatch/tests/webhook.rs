@@ -10,79 +10,9 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{os, request, spawn_run, vitalwatch};
-
-/// One request a receiver got.
-#[derive(Debug, Clone)]
-struct Received {
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl Received {
-    fn header(&self, name: &str) -> &str {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map_or("", |(_, v)| v.as_str())
-    }
-}
-
-/// An HTTP server on a free port answering its n-th request with `statuses[n]` (the last
-/// one from then on) and recording every request.
-fn receiver(statuses: Vec<u16>) -> (u16, Arc<Mutex<Vec<Received>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let got = Arc::new(Mutex::new(Vec::new()));
-    let seen = got.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let mut r = BufReader::new(stream.try_clone().unwrap());
-            let mut line = String::new();
-            if r.read_line(&mut line).unwrap_or(0) == 0 {
-                continue;
-            }
-            let mut headers = Vec::new();
-            loop {
-                line.clear();
-                r.read_line(&mut line).unwrap();
-                let l = line.trim_end();
-                if l.is_empty() {
-                    break;
-                }
-                if let Some((k, v)) = l.split_once(':') {
-                    headers.push((k.trim().to_owned(), v.trim().to_owned()));
-                }
-            }
-            let len: usize = headers
-                .iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
-                .map_or(0, |(_, v)| v.parse().unwrap());
-            let mut body = vec![0; len];
-            r.read_exact(&mut body).unwrap();
-            let n = {
-                let mut g = seen.lock().unwrap();
-                g.push(Received {
-                    headers,
-                    body: String::from_utf8(body).unwrap(),
-                });
-                g.len()
-            };
-            let status = statuses[(n - 1).min(statuses.len() - 1)];
-            let _ = write!(
-                stream,
-                "HTTP/1.1 {status} X\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
-            );
-        }
-    });
-    (port, got)
-}
+use common::{os, receiver, request, spawn_run, vitalwatch};
 
 fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(20);

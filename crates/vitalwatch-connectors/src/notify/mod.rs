@@ -11,6 +11,7 @@
 //! topic). The console printer lives in the binary; e-mail, SNS and webhooks join behind
 //! cargo features.
 
+use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -25,6 +26,8 @@ use crate::store::{AlertStore, StoreError};
 pub mod kafka;
 #[cfg(feature = "smtp")]
 pub mod smtp;
+#[cfg(feature = "sns")]
+pub mod sns;
 #[cfg(feature = "webhook")]
 pub mod webhook;
 
@@ -120,6 +123,55 @@ pub fn summary(e: &AlertEvent, privacy: Privacy) -> String {
         e.alert_message,
         e.alert_id
     )
+}
+
+/// The classic subject, `Health Alert: Patient- {name}` (the patient id when the name
+/// may not leave, or is unknown).
+pub fn subject(e: &AlertEvent, privacy: Privacy) -> String {
+    let who = match privacy {
+        Privacy::Full if !e.patient.patientname.is_empty() => e.patient.patientname.clone(),
+        _ => e.patient_id.as_str().to_owned(),
+    };
+    format!("Health Alert: Patient- {who}")
+}
+
+/// The classic alert fields, one per line, then vitalwatch's own.
+pub fn body(e: &AlertEvent, privacy: Privacy) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{} alert {}: {}\n",
+        e.priority.as_str().to_uppercase(),
+        e.event.as_str(),
+        e.alert_message
+    );
+    let num = |v: Option<f64>| v.map(|x| x.to_string()).unwrap_or_default();
+    let mut field = |k: &str, v: &str| {
+        let _ = writeln!(s, "{k}: {v}");
+    };
+    if privacy == Privacy::Full {
+        field("patientname", &e.patient.patientname);
+        field(
+            "age",
+            &e.patient.age.map(|a| a.to_string()).unwrap_or_default(),
+        );
+        field("patientaddress", &e.patient.patientaddress);
+        field("phone_number", &e.patient.phone_number);
+    }
+    field("admitted_ward", &e.patient.admitted_ward);
+    field("patient_id", e.patient_id.as_str());
+    field("heartBeat", &num(e.heart_beat));
+    field("bp", &num(e.bp));
+    field("input_message_time", &e.input_message_time.to_string());
+    field("alert_generated_time", &e.alert_generated_time.to_string());
+    field("alert_message", &e.alert_message);
+    field("alert_id", e.alert_id.as_str());
+    field("rule", &e.rule);
+    field("priority", e.priority.as_str());
+    field("state", e.state.as_str());
+    field("vital", &e.vital.map(|v| v.to_string()).unwrap_or_default());
+    field("value", &num(e.value));
+    s
 }
 
 /// Why a delivery failed, and whether trying again can help.

@@ -4,6 +4,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -143,4 +144,72 @@ pub fn outcome(data: &Path) -> Outcome {
         catalog_alerts: catalog.alerts(false, usize::MAX >> 1).unwrap().len(),
         log: alert_log(data),
     }
+}
+
+/// One request a receiver got.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map_or("", |(_, v)| v.as_str())
+    }
+}
+
+/// An HTTP server (the receiving end of a webhook or an SNS http subscription) on a free
+/// port answering its n-th request with `statuses[n]` (the last
+/// one from then on) and recording every request.
+pub fn receiver(statuses: Vec<u16>) -> (u16, std::sync::Arc<std::sync::Mutex<Vec<Received>>>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = got.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut r = BufReader::new(stream.try_clone().unwrap());
+            let mut line = String::new();
+            if r.read_line(&mut line).unwrap_or(0) == 0 {
+                continue;
+            }
+            let mut headers = Vec::new();
+            loop {
+                line.clear();
+                r.read_line(&mut line).unwrap();
+                let l = line.trim_end();
+                if l.is_empty() {
+                    break;
+                }
+                if let Some((k, v)) = l.split_once(':') {
+                    headers.push((k.trim().to_owned(), v.trim().to_owned()));
+                }
+            }
+            let len: usize = headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+                .map_or(0, |(_, v)| v.parse().unwrap());
+            let mut body = vec![0; len];
+            r.read_exact(&mut body).unwrap();
+            let n = {
+                let mut g = seen.lock().unwrap();
+                g.push(Received {
+                    headers,
+                    body: String::from_utf8(body).unwrap(),
+                });
+                g.len()
+            };
+            let status = statuses[(n - 1).min(statuses.len() - 1)];
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status} X\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+            );
+        }
+    });
+    (port, got)
 }
