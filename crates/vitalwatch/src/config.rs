@@ -185,6 +185,10 @@ pub struct AlertsConfig {
     pub console_names: bool,
     /// Append every alert event to `<data_dir>/alerts.jsonl` (classic fields included).
     pub jsonl: bool,
+    /// The `[[notifiers]]` item (by name) that gets the events another notifier gave up
+    /// on (a permanent error), at once; it takes no other events. `""`: none. An event
+    /// neither could deliver raises a technical alarm.
+    pub fallback: String,
 }
 
 impl Default for AlertsConfig {
@@ -193,6 +197,7 @@ impl Default for AlertsConfig {
             console: true,
             console_names: false,
             jsonl: true,
+            fallback: String::new(),
         }
     }
 }
@@ -707,6 +712,17 @@ impl Config {
                 NotifierConfig::Webhook(w) => p.extend(w.problems(&format!("notifiers[{i}]"))),
                 NotifierConfig::Sns(a) => p.extend(a.problems(&format!("notifiers[{i}]"))),
             }
+        }
+        if !self.alerts.fallback.is_empty()
+            && !self
+                .notifiers
+                .iter()
+                .any(|n| n.name() == self.alerts.fallback)
+        {
+            p.push(format!(
+                "alerts.fallback = {:?} names no [[notifiers]] item",
+                self.alerts.fallback
+            ));
         }
         if self.pipeline.outbox_lease < Duration::from_secs(1) {
             p.push("pipeline.outbox_lease must be at least 1s".into());

@@ -17,6 +17,72 @@ const LATENCY_BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
+/// A latency histogram over [`LATENCY_BUCKETS`].
+#[derive(Debug, Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; LATENCY_BUCKETS.len()],
+    count: AtomicU64,
+    sum_us: AtomicU64,
+}
+
+impl Histogram {
+    /// Records one value, in microseconds.
+    pub fn observe(&self, us: u64) {
+        let secs = us as f64 / 1e6;
+        for (i, b) in LATENCY_BUCKETS.iter().enumerate() {
+            if secs <= *b {
+                self.buckets[i].fetch_add(1, Relaxed);
+            }
+        }
+        self.count.fetch_add(1, Relaxed);
+        self.sum_us.fetch_add(us, Relaxed);
+    }
+
+    /// Its samples as Prometheus lines of `name` (seconds) with `labels` (`""` or
+    /// `key="value",`).
+    fn render(&self, s: &mut String, name: &str, labels: &str) {
+        for (i, b) in LATENCY_BUCKETS.iter().enumerate() {
+            let _ = writeln!(
+                s,
+                "{name}_bucket{{{labels}le=\"{b}\"}} {}",
+                self.buckets[i].load(Relaxed)
+            );
+        }
+        let count = self.count.load(Relaxed);
+        let _ = writeln!(s, "{name}_bucket{{{labels}le=\"+Inf\"}} {count}");
+        let labels = labels.trim_end_matches(',');
+        let braces = |l: &str| {
+            if l.is_empty() {
+                String::new()
+            } else {
+                format!("{{{l}}}")
+            }
+        };
+        let _ = writeln!(
+            s,
+            "{name}_sum{} {}",
+            braces(labels),
+            self.sum_us.load(Relaxed) as f64 / 1e6
+        );
+        let _ = writeln!(s, "{name}_count{} {count}", braces(labels));
+    }
+}
+
+/// One notifier's counters (`GET /metrics`, label `notifier`).
+#[derive(Debug, Default)]
+pub struct NotifierStats {
+    /// The last outbox sequence number delivered (or given up).
+    pub delivered_seq: AtomicU64,
+    /// Events delivered.
+    pub delivered: AtomicU64,
+    /// Events given up on (permanent errors).
+    pub failed: AtomicU64,
+    /// Attempts that failed transiently and were retried.
+    pub retries: AtomicU64,
+    /// Observation time → delivery confirmed.
+    pub latency: Histogram,
+}
+
 /// All counters of one pipeline.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -60,11 +126,12 @@ pub struct Metrics {
     pub outbox_adopted: AtomicU64,
     /// Times this replica found its own outbox lease taken (it stalled past the lease).
     pub outbox_lease_lost: AtomicU64,
-    /// Each notifier's last delivered (or given-up) outbox sequence number, by name.
-    notifier_cursors: Mutex<Vec<(String, Arc<AtomicU64>)>>,
-    latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
-    latency_count: AtomicU64,
-    latency_sum_us: AtomicU64,
+    /// Alert events no notifier (nor the fallback) could deliver: the technical alarm.
+    pub alerts_undeliverable: AtomicU64,
+    /// Each notifier's counters, by name.
+    notifiers: Mutex<Vec<(String, Arc<NotifierStats>)>>,
+    /// Observation time → alert event recorded.
+    latency: Histogram,
     /// Each Kafka source's own counters (consumed, lag per partition, commits).
     kafka: Mutex<Vec<Arc<KafkaMetrics>>>,
     /// When set, every latency sample is kept too (benchmarks compute exact percentiles).
@@ -90,14 +157,7 @@ impl Metrics {
     /// Records one observation-to-alert latency.
     pub fn observe_latency(&self, micros: i64) {
         let us = micros.max(0) as u64;
-        let secs = us as f64 / 1e6;
-        for (i, b) in LATENCY_BUCKETS.iter().enumerate() {
-            if secs <= *b {
-                self.latency_buckets[i].fetch_add(1, Relaxed);
-            }
-        }
-        self.latency_count.fetch_add(1, Relaxed);
-        self.latency_sum_us.fetch_add(us, Relaxed);
+        self.latency.observe(us);
         if let Ok(mut g) = self.samples.lock()
             && let Some(v) = g.as_mut()
         {
@@ -112,17 +172,17 @@ impl Metrics {
         }
     }
 
-    /// The gauge of a notifier's last delivered outbox sequence number (created on first
-    /// use). `vitalwatch_outbox_head` minus it is the notifier's backlog.
-    pub fn notifier_cursor(&self, name: &str) -> Arc<AtomicU64> {
+    /// A notifier's counters (created on first use). `vitalwatch_outbox_head` minus its
+    /// delivered sequence number is its backlog.
+    pub fn notifier(&self, name: &str) -> Arc<NotifierStats> {
         let mut g = self
-            .notifier_cursors
+            .notifiers
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some((_, c)) = g.iter().find(|(n, _)| n == name) {
             return c.clone();
         }
-        let c = Arc::new(AtomicU64::new(0));
+        let c = Arc::new(NotifierStats::default());
         g.push((name.to_owned(), c.clone()));
         c
     }
@@ -239,19 +299,12 @@ impl Metrics {
             self.outbox_adopted.load(Relaxed),
             self.outbox_lease_lost.load(Relaxed)
         );
+        self.render_notifiers(&mut s);
         let _ = writeln!(
             s,
-            "# HELP vitalwatch_notifier_delivered_seq The outbox sequence number each notifier has delivered up to (the head minus it is its backlog).\n# TYPE vitalwatch_notifier_delivered_seq gauge"
+            "# HELP vitalwatch_alerts_undeliverable_total Alert events a notifier gave up on that the fallback could not deliver either (or no fallback is configured): the technical alarm.\n# TYPE vitalwatch_alerts_undeliverable_total counter\nvitalwatch_alerts_undeliverable_total {}",
+            self.alerts_undeliverable.load(Relaxed)
         );
-        if let Ok(g) = self.notifier_cursors.lock() {
-            for (name, c) in g.iter() {
-                let _ = writeln!(
-                    s,
-                    "vitalwatch_notifier_delivered_seq{{notifier=\"{name}\"}} {}",
-                    c.load(Relaxed)
-                );
-            }
-        }
         let _ = writeln!(
             s,
             "# HELP vitalwatch_alerts_triggered_total Alerts triggered, by priority.\n# TYPE vitalwatch_alerts_triggered_total counter"
@@ -267,30 +320,71 @@ impl Metrics {
             s,
             "# HELP vitalwatch_alert_latency_seconds From a reading's observation time to its alert being written.\n# TYPE vitalwatch_alert_latency_seconds histogram"
         );
-        for (i, b) in LATENCY_BUCKETS.iter().enumerate() {
-            let _ = writeln!(
-                s,
-                "vitalwatch_alert_latency_seconds_bucket{{le=\"{b}\"}} {}",
-                self.latency_buckets[i].load(Relaxed)
-            );
-        }
-        let count = self.latency_count.load(Relaxed);
-        let _ = writeln!(
-            s,
-            "vitalwatch_alert_latency_seconds_bucket{{le=\"+Inf\"}} {count}"
-        );
-        let _ = writeln!(
-            s,
-            "vitalwatch_alert_latency_seconds_sum {}",
-            self.latency_sum_us.load(Relaxed) as f64 / 1e6
-        );
-        let _ = writeln!(s, "vitalwatch_alert_latency_seconds_count {count}");
+        self.latency
+            .render(&mut s, "vitalwatch_alert_latency_seconds", "");
         if let Ok(k) = self.kafka.lock() {
             for m in k.iter() {
                 m.render(&mut s);
             }
         }
         s
+    }
+
+    /// Each notifier's counters, backlog and delivery latency.
+    fn render_notifiers(&self, s: &mut String) {
+        let Ok(g) = self.notifiers.lock() else {
+            return;
+        };
+        let head = self.outbox_head.load(Relaxed);
+        for (metric, kind, help, value) in [
+            (
+                "vitalwatch_notifier_delivered_seq",
+                "gauge",
+                "The outbox sequence number each notifier has delivered up to.",
+                (|n: &NotifierStats, _| n.delivered_seq.load(Relaxed))
+                    as fn(&NotifierStats, u64) -> u64,
+            ),
+            (
+                "vitalwatch_notifier_backlog",
+                "gauge",
+                "Outbox entries recorded but not yet delivered, per notifier (with a shared catalog, up to the head of every replica's entries).",
+                |n, head| head.saturating_sub(n.delivered_seq.load(Relaxed)),
+            ),
+            (
+                "vitalwatch_notifier_deliveries_total",
+                "counter",
+                "Alert events delivered, per notifier.",
+                |n, _| n.delivered.load(Relaxed),
+            ),
+            (
+                "vitalwatch_notifier_failures_total",
+                "counter",
+                "Alert events a notifier gave up on (permanent errors): nobody was told through it.",
+                |n, _| n.failed.load(Relaxed),
+            ),
+            (
+                "vitalwatch_notifier_retries_total",
+                "counter",
+                "Delivery attempts that failed transiently and were retried, per notifier.",
+                |n, _| n.retries.load(Relaxed),
+            ),
+        ] {
+            let _ = writeln!(s, "# HELP {metric} {help}\n# TYPE {metric} {kind}");
+            for (name, n) in g.iter() {
+                let _ = writeln!(s, "{metric}{{notifier=\"{name}\"}} {}", value(n, head));
+            }
+        }
+        let _ = writeln!(
+            s,
+            "# HELP vitalwatch_alert_delivery_latency_seconds From a reading's observation time to its alert event's confirmed delivery, per notifier.\n# TYPE vitalwatch_alert_delivery_latency_seconds histogram"
+        );
+        for (name, n) in g.iter() {
+            n.latency.render(
+                s,
+                "vitalwatch_alert_delivery_latency_seconds",
+                &format!("notifier=\"{name}\","),
+            );
+        }
     }
 
     /// Adds a Kafka source's counters to what `GET /metrics` shows.

@@ -438,8 +438,18 @@ impl Pipeline {
                 format!("cannot open alert log {}", path.display())
             })?));
         }
+        // The fallback takes only what another notifier gave up on (see `rescue`).
+        let fallback = config
+            .notifiers
+            .iter()
+            .find(|n| n.name() == config.alerts.fallback)
+            .cloned();
+        let mut external = std::collections::HashSet::new();
         for n in &config.notifiers {
-            outputs.push(external_notifier(n)?);
+            if Some(n.name()) != fallback.as_ref().map(NotifierConfig::name) {
+                external.insert(n.name().to_owned());
+                outputs.push(external_notifier(n)?);
+            }
         }
         if opts.console && config.alerts.console {
             outputs.push(Box::new(ConsolePrinter {
@@ -456,10 +466,16 @@ impl Pipeline {
             let name = n.name().to_owned();
             let metrics = metrics.clone();
             let records = records_tx.clone();
+            // Built-in outputs (warehouse, alert log, console) have no fallback and raise
+            // no technical alarm: they are this process's own records, not people.
+            let rescue = external.contains(&name).then(|| Rescue {
+                fallback: fallback.clone(),
+                instance: None,
+            });
             let handle = std::thread::Builder::new()
                 .name(format!("notify-{name}"))
                 .spawn(move || {
-                    let r = notifier_loop(n, store, rx, records, &metrics);
+                    let r = notifier_loop(n, rescue, store, rx, records, &metrics);
                     if let Err(e) = &r {
                         // Said at once, not only at shutdown: its events wait in the outbox.
                         tracing::error!(error = %format!("{e:#}"), "a notifier stopped; its alert events wait in the outbox for the next start");
@@ -1064,13 +1080,14 @@ fn record(
 /// outbox is delivered to its end; returns how many entries it delivered.
 fn notifier_loop(
     mut notifier: Box<dyn Notifier>,
+    mut rescue: Option<Rescue>,
     store: Box<dyn Store>,
     rx: flume::Receiver<Arc<Handover>>,
     records: flume::Sender<DeliveryAttempt>,
     metrics: &Metrics,
 ) -> anyhow::Result<u64> {
     let name = notifier.name().to_owned();
-    let gauge = metrics.notifier_cursor(&name);
+    let gauge = metrics.notifier(&name);
     let stored = store.cursor(&name)?;
     let cursor = notifier
         .resume(stored, &*store)
@@ -1087,7 +1104,7 @@ fn notifier_loop(
             error: None,
         });
     }
-    gauge.store(cursor, Relaxed);
+    gauge.delivered_seq.store(cursor, Relaxed);
     let mut queue = OutboxQueue {
         fetched: cursor,
         items: Vec::new(),
@@ -1129,9 +1146,16 @@ fn notifier_loop(
                 queue.since = None;
             }
             match deliver(notifier.as_mut(), &records, &batch, closing, metrics) {
-                Some(()) => {
+                Some(outcome) => {
+                    if outcome == DeliveryOutcome::GaveUp
+                        && let Some(r) = rescue.as_mut()
+                    {
+                        r.rescue(&name, &batch, &records, metrics);
+                    }
                     delivered += batch.len() as u64;
-                    gauge.store(batch[batch.len() - 1].seq, Relaxed);
+                    gauge
+                        .delivered_seq
+                        .store(batch[batch.len() - 1].seq, Relaxed);
                 }
                 None => {
                     tracing::warn!(
@@ -1145,6 +1169,77 @@ fn notifier_loop(
         }
         if closing {
             return Ok(delivered);
+        }
+    }
+}
+
+/// What happens to events an external notifier gave up on: the fallback notifier gets
+/// them at once (`alerts.fallback`); what it cannot deliver either, or every such event
+/// when there is no fallback, raises the technical alarm (an error on the console and
+/// `vitalwatch_alerts_undeliverable_total`): somebody must know that nobody was told.
+struct Rescue {
+    fallback: Option<NotifierConfig>,
+    /// Made on first use.
+    instance: Option<Box<dyn Notifier>>,
+}
+
+impl Rescue {
+    fn rescue(
+        &mut self,
+        from: &str,
+        batch: &[OutboxItem],
+        records: &flume::Sender<DeliveryAttempt>,
+        metrics: &Metrics,
+    ) {
+        let mut delivered = false;
+        if let Some(cfg) = &self.fallback {
+            if self.instance.is_none() {
+                match external_notifier(cfg) {
+                    Ok(n) => self.instance = Some(n),
+                    Err(e) => {
+                        tracing::error!(error = %format!("{e:#}"), "cannot create the fallback notifier")
+                    }
+                }
+            }
+            if let Some(f) = self.instance.as_mut() {
+                // A few tries: the fallback is the last resort, not a queue.
+                delivered = deliver(f.as_mut(), records, batch, true, metrics)
+                    == Some(DeliveryOutcome::Delivered);
+                if delivered {
+                    tracing::warn!(
+                        notifier = from,
+                        fallback = cfg.name(),
+                        events = batch.len(),
+                        "delivered through the fallback notifier"
+                    );
+                }
+            }
+        }
+        if !delivered {
+            metrics
+                .alerts_undeliverable
+                .fetch_add(batch.len() as u64, Relaxed);
+            for item in batch {
+                let what = item
+                    .event()
+                    .map(|e| {
+                        format!(
+                            "{} {} (alert {})",
+                            e.priority.as_str(),
+                            e.event.as_str(),
+                            e.alert_id
+                        )
+                    })
+                    .unwrap_or_else(|_| format!("outbox entry {}", item.seq));
+                tracing::error!(
+                    notifier = from,
+                    "TECHNICAL ALARM: nobody could be told of {what}: notifier {from} gave up and {}",
+                    match &self.fallback {
+                        Some(f) => format!("fallback {} failed too", f.name()),
+                        None => "no alerts.fallback is configured".to_owned(),
+                    }
+                );
+            }
         }
     }
 }
@@ -1198,17 +1293,19 @@ impl OutboxQueue {
 }
 
 /// Delivers one batch, retrying transient failures (100 ms doubling to 30 s); sends every
-/// attempt to the alert thread, the store's one writer, to be recorded. `None` when it
-/// stops trying because the pipeline is shutting down.
+/// attempt to the alert thread, the store's one writer, to be recorded. How it ended
+/// (delivered or given up), or `None` when it stopped trying because the pipeline is
+/// shutting down (`closing`: after three tries).
 pub(crate) fn deliver(
     notifier: &mut dyn Notifier,
     records: &flume::Sender<DeliveryAttempt>,
     batch: &[OutboxItem],
     closing: bool,
     metrics: &Metrics,
-) -> Option<()> {
+) -> Option<DeliveryOutcome> {
     let (first, last) = (batch[0].seq, batch[batch.len() - 1].seq);
     let name = notifier.name().to_owned();
+    let stats = metrics.notifier(&name);
     for attempt in 1u32.. {
         let r = notifier.deliver(batch);
         let (outcome, error) = match &r {
@@ -1229,20 +1326,30 @@ pub(crate) fn deliver(
         });
         match outcome {
             DeliveryOutcome::Delivered => {
-                metrics
-                    .notifications_delivered
-                    .fetch_add(batch.len() as u64, Relaxed);
-                return Some(());
+                let n = batch.len() as u64;
+                metrics.notifications_delivered.fetch_add(n, Relaxed);
+                stats.delivered.fetch_add(n, Relaxed);
+                // Events handed over live (read back from the store after a restart, they
+                // are not parsed for this): observation → confirmed delivery.
+                let now = wall_now();
+                for e in batch.iter().filter_map(OutboxItem::event_if_known) {
+                    stats
+                        .latency
+                        .observe(now.since(e.input_message_time).micros().max(0) as u64);
+                }
+                return Some(outcome);
             }
             DeliveryOutcome::GaveUp => {
                 metrics
                     .notifications_failed
                     .fetch_add(batch.len() as u64, Relaxed);
+                stats.failed.fetch_add(batch.len() as u64, Relaxed);
                 tracing::error!(notifier = %name, first, last, error = ?error, "giving up on alert events");
-                return Some(());
+                return Some(outcome);
             }
             DeliveryOutcome::Retrying => {
                 metrics.notification_retries.fetch_add(1, Relaxed);
+                stats.retries.fetch_add(1, Relaxed);
                 tracing::warn!(notifier = %name, attempt, error = ?error, "delivery failed; retrying");
                 if closing && attempt >= 3 {
                     return None;

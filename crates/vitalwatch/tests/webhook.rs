@@ -4,15 +4,33 @@
 //! really sends are checked byte for byte.
 //!
 //! What it shows: an alert raised by `run` is posted once per webhook; a 503 is retried
-//! with the same Idempotency-Key until accepted; a 400 is not retried and is recorded as
-//! given up; the Slack preset carries a one-line message, the JSON preset the alert event,
-//! without personal data under `privacy = "minimal"`; configured headers are sent.
+//! with the same Idempotency-Key until accepted; a 400 is not retried, is recorded as
+//! given up and goes to the fallback notifier at once; the Slack preset carries a
+//! one-line message, the JSON preset the alert event, without personal data under
+//! `privacy = "minimal"`; configured headers are sent; `/metrics` counts it all per
+//! notifier.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
 use common::{os, receiver, request, spawn_run, vitalwatch};
+
+/// `GET path` on the run at `port`: the body.
+fn get(port: u16, path: &str) -> String {
+    let (status, body) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(request(
+            std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+            "GET",
+            path,
+            "",
+        ));
+    assert_eq!(status, 200, "{body}");
+    body
+}
 
 fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -26,6 +44,7 @@ fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
 fn webhooks_retry_transient_answers_give_up_on_permanent_ones_and_keep_personal_data_in() {
     let (slack_port, slack) = receiver(vec![503, 200]);
     let (audit_port, audit) = receiver(vec![400]);
+    let (backup_port, backup) = receiver(vec![200]);
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("hooks.toml");
     std::fs::write(
@@ -37,6 +56,7 @@ profile = "classic"
 
 [alerts]
 console = false
+fallback = "backup"
 
 [[notifiers]]
 type = "webhook"
@@ -50,6 +70,11 @@ type = "webhook"
 name = "audit"
 url = "http://127.0.0.1:{audit_port}/alerts"
 privacy = "minimal"
+
+[[notifiers]]
+type = "webhook"
+name = "backup"
+url = "http://127.0.0.1:{backup_port}/pager"
 "#
         ),
     )
@@ -87,8 +112,10 @@ privacy = "minimal"
         slack.lock().unwrap().len() >= 2
     });
     wait_for("the audit post", || !audit.lock().unwrap().is_empty());
+    wait_for("the fallback post", || !backup.lock().unwrap().is_empty());
     // Long enough for a wrong retry of the 400 (the first backoff is 200 ms).
     std::thread::sleep(Duration::from_secs(2));
+    let metrics = get(port, "/metrics");
     run.kill().unwrap();
     run.wait().unwrap();
 
@@ -119,6 +146,43 @@ privacy = "minimal"
             !audit[0].body.contains(personal),
             "{personal} left: {}",
             audit[0].body
+        );
+    }
+
+    // What audit gave up on went to the fallback at once, and nothing else did.
+    let backup = backup.lock().unwrap().clone();
+    assert_eq!(
+        backup.len(),
+        1,
+        "only the event audit gave up on: {backup:?}"
+    );
+    assert_eq!(
+        backup[0].header("idempotency-key"),
+        slack[0].header("idempotency-key")
+    );
+    for (line, want) in [
+        (
+            "vitalwatch_notifier_deliveries_total{notifier=\"slack\"}",
+            "1",
+        ),
+        ("vitalwatch_notifier_retries_total{notifier=\"slack\"}", "1"),
+        (
+            "vitalwatch_notifier_failures_total{notifier=\"audit\"}",
+            "1",
+        ),
+        (
+            "vitalwatch_notifier_deliveries_total{notifier=\"backup\"}",
+            "1",
+        ),
+        (
+            "vitalwatch_alert_delivery_latency_seconds_count{notifier=\"slack\"}",
+            "1",
+        ),
+        ("vitalwatch_alerts_undeliverable_total", "0"),
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == format!("{line} {want}")),
+            "{line} {want} not in:\n{metrics}"
         );
     }
 

@@ -69,6 +69,11 @@ impl OutboxItem {
         Ok(self.event()?.idempotency_key())
     }
 
+    /// The event, if it is at hand without parsing the text.
+    pub fn event_if_known(&self) -> Option<&AlertEvent> {
+        self.event.get()
+    }
+
     /// The event.
     pub fn event(&self) -> Result<&AlertEvent, NotifyError> {
         if let Some(e) = self.event.get() {
