@@ -24,7 +24,8 @@ use vitalwatch_connectors::store::AlertStore;
 
 use crate::config::NotifierConfig;
 use crate::metrics::Metrics;
-use crate::pipeline::{deliver, external_notifier};
+use crate::pipeline::{deliver, routed_notifier};
+use crate::routing::Routes;
 
 /// This replica's lease on its own outbox, and the adopter of dead replicas' outboxes.
 #[derive(Debug)]
@@ -42,6 +43,7 @@ impl Leases {
         origin: &str,
         ttl: Duration,
         notifiers: Vec<NotifierConfig>,
+        routes: Arc<Routes>,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Leases> {
         let store = PostgresStore::connect(url)
@@ -84,7 +86,7 @@ impl Leases {
                         }
                     }
                     for n in &notifiers {
-                        if let Err(e) = adopt_all(&store, &url, n, ttl, &metrics) {
+                        if let Err(e) = adopt_all(&store, &url, n, &routes, ttl, &metrics) {
                             tracing::warn!(error = %format!("{e:#}"), "cannot deliver a dead replica's alert events; trying again");
                         }
                     }
@@ -110,6 +112,7 @@ fn adopt_all(
     store: &PostgresStore,
     url: &str,
     n: &NotifierConfig,
+    routes: &Arc<Routes>,
     ttl: Duration,
     metrics: &Metrics,
 ) -> anyhow::Result<()> {
@@ -118,7 +121,7 @@ fn adopt_all(
         if !store.claim_outbox(&dead, ttl)? {
             continue; // another replica got there first
         }
-        let r = adopt(store, url, n, &dead, ttl, metrics);
+        let r = adopt(store, url, n, routes, &dead, ttl, metrics);
         store.release_outbox(&dead)?;
         let delivered = r?;
         tracing::warn!(replica = %dead, notifier = name, delivered, "delivered the alert events of a replica that stopped renewing its outbox lease");
@@ -132,12 +135,13 @@ fn adopt(
     leases: &PostgresStore,
     url: &str,
     n: &NotifierConfig,
+    routes: &Arc<Routes>,
     dead: &str,
     ttl: Duration,
     metrics: &Metrics,
 ) -> anyhow::Result<u64> {
     let mut theirs = PostgresStore::connect(url)?.with_origin(dead);
-    let mut notifier = external_notifier(n)?;
+    let mut notifier = routed_notifier(n, routes)?;
     let mut cursor = theirs.cursor(notifier.name())?;
     let (records, attempts) = flume::unbounded();
     let mut delivered = 0;

@@ -39,6 +39,9 @@ pub struct Config {
     pub alerts: AlertsConfig,
     /// More alert destinations: one `[[notifiers]]` item each, with a `type`.
     pub notifiers: Vec<NotifierConfig>,
+    /// Which alert events reach which notifier, with escalation tiers: one `[[routes]]`
+    /// item each. None: every notifier gets every event.
+    pub routes: Vec<crate::routing::RouteConfig>,
     /// Parquet warehouse.
     pub warehouse: WarehouseSection,
     /// Internal channels.
@@ -59,6 +62,7 @@ impl Default for Config {
             http: HttpConfig::default(),
             alerts: AlertsConfig::default(),
             notifiers: Vec::new(),
+            routes: Vec::new(),
             warehouse: WarehouseSection::default(),
             pipeline: PipelineConfig::default(),
         }
@@ -301,7 +305,7 @@ impl std::error::Error for ConfigProblems {}
 const OPEN_MAPS: &[&str] = &["rules.thresholds.hysteresis"];
 
 /// Arrays of tables, checked item by item.
-const TABLE_ARRAYS: &[&str] = &["rules.limits", "sources", "notifiers"];
+const TABLE_ARRAYS: &[&str] = &["rules.limits", "sources", "notifiers", "routes"];
 
 /// One problem, with the key it is about when there is one.
 struct Problem {
@@ -505,6 +509,8 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigProblems> {
                     SourceConfig::deserialize(item.clone()).map(drop)
                 } else if dotted == "notifiers" {
                     NotifierConfig::deserialize(item.clone()).map(drop)
+                } else if dotted == "routes" {
+                    crate::routing::RouteConfig::deserialize(item.clone()).map(drop)
                 } else {
                     // Unknown keys are reported above, once.
                     if let toml::Value::Table(t) = &mut item {
@@ -711,6 +717,23 @@ impl Config {
                 NotifierConfig::Smtp(m) => p.extend(m.problems(&format!("notifiers[{i}]"))),
                 NotifierConfig::Webhook(w) => p.extend(w.problems(&format!("notifiers[{i}]"))),
                 NotifierConfig::Sns(a) => p.extend(a.problems(&format!("notifiers[{i}]"))),
+            }
+        }
+        let names: Vec<&str> = self.notifiers.iter().map(NotifierConfig::name).collect();
+        for (i, r) in self.routes.iter().enumerate() {
+            p.extend(r.problems(i, &names));
+        }
+        if !self.routes.is_empty() {
+            for n in &names {
+                let routed = self
+                    .routes
+                    .iter()
+                    .any(|r| r.tiers.iter().any(|t| t.notify.iter().any(|x| x == n)));
+                if !routed && *n != self.alerts.fallback {
+                    p.push(format!(
+                        "notifier {n:?} is in no [[routes]] tier: with routes, it would never be used"
+                    ));
+                }
             }
         }
         if !self.alerts.fallback.is_empty()

@@ -10,6 +10,7 @@
 //! - [`produce`]: `vitalwatch produce` and `simulate --kafka` (readings onto a topic).
 //! - [`adopt`]: outbox leases; delivering a dead replica's alert events.
 //! - [`bench`]: `vitalwatch bench`.
+//! - [`routing`]: `[[routes]]`: which alert events reach which notifier, escalation tiers.
 //! - [`evaluate`]: `vitalwatch evaluate`, alarm quality on labelled episodes.
 
 pub mod adopt;
@@ -22,6 +23,7 @@ pub mod http;
 pub mod metrics;
 pub mod pipeline;
 pub mod produce;
+pub mod routing;
 
 use clap::Parser;
 use cli::{BenchCommand, Cli, Command};

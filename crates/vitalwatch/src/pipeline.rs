@@ -278,6 +278,19 @@ pub fn external_notifier(n: &NotifierConfig) -> anyhow::Result<Box<dyn Notifier>
     })
 }
 
+/// A `[[notifiers]]` item's notifier behind the `[[routes]]` (when there are any).
+pub fn routed_notifier(
+    n: &NotifierConfig,
+    routes: &Arc<crate::routing::Routes>,
+) -> anyhow::Result<Box<dyn Notifier>> {
+    let inner = external_notifier(n)?;
+    Ok(if routes.0.is_empty() {
+        inner
+    } else {
+        Box::new(crate::routing::Routed::new(inner, routes.clone()))
+    })
+}
+
 /// The data directory's replica id: in a shared catalog it names this replica's outbox
 /// (its notifiers deliver exactly the events it recorded) and its Kafka checkpoints.
 /// Made once, at random, by the first `run` or `replay` (`create`), and kept in
@@ -422,7 +435,13 @@ impl Pipeline {
                 url,
                 &replica_id(data_dir, false)?,
                 config.pipeline.outbox_lease.to_std(),
-                config.notifiers.clone(),
+                config
+                    .notifiers
+                    .iter()
+                    .filter(|n| n.name() != config.alerts.fallback)
+                    .cloned()
+                    .collect(),
+                Arc::new(crate::routing::Routes(config.routes.clone())),
                 metrics.clone(),
             )?),
             CatalogAt::Sqlite(_) => None,
@@ -445,10 +464,11 @@ impl Pipeline {
             .find(|n| n.name() == config.alerts.fallback)
             .cloned();
         let mut external = std::collections::HashSet::new();
+        let routes = Arc::new(crate::routing::Routes(config.routes.clone()));
         for n in &config.notifiers {
             if Some(n.name()) != fallback.as_ref().map(NotifierConfig::name) {
                 external.insert(n.name().to_owned());
-                outputs.push(external_notifier(n)?);
+                outputs.push(routed_notifier(n, &routes)?);
             }
         }
         if opts.console && config.alerts.console {

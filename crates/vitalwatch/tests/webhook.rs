@@ -220,3 +220,144 @@ url = "http://127.0.0.1:{backup_port}/pager"
         "the URL's token stays out of the records: {out}"
     );
 }
+
+/// Routes send each ward its own alerts; an alert left unacknowledged escalates to the
+/// next tier at a re-notification (every 10 s here, the shortest allowed), and everyone
+/// called hears the acknowledgement.
+#[test]
+fn routes_send_each_ward_its_alerts_and_escalate_the_unacknowledged() {
+    let (nurse_port, nurse) = receiver(vec![200]);
+    let (charge_port, charge) = receiver(vec![200]);
+    let (ward2_port, ward2) = receiver(vec![200]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("routes.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[rules]
+renotify_after = "10s"
+
+[rules.thresholds]
+persistence = "0s"
+
+[alerts]
+console = false
+
+[[notifiers]]
+type = "webhook"
+name = "nurse-5"
+url = "http://127.0.0.1:{nurse_port}/"
+
+[[notifiers]]
+type = "webhook"
+name = "charge-5"
+url = "http://127.0.0.1:{charge_port}/"
+
+[[notifiers]]
+type = "webhook"
+name = "ward-2"
+url = "http://127.0.0.1:{ward2_port}/"
+
+[[routes]]
+name = "ward-5"
+wards = ["5"]
+tiers = [
+  {{ after = "0s", notify = ["nurse-5"] }},
+  {{ after = "5s", notify = ["charge-5"] }},
+]
+
+[[routes]]
+name = "ward-2"
+wards = ["2"]
+tiers = [{{ after = "0s", notify = ["ward-2"] }}]
+"#
+        ),
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let (c, d) = (os(&config), os(&data));
+    for (what, file) in [
+        ("patients", "patients_information.csv"),
+        ("thresholds", "threshold_ref.csv"),
+    ] {
+        let f = format!("../../data/{file}");
+        let o = vitalwatch(&[what, "import", "--config", &c, "--data", &d, &f]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let port = common::free_port();
+    let mut run = spawn_run(&data, Some(&config), port);
+    let post = |path: &str, body: String| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(request(
+                std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+                "POST",
+                path,
+                &body,
+            ))
+    };
+    let now = chrono::Utc::now().to_rfc3339();
+    for patient in ["5", "2"] {
+        let (status, text) = post(
+            "/v1/readings",
+            format!(
+                r#"{{"patient_id": "{patient}", "observed_at": "{now}", "vitals": {{"heart_rate": 130}}}}"#
+            ),
+        );
+        assert_eq!(status, 202, "{text}");
+    }
+    let events = |r: &std::sync::Mutex<Vec<common::Received>>| -> Vec<serde_json::Value> {
+        r.lock()
+            .unwrap()
+            .iter()
+            .map(|x| serde_json::from_str(&x.body).unwrap())
+            .collect()
+    };
+    wait_for("the escalation to tier 2", || {
+        !charge.lock().unwrap().is_empty()
+    });
+    let alert_id = events(&nurse)[0]["alert_id"].as_str().unwrap().to_owned();
+    let (status, text) = post(
+        &format!("/v1/alerts/{alert_id}/ack"),
+        r#"{"by": "nurse.jones"}"#.into(),
+    );
+    assert_eq!(status, 200, "{text}");
+    let acked = |r: &std::sync::Mutex<Vec<common::Received>>| {
+        events(r).iter().any(|e| e["event"] == "acknowledged")
+    };
+    wait_for("the acknowledgement to both tiers", || {
+        acked(&nurse) && acked(&charge)
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    run.kill().unwrap();
+    run.wait().unwrap();
+
+    let (n, ch, w2) = (events(&nurse), events(&charge), events(&ward2));
+    assert!(
+        n.iter().chain(&ch).all(|e| e["patient_id"] == "5"),
+        "ward 5 only"
+    );
+    assert!(
+        !w2.is_empty() && w2.iter().all(|e| e["patient_id"] == "2"),
+        "ward 2 only: {w2:?}"
+    );
+    assert_eq!(n[0]["event"], "triggered");
+    assert!(
+        n.iter().any(|e| e["event"] == "renotified"),
+        "tier 1 is re-notified too while unacknowledged: {n:?}"
+    );
+    assert_eq!(
+        ch[0]["event"], "renotified",
+        "tier 2 is called, not told of the start: {ch:?}"
+    );
+    let kinds: Vec<&str> = ch.iter().map(|e| e["event"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds.last(),
+        Some(&"acknowledged"),
+        "nothing after the acknowledgement: {kinds:?}"
+    );
+    assert_eq!(n.last().unwrap()["event"], "acknowledged", "{n:?}");
+}

@@ -1,0 +1,268 @@
+//! Routing and escalation: which alert events reach which notifier.
+//!
+//! Where it sits: between the outbox and each external notifier (`[[notifiers]]`), as a
+//! wrapper ([`Routed`]) that lets through only the events a `[[routes]]` item sends to
+//! that notifier; the rest are skipped (the notifier's cursor moves past them). Without
+//! routes every notifier gets every event.
+//!
+//! A route matches an event by ward, priority, rule family and patient (an empty list
+//! matches any). Its tiers escalate: a tier with `after = "0s"` gets every event of the
+//! alerts the route matches; a later tier joins once an alert has been open and
+//! unacknowledged for `after` (measured from the episode's start to the event): it gets
+//! the re-notifications (every `rules.renotify_after`) and escalations from then on, and
+//! the acknowledgement and resolution of any alert that lasted that long, so whoever was
+//! called hears the all-clear. The engine's re-notification is the clock: a tier is
+//! called at the first re-notification after its `after`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use vitalwatch_connectors::notify::{Notifier, NotifyError, OutboxItem};
+use vitalwatch_connectors::store::AlertStore;
+use vitalwatch_core::alert::{AlertEvent, AlertEventKind, AlertState};
+use vitalwatch_core::model::Duration as VwDuration;
+
+/// One `[[routes]]` item.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RouteConfig {
+    /// The route's name (in logs and config errors).
+    pub name: String,
+    /// Wards (`admitted_ward`) it matches; empty: any.
+    pub wards: Vec<String>,
+    /// Priorities (`low`, `medium`, `high`) it matches; empty: any.
+    pub priorities: Vec<String>,
+    /// Rule families (`threshold`, `news2`, `limit`, `device_stale`, ...) it matches;
+    /// empty: any.
+    pub rules: Vec<String>,
+    /// Patient ids it matches; empty: any.
+    pub patients: Vec<String>,
+    /// Escalation tiers, in order of `after`.
+    pub tiers: Vec<TierConfig>,
+}
+
+impl Default for RouteConfig {
+    fn default() -> Self {
+        RouteConfig {
+            name: "route".into(),
+            wards: Vec::new(),
+            priorities: Vec::new(),
+            rules: Vec::new(),
+            patients: Vec::new(),
+            tiers: Vec::new(),
+        }
+    }
+}
+
+/// One escalation tier of a route.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TierConfig {
+    /// How long an alert stays open and unacknowledged before this tier is called.
+    pub after: VwDuration,
+    /// The notifiers (`[[notifiers]]` names) of this tier.
+    pub notify: Vec<String>,
+}
+
+impl Default for TierConfig {
+    fn default() -> Self {
+        TierConfig {
+            after: VwDuration::ZERO,
+            notify: Vec::new(),
+        }
+    }
+}
+
+impl RouteConfig {
+    /// Everything wrong with this route, given the configured notifier names.
+    pub fn problems(&self, i: usize, notifiers: &[&str]) -> Vec<String> {
+        let at = format!("routes[{i}] ({})", self.name);
+        let mut p = Vec::new();
+        if self.tiers.is_empty() {
+            p.push(format!("{at}: a route needs at least one tier"));
+        }
+        for pr in &self.priorities {
+            if vitalwatch_core::alert::Priority::parse(pr).is_none() {
+                p.push(format!("{at}: priority {pr:?} is not low, medium or high"));
+            }
+        }
+        let mut last = VwDuration::ZERO;
+        for (t, tier) in self.tiers.iter().enumerate() {
+            if tier.after < last {
+                p.push(format!(
+                    "{at}: tier {} comes before tier {t} (after must not decrease)",
+                    t + 1
+                ));
+            }
+            last = tier.after;
+            if tier.notify.is_empty() {
+                p.push(format!("{at}: tier {} notifies nobody", t + 1));
+            }
+            for n in &tier.notify {
+                if !notifiers.contains(&n.as_str()) {
+                    p.push(format!(
+                        "{at}: tier {} names no [[notifiers]] item {n:?}",
+                        t + 1
+                    ));
+                }
+            }
+        }
+        p
+    }
+
+    fn matches(&self, e: &AlertEvent) -> bool {
+        let any = |list: &[String], v: &str| list.is_empty() || list.iter().any(|x| x == v);
+        any(&self.wards, &e.patient.admitted_ward)
+            && any(&self.priorities, e.priority.as_str())
+            && any(&self.rules, &e.rule)
+            && any(&self.patients, e.patient_id.as_str())
+    }
+}
+
+/// The configured routes.
+#[derive(Debug, Clone, Default)]
+pub struct Routes(pub Vec<RouteConfig>);
+
+impl Routes {
+    /// Whether `notifier` gets `e`.
+    pub fn allows(&self, notifier: &str, e: &AlertEvent) -> bool {
+        let open_for = e.alert_generated_time.since(e.episode_start);
+        let all_clear = matches!(
+            e.event,
+            AlertEventKind::Acknowledged | AlertEventKind::Resolved
+        );
+        self.0.iter().filter(|r| r.matches(e)).any(|r| {
+            r.tiers.iter().any(|t| {
+                t.notify.iter().any(|n| n == notifier)
+                    && (t.after == VwDuration::ZERO
+                        || (open_for >= t.after && (all_clear || e.state == AlertState::Triggered)))
+            })
+        })
+    }
+}
+
+/// A notifier that gets only the events its routes send it.
+pub struct Routed {
+    inner: Box<dyn Notifier>,
+    routes: Arc<Routes>,
+}
+
+impl std::fmt::Debug for Routed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Routed")
+            .field("notifier", &self.inner.name())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Routed {
+    /// `inner`, behind `routes`.
+    pub fn new(inner: Box<dyn Notifier>, routes: Arc<Routes>) -> Self {
+        Routed { inner, routes }
+    }
+}
+
+impl Notifier for Routed {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    fn max_batch(&self) -> usize {
+        self.inner.max_batch()
+    }
+
+    fn linger(&self) -> Duration {
+        self.inner.linger()
+    }
+
+    fn resume(&mut self, cursor: u64, store: &dyn AlertStore) -> Result<u64, NotifyError> {
+        self.inner.resume(cursor, store)
+    }
+
+    fn deliver(&mut self, batch: &[OutboxItem]) -> Result<(), NotifyError> {
+        let name = self.inner.name().to_owned();
+        let mut mine = Vec::with_capacity(batch.len());
+        for item in batch {
+            if self.routes.allows(&name, item.event()?) {
+                mine.push(item.clone());
+            }
+        }
+        if mine.is_empty() {
+            return Ok(());
+        }
+        self.inner.deliver(&mine)
+    }
+
+    fn send_test(&mut self, item: &OutboxItem) -> Result<String, NotifyError> {
+        // A test message goes out whatever the routes say.
+        self.inner.send_test(item)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vitalwatch_core::model::Timestamp;
+
+    fn event(ward: &str, kind: AlertEventKind, state: AlertState, open_secs: i64) -> AlertEvent {
+        let mut e = vitalwatch_connectors::store::contract::sample_event();
+        e.patient.admitted_ward = ward.into();
+        e.event = kind;
+        e.state = state;
+        e.episode_start = Timestamp(0);
+        e.alert_generated_time = Timestamp(open_secs * 1_000_000);
+        e
+    }
+
+    #[test]
+    fn tiers_join_when_an_alert_stays_unacknowledged_and_hear_the_all_clear() {
+        let routes = Routes(vec![RouteConfig {
+            name: "icu".into(),
+            wards: vec!["5".into()],
+            priorities: vec!["high".into()],
+            tiers: vec![
+                TierConfig {
+                    after: VwDuration::ZERO,
+                    notify: vec!["nurse".into()],
+                },
+                TierConfig {
+                    after: VwDuration::from_secs(300),
+                    notify: vec!["charge".into()],
+                },
+            ],
+            ..RouteConfig::default()
+        }]);
+        use AlertEventKind::{Escalated, Renotified, Resolved, Triggered};
+        let triggered = event("5", Triggered, AlertState::Triggered, 0);
+        assert!(routes.allows("nurse", &triggered));
+        assert!(!routes.allows("charge", &triggered), "tier 2 waits");
+        assert!(
+            !routes.allows("nurse", &event("2", Triggered, AlertState::Triggered, 0)),
+            "another ward"
+        );
+        let early = event("5", Renotified, AlertState::Triggered, 120);
+        assert!(routes.allows("nurse", &early) && !routes.allows("charge", &early));
+        let late = event("5", Renotified, AlertState::Triggered, 360);
+        assert!(
+            routes.allows("charge", &late),
+            "unacknowledged for 6 min: tier 2 is called"
+        );
+        assert!(
+            routes.allows("charge", &event("5", Resolved, AlertState::Resolved, 400)),
+            "all clear"
+        );
+        assert!(
+            !routes.allows("charge", &event("5", Resolved, AlertState::Resolved, 60)),
+            "a short alert never reached tier 2"
+        );
+        assert!(
+            !routes.allows(
+                "charge",
+                &event("5", Escalated, AlertState::Acknowledged, 600)
+            ),
+            "acknowledged: no escalation call"
+        );
+        assert!(!routes.allows("pager", &late), "in no route: nothing");
+    }
+}
