@@ -45,6 +45,9 @@ pub enum Command {
     /// The configuration file.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// The audit trail: imports, acknowledgements, silences (who, when, from where).
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// The configured notifiers (`[[notifiers]]`).
     #[command(subcommand)]
     Notify(NotifyCommand),
@@ -295,6 +298,50 @@ pub enum AlertsCommand {
         #[arg(long, value_enum, default_value = "table")]
         format: TableFormat,
     },
+    /// Acknowledge an open alert in the running `vitalwatch run` (its HTTP API): its
+    /// re-notifications and escalation stop; it resolves when its condition clears.
+    Ack {
+        /// The alert's id (`vitalwatch alerts list`).
+        id: String,
+        /// Who acknowledges (recorded in the audit trail).
+        #[arg(long)]
+        by: String,
+        /// The running instance; default: `http://` + the config's `http.listen`.
+        #[arg(long)]
+        url: Option<String>,
+        #[command(flatten)]
+        data: DataArgs,
+    },
+    /// Hold back a patient's notifications for a while (never a new or escalated
+    /// high-priority alarm). Stored in the catalog: every running replica honours it.
+    Silence {
+        /// The patient.
+        #[arg(long)]
+        patient: String,
+        /// How long (`10m`, `1h`; at most 24h).
+        #[arg(long = "for")]
+        #[arg(value_parser = |s: &str| vitalwatch_core::model::Duration::parse(s).map_err(|e| e.to_string()))]
+        duration: vitalwatch_core::model::Duration,
+        /// Who sets it (recorded in the audit trail).
+        #[arg(long)]
+        by: String,
+        /// Why.
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        data: DataArgs,
+    },
+    /// Silences, newest first (those in force unless `--all`).
+    Silences {
+        #[command(flatten)]
+        data: DataArgs,
+        /// Include ended silences.
+        #[arg(long)]
+        all: bool,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "table")]
+        format: TableFormat,
+    },
     /// Delivery attempts of the notifiers (alert log, console, warehouse), newest first,
     /// with how far each notifier got in the outbox.
     Deliveries {
@@ -321,6 +368,22 @@ pub enum ConfigCommand {
     Check {
         /// The file.
         file: PathBuf,
+    },
+}
+
+/// `vitalwatch audit …`
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// The audit trail, newest first.
+    List {
+        #[command(flatten)]
+        data: DataArgs,
+        /// At most this many rows.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "table")]
+        format: TableFormat,
     },
 }
 

@@ -1012,6 +1012,79 @@ pub fn alerts(cmd: AlertsCommand) -> anyhow::Result<()> {
                 format,
             )
         }
+        AlertsCommand::Ack { id, by, url, data } => {
+            let cfg = load_config(&data)?;
+            let base = url.unwrap_or_else(|| format!("http://{}", cfg.http.listen));
+            let target = format!("{}/v1/alerts/{id}/ack", base.trim_end_matches('/'));
+            let body = serde_json::json!({ "by": by }).to_string();
+            let resp = ureq::post(&target)
+                .config()
+                .http_status_as_error(false)
+                .build()
+                .header("content-type", "application/json")
+                .send(body.as_bytes());
+            let mut resp = resp.with_context(|| {
+                format!("no vitalwatch run answers on {base}: acknowledging needs the running pipeline (pass --url)")
+            })?;
+            let status = resp.status().as_u16();
+            let text = resp.body_mut().read_to_string().unwrap_or_default();
+            if status != 200 {
+                let msg = serde_json::from_str::<serde_json::Value>(&text)
+                    .ok()
+                    .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
+                    .unwrap_or(text);
+                bail!("{msg}");
+            }
+            println!("acknowledged alert {id} by {by}");
+            Ok(())
+        }
+        AlertsCommand::Silence {
+            patient,
+            duration,
+            by,
+            reason,
+            data,
+        } => {
+            let cfg = load_config(&data)?;
+            std::fs::create_dir_all(&cfg.data_dir).with_context(|| {
+                format!("cannot create data directory {}", cfg.data_dir.display())
+            })?;
+            let s = silence(
+                &CatalogAt::of(&cfg),
+                &patient,
+                duration,
+                &by,
+                &reason,
+                "cli",
+            )?;
+            println!(
+                "silenced patient {patient} until {} (silence {}); new or escalated high-priority alarms still go out",
+                s.ends_at, s.id
+            );
+            Ok(())
+        }
+        AlertsCommand::Silences { data, all, format } => {
+            let cfg = load_config(&data)?;
+            let list = open_catalog_read(&cfg)?.silences((!all).then(wall_now))?;
+            let rows: Vec<Vec<String>> = list
+                .into_iter()
+                .map(|s| {
+                    vec![
+                        s.id.to_string(),
+                        s.patient_id,
+                        s.starts_at.to_string(),
+                        s.ends_at.to_string(),
+                        s.by,
+                        s.reason,
+                    ]
+                })
+                .collect();
+            print_rows(
+                &["silence", "patient_id", "from", "until", "by", "reason"],
+                &rows,
+                format,
+            )
+        }
         AlertsCommand::Deliveries {
             data,
             notifier,
@@ -1139,4 +1212,56 @@ pub fn notify(c: crate::cli::NotifyCommand) -> anyhow::Result<()> {
     })?;
     println!("{notifier}: sent; the server answered: {answer}");
     Ok(())
+}
+
+/// Stores a silence for `patient` lasting `duration` from now, with its audit row
+/// (`from`: where the request came from).
+pub fn silence(
+    at: &CatalogAt,
+    patient: &str,
+    duration: Duration,
+    by: &str,
+    reason: &str,
+    from: &str,
+) -> anyhow::Result<vitalwatch_connectors::store::Silence> {
+    if by.trim().is_empty() || reason.trim().is_empty() {
+        bail!("a silence needs who sets it (by) and why (reason)");
+    }
+    if duration <= Duration::ZERO || duration > Duration::from_secs(24 * 3600) {
+        bail!("a silence lasts more than 0s and at most 24h (asked: {duration})");
+    }
+    let now = wall_now();
+    let mut s = vitalwatch_connectors::store::Silence {
+        id: 0,
+        patient_id: patient.to_owned(),
+        starts_at: now,
+        ends_at: now.plus(duration),
+        by: by.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let audit = vitalwatch_connectors::store::AuditEntry {
+        at: now,
+        actor: by.to_owned(),
+        action: "patient silenced".into(),
+        subject: patient.to_owned(),
+        detail: format!("for {duration} ({reason}) via {from}"),
+    };
+    s.id = at.open()?.add_silence(&s, &audit)?;
+    Ok(s)
+}
+
+/// `vitalwatch audit list`.
+pub fn audit(c: crate::cli::AuditCommand) -> anyhow::Result<()> {
+    let crate::cli::AuditCommand::List {
+        data,
+        limit,
+        format,
+    } = c;
+    let cfg = load_config(&data)?;
+    let rows: Vec<Vec<String>> = open_catalog_read(&cfg)?
+        .audit_log(limit)?
+        .into_iter()
+        .map(|a| vec![a.at.to_string(), a.actor, a.action, a.subject, a.detail])
+        .collect();
+    print_rows(&["at", "who", "action", "subject", "detail"], &rows, format)
 }

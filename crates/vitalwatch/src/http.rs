@@ -211,8 +211,106 @@ struct AckBody {
     by: Option<String>,
 }
 
+/// Appends an audit row off the runtime (the store clients block); a failure is logged,
+/// the action itself already happened.
+async fn audit(h: &PipelineHandle, entry: vitalwatch_connectors::store::AuditEntry) {
+    let at = h.catalog.clone();
+    let r = tokio::task::spawn_blocking(move || {
+        crate::commands::off_runtime(|| anyhow::Ok(at.open()?.record_audit(&entry)?))
+    })
+    .await;
+    if !matches!(r, Ok(Ok(()))) {
+        tracing::error!("cannot record an audit row: {r:?}");
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SilenceBody {
+    patient_id: String,
+    #[serde(rename = "for")]
+    duration: vitalwatch_core::model::Duration,
+    by: String,
+    reason: String,
+}
+
+/// `POST /v1/silences`: holds back a patient's notifications for a while (never a new
+/// or escalated high-priority alarm); recorded with who, when and from where.
+async fn add_silence(
+    State(h): State<PipelineHandle>,
+    axum::extract::ConnectInfo(from): axum::extract::ConnectInfo<SocketAddr>,
+    body: Bytes,
+) -> Response {
+    let b: SilenceBody = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => {
+            return error_json(
+                StatusCode::BAD_REQUEST,
+                "bad_body",
+                format!(
+                    "invalid body: {e}; expected {{\"patient_id\":\"5\",\"for\":\"10m\",\"by\":\"nurse.jones\",\"reason\":\"…\"}}"
+                ),
+            );
+        }
+    };
+    let at = h.catalog.clone();
+    let r = tokio::task::spawn_blocking(move || {
+        crate::commands::off_runtime(|| {
+            crate::commands::silence(
+                &at,
+                &b.patient_id,
+                b.duration,
+                &b.by,
+                &b.reason,
+                &format!("http from {from}"),
+            )
+        })
+    })
+    .await;
+    match r {
+        Ok(Ok(s)) => (StatusCode::CREATED, axum::Json(silence_json(&s))).into_response(),
+        Ok(Err(e)) => error_json(StatusCode::BAD_REQUEST, "bad_silence", format!("{e:#}")),
+        Err(e) => error_json(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
+    }
+}
+
+/// A silence as the API shows it.
+pub fn silence_json(s: &vitalwatch_connectors::store::Silence) -> serde_json::Value {
+    serde_json::json!({
+        "id": s.id,
+        "patient_id": s.patient_id,
+        "starts_at": s.starts_at.to_string(),
+        "ends_at": s.ends_at.to_string(),
+        "by": s.by,
+        "reason": s.reason,
+    })
+}
+
+/// `GET /v1/silences`: the silences in force.
+async fn list_silences(State(h): State<PipelineHandle>) -> Response {
+    let at = h.catalog.clone();
+    let r = tokio::task::spawn_blocking(move || {
+        crate::commands::off_runtime(|| {
+            anyhow::Ok(at.open()?.silences(Some(crate::pipeline::wall_now()))?)
+        })
+    })
+    .await;
+    match r {
+        Ok(Ok(list)) => {
+            axum::Json(list.iter().map(silence_json).collect::<Vec<_>>()).into_response()
+        }
+        Ok(Err(e)) => error_json(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "catalog",
+            format!("{e:#}"),
+        ),
+        Err(e) => error_json(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
+    }
+}
+
 async fn ack_alert(
     State(h): State<PipelineHandle>,
+    axum::extract::ConnectInfo(from): axum::extract::ConnectInfo<SocketAddr>,
     Path(id): Path<String>,
     body: Bytes,
 ) -> Response {
@@ -251,7 +349,20 @@ async fn ack_alert(
         return shutting_down();
     }
     match rx.recv_async().await {
-        Ok(Ok(ev)) => axum::Json(ev).into_response(),
+        Ok(Ok(ev)) => {
+            audit(
+                &h,
+                vitalwatch_connectors::store::AuditEntry {
+                    at: crate::pipeline::wall_now(),
+                    actor: ev.acknowledged_by.clone().unwrap_or_default(),
+                    action: "alert acknowledged".into(),
+                    subject: ev.alert_id.to_string(),
+                    detail: format!("patient {} via http from {from}", ev.patient_id),
+                },
+            )
+            .await;
+            axum::Json(ev).into_response()
+        }
         Ok(Err(e @ AckError::AlreadyAcknowledged(_))) => {
             error_json(StatusCode::CONFLICT, "already_acknowledged", e.to_string())
         }
@@ -295,6 +406,7 @@ pub fn router(handle: PipelineHandle, readings: Option<usize>) -> Router {
             ),
         )
         .route("/v1/alerts/{id}/ack", post(ack_alert))
+        .route("/v1/silences", post(add_silence).get(list_silences))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .fallback(not_found)
@@ -331,10 +443,13 @@ pub fn serve_on(
     let local = listener.local_addr()?;
     let app = router(handle, readings);
     let task = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move { cancel.cancelled().await })
-            .await
-            .map_err(anyhow::Error::from)
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { cancel.cancelled().await })
+        .await
+        .map_err(anyhow::Error::from)
     });
     Ok((local, task))
 }

@@ -58,6 +58,7 @@ pub fn main_with_args() -> anyhow::Result<()> {
         Command::Alerts(c) => commands::alerts(c),
         Command::Config(c) => commands::config_cmd(c),
         Command::Notify(c) => commands::notify(c),
+        Command::Audit(c) => commands::audit(c),
         Command::Warehouse(c) => commands::warehouse_cmd(c),
         Command::Evaluate(a) => evaluate::evaluate(a),
         Command::Bench(BenchCommand::Engine { patients, readings }) => {

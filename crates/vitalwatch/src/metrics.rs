@@ -126,6 +126,8 @@ pub struct Metrics {
     pub outbox_adopted: AtomicU64,
     /// Times this replica found its own outbox lease taken (it stalled past the lease).
     pub outbox_lease_lost: AtomicU64,
+    /// Alert events held back from an external notifier by a silence.
+    pub notifications_silenced: AtomicU64,
     /// Alert events no notifier (nor the fallback) could deliver: the technical alarm.
     pub alerts_undeliverable: AtomicU64,
     /// Each notifier's counters, by name.
@@ -300,6 +302,11 @@ impl Metrics {
             self.outbox_lease_lost.load(Relaxed)
         );
         self.render_notifiers(&mut s);
+        let _ = writeln!(
+            s,
+            "# HELP vitalwatch_notifications_silenced_total Alert events held back from an external notifier by a silence.\n# TYPE vitalwatch_notifications_silenced_total counter\nvitalwatch_notifications_silenced_total {}",
+            self.notifications_silenced.load(Relaxed)
+        );
         let _ = writeln!(
             s,
             "# HELP vitalwatch_alerts_undeliverable_total Alert events a notifier gave up on that the fallback could not deliver either (or no fallback is configured): the technical alarm.\n# TYPE vitalwatch_alerts_undeliverable_total counter\nvitalwatch_alerts_undeliverable_total {}",

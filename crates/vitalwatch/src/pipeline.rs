@@ -468,7 +468,11 @@ impl Pipeline {
         for n in &config.notifiers {
             if Some(n.name()) != fallback.as_ref().map(NotifierConfig::name) {
                 external.insert(n.name().to_owned());
-                outputs.push(routed_notifier(n, &routes)?);
+                outputs.push(Box::new(crate::routing::Silenced::new(
+                    routed_notifier(n, &routes)?,
+                    cat_at.open()?,
+                    metrics.clone(),
+                )));
             }
         }
         if opts.console && config.alerts.console {

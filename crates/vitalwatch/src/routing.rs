@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use vitalwatch_connectors::notify::{Notifier, NotifyError, OutboxItem};
-use vitalwatch_connectors::store::AlertStore;
+use vitalwatch_connectors::store::{AlertStore, Silence};
 use vitalwatch_core::alert::{AlertEvent, AlertEventKind, AlertState};
 use vitalwatch_core::model::Duration as VwDuration;
 
@@ -196,6 +196,107 @@ impl Notifier for Routed {
 
     fn send_test(&mut self, item: &OutboxItem) -> Result<String, NotifyError> {
         // A test message goes out whatever the routes say.
+        self.inner.send_test(item)
+    }
+}
+
+/// A notifier that holds back the events of silenced patients (see [`Silence::holds_back`]).
+pub struct Silenced {
+    inner: Box<dyn Notifier>,
+    store: Box<dyn crate::pipeline::Store>,
+    /// The silences in force, read at most once a second.
+    cache: Option<(std::time::Instant, Vec<Silence>)>,
+    metrics: Arc<crate::metrics::Metrics>,
+}
+
+impl std::fmt::Debug for Silenced {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Silenced")
+            .field("notifier", &self.inner.name())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Silenced {
+    /// `inner`, holding back what the silences in `store` say.
+    pub fn new(
+        inner: Box<dyn Notifier>,
+        store: Box<dyn crate::pipeline::Store>,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Self {
+        Silenced {
+            inner,
+            store,
+            cache: None,
+            metrics,
+        }
+    }
+
+    fn silences(&mut self) -> Result<&[Silence], NotifyError> {
+        let stale = self
+            .cache
+            .as_ref()
+            .is_none_or(|(t, _)| t.elapsed() >= Duration::from_secs(1));
+        if stale {
+            let now = crate::pipeline::wall_now();
+            // A catalog that cannot be read holds nothing back: an alarm too many beats
+            // one silenced by accident.
+            let list = match self.store.silences(Some(now)) {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read silences; none applied");
+                    Vec::new()
+                }
+            };
+            self.cache = Some((std::time::Instant::now(), list));
+        }
+        Ok(self.cache.as_ref().map_or(&[][..], |(_, l)| l.as_slice()))
+    }
+}
+
+impl Notifier for Silenced {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    fn max_batch(&self) -> usize {
+        self.inner.max_batch()
+    }
+
+    fn linger(&self) -> Duration {
+        self.inner.linger()
+    }
+
+    fn resume(&mut self, cursor: u64, store: &dyn AlertStore) -> Result<u64, NotifyError> {
+        self.inner.resume(cursor, store)
+    }
+
+    fn deliver(&mut self, batch: &[OutboxItem]) -> Result<(), NotifyError> {
+        let now = crate::pipeline::wall_now();
+        let silences = self.silences()?.to_vec();
+        if silences.is_empty() {
+            return self.inner.deliver(batch);
+        }
+        let mut pass = Vec::with_capacity(batch.len());
+        for item in batch {
+            let e = item.event()?;
+            match silences.iter().find(|s| s.holds_back(e, now)) {
+                Some(s) => {
+                    self.metrics
+                        .notifications_silenced
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::info!(notifier = self.inner.name(), alert = %e.alert_id, silence = s.id, "held back by a silence");
+                }
+                None => pass.push(item.clone()),
+            }
+        }
+        if pass.is_empty() {
+            return Ok(());
+        }
+        self.inner.deliver(&pass)
+    }
+
+    fn send_test(&mut self, item: &OutboxItem) -> Result<String, NotifyError> {
         self.inner.send_test(item)
     }
 }

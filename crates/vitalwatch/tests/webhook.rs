@@ -361,3 +361,153 @@ tiers = [{{ after = "0s", notify = ["ward-2"] }}]
     );
     assert_eq!(n.last().unwrap()["event"], "acknowledged", "{n:?}");
 }
+
+/// A silence set from the CLI holds back a patient's alerts from the notifiers, but not
+/// a new high-priority alarm; other patients are not affected; the silence and an
+/// acknowledgement made through the CLI are in the audit trail with who and from where.
+#[test]
+fn a_silence_holds_back_a_patients_alerts_but_never_a_new_high_priority_alarm() {
+    let (port_hook, hook) = receiver(vec![200]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("silence.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[rules.thresholds]\npersistence = \"0s\"\n[alerts]\nconsole = false\n\
+             [[notifiers]]\ntype = \"webhook\"\nname = \"ward\"\nurl = \"http://127.0.0.1:{port_hook}/\"\n"
+        ),
+    )
+    .unwrap();
+    // The classic table with its high heart-rate bands made high priority.
+    let table: String = std::fs::read_to_string("../../data/threshold_ref.csv")
+        .unwrap()
+        .lines()
+        .enumerate()
+        .map(|(i, l)| match i {
+            0 => format!("{l},priority\n"),
+            _ if l.contains("Higher Heart Rate") => format!("{l},high\n"),
+            _ => format!("{l},medium\n"),
+        })
+        .collect();
+    let table_file = dir.path().join("table.csv");
+    std::fs::write(&table_file, table).unwrap();
+    let data = dir.path().join("data");
+    let (c, d) = (os(&config), os(&data));
+    let cli = |args: &[&str]| {
+        let mut a = args.to_vec();
+        a.extend(["--config", &c, "--data", &d]);
+        let o = vitalwatch(&a);
+        assert!(
+            o.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8(o.stdout).unwrap()
+    };
+    cli(&["patients", "import", "../../data/patients_information.csv"]);
+    cli(&["thresholds", "import", &os(&table_file)]);
+    let said = cli(&[
+        "alerts",
+        "silence",
+        "--patient",
+        "5",
+        "--for",
+        "10m",
+        "--by",
+        "nurse.jones",
+        "--reason",
+        "line change",
+    ]);
+    assert!(said.contains("silenced patient 5 until"), "{said}");
+
+    let port = common::free_port();
+    let mut run = spawn_run(&data, Some(&config), port);
+    let now = chrono::Utc::now().to_rfc3339();
+    let send = |patient: &str, vitals: &str| {
+        let (status, text) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(request(
+                std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+                "POST",
+                "/v1/readings",
+                &format!(
+                    r#"{{"patient_id": "{patient}", "observed_at": "{now}", "vitals": {vitals}}}"#
+                ),
+            ));
+        assert_eq!(status, 202, "{text}");
+    };
+    // Patient 5: a medium alarm (blood pressure) and a high one (heart rate); patient 2:
+    // a high one.
+    send("5", r#"{"systolic": 200, "heart_rate": 130}"#);
+    send("2", r#"{"heart_rate": 130}"#);
+    wait_for("two alarms through", || hook.lock().unwrap().len() >= 2);
+    std::thread::sleep(Duration::from_secs(2));
+    let got: Vec<serde_json::Value> = hook
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|r| serde_json::from_str(&r.body).unwrap())
+        .collect();
+    let seen: Vec<(String, String)> = got
+        .iter()
+        .map(|e| {
+            (
+                e["patient_id"].as_str().unwrap().into(),
+                e["priority"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert!(
+        seen.contains(&("5".into(), "high".into())),
+        "a new high alarm gets through: {seen:?}"
+    );
+    assert!(seen.contains(&("2".into(), "high".into())), "{seen:?}");
+    let metrics = get(port, "/metrics");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "vitalwatch_notifications_silenced_total 1"),
+        "the medium alarm was held back:\n{metrics}"
+    );
+    let high5 = got.iter().find(|e| e["patient_id"] == "5").unwrap()["alert_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let acked = cli(&[
+        "alerts",
+        "ack",
+        &high5,
+        "--by",
+        "dr.who",
+        "--url",
+        &format!("http://127.0.0.1:{port}"),
+    ]);
+    assert!(
+        acked.contains(&format!("acknowledged alert {high5} by dr.who")),
+        "{acked}"
+    );
+    run.kill().unwrap();
+    run.wait().unwrap();
+
+    let trail = cli(&["audit", "list", "--format", "csv"]);
+    assert!(
+        trail
+            .lines()
+            .any(|l| l.contains("nurse.jones,patient silenced,5,for 10m (line change) via cli")),
+        "{trail}"
+    );
+    assert!(
+        trail.lines().any(|l| l.contains(&format!(
+            "dr.who,alert acknowledged,{high5},patient 5 via http from 127.0.0.1:"
+        ))),
+        "{trail}"
+    );
+    let silences = cli(&["alerts", "silences", "--format", "csv"]);
+    assert!(
+        silences.contains(",5,") && silences.contains("line change"),
+        "{silences}"
+    );
+}

@@ -19,8 +19,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 use vitalwatch_core::alert::AlertEvent;
 
 use crate::store::{
-    AlertStore, DeliveryAttempt, DeliveryOutcome, OutboxEntry, ReferenceStore, SourcePosition,
-    StoreError, changed_fields, stored_band,
+    AlertStore, DeliveryAttempt, DeliveryOutcome, OutboxEntry, ReferenceStore, Silence,
+    SourcePosition, StoreError, changed_fields, stored_band,
 };
 pub use crate::store::{AuditEntry, PatientImport, StoredAlert, ThresholdVersion};
 use vitalwatch_core::model::{Patient, PatientId, Spo2Scale, Timestamp};
@@ -117,6 +117,14 @@ CREATE TABLE IF NOT EXISTS delivery_attempts (
     error      TEXT
 );
 CREATE INDEX IF NOT EXISTS delivery_attempts_consumer ON delivery_attempts(consumer);
+CREATE TABLE IF NOT EXISTS silences (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    patient_id  TEXT NOT NULL,
+    starts_at   INTEGER NOT NULL,
+    ends_at     INTEGER NOT NULL,
+    created_by  TEXT NOT NULL,
+    reason      TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS source_positions (
     source       TEXT PRIMARY KEY,
     checkpoint   INTEGER NOT NULL,
@@ -709,6 +717,55 @@ impl AlertStore for SqliteCatalog {
             .execute("DELETE FROM source_positions WHERE source = ?1", [source])?;
         Ok(())
     }
+
+    fn add_silence(&mut self, s: &Silence, audit: &AuditEntry) -> Result<u64, StoreError> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "INSERT INTO silences (patient_id, starts_at, ends_at, created_by, reason)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                s.patient_id,
+                s.starts_at.micros(),
+                s.ends_at.micros(),
+                s.by,
+                s.reason
+            ],
+        )?;
+        let id = tx.last_insert_rowid() as u64;
+        insert_audit(&tx, audit)?;
+        tx.commit()?;
+        Ok(id)
+    }
+
+    fn silences(&self, now: Option<Timestamp>) -> Result<Vec<Silence>, StoreError> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT id, patient_id, starts_at, ends_at, created_by, reason FROM silences
+             WHERE ?1 IS NULL OR (starts_at <= ?1 AND ?1 < ends_at) ORDER BY id DESC",
+        )?;
+        let rows = st.query_map([now.map(|t| t.micros())], |r| {
+            Ok(Silence {
+                id: r.get::<_, i64>(0)? as u64,
+                patient_id: r.get(1)?,
+                starts_at: Timestamp(r.get(2)?),
+                ends_at: Timestamp(r.get(3)?),
+                by: r.get(4)?,
+                reason: r.get(5)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn record_audit(&mut self, entry: &AuditEntry) -> Result<(), StoreError> {
+        insert_audit(&self.conn, entry)
+    }
+}
+
+fn insert_audit(conn: &Connection, a: &AuditEntry) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO audit_log (at, actor, action, subject, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![a.at.micros(), a.actor, a.action, a.subject, a.detail],
+    )?;
+    Ok(())
 }
 
 #[cfg(test)]

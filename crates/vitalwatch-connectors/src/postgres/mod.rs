@@ -21,8 +21,8 @@ use vitalwatch_core::reference::{ThresholdBand, ThresholdTable};
 
 use crate::store::{
     AlertStore, AuditEntry, DeliveryAttempt, DeliveryOutcome, OutboxEntry, PatientImport,
-    ReferenceStore, SourcePosition, StoreError, StoredAlert, ThresholdVersion, changed_fields,
-    stored_band,
+    ReferenceStore, Silence, SourcePosition, StoreError, StoredAlert, ThresholdVersion,
+    changed_fields, stored_band,
 };
 
 impl From<postgres::Error> for StoreError {
@@ -111,6 +111,14 @@ CREATE TABLE IF NOT EXISTS delivery_attempts (
     error      TEXT
 );
 CREATE INDEX IF NOT EXISTS delivery_attempts_consumer ON delivery_attempts(consumer, id);
+CREATE TABLE IF NOT EXISTS silences (
+    id          BIGSERIAL PRIMARY KEY,
+    patient_id  TEXT NOT NULL,
+    starts_at   BIGINT NOT NULL,
+    ends_at     BIGINT NOT NULL,
+    created_by  TEXT NOT NULL,
+    reason      TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS outbox_leases (
     origin  TEXT PRIMARY KEY,
     holder  TEXT NOT NULL,
@@ -812,6 +820,63 @@ impl AlertStore for PostgresStore {
             .execute("DELETE FROM source_positions WHERE source = $1", &[&source])?;
         Ok(())
     }
+
+    fn add_silence(&mut self, s: &Silence, audit: &AuditEntry) -> Result<u64, StoreError> {
+        let mut client = self.client();
+        let mut tx = client.transaction()?;
+        let id: i64 = tx
+            .query_one(
+                "INSERT INTO silences (patient_id, starts_at, ends_at, created_by, reason)
+                 VALUES ($1, $2, $3, $4, $5) RETURNING id",
+                &[
+                    &s.patient_id,
+                    &us(s.starts_at),
+                    &us(s.ends_at),
+                    &s.by,
+                    &s.reason,
+                ],
+            )?
+            .get(0);
+        insert_audit(&mut tx, audit)?;
+        tx.commit()?;
+        Ok(id as u64)
+    }
+
+    fn silences(&self, now: Option<Timestamp>) -> Result<Vec<Silence>, StoreError> {
+        let now = now.map(us);
+        let rows = self.client().query(
+            "SELECT id, patient_id, starts_at, ends_at, created_by, reason FROM silences
+             WHERE $1::BIGINT IS NULL OR (starts_at <= $1 AND $1 < ends_at) ORDER BY id DESC",
+            &[&now],
+        )?;
+        Ok(rows
+            .iter()
+            .map(|r| Silence {
+                id: r.get::<_, i64>(0) as u64,
+                patient_id: r.get(1),
+                starts_at: Timestamp(r.get(2)),
+                ends_at: Timestamp(r.get(3)),
+                by: r.get(4),
+                reason: r.get(5),
+            })
+            .collect())
+    }
+
+    fn record_audit(&mut self, entry: &AuditEntry) -> Result<(), StoreError> {
+        let mut client = self.client();
+        let mut tx = client.transaction()?;
+        insert_audit(&mut tx, entry)?;
+        tx.commit()?;
+        Ok(())
+    }
+}
+
+fn insert_audit(tx: &mut Transaction<'_>, a: &AuditEntry) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO audit_log (at, actor, action, subject, detail) VALUES ($1, $2, $3, $4, $5)",
+        &[&us(a.at), &a.actor, &a.action, &a.subject, &a.detail],
+    )?;
+    Ok(())
 }
 
 /// A database of its own for a test or a benchmark, on the server named by

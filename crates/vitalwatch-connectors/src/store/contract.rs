@@ -274,6 +274,55 @@ pub fn alert_store<S: AlertStore>(open: impl Fn() -> S) {
     let c_trig = event("3", "spo2_low", 400, AlertEventKind::Triggered, 400);
     let twice = record(&mut s, &[c_trig.clone(), c_trig.clone()]);
     assert!(twice[0].is_some() && twice[1].is_none(), "once: {twice:?}");
+
+    // Silences: in force between their times, stored with their audit row; a new
+    // high-priority alarm is never held back.
+    let silence = crate::store::Silence {
+        id: 0,
+        patient_id: "1".into(),
+        starts_at: Timestamp(1_000),
+        ends_at: Timestamp(2_000),
+        by: "nurse.jones".into(),
+        reason: "line change".into(),
+    };
+    let audit = crate::store::AuditEntry {
+        at: Timestamp(1_000),
+        actor: "nurse.jones".into(),
+        action: "silence".into(),
+        subject: "patient 1".into(),
+        detail: "10m: line change".into(),
+    };
+    let id = s.add_silence(&silence, &audit).unwrap();
+    assert!(id > 0);
+    let stored = s.silences(Some(Timestamp(1_500))).unwrap();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(
+        stored[0],
+        crate::store::Silence {
+            id,
+            ..silence.clone()
+        }
+    );
+    assert!(
+        s.silences(Some(Timestamp(2_000))).unwrap().is_empty(),
+        "ended"
+    );
+    assert_eq!(s.silences(None).unwrap().len(), 1, "kept for the record");
+    s.record_audit(&crate::store::AuditEntry {
+        action: "acknowledge".into(),
+        ..audit.clone()
+    })
+    .unwrap();
+    let mut low = event("1", "hr_high", 1, AlertEventKind::Renotified, 1);
+    low.priority = vitalwatch_core::alert::Priority::Medium;
+    assert!(silence.holds_back(&low, Timestamp(1_500)));
+    assert!(!silence.holds_back(&low, Timestamp(2_500)));
+    let mut high = event("1", "news2", 1, AlertEventKind::Triggered, 1);
+    high.priority = vitalwatch_core::alert::Priority::High;
+    assert!(
+        !silence.holds_back(&high, Timestamp(1_500)),
+        "a new high alarm gets through"
+    );
 }
 
 /// Runs the reference-store contract against the store `open` opens (the same data each

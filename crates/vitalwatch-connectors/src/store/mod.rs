@@ -201,6 +201,40 @@ pub struct DeliveryAttempt {
     pub error: Option<String>,
 }
 
+/// A silence: a patient's alert notifications held back for a while (a procedure, a
+/// known artefact). It never holds back a new or escalated high-priority alarm.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Silence {
+    /// Its number (0 before it is stored).
+    pub id: u64,
+    /// The patient.
+    pub patient_id: String,
+    /// From when.
+    pub starts_at: Timestamp,
+    /// Until when.
+    pub ends_at: Timestamp,
+    /// Who set it.
+    pub by: String,
+    /// Why.
+    pub reason: String,
+}
+
+impl Silence {
+    /// Whether it holds back `e` at `now`: an event of its patient while it lasts, except
+    /// a new or escalated high-priority alarm.
+    pub fn holds_back(&self, e: &AlertEvent, now: Timestamp) -> bool {
+        use vitalwatch_core::alert::{AlertEventKind, Priority};
+        self.patient_id == e.patient_id.as_str()
+            && self.starts_at <= now
+            && now < self.ends_at
+            && !(e.priority == Priority::High
+                && matches!(
+                    e.event,
+                    AlertEventKind::Triggered | AlertEventKind::Escalated
+                ))
+    }
+}
+
 /// Where a resumable source stands: everything before `offset` is durable downstream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SourcePosition {
@@ -290,4 +324,11 @@ pub trait AlertStore: Send {
     }
     /// Forgets a source's position (it starts over).
     fn forget_source_position(&mut self, source: &str) -> Result<(), StoreError>;
+
+    /// Stores a silence and its audit row (`audit`) in one transaction; returns its id.
+    fn add_silence(&mut self, silence: &Silence, audit: &AuditEntry) -> Result<u64, StoreError>;
+    /// Silences still in force at `now` (every silence with `None`), newest first.
+    fn silences(&self, now: Option<Timestamp>) -> Result<Vec<Silence>, StoreError>;
+    /// Appends one row to the audit trail (an acknowledgement, a silence).
+    fn record_audit(&mut self, entry: &AuditEntry) -> Result<(), StoreError>;
 }
