@@ -301,3 +301,117 @@ fn notify_test_sends_over_starttls_and_refuses_an_unverified_server() {
     assert_eq!(o.status.code(), Some(1));
     assert!(err.contains("transient"), "{err}");
 }
+
+/// The SMTP server is down for 30 s while alerts fire: once it is back, every alert is
+/// e-mailed, none twice, and the failed attempts are on record.
+#[test]
+fn alerts_raised_while_the_mail_server_is_down_are_sent_once_when_it_returns() {
+    let python = services().join("venv/bin/python");
+    assert!(
+        python.is_file(),
+        "aiosmtpd is not installed: run `bash scripts/services.sh`"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let maildir = dir.path().join("mail");
+    let port = free_port();
+    let server = || {
+        let mut c = std::process::Command::new(&python);
+        c.args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}")])
+            .args(["-c", "aiosmtpd.handlers.Mailbox", &os(&maildir)])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        let child = c.spawn().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "aiosmtpd did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        child
+    };
+    let mut smtp = server();
+    let to = address("outage");
+    let config = dir.path().join("mail.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[rules]\nprofile = \"classic\"\n[alerts]\nconsole = false\n\
+             [[notifiers]]\ntype = \"smtp\"\nname = \"mail\"\nport = {port}\ntls = \"none\"\nto = [\"{to}\"]\n"
+        ),
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let (c, d) = (os(&config), os(&data));
+    let o = vitalwatch(&[
+        "patients",
+        "import",
+        "--config",
+        &c,
+        "--data",
+        &d,
+        "../../data/patients_information.csv",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let http = free_port();
+    let mut run = spawn_run(&data, Some(&config), http);
+
+    smtp.kill().unwrap();
+    smtp.wait().unwrap();
+    for patient in ["1", "2", "5"] {
+        post_reading(
+            http,
+            &format!(
+                r#"{{"patient_id": "{patient}", "observed_at": "{}", "vitals": {{"heart_rate": 130}}}}"#,
+                chrono::Utc::now().to_rfc3339()
+            ),
+        );
+    }
+    std::thread::sleep(Duration::from_secs(30));
+    let mut smtp = server();
+    // The retry after the outage comes at most 30 s (the backoff cap) after the server
+    // is back; the other two follow at once.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let count = || {
+        std::fs::read_dir(maildir.join("new"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    while count() < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "{} of 3 alerts e-mailed after the outage",
+            count()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    run.kill().unwrap();
+    run.wait().unwrap();
+    smtp.kill().unwrap();
+    smtp.wait().unwrap();
+
+    let got = mail_to(&maildir, &to, 3);
+    assert_eq!(got.len(), 3, "each alert once");
+    let ids: std::collections::BTreeSet<&str> =
+        got.iter().map(|m| m.header("message-id")).collect();
+    assert_eq!(ids.len(), 3, "three alerts, three Message-IDs");
+    let o = vitalwatch(&[
+        "alerts",
+        "deliveries",
+        "--notifier",
+        "mail",
+        "--format",
+        "csv",
+        "--config",
+        &c,
+        "--data",
+        &d,
+    ]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    let retries = out.lines().filter(|l| l.contains(",retrying,")).count();
+    assert!(retries >= 5, "the failed attempts are recorded: {out}");
+    assert_eq!(
+        out.lines().filter(|l| l.contains(",delivered,")).count(),
+        3,
+        "{out}"
+    );
+}

@@ -3,7 +3,7 @@
 //! given, as a hospital system or a chat service would), so the requests vitalwatch
 //! really sends are checked byte for byte.
 //!
-//! What it shows: an alert raised by `run` is posted once per webhook; a 503 is retried
+//! What it shows: an alert raised by `run` is posted once per webhook; a 500 (twice) is retried
 //! with the same Idempotency-Key until accepted; a 400 is not retried, is recorded as
 //! given up and goes to the fallback notifier at once; the Slack preset carries a
 //! one-line message, the JSON preset the alert event, without personal data under
@@ -42,7 +42,7 @@ fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
 
 #[test]
 fn webhooks_retry_transient_answers_give_up_on_permanent_ones_and_keep_personal_data_in() {
-    let (slack_port, slack) = receiver(vec![503, 200]);
+    let (slack_port, slack) = receiver(vec![500, 500, 200]);
     let (audit_port, audit) = receiver(vec![400]);
     let (backup_port, backup) = receiver(vec![200]);
     let dir = tempfile::tempdir().unwrap();
@@ -109,7 +109,7 @@ url = "http://127.0.0.1:{backup_port}/pager"
         ));
     assert_eq!(status, 202, "{text}");
     wait_for("the retried Slack post", || {
-        slack.lock().unwrap().len() >= 2
+        slack.lock().unwrap().len() >= 3
     });
     wait_for("the audit post", || !audit.lock().unwrap().is_empty());
     wait_for("the fallback post", || !backup.lock().unwrap().is_empty());
@@ -120,14 +120,18 @@ url = "http://127.0.0.1:{backup_port}/pager"
     run.wait().unwrap();
 
     let slack = slack.lock().unwrap().clone();
-    assert_eq!(slack.len(), 2, "503 retried once, then accepted: {slack:?}");
+    assert_eq!(
+        slack.len(),
+        3,
+        "500 twice, retried, then accepted: {slack:?}"
+    );
     assert_eq!(
         slack[0].header("idempotency-key"),
-        slack[1].header("idempotency-key")
+        slack[2].header("idempotency-key")
     );
     assert!(slack[0].header("idempotency-key").contains(":triggered:"));
-    assert_eq!(slack[1].header("authorization"), "Bearer s3cret");
-    let v: serde_json::Value = serde_json::from_str(&slack[1].body).unwrap();
+    assert_eq!(slack[2].header("authorization"), "Bearer s3cret");
+    let v: serde_json::Value = serde_json::from_str(&slack[2].body).unwrap();
     let line = v["text"].as_str().unwrap();
     assert!(
         line.starts_with(
@@ -165,7 +169,7 @@ url = "http://127.0.0.1:{backup_port}/pager"
             "vitalwatch_notifier_deliveries_total{notifier=\"slack\"}",
             "1",
         ),
-        ("vitalwatch_notifier_retries_total{notifier=\"slack\"}", "1"),
+        ("vitalwatch_notifier_retries_total{notifier=\"slack\"}", "2"),
         (
             "vitalwatch_notifier_failures_total{notifier=\"audit\"}",
             "1",
@@ -212,7 +216,7 @@ url = "http://127.0.0.1:{backup_port}/pager"
     ]);
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(
-        out.contains("retrying") && out.contains("HTTP 503") && out.contains("delivered"),
+        out.contains("retrying") && out.contains("HTTP 500") && out.contains("delivered"),
         "{out}"
     );
     assert!(
