@@ -113,7 +113,17 @@ pub async fn http(
     duration: vitalwatch_core::model::Duration,
     connections: usize,
     keep_data: Option<std::path::PathBuf>,
+    notifiers_from: Option<std::path::PathBuf>,
 ) -> anyhow::Result<()> {
+    // The outbox's notifiers beside the alert path: they must not slow it down.
+    let notifiers = match &notifiers_from {
+        Some(f) => crate::config::load(f)?.notifiers,
+        None => Vec::new(),
+    };
+    let described: Vec<String> = notifiers
+        .iter()
+        .map(|n| format!("{} ({})", n.name(), n.kind()))
+        .collect();
     let dir = match &keep_data {
         Some(d) => {
             std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
@@ -121,8 +131,16 @@ pub async fn http(
         }
         None => tempfile_dir()?,
     };
-    let (cfg, pipeline, metrics) =
-        scratch_pipeline(dir.clone(), Profile::Classic, connections, true, false)?;
+    let (cfg, pipeline, metrics) = crate::commands::off_runtime(|| {
+        scratch_pipeline(
+            dir.clone(),
+            Profile::Classic,
+            connections,
+            true,
+            false,
+            notifiers,
+        )
+    })?;
     let cancel = CancellationToken::new();
     let (addr, server) = crate::http::serve(
         "127.0.0.1:0".parse()?,
@@ -133,7 +151,12 @@ pub async fn http(
     .await?;
     let total = (rate as f64 * duration.micros() as f64 / 1e6) as u64;
     say!(
-        "http benchmark: {total} readings at {rate}/s over {connections} connections to http://{addr}, classic profile (every reading alerts)"
+        "http benchmark: {total} readings at {rate}/s over {connections} connections to http://{addr}, classic profile (every reading alerts), notifiers: {}",
+        if described.is_empty() {
+            "none".to_owned()
+        } else {
+            described.join(", ")
+        }
     );
     let start = Instant::now();
     let per_conn_interval = std::time::Duration::from_secs_f64(connections as f64 / rate as f64);
@@ -389,7 +412,8 @@ fn kafka_bench_pipeline(
     samples: bool,
 ) -> anyhow::Result<(std::path::PathBuf, Config, Pipeline, Arc<Metrics>)> {
     let dir = tempfile_dir()?;
-    let (cfg, pipeline, metrics) = scratch_pipeline(dir.clone(), profile, patients, samples, true)?;
+    let (cfg, pipeline, metrics) =
+        scratch_pipeline(dir.clone(), profile, patients, samples, true, Vec::new())?;
     Ok((dir, cfg, pipeline, metrics))
 }
 
@@ -402,9 +426,11 @@ fn scratch_pipeline(
     patients: usize,
     samples: bool,
     checkpoints_only: bool,
+    notifiers: Vec<crate::config::NotifierConfig>,
 ) -> anyhow::Result<(Config, Pipeline, Arc<Metrics>)> {
     let mut cfg = Config {
         data_dir: dir.clone(),
+        notifiers,
         ..Config::default()
     };
     cfg.rules.profile = profile;
@@ -435,6 +461,72 @@ fn observed_at(record: &[u8]) -> anyhow::Result<i64> {
         wall_now(),
     )?;
     Ok(o.observed_at.micros())
+}
+
+/// `bench notify`: one configured notifier against its real server. First `alerts`
+/// events back to back (deliveries/s), then `alerts` more paced at `rate`/s, each
+/// delivered when it is due (latency = due → the server's acknowledgement, so time spent
+/// waiting behind a slow delivery counts, as it would for an alarm).
+pub fn notify(
+    config: &std::path::Path,
+    name: &str,
+    alerts: usize,
+    rate: f64,
+) -> anyhow::Result<()> {
+    use vitalwatch_connectors::notify::{OutboxItem, test_event};
+    let cfg = crate::config::load(config)?;
+    let Some(n) = cfg.notifiers.iter().find(|n| n.name() == name) else {
+        anyhow::bail!("no notifier named {name:?} in {}", config.display());
+    };
+    anyhow::ensure!(
+        alerts > 0 && rate > 0.0,
+        "--alerts and --rate must be positive"
+    );
+    let mut out = crate::pipeline::external_notifier(n)?;
+    let event = |i: usize| {
+        let mut e = test_event(wall_now());
+        e.alert_id = vitalwatch_core::alert::AlertId(format!("bench-{}-{i}", std::process::id()));
+        let text = serde_json::to_string(&e).unwrap_or_default();
+        OutboxItem::new(i as u64 + 1, e, text)
+    };
+    say!(
+        "notifier benchmark: {name} ({}), {alerts} alert events back to back, then {alerts} at {rate}/s",
+        n.kind()
+    );
+    let mut failed = 0usize;
+    let t = Instant::now();
+    for i in 0..alerts {
+        if out.deliver(std::slice::from_ref(&event(i))).is_err() {
+            failed += 1;
+        }
+    }
+    let secs = t.elapsed().as_secs_f64();
+    say!(
+        "  back to back: {:.1} deliveries/s ({alerts} in {secs:.2}s, {failed} failed)",
+        (alerts - failed) as f64 / secs
+    );
+    let step = std::time::Duration::from_secs_f64(1.0 / rate);
+    let start = Instant::now();
+    let mut lat = Vec::with_capacity(alerts);
+    failed = 0;
+    for i in 0..alerts {
+        let due = start + step.mul_f64(i as f64);
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        if out
+            .deliver(std::slice::from_ref(&event(alerts + i)))
+            .is_err()
+        {
+            failed += 1;
+            continue;
+        }
+        lat.push(due.elapsed().as_micros() as u64);
+    }
+    latency_line(
+        &format!("at {rate}/s ({failed} failed): delivery latency"),
+        lat,
+    )
 }
 
 /// Prints latency percentiles (microsecond samples) in milliseconds.

@@ -437,6 +437,25 @@ pub enum BenchCommand {
         /// inspect it afterwards; by default a temporary one is removed.
         #[arg(long)]
         keep_data: Option<PathBuf>,
+        /// Run the `[[notifiers]]` of this config file beside the alert path (the outbox's
+        /// cost on ingest-to-alert latency).
+        #[arg(long)]
+        notifiers_from: Option<PathBuf>,
+    },
+    /// A notifier against its server: deliveries/s back to back, then delivery latency
+    /// at a steady rate (each event delivered as the pipeline does: one call each).
+    Notify {
+        /// The notifier's `name` in the config file.
+        notifier: String,
+        /// Config file with the `[[notifiers]]` item.
+        #[arg(long, short = 'c', env = "VITALWATCH_CONFIG")]
+        config: PathBuf,
+        /// Alert events for each of the two runs.
+        #[arg(long, default_value_t = 500)]
+        alerts: usize,
+        /// Alert events per second for the latency run.
+        #[arg(long, default_value_t = 50.0)]
+        rate: f64,
     },
     /// Kafka: records/s one replica sustains vs a bare consumer on the same topic, then
     /// produce-to-alert latency at a steady rate (needs a broker).

@@ -77,14 +77,21 @@ pub fn main_with_args() -> anyhow::Result<()> {
             rate,
             vitalwatch_core::model::Duration::parse(&duration)?,
         ),
+        Command::Bench(BenchCommand::Notify {
+            notifier,
+            config,
+            alerts,
+            rate,
+        }) => bench::notify(&config, &notifier, alerts, rate),
         Command::Bench(BenchCommand::Http {
             rate,
             duration,
             connections,
             keep_data,
+            notifiers_from,
         }) => {
             let d = vitalwatch_core::model::Duration::parse(&duration)?;
-            rt()?.block_on(bench::http(rate, d, connections, keep_data))
+            rt()?.block_on(bench::http(rate, d, connections, keep_data, notifiers_from))
         }
     }
 }
