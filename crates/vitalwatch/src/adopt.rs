@@ -24,7 +24,7 @@ use vitalwatch_connectors::store::AlertStore;
 
 use crate::config::NotifierConfig;
 use crate::metrics::Metrics;
-use crate::pipeline::{deliver, routed_notifier};
+use crate::pipeline::{deliver, filtered_notifier};
 use crate::routing::Routes;
 
 /// This replica's lease on its own outbox, and the adopter of dead replicas' outboxes.
@@ -114,7 +114,7 @@ fn adopt_all(
     n: &NotifierConfig,
     routes: &Arc<Routes>,
     ttl: Duration,
-    metrics: &Metrics,
+    metrics: &Arc<Metrics>,
 ) -> anyhow::Result<()> {
     let name = n.name();
     for dead in store.orphaned_outboxes(name)? {
@@ -138,10 +138,11 @@ fn adopt(
     routes: &Arc<Routes>,
     dead: &str,
     ttl: Duration,
-    metrics: &Metrics,
+    metrics: &Arc<Metrics>,
 ) -> anyhow::Result<u64> {
     let mut theirs = PostgresStore::connect(url)?.with_origin(dead);
-    let mut notifier = routed_notifier(n, routes)?;
+    let silences: Box<dyn crate::pipeline::Store> = Box::new(PostgresStore::connect(url)?);
+    let mut notifier = filtered_notifier(n, routes, Some(silences), metrics)?;
     let mut cursor = theirs.cursor(notifier.name())?;
     let (records, attempts) = flume::unbounded();
     let mut delivered = 0;

@@ -278,17 +278,19 @@ pub fn external_notifier(n: &NotifierConfig) -> anyhow::Result<Box<dyn Notifier>
     })
 }
 
-/// A `[[notifiers]]` item's notifier behind the `[[routes]]` (when there are any).
-pub fn routed_notifier(
+/// A `[[notifiers]]` item's notifier behind the `[[routes]]` and the silences in `store`.
+pub fn filtered_notifier(
     n: &NotifierConfig,
     routes: &Arc<crate::routing::Routes>,
+    store: Option<Box<dyn Store>>,
+    metrics: &Arc<Metrics>,
 ) -> anyhow::Result<Box<dyn Notifier>> {
-    let inner = external_notifier(n)?;
-    Ok(if routes.0.is_empty() {
-        inner
-    } else {
-        Box::new(crate::routing::Routed::new(inner, routes.clone()))
-    })
+    Ok(Box::new(crate::routing::Filtered::new(
+        external_notifier(n)?,
+        routes.clone(),
+        store,
+        metrics.clone(),
+    )))
 }
 
 /// The data directory's replica id: in a shared catalog it names this replica's outbox
@@ -468,11 +470,12 @@ impl Pipeline {
         for n in &config.notifiers {
             if Some(n.name()) != fallback.as_ref().map(NotifierConfig::name) {
                 external.insert(n.name().to_owned());
-                outputs.push(Box::new(crate::routing::Silenced::new(
-                    routed_notifier(n, &routes)?,
-                    cat_at.open()?,
-                    metrics.clone(),
-                )));
+                outputs.push(filtered_notifier(
+                    n,
+                    &routes,
+                    Some(cat_at.open()?),
+                    &metrics,
+                )?);
             }
         }
         if opts.console && config.alerts.console {

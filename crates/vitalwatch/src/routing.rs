@@ -142,119 +142,72 @@ impl Routes {
     }
 }
 
-/// A notifier that gets only the events its routes send it.
-pub struct Routed {
+/// A notifier that gets only what the routes send it ([`Routes::allows`]) and what no
+/// silence holds back ([`Silence::holds_back`]); the rest is skipped, its cursor moves on.
+pub struct Filtered {
     inner: Box<dyn Notifier>,
-    routes: Arc<Routes>,
-}
-
-impl std::fmt::Debug for Routed {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Routed")
-            .field("notifier", &self.inner.name())
-            .finish_non_exhaustive()
-    }
-}
-
-impl Routed {
-    /// `inner`, behind `routes`.
-    pub fn new(inner: Box<dyn Notifier>, routes: Arc<Routes>) -> Self {
-        Routed { inner, routes }
-    }
-}
-
-impl Notifier for Routed {
-    fn name(&self) -> &str {
-        self.inner.name()
-    }
-
-    fn max_batch(&self) -> usize {
-        self.inner.max_batch()
-    }
-
-    fn linger(&self) -> Duration {
-        self.inner.linger()
-    }
-
-    fn resume(&mut self, cursor: u64, store: &dyn AlertStore) -> Result<u64, NotifyError> {
-        self.inner.resume(cursor, store)
-    }
-
-    fn deliver(&mut self, batch: &[OutboxItem]) -> Result<(), NotifyError> {
-        let name = self.inner.name().to_owned();
-        let mut mine = Vec::with_capacity(batch.len());
-        for item in batch {
-            if self.routes.allows(&name, item.event()?) {
-                mine.push(item.clone());
-            }
-        }
-        if mine.is_empty() {
-            return Ok(());
-        }
-        self.inner.deliver(&mine)
-    }
-
-    fn send_test(&mut self, item: &OutboxItem) -> Result<String, NotifyError> {
-        // A test message goes out whatever the routes say.
-        self.inner.send_test(item)
-    }
-}
-
-/// A notifier that holds back the events of silenced patients (see [`Silence::holds_back`]).
-pub struct Silenced {
-    inner: Box<dyn Notifier>,
-    store: Box<dyn crate::pipeline::Store>,
+    /// `None`: no `[[routes]]`, every event.
+    routes: Option<Arc<Routes>>,
+    /// Where silences are read (`None`: none apply, e.g. adopting a dead replica's outbox).
+    store: Option<Box<dyn crate::pipeline::Store>>,
     /// The silences in force, read at most once a second.
     cache: Option<(std::time::Instant, Vec<Silence>)>,
     metrics: Arc<crate::metrics::Metrics>,
 }
 
-impl std::fmt::Debug for Silenced {
+impl std::fmt::Debug for Filtered {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Silenced")
+        f.debug_struct("Filtered")
             .field("notifier", &self.inner.name())
             .finish_non_exhaustive()
     }
 }
 
-impl Silenced {
-    /// `inner`, holding back what the silences in `store` say.
+impl Filtered {
+    /// `inner` behind `routes` (empty: none) and the silences in `store`.
     pub fn new(
         inner: Box<dyn Notifier>,
-        store: Box<dyn crate::pipeline::Store>,
+        routes: Arc<Routes>,
+        store: Option<Box<dyn crate::pipeline::Store>>,
         metrics: Arc<crate::metrics::Metrics>,
     ) -> Self {
-        Silenced {
+        Filtered {
             inner,
+            routes: (!routes.0.is_empty()).then_some(routes),
             store,
             cache: None,
             metrics,
         }
     }
 
-    fn silences(&mut self) -> Result<&[Silence], NotifyError> {
+    /// The silences in force now.
+    fn silences(&mut self) -> Vec<Silence> {
+        let Some(store) = &self.store else {
+            return Vec::new();
+        };
         let stale = self
             .cache
             .as_ref()
             .is_none_or(|(t, _)| t.elapsed() >= Duration::from_secs(1));
         if stale {
-            let now = crate::pipeline::wall_now();
             // A catalog that cannot be read holds nothing back: an alarm too many beats
             // one silenced by accident.
-            let list = match self.store.silences(Some(now)) {
-                Ok(l) => l,
-                Err(e) => {
+            let list = store
+                .silences(Some(crate::pipeline::wall_now()))
+                .unwrap_or_else(|e| {
                     tracing::warn!(error = %e, "cannot read silences; none applied");
                     Vec::new()
-                }
-            };
+                });
             self.cache = Some((std::time::Instant::now(), list));
         }
-        Ok(self.cache.as_ref().map_or(&[][..], |(_, l)| l.as_slice()))
+        self.cache
+            .as_ref()
+            .map(|(_, l)| l.clone())
+            .unwrap_or_default()
     }
 }
 
-impl Notifier for Silenced {
+impl Notifier for Filtered {
     fn name(&self) -> &str {
         self.inner.name()
     }
@@ -272,23 +225,26 @@ impl Notifier for Silenced {
     }
 
     fn deliver(&mut self, batch: &[OutboxItem]) -> Result<(), NotifyError> {
-        let now = crate::pipeline::wall_now();
-        let silences = self.silences()?.to_vec();
-        if silences.is_empty() {
+        let silences = self.silences();
+        if self.routes.is_none() && silences.is_empty() {
             return self.inner.deliver(batch);
         }
+        let now = crate::pipeline::wall_now();
+        let name = self.inner.name().to_owned();
         let mut pass = Vec::with_capacity(batch.len());
         for item in batch {
             let e = item.event()?;
-            match silences.iter().find(|s| s.holds_back(e, now)) {
-                Some(s) => {
-                    self.metrics
-                        .notifications_silenced
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    tracing::info!(notifier = self.inner.name(), alert = %e.alert_id, silence = s.id, "held back by a silence");
-                }
-                None => pass.push(item.clone()),
+            if self.routes.as_ref().is_some_and(|r| !r.allows(&name, e)) {
+                continue;
             }
+            if let Some(s) = silences.iter().find(|s| s.holds_back(e, now)) {
+                self.metrics
+                    .notifications_silenced
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::info!(notifier = %name, alert = %e.alert_id, silence = s.id, "held back by a silence");
+                continue;
+            }
+            pass.push(item.clone());
         }
         if pass.is_empty() {
             return Ok(());
@@ -297,6 +253,7 @@ impl Notifier for Silenced {
     }
 
     fn send_test(&mut self, item: &OutboxItem) -> Result<String, NotifyError> {
+        // A test message goes out whatever the routes and silences say.
         self.inner.send_test(item)
     }
 }

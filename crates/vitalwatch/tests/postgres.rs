@@ -11,22 +11,8 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{free_port, os, request, spawn_run, vitalwatch};
+use common::{free_port, http, os, spawn_run, vitalwatch};
 use vitalwatch_connectors::postgres::ScratchDatabase;
-
-/// A request to the run on `port`; the status and body.
-fn http(port: u16, method: &str, path: &str, body: &str) -> (u16, String) {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(request(
-            std::net::SocketAddr::from(([127, 0, 0, 1], port)),
-            method,
-            path,
-            body,
-        ))
-}
 
 fn metric(port: u16, name: &str) -> Option<f64> {
     let (_, text) = http(port, "GET", "/metrics", "");

@@ -14,7 +14,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{free_port, os, request, spawn_run, vitalwatch};
+use common::{free_port, os, spawn_run, vitalwatch};
 
 fn services() -> PathBuf {
     std::env::var_os("VITALWATCH_SERVICES")
@@ -112,20 +112,6 @@ fn mail_to(maildir: &Path, to: &str, n: usize) -> Vec<Mail> {
     }
 }
 
-fn post_reading(port: u16, body: &str) {
-    let (status, text) = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(request(
-            std::net::SocketAddr::from(([127, 0, 0, 1], port)),
-            "POST",
-            "/v1/readings",
-            body,
-        ));
-    assert_eq!(status, 202, "{text}");
-}
-
 /// An alert is e-mailed once to each notifier: the classic subject and fields to the
 /// ward, ward and patient id only to the `minimal` channel, the event's idempotency key
 /// as Message-ID; a restart sends nothing again.
@@ -166,27 +152,11 @@ privacy = "minimal"
     )
     .unwrap();
     let data = dir.path().join("data");
-    let (c, d) = (os(&config), os(&data));
-    let o = vitalwatch(&[
-        "patients",
-        "import",
-        "--config",
-        &c,
-        "--data",
-        &d,
-        "../../data/patients_information.csv",
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    common::import_classic(&config, &data, false);
 
     let port = free_port();
     let mut run = spawn_run(&data, Some(&config), port);
-    post_reading(
-        port,
-        &format!(
-            r#"{{"patient_id": "5", "observed_at": "{}", "vitals": {{"heart_rate": 130}}}}"#,
-            chrono::Utc::now().to_rfc3339()
-        ),
-    );
+    common::post_reading(port, "5", r#"{"heart_rate": 130}"#);
     let to_ward = mail_to(&maildir, &ward, 1);
     let to_pager = mail_to(&maildir, &pager, 1);
     run.kill().unwrap();
@@ -341,29 +311,14 @@ fn alerts_raised_while_the_mail_server_is_down_are_sent_once_when_it_returns() {
     .unwrap();
     let data = dir.path().join("data");
     let (c, d) = (os(&config), os(&data));
-    let o = vitalwatch(&[
-        "patients",
-        "import",
-        "--config",
-        &c,
-        "--data",
-        &d,
-        "../../data/patients_information.csv",
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    common::import_classic(&config, &data, false);
     let http = free_port();
     let mut run = spawn_run(&data, Some(&config), http);
 
     smtp.kill().unwrap();
     smtp.wait().unwrap();
     for patient in ["1", "2", "5"] {
-        post_reading(
-            http,
-            &format!(
-                r#"{{"patient_id": "{patient}", "observed_at": "{}", "vitals": {{"heart_rate": 130}}}}"#,
-                chrono::Utc::now().to_rfc3339()
-            ),
-        );
+        common::post_reading(http, patient, r#"{"heart_rate": 130}"#);
     }
     std::thread::sleep(Duration::from_secs(30));
     let mut smtp = server();

@@ -11,7 +11,7 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{os, receiver, request, serve, vitalwatch};
+use common::{os, receiver, serve};
 use vitalwatch_connectors::notify::sns::{Credentials, form_encode, sign_v4};
 
 const MOTO: &str = "127.0.0.1:5000";
@@ -102,16 +102,7 @@ fn an_alert_is_published_to_sns_once_without_personal_data() {
     .unwrap();
     let data = dir.path().join("data");
     let (c, d) = (os(&config), os(&data));
-    let o = vitalwatch(&[
-        "patients",
-        "import",
-        "--config",
-        &c,
-        "--data",
-        &d,
-        "../../data/patients_information.csv",
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    common::import_classic(&config, &data, false);
 
     let port = common::free_port();
     let mut run = serve(
@@ -127,20 +118,7 @@ fn an_alert_is_published_to_sns_once_without_personal_data() {
         ]),
         port,
     );
-    let (status, text) = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(request(
-            std::net::SocketAddr::from(([127, 0, 0, 1], port)),
-            "POST",
-            "/v1/readings",
-            &format!(
-                r#"{{"patient_id": "5", "observed_at": "{}", "vitals": {{"heart_rate": 130}}}}"#,
-                chrono::Utc::now().to_rfc3339()
-            ),
-        ));
-    assert_eq!(status, 202, "{text}");
+    common::post_reading(port, "5", r#"{"heart_rate": 130}"#);
     let deadline = Instant::now() + Duration::from_secs(20);
     while got.lock().unwrap().is_empty() {
         assert!(Instant::now() < deadline, "nothing published to {arn}");

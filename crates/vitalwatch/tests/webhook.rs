@@ -14,20 +14,11 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{os, receiver, request, spawn_run, vitalwatch};
+use common::{os, receiver, spawn_run, vitalwatch};
 
 /// `GET path` on the run at `port`: the body.
 fn get(port: u16, path: &str) -> String {
-    let (status, body) = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(request(
-            std::net::SocketAddr::from(([127, 0, 0, 1], port)),
-            "GET",
-            path,
-            "",
-        ));
+    let (status, body) = common::http(port, "GET", path, "");
     assert_eq!(status, 200, "{body}");
     body
 }
@@ -81,33 +72,11 @@ url = "http://127.0.0.1:{backup_port}/pager"
     .unwrap();
     let data = dir.path().join("data");
     let (c, d) = (os(&config), os(&data));
-    let o = vitalwatch(&[
-        "patients",
-        "import",
-        "--config",
-        &c,
-        "--data",
-        &d,
-        "../../data/patients_information.csv",
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    common::import_classic(&config, &data, false);
 
     let port = common::free_port();
     let mut run = spawn_run(&data, Some(&config), port);
-    let (status, text) = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(request(
-            std::net::SocketAddr::from(([127, 0, 0, 1], port)),
-            "POST",
-            "/v1/readings",
-            &format!(
-                r#"{{"patient_id": "5", "observed_at": "{}", "vitals": {{"heart_rate": 130}}}}"#,
-                chrono::Utc::now().to_rfc3339()
-            ),
-        ));
-    assert_eq!(status, 202, "{text}");
+    common::post_reading(port, "5", r#"{"heart_rate": 130}"#);
     wait_for("the retried Slack post", || {
         slack.lock().unwrap().len() >= 3
     });
@@ -280,38 +249,11 @@ tiers = [{{ after = "0s", notify = ["ward-2"] }}]
     )
     .unwrap();
     let data = dir.path().join("data");
-    let (c, d) = (os(&config), os(&data));
-    for (what, file) in [
-        ("patients", "patients_information.csv"),
-        ("thresholds", "threshold_ref.csv"),
-    ] {
-        let f = format!("../../data/{file}");
-        let o = vitalwatch(&[what, "import", "--config", &c, "--data", &d, &f]);
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    }
+    common::import_classic(&config, &data, true);
     let port = common::free_port();
     let mut run = spawn_run(&data, Some(&config), port);
-    let post = |path: &str, body: String| {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(request(
-                std::net::SocketAddr::from(([127, 0, 0, 1], port)),
-                "POST",
-                path,
-                &body,
-            ))
-    };
-    let now = chrono::Utc::now().to_rfc3339();
     for patient in ["5", "2"] {
-        let (status, text) = post(
-            "/v1/readings",
-            format!(
-                r#"{{"patient_id": "{patient}", "observed_at": "{now}", "vitals": {{"heart_rate": 130}}}}"#
-            ),
-        );
-        assert_eq!(status, 202, "{text}");
+        common::post_reading(port, patient, r#"{"heart_rate": 130}"#);
     }
     let events = |r: &std::sync::Mutex<Vec<common::Received>>| -> Vec<serde_json::Value> {
         r.lock()
@@ -324,9 +266,11 @@ tiers = [{{ after = "0s", notify = ["ward-2"] }}]
         !charge.lock().unwrap().is_empty()
     });
     let alert_id = events(&nurse)[0]["alert_id"].as_str().unwrap().to_owned();
-    let (status, text) = post(
+    let (status, text) = common::http(
+        port,
+        "POST",
         &format!("/v1/alerts/{alert_id}/ack"),
-        r#"{"by": "nurse.jones"}"#.into(),
+        r#"{"by": "nurse.jones"}"#,
     );
     assert_eq!(status, 200, "{text}");
     let acked = |r: &std::sync::Mutex<Vec<common::Received>>| {
@@ -426,22 +370,7 @@ fn a_silence_holds_back_a_patients_alerts_but_never_a_new_high_priority_alarm() 
 
     let port = common::free_port();
     let mut run = spawn_run(&data, Some(&config), port);
-    let now = chrono::Utc::now().to_rfc3339();
-    let send = |patient: &str, vitals: &str| {
-        let (status, text) = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(request(
-                std::net::SocketAddr::from(([127, 0, 0, 1], port)),
-                "POST",
-                "/v1/readings",
-                &format!(
-                    r#"{{"patient_id": "{patient}", "observed_at": "{now}", "vitals": {vitals}}}"#
-                ),
-            ));
-        assert_eq!(status, 202, "{text}");
-    };
+    let send = |patient: &str, vitals: &str| common::post_reading(port, patient, vitals);
     // Patient 5: a medium alarm (blood pressure) and a high one (heart rate); patient 2:
     // a high one.
     send("5", r#"{"systolic": 200, "heart_rate": 130}"#);

@@ -22,6 +22,8 @@ use vitalwatch_core::alert::AlertEvent;
 
 use crate::store::{AlertStore, StoreError};
 
+#[cfg(any(feature = "webhook", feature = "sns"))]
+mod http;
 #[cfg(all(feature = "kafka", feature = "warehouse"))]
 pub mod kafka;
 #[cfg(feature = "smtp")]

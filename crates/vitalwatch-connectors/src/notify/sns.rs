@@ -14,7 +14,6 @@
 //! Throttling and 5xx answers are transient; other errors permanent.
 
 use std::fmt::Write as _;
-use std::time::Duration as StdDuration;
 
 use hmac::{Hmac, KeyInit, Mac};
 use serde::{Deserialize, Serialize};
@@ -277,12 +276,7 @@ impl SnsNotifier {
     /// A notifier for `settings` (credentials are read at each publish: rotated keys
     /// are picked up).
     pub fn new(settings: SnsSettings) -> Self {
-        let timeout = StdDuration::from_micros(settings.timeout.micros().max(1) as u64);
-        let agent = ureq::Agent::config_builder()
-            .timeout_global(Some(timeout))
-            .http_status_as_error(false)
-            .build()
-            .into();
+        let agent = super::http::agent(settings.timeout);
         SnsNotifier { settings, agent }
     }
 
@@ -354,16 +348,7 @@ impl SnsNotifier {
             req = req.header(k, v);
         }
         let what = format!("sns {}", self.settings.topic_arn);
-        let mut resp = req
-            .send(body.as_bytes())
-            .map_err(|e| NotifyError::Transient(format!("{what}: {e}")))?;
-        let status = resp.status().as_u16();
-        let text = resp
-            .body_mut()
-            .with_config()
-            .limit(64 * 1024)
-            .read_to_string()
-            .unwrap_or_default();
+        let (status, text) = super::http::send(req, body.as_bytes(), 64 * 1024, &what)?;
         if (200..300).contains(&status) {
             return Ok(format!(
                 "MessageId {}",

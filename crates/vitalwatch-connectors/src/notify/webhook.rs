@@ -8,7 +8,6 @@
 //! permanent (a wrong URL or a rejected payload will not get better by asking again).
 
 use std::collections::BTreeMap;
-use std::time::Duration as StdDuration;
 
 use serde::{Deserialize, Serialize};
 use vitalwatch_core::alert::AlertEvent;
@@ -100,13 +99,7 @@ pub struct WebhookNotifier {
 impl WebhookNotifier {
     /// A notifier for `settings`.
     pub fn new(settings: WebhookSettings) -> Self {
-        let timeout = StdDuration::from_micros(settings.timeout.micros().max(1) as u64);
-        let agent = ureq::Agent::config_builder()
-            .timeout_global(Some(timeout))
-            // Every status is an answer to classify, not an error to unwrap.
-            .http_status_as_error(false)
-            .build()
-            .into();
+        let agent = super::http::agent(settings.timeout);
         WebhookNotifier { settings, agent }
     }
 
@@ -151,16 +144,7 @@ impl WebhookNotifier {
             req = req.header(k, v);
         }
         let what = self.settings.describe();
-        let mut resp = req
-            .send(body.as_bytes())
-            .map_err(|e| NotifyError::Transient(format!("{what}: {e}")))?;
-        let status = resp.status().as_u16();
-        let text = resp
-            .body_mut()
-            .with_config()
-            .limit(4096)
-            .read_to_string()
-            .unwrap_or_default();
+        let (status, text) = super::http::send(req, body.as_bytes(), 4096, &what)?;
         let answer = format!("HTTP {status} {}", text.trim())
             .trim_end()
             .to_owned();

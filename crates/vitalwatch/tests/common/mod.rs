@@ -213,3 +213,42 @@ pub fn receiver(statuses: Vec<u16>) -> (u16, std::sync::Arc<std::sync::Mutex<Vec
     });
     (port, got)
 }
+
+/// A request to the run on `port` (blocking); the status and body.
+pub fn http(port: u16, method: &str, path: &str, body: &str) -> (u16, String) {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(request(
+            SocketAddr::from(([127, 0, 0, 1], port)),
+            method,
+            path,
+            body,
+        ))
+}
+
+/// Posts one canonical reading of `patient` observed now (`vitals` a JSON object) to the
+/// run on `port`, asserting it was accepted.
+pub fn post_reading(port: u16, patient: &str, vitals: &str) {
+    let body = format!(
+        r#"{{"patient_id": "{patient}", "observed_at": "{}", "vitals": {vitals}}}"#,
+        chrono::Utc::now().to_rfc3339()
+    );
+    let (status, text) = http(port, "POST", "/v1/readings", &body);
+    assert_eq!(status, 202, "{text}");
+}
+
+/// Imports the classic patients (and with `thresholds`, the classic table) into the
+/// catalog of `data` under `config`.
+pub fn import_classic(config: &Path, data: &Path, thresholds: bool) {
+    let (c, d) = (os(config), os(data));
+    let mut files = vec![("patients", "../../data/patients_information.csv")];
+    if thresholds {
+        files.push(("thresholds", "../../data/threshold_ref.csv"));
+    }
+    for (what, file) in files {
+        let o = vitalwatch(&[what, "import", "--config", &c, "--data", &d, file]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+}
