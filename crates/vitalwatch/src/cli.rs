@@ -298,6 +298,13 @@ pub enum AlertsCommand {
         #[arg(long, value_enum, default_value = "table")]
         format: TableFormat,
     },
+    /// One alert: its latest event, as JSON (the alert-log line, classic fields included).
+    Show {
+        /// The alert's id.
+        id: String,
+        #[command(flatten)]
+        data: DataArgs,
+    },
     /// Acknowledge an open alert in the running `vitalwatch run` (its HTTP API): its
     /// re-notifications and escalation stop; it resolves when its condition clears.
     Ack {

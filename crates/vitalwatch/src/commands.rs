@@ -1012,6 +1012,13 @@ pub fn alerts(cmd: AlertsCommand) -> anyhow::Result<()> {
                 format,
             )
         }
+        AlertsCommand::Show { id, data } => {
+            let cfg = load_config(&data)?;
+            let Some(e) = open_catalog_read(&cfg)?.alert(&id)? else {
+                bail!("no alert {id} in the catalog (vitalwatch alerts list --all shows them)");
+            };
+            emit(&format!("{}\n", serde_json::to_string_pretty(&e)?))
+        }
         AlertsCommand::Ack { id, by, url, data } => {
             let cfg = load_config(&data)?;
             let base = url.unwrap_or_else(|| format!("http://{}", cfg.http.listen));

@@ -409,6 +409,12 @@ fn a_silence_holds_back_a_patients_alerts_but_never_a_new_high_priority_alarm() 
         .as_str()
         .unwrap()
         .to_owned();
+    let shown = cli(&["alerts", "show", &high5]);
+    assert!(
+        shown.contains(&format!("\"alert_id\": \"{high5}\""))
+            && shown.contains("\"priority\": \"high\""),
+        "{shown}"
+    );
     let acked = cli(&[
         "alerts",
         "ack",
