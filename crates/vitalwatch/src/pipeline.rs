@@ -269,12 +269,14 @@ pub fn external_notifier(n: &NotifierConfig) -> anyhow::Result<Box<dyn Notifier>
             vitalwatch_connectors::notify::smtp::SmtpNotifier::new(m.clone())
                 .with_context(|| format!("cannot create notifier {}", m.name))?,
         ),
-        NotifierConfig::Webhook(w) => {
-            Box::new(vitalwatch_connectors::notify::webhook::WebhookNotifier::new(w.clone()))
-        }
-        NotifierConfig::Sns(a) => Box::new(vitalwatch_connectors::notify::sns::SnsNotifier::new(
-            a.clone(),
-        )),
+        NotifierConfig::Webhook(w) => Box::new(
+            vitalwatch_connectors::notify::webhook::WebhookNotifier::new(w.clone())
+                .with_context(|| format!("cannot create notifier {}", w.name))?,
+        ),
+        NotifierConfig::Sns(a) => Box::new(
+            vitalwatch_connectors::notify::sns::SnsNotifier::new(a.clone())
+                .with_context(|| format!("cannot create notifier {}", a.name))?,
+        ),
     })
 }
 

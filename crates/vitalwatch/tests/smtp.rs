@@ -120,7 +120,7 @@ fn an_alert_is_emailed_once_per_notifier_with_the_classic_fields_and_its_privacy
     require(2525);
     let maildir = services().join("plain");
     let dir = tempfile::tempdir().unwrap();
-    let (ward, pager) = (address("ward5"), address("pager"));
+    let (ward, pager, brief) = (address("ward5"), address("pager"), address("brief"));
     let config = dir.path().join("mail.toml");
     std::fs::write(
         &config,
@@ -147,6 +147,16 @@ port = 2525
 tls = "none"
 to = ["{pager}"]
 privacy = "minimal"
+
+[[notifiers]]
+type = "smtp"
+name = "brief"
+port = 2525
+tls = "none"
+to = ["{brief}"]
+privacy = "minimal"
+subject_template = "{{{{ priority | upper }}}} {{{{ alert_message }}}}, ward {{{{ admitted_ward }}}}"
+body_template = "Patient {{{{ patient_id }}}} needs review ({{{{ event }}}} at {{{{ input_message_time }}}})."
 "#
         ),
     )
@@ -159,6 +169,7 @@ privacy = "minimal"
     common::post_reading(port, "5", r#"{"heart_rate": 130}"#);
     let to_ward = mail_to(&maildir, &ward, 1);
     let to_pager = mail_to(&maildir, &pager, 1);
+    let to_brief = mail_to(&maildir, &brief, 1);
     run.kill().unwrap();
     run.wait().unwrap();
     assert_eq!(to_ward.len(), 1, "one alert, one message");
@@ -202,6 +213,19 @@ privacy = "minimal"
             p.body
         );
     }
+
+    // Templates: the notifier's own subject and body, over the fields its privacy allows.
+    assert_eq!(
+        to_brief[0].header("subject"),
+        "MEDIUM Higher Heart Rate than Normal, ward 5"
+    );
+    assert!(
+        to_brief[0]
+            .body
+            .starts_with("Patient 5 needs review (triggered at 20"),
+        "{}",
+        to_brief[0].body
+    );
 
     // A restart resumes from each notifier's cursor: nothing is sent again.
     let port = free_port();

@@ -30,6 +30,8 @@ pub mod kafka;
 pub mod smtp;
 #[cfg(feature = "sns")]
 pub mod sns;
+#[cfg(any(feature = "smtp", feature = "webhook", feature = "sns"))]
+pub mod template;
 #[cfg(feature = "webhook")]
 pub mod webhook;
 

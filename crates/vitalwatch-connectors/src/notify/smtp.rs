@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use vitalwatch_core::alert::AlertEvent;
 use vitalwatch_core::model::Duration;
 
+use super::template::{Template, optional};
 use super::{Notifier, NotifyError, OutboxItem, Privacy, body, subject};
 
 /// How the connection to the SMTP server is secured.
@@ -62,6 +63,10 @@ pub struct SmtpSettings {
     pub privacy: Privacy,
     /// How long one message may take (connect, TLS, send).
     pub timeout: Duration,
+    /// The subject as a template (`""`: the classic `Health Alert: Patient- {name}`).
+    pub subject_template: String,
+    /// The body as a template (`""`: the classic fields, one per line).
+    pub body_template: String,
 }
 
 impl Default for SmtpSettings {
@@ -78,6 +83,8 @@ impl Default for SmtpSettings {
             to: Vec::new(),
             privacy: Privacy::Full,
             timeout: Duration::from_secs(10),
+            subject_template: String::new(),
+            body_template: String::new(),
         }
     }
 }
@@ -132,6 +139,8 @@ impl SmtpSettings {
 /// Sends alert events as e-mail.
 pub struct SmtpNotifier {
     settings: SmtpSettings,
+    subject: Option<Template>,
+    body: Option<Template>,
     transport: SmtpTransport,
     from: Mailbox,
     to: Vec<Mailbox>,
@@ -198,7 +207,11 @@ impl SmtpNotifier {
             })?;
             b = b.credentials(Credentials::new(settings.username.clone(), password));
         }
+        let subject = optional(&settings.subject_template, settings.privacy).map_err(&bad)?;
+        let body = optional(&settings.body_template, settings.privacy).map_err(&bad)?;
         Ok(SmtpNotifier {
+            subject,
+            body,
             transport: b.build(),
             settings,
             from,
@@ -210,14 +223,20 @@ impl SmtpNotifier {
     fn send(&self, event: &AlertEvent) -> Result<String, NotifyError> {
         let mut b = Message::builder()
             .from(self.from.clone())
-            .subject(subject(event, self.settings.privacy))
+            .subject(match &self.subject {
+                Some(t) => t.render(event, self.settings.privacy)?,
+                None => subject(event, self.settings.privacy),
+            })
             .message_id(Some(message_id(&event.idempotency_key())))
             .header(ContentType::TEXT_PLAIN);
         for t in &self.to {
             b = b.to(t.clone());
         }
         let msg = b
-            .body(body(event, self.settings.privacy))
+            .body(match &self.body {
+                Some(t) => t.render(event, self.settings.privacy)?,
+                None => body(event, self.settings.privacy),
+            })
             .map_err(|e| NotifyError::Permanent(format!("cannot build the message: {e}")))?;
         match self.transport.send(&msg) {
             Ok(r) => Ok(format!(

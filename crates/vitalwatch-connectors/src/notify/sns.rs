@@ -21,6 +21,7 @@ use sha2::{Digest, Sha256};
 use vitalwatch_core::alert::AlertEvent;
 use vitalwatch_core::model::Duration;
 
+use super::template::{Template, optional};
 use super::{Notifier, NotifyError, OutboxItem, Privacy, body, subject};
 
 /// `[[notifiers]] type = "sns"`: alert events onto an Amazon SNS topic.
@@ -42,6 +43,10 @@ pub struct SnsSettings {
     pub privacy: Privacy,
     /// How long one request may take.
     pub timeout: Duration,
+    /// The subject as a template (`""`: the classic `Health Alert: Patient- {name}`).
+    pub subject_template: String,
+    /// The message as a template (`""`: the classic fields, one per line).
+    pub message_template: String,
 }
 
 impl Default for SnsSettings {
@@ -54,6 +59,8 @@ impl Default for SnsSettings {
             profile: String::new(),
             privacy: Privacy::Minimal,
             timeout: Duration::from_secs(10),
+            subject_template: String::new(),
+            message_template: String::new(),
         }
     }
 }
@@ -74,6 +81,14 @@ impl SnsSettings {
             p.push(format!(
                 "{prefix}: endpoint_url must start with http:// or https://"
             ));
+        }
+        for (key, t) in [
+            ("subject_template", &self.subject_template),
+            ("message_template", &self.message_template),
+        ] {
+            if let Err(e) = optional(t, self.privacy) {
+                p.push(format!("{prefix}: {key}: {e}"));
+            }
         }
         p
     }
@@ -269,26 +284,46 @@ fn xml_field<'a>(xml: &'a str, tag: &str) -> Option<&'a str> {
 #[derive(Debug)]
 pub struct SnsNotifier {
     settings: SnsSettings,
+    subject: Option<Template>,
+    message: Option<Template>,
     agent: ureq::Agent,
 }
 
 impl SnsNotifier {
     /// A notifier for `settings` (credentials are read at each publish: rotated keys
     /// are picked up).
-    pub fn new(settings: SnsSettings) -> Self {
+    pub fn new(settings: SnsSettings) -> Result<Self, NotifyError> {
         let agent = super::http::agent(settings.timeout);
-        SnsNotifier { settings, agent }
+        let bad =
+            |e: String| NotifyError::Permanent(format!("sns notifier {}: {e}", settings.name));
+        let subject = optional(&settings.subject_template, settings.privacy).map_err(bad)?;
+        let message = optional(&settings.message_template, settings.privacy).map_err(bad)?;
+        Ok(SnsNotifier {
+            settings,
+            subject,
+            message,
+            agent,
+        })
     }
 
     /// The form body of the `Publish` request for `event`.
-    pub fn publish_body(&self, event: &AlertEvent) -> String {
+    pub fn publish_body(&self, event: &AlertEvent) -> Result<String, NotifyError> {
         let key = event.idempotency_key();
+        let privacy = self.settings.privacy;
+        let subject = match &self.subject {
+            Some(t) => t.render(event, privacy)?,
+            None => subject(event, privacy),
+        };
+        let message = match &self.message {
+            Some(t) => t.render(event, privacy)?,
+            None => body(event, privacy),
+        };
         let mut params: Vec<(&str, String)> = vec![
             ("Action", "Publish".into()),
             ("Version", "2010-03-31".into()),
             ("TopicArn", self.settings.topic_arn.clone()),
-            ("Subject", subject(event, self.settings.privacy)),
-            ("Message", body(event, self.settings.privacy)),
+            ("Subject", subject),
+            ("Message", message),
             (
                 "MessageAttributes.entry.1.Name",
                 "vitalwatch-idempotency-key".into(),
@@ -312,11 +347,11 @@ impl SnsNotifier {
             params.push(("MessageDeduplicationId", dedup));
             params.push(("MessageGroupId", event.patient_id.as_str().to_owned()));
         }
-        params
+        Ok(params
             .iter()
             .map(|(k, v)| format!("{}={}", form_encode(k), form_encode(v)))
             .collect::<Vec<_>>()
-            .join("&")
+            .join("&"))
     }
 
     /// Publishes one event; the topic's answer (`MessageId …`) on success.
@@ -329,7 +364,7 @@ impl SnsNotifier {
             .map(|(_, r)| r.split('/').next().unwrap_or(""))
             .unwrap_or("")
             .to_owned();
-        let body = self.publish_body(event);
+        let body = self.publish_body(event)?;
         let content_type = "application/x-www-form-urlencoded; charset=utf-8";
         let amz_date = chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string();
         let signed = sign_v4(
@@ -429,7 +464,9 @@ mod tests {
                 topic_arn: arn.into(),
                 ..SnsSettings::default()
             })
+            .unwrap()
             .publish_body(&e)
+            .unwrap()
         };
         let fifo = n("arn:aws:sns:eu-west-1:123456789012:alerts.fifo");
         assert!(fifo.contains(&format!(

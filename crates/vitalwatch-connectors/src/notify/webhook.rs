@@ -13,7 +13,8 @@ use serde::{Deserialize, Serialize};
 use vitalwatch_core::alert::AlertEvent;
 use vitalwatch_core::model::Duration;
 
-use super::{Notifier, NotifyError, OutboxItem, PERSONAL_FIELDS, Privacy, summary};
+use super::template::{Template, optional, strip_personal};
+use super::{Notifier, NotifyError, OutboxItem, Privacy, summary};
 
 /// What the request body looks like.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,6 +44,9 @@ pub struct WebhookSettings {
     pub privacy: Privacy,
     /// How long one request may take.
     pub timeout: Duration,
+    /// The request body as a template (`""`: the preset's); sent as `application/json`,
+    /// so write JSON (the `tojson` filter quotes a value).
+    pub body_template: String,
 }
 
 impl Default for WebhookSettings {
@@ -54,6 +58,7 @@ impl Default for WebhookSettings {
             preset: Preset::Json,
             privacy: Privacy::Full,
             timeout: Duration::from_secs(10),
+            body_template: String::new(),
         }
     }
 }
@@ -71,6 +76,9 @@ impl WebhookSettings {
             if k.is_empty() || !k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
                 p.push(format!("{prefix}: {k:?} is not a header name"));
             }
+        }
+        if let Err(e) = optional(&self.body_template, self.privacy) {
+            p.push(format!("{prefix}: body_template: {e}"));
         }
         p
     }
@@ -93,19 +101,30 @@ impl WebhookSettings {
 #[derive(Debug)]
 pub struct WebhookNotifier {
     settings: WebhookSettings,
+    template: Option<Template>,
     agent: ureq::Agent,
 }
 
 impl WebhookNotifier {
     /// A notifier for `settings`.
-    pub fn new(settings: WebhookSettings) -> Self {
+    pub fn new(settings: WebhookSettings) -> Result<Self, NotifyError> {
         let agent = super::http::agent(settings.timeout);
-        WebhookNotifier { settings, agent }
+        let template = optional(&settings.body_template, settings.privacy).map_err(|e| {
+            NotifyError::Permanent(format!("webhook notifier {}: {e}", settings.name))
+        })?;
+        Ok(WebhookNotifier {
+            settings,
+            template,
+            agent,
+        })
     }
 
     /// The request body for `event`.
     pub fn body(&self, event: &AlertEvent, json: &str) -> Result<String, NotifyError> {
         let privacy = self.settings.privacy;
+        if let Some(t) = &self.template {
+            return t.render(event, privacy);
+        }
         let v = match self.settings.preset {
             Preset::Json => {
                 let mut v: serde_json::Value = serde_json::from_str(json)
@@ -156,18 +175,6 @@ impl WebhookNotifier {
     }
 }
 
-/// Removes the fields that identify a person, wherever the event JSON has them.
-fn strip_personal(v: &mut serde_json::Value) {
-    if let Some(o) = v.as_object_mut() {
-        for f in PERSONAL_FIELDS {
-            o.remove(f);
-        }
-        for child in o.values_mut() {
-            strip_personal(child);
-        }
-    }
-}
-
 impl Notifier for WebhookNotifier {
     fn name(&self) -> &str {
         &self.settings.name
@@ -210,6 +217,7 @@ mod tests {
                     privacy,
                     ..WebhookSettings::default()
                 })
+                .unwrap()
             };
             let full = n(Privacy::Full).body(&e, &json).unwrap();
             assert!(full.contains("Pam"), "{preset:?}: {full}");
