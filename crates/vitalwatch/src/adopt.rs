@@ -25,7 +25,7 @@ use vitalwatch_connectors::store::AlertStore;
 use crate::config::NotifierConfig;
 use crate::metrics::Metrics;
 use crate::pipeline::{deliver, filtered_notifier};
-use crate::routing::Routes;
+use crate::routing::{Lane, Routes};
 
 /// This replica's lease on its own outbox, and the adopter of dead replicas' outboxes.
 #[derive(Debug)]
@@ -116,25 +116,29 @@ fn adopt_all(
     ttl: Duration,
     metrics: &Arc<Metrics>,
 ) -> anyhow::Result<()> {
-    let name = n.name();
-    for dead in store.orphaned_outboxes(name)? {
-        if !store.claim_outbox(&dead, ttl)? {
-            continue; // another replica got there first
+    for lane in Lane::BOTH {
+        let name = lane.cursor_name(n.name());
+        for dead in store.orphaned_outboxes(&name)? {
+            if !store.claim_outbox(&dead, ttl)? {
+                continue; // another replica got there first
+            }
+            let r = adopt(store, url, n, lane, routes, &dead, ttl, metrics);
+            store.release_outbox(&dead)?;
+            let delivered = r?;
+            tracing::warn!(replica = %dead, notifier = %name, delivered, "delivered the alert events of a replica that stopped renewing its outbox lease");
         }
-        let r = adopt(store, url, n, routes, &dead, ttl, metrics);
-        store.release_outbox(&dead)?;
-        let delivered = r?;
-        tracing::warn!(replica = %dead, notifier = name, delivered, "delivered the alert events of a replica that stopped renewing its outbox lease");
     }
     Ok(())
 }
 
 /// Delivers replica `dead`'s outbox to `n` from its cursor to the end, renewing the
 /// lease with every batch; returns how many events were delivered.
+#[allow(clippy::too_many_arguments)]
 fn adopt(
     leases: &PostgresStore,
     url: &str,
     n: &NotifierConfig,
+    lane: Lane,
     routes: &Arc<Routes>,
     dead: &str,
     ttl: Duration,
@@ -142,7 +146,7 @@ fn adopt(
 ) -> anyhow::Result<u64> {
     let mut theirs = PostgresStore::connect(url)?.with_origin(dead);
     let silences: Box<dyn crate::pipeline::Store> = Box::new(PostgresStore::connect(url)?);
-    let mut notifier = filtered_notifier(n, routes, Some(silences), metrics)?;
+    let mut notifier = filtered_notifier(n, lane, routes, Some(silences), metrics)?;
     let mut cursor = theirs.cursor(notifier.name())?;
     let (records, attempts) = flume::unbounded();
     let mut delivered = 0;
@@ -162,10 +166,13 @@ fn adopt(
         if done.is_none() {
             anyhow::bail!("notifier {} keeps failing", notifier.name());
         }
-        delivered += batch.len() as u64;
-        metrics
-            .outbox_adopted
-            .fetch_add(batch.len() as u64, Relaxed);
+        // Each lane walks every entry; count the ones this lane carries.
+        let carried = batch
+            .iter()
+            .filter(|i| i.event().is_ok_and(|e| lane.carries(e)))
+            .count() as u64;
+        delivered += carried;
+        metrics.outbox_adopted.fetch_add(carried, Relaxed);
         cursor = last;
         if !leases.claim_outbox(dead, ttl)? {
             anyhow::bail!("lost the lease on replica {dead}'s outbox");

@@ -280,15 +280,18 @@ pub fn external_notifier(n: &NotifierConfig) -> anyhow::Result<Box<dyn Notifier>
     })
 }
 
-/// A `[[notifiers]]` item's notifier behind the `[[routes]]` and the silences in `store`.
+/// One lane of a `[[notifiers]]` item's notifier, behind the `[[routes]]` and the silences
+/// in `store`.
 pub fn filtered_notifier(
     n: &NotifierConfig,
+    lane: crate::routing::Lane,
     routes: &Arc<crate::routing::Routes>,
     store: Option<Box<dyn Store>>,
     metrics: &Arc<Metrics>,
 ) -> anyhow::Result<Box<dyn Notifier>> {
     Ok(Box::new(crate::routing::Filtered::new(
         external_notifier(n)?,
+        lane,
         routes.clone(),
         store,
         metrics.clone(),
@@ -471,13 +474,16 @@ impl Pipeline {
         let routes = Arc::new(crate::routing::Routes(config.routes.clone()));
         for n in &config.notifiers {
             if Some(n.name()) != fallback.as_ref().map(NotifierConfig::name) {
-                external.insert(n.name().to_owned());
-                outputs.push(filtered_notifier(
-                    n,
-                    &routes,
-                    Some(cat_at.open()?),
-                    &metrics,
-                )?);
+                for lane in crate::routing::Lane::BOTH {
+                    external.insert(lane.cursor_name(n.name()));
+                    outputs.push(filtered_notifier(
+                        n,
+                        lane,
+                        &routes,
+                        Some(cat_at.open()?),
+                        &metrics,
+                    )?);
+                }
             }
         }
         if opts.console && config.alerts.console {
@@ -1355,13 +1361,14 @@ pub(crate) fn deliver(
         });
         match outcome {
             DeliveryOutcome::Delivered => {
-                let n = batch.len() as u64;
+                let sent: Vec<&OutboxItem> = batch.iter().filter(|i| notifier.takes(i)).collect();
+                let n = sent.len() as u64;
                 metrics.notifications_delivered.fetch_add(n, Relaxed);
                 stats.delivered.fetch_add(n, Relaxed);
                 // Events handed over live (read back from the store after a restart, they
                 // are not parsed for this): observation → confirmed delivery.
                 let now = wall_now();
-                for e in batch.iter().filter_map(OutboxItem::event_if_known) {
+                for e in sent.into_iter().filter_map(OutboxItem::event_if_known) {
                     stats
                         .latency
                         .observe(now.since(e.input_message_time).micros().max(0) as u64);

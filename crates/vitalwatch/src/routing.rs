@@ -142,10 +142,43 @@ impl Routes {
     }
 }
 
-/// A notifier that gets only what the routes send it ([`Routes::allows`]) and what no
-/// silence holds back ([`Silence::holds_back`]); the rest is skipped, its cursor moves on.
+/// Which priorities a notifier instance delivers. Every external notifier runs as two
+/// lanes, each with its own cursor and thread, so a high-priority alarm never waits
+/// behind a backlog of lower ones (a slow mail server, a retried webhook).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    /// High-priority events only; its cursor and records are kept as `NAME/high`.
+    High,
+    /// Every other event; kept as `NAME`.
+    Other,
+}
+
+impl Lane {
+    /// Both lanes.
+    pub const BOTH: [Lane; 2] = [Lane::High, Lane::Other];
+
+    /// The cursor name of notifier `name`'s lane.
+    pub fn cursor_name(self, name: &str) -> String {
+        match self {
+            Lane::High => format!("{name}/high"),
+            Lane::Other => name.to_owned(),
+        }
+    }
+
+    /// Whether this lane delivers `e`.
+    pub fn carries(self, e: &AlertEvent) -> bool {
+        (e.priority == vitalwatch_core::alert::Priority::High) == (self == Lane::High)
+    }
+}
+
+/// A notifier lane that gets only its priorities ([`Lane`]), what the routes send it
+/// ([`Routes::allows`]) and what no silence holds back ([`Silence::holds_back`]); the
+/// rest is skipped, its cursor moves on.
 pub struct Filtered {
     inner: Box<dyn Notifier>,
+    lane: Lane,
+    /// The lane's cursor name.
+    name: String,
     /// `None`: no `[[routes]]`, every event.
     routes: Option<Arc<Routes>>,
     /// Where silences are read (`None`: none apply, e.g. adopting a dead replica's outbox).
@@ -167,17 +200,25 @@ impl Filtered {
     /// `inner` behind `routes` (empty: none) and the silences in `store`.
     pub fn new(
         inner: Box<dyn Notifier>,
+        lane: Lane,
         routes: Arc<Routes>,
         store: Option<Box<dyn crate::pipeline::Store>>,
         metrics: Arc<crate::metrics::Metrics>,
     ) -> Self {
         Filtered {
+            name: lane.cursor_name(inner.name()),
+            lane,
             inner,
             routes: (!routes.0.is_empty()).then_some(routes),
             store,
             cache: None,
             metrics,
         }
+    }
+
+    /// The configured notifier's name (what routes name).
+    fn name_of_inner(&self) -> String {
+        self.inner.name().to_owned()
     }
 
     /// The silences in force now.
@@ -209,7 +250,7 @@ impl Filtered {
 
 impl Notifier for Filtered {
     fn name(&self) -> &str {
-        self.inner.name()
+        &self.name
     }
 
     fn max_batch(&self) -> usize {
@@ -226,15 +267,12 @@ impl Notifier for Filtered {
 
     fn deliver(&mut self, batch: &[OutboxItem]) -> Result<(), NotifyError> {
         let silences = self.silences();
-        if self.routes.is_none() && silences.is_empty() {
-            return self.inner.deliver(batch);
-        }
         let now = crate::pipeline::wall_now();
         let name = self.inner.name().to_owned();
         let mut pass = Vec::with_capacity(batch.len());
         for item in batch {
             let e = item.event()?;
-            if self.routes.as_ref().is_some_and(|r| !r.allows(&name, e)) {
+            if !self.lane.carries(e) || self.routes.as_ref().is_some_and(|r| !r.allows(&name, e)) {
                 continue;
             }
             if let Some(s) = silences.iter().find(|s| s.holds_back(e, now)) {
@@ -250,6 +288,22 @@ impl Notifier for Filtered {
             return Ok(());
         }
         self.inner.deliver(&pass)
+    }
+
+    fn takes(&self, item: &OutboxItem) -> bool {
+        let Ok(e) = item.event() else {
+            return false;
+        };
+        let now = crate::pipeline::wall_now();
+        self.lane.carries(e)
+            && self
+                .routes
+                .as_ref()
+                .is_none_or(|r| r.allows(&self.name_of_inner(), e))
+            && !self
+                .cache
+                .as_ref()
+                .is_some_and(|(_, l)| l.iter().any(|s| s.holds_back(e, now)))
     }
 
     fn send_test(&mut self, item: &OutboxItem) -> Result<String, NotifyError> {

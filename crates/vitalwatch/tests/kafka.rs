@@ -667,9 +667,10 @@ fn a_dead_replicas_undelivered_alert_events_are_delivered_by_a_survivor() {
     };
     let (mut dead, dead_seqs) = events("rdead", 5);
     let (alive, _) = events("ralive", 3);
-    // The dead one had sent its first event before it died.
+    // The dead one had sent its first event before it died (high priority: the
+    // notifier's high lane, `pager/high`).
     dead.record_delivery(&DeliveryAttempt {
-        consumer: "pager".into(),
+        consumer: "pager/high".into(),
         first_seq: dead_seqs[0],
         last_seq: dead_seqs[0],
         attempt: 1,
@@ -716,12 +717,12 @@ fn a_dead_replicas_undelivered_alert_events_are_delivered_by_a_survivor() {
         .collect();
     assert_eq!(sent, ["rdead-1", "rdead-2", "rdead-3", "rdead-4"]);
     assert_eq!(
-        dead.cursor("pager").unwrap(),
+        dead.cursor("pager/high").unwrap(),
         dead_seqs[4],
         "recorded under its origin"
     );
     assert_eq!(
-        alive.cursor("pager").unwrap(),
+        alive.cursor("pager/high").unwrap(),
         0,
         "a live replica's outbox is its own"
     );

@@ -16,6 +16,24 @@ use std::time::{Duration, Instant};
 
 use common::{os, receiver, spawn_run, vitalwatch};
 
+/// The classic table with its high heart-rate bands made high priority (the others
+/// medium), written under `dir`.
+fn high_heart_rate_table(dir: &std::path::Path) -> std::path::PathBuf {
+    let table: String = std::fs::read_to_string("../../data/threshold_ref.csv")
+        .unwrap()
+        .lines()
+        .enumerate()
+        .map(|(i, l)| match i {
+            0 => format!("{l},priority\n"),
+            _ if l.contains("Higher Heart Rate") => format!("{l},high\n"),
+            _ => format!("{l},medium\n"),
+        })
+        .collect();
+    let file = dir.join("table.csv");
+    std::fs::write(&file, table).unwrap();
+    file
+}
+
 /// `GET path` on the run at `port`: the body.
 fn get(port: u16, path: &str) -> String {
     let (status, body) = common::http(port, "GET", path, "");
@@ -326,19 +344,7 @@ fn a_silence_holds_back_a_patients_alerts_but_never_a_new_high_priority_alarm() 
         ),
     )
     .unwrap();
-    // The classic table with its high heart-rate bands made high priority.
-    let table: String = std::fs::read_to_string("../../data/threshold_ref.csv")
-        .unwrap()
-        .lines()
-        .enumerate()
-        .map(|(i, l)| match i {
-            0 => format!("{l},priority\n"),
-            _ if l.contains("Higher Heart Rate") => format!("{l},high\n"),
-            _ => format!("{l},medium\n"),
-        })
-        .collect();
-    let table_file = dir.path().join("table.csv");
-    std::fs::write(&table_file, table).unwrap();
+    let table_file = high_heart_rate_table(dir.path());
     let data = dir.path().join("data");
     let (c, d) = (os(&config), os(&data));
     let cli = |args: &[&str]| {
@@ -448,5 +454,77 @@ fn a_silence_holds_back_a_patients_alerts_but_never_a_new_high_priority_alarm() 
     assert!(
         silences.contains(",5,") && silences.contains("line change"),
         "{silences}"
+    );
+}
+
+/// A medium alarm the server keeps refusing (retried with backoff) does not hold back a
+/// high-priority alarm raised after it: each notifier delivers high-priority events in a
+/// lane of their own.
+#[test]
+fn a_high_priority_alarm_never_waits_behind_a_failing_lower_one() {
+    // Refuses medium events (transiently, so they are retried), takes high ones.
+    let (port_hook, hook) = common::receiver_with(|_, r| {
+        if r.body.contains("\"priority\":\"high\"") {
+            200
+        } else {
+            503
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("lanes.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[rules.thresholds]\npersistence = \"0s\"\n[alerts]\nconsole = false\n\
+             [[notifiers]]\ntype = \"webhook\"\nname = \"ward\"\nurl = \"http://127.0.0.1:{port_hook}/\"\n"
+        ),
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    common::import_classic(&config, &data, false);
+    let table = high_heart_rate_table(dir.path());
+    let o = vitalwatch(&[
+        "thresholds",
+        "import",
+        "--config",
+        &os(&config),
+        "--data",
+        &os(&data),
+        &os(&table),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let port = common::free_port();
+    let mut run = spawn_run(&data, Some(&config), port);
+    common::post_reading(port, "5", r#"{"systolic": 200}"#);
+    wait_for("the medium alarm to be refused", || {
+        !hook.lock().unwrap().is_empty()
+    });
+    let refused = Instant::now();
+    common::post_reading(port, "2", r#"{"heart_rate": 130}"#);
+    wait_for("the high alarm", || {
+        hook.lock()
+            .unwrap()
+            .iter()
+            .any(|r| r.body.contains("\"priority\":\"high\""))
+    });
+    let waited = refused.elapsed();
+    let metrics = get(port, "/metrics");
+    run.kill().unwrap();
+    run.wait().unwrap();
+    assert!(
+        waited < Duration::from_secs(5),
+        "the high alarm waited {waited:?} behind the refused medium one"
+    );
+    assert!(
+        metrics.lines().any(|l| l
+            .starts_with("vitalwatch_notifier_retries_total{notifier=\"ward\"}")
+            && !l.ends_with(" 0")),
+        "the medium alarm is still being retried in its own lane:\n{metrics}"
+    );
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "vitalwatch_notifier_deliveries_total{notifier=\"ward/high\"} 1"),
+        "{metrics}"
     );
 }

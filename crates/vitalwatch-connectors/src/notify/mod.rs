@@ -224,6 +224,12 @@ pub trait Notifier: Send {
     /// Delivers a batch, in order, all or nothing as far as the notifier can tell.
     fn deliver(&mut self, batch: &[OutboxItem]) -> Result<(), NotifyError>;
 
+    /// Whether `item` is one this notifier sends (not one it skips by its lane, routes or
+    /// silences): what its delivery counters and latency count.
+    fn takes(&self, _item: &OutboxItem) -> bool {
+        true
+    }
+
     /// Delivers one (test) entry outside the outbox and says what the other side
     /// answered (`vitalwatch notify test`).
     fn send_test(&mut self, item: &OutboxItem) -> Result<String, NotifyError> {

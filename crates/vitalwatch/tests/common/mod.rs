@@ -166,6 +166,14 @@ impl Received {
 /// port answering its n-th request with `statuses[n]` (the last
 /// one from then on) and recording every request.
 pub fn receiver(statuses: Vec<u16>) -> (u16, std::sync::Arc<std::sync::Mutex<Vec<Received>>>) {
+    receiver_with(move |n, _| statuses[(n - 1).min(statuses.len() - 1)])
+}
+
+/// An HTTP server like [`receiver`] answering each request with `status(n, request)`
+/// (`n` counts from 1).
+pub fn receiver_with(
+    status: impl Fn(usize, &Received) -> u16 + Send + 'static,
+) -> (u16, std::sync::Arc<std::sync::Mutex<Vec<Received>>>) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -196,15 +204,15 @@ pub fn receiver(statuses: Vec<u16>) -> (u16, std::sync::Arc<std::sync::Mutex<Vec
                 .map_or(0, |(_, v)| v.parse().unwrap());
             let mut body = vec![0; len];
             r.read_exact(&mut body).unwrap();
-            let n = {
-                let mut g = seen.lock().unwrap();
-                g.push(Received {
-                    headers,
-                    body: String::from_utf8(body).unwrap(),
-                });
-                g.len()
+            let r = Received {
+                headers,
+                body: String::from_utf8(body).unwrap(),
             };
-            let status = statuses[(n - 1).min(statuses.len() - 1)];
+            let status = {
+                let mut g = seen.lock().unwrap();
+                g.push(r.clone());
+                status(g.len(), &r)
+            };
             let _ = write!(
                 stream,
                 "HTTP/1.1 {status} X\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
