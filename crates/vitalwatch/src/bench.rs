@@ -494,13 +494,20 @@ pub fn notify(
         n.kind()
     );
     let mut failed = 0usize;
+    let mut first_error = None;
     let t = Instant::now();
     for i in 0..alerts {
-        if out.deliver(std::slice::from_ref(&event(i))).is_err() {
+        if let Err(e) = out.deliver(std::slice::from_ref(&event(i))) {
             failed += 1;
+            first_error.get_or_insert(e);
         }
     }
     let secs = t.elapsed().as_secs_f64();
+    if let Some(e) = first_error {
+        // Every delivery failing measures nothing: say why and stop.
+        anyhow::ensure!(failed < alerts, "every delivery failed; the first: {e}");
+        say!("  first failure: {e}");
+    }
     say!(
         "  back to back: {:.1} deliveries/s ({alerts} in {secs:.2}s, {failed} failed)",
         (alerts - failed) as f64 / secs
