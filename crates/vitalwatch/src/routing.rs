@@ -216,9 +216,13 @@ impl Filtered {
         }
     }
 
-    /// The configured notifier's name (what routes name).
-    fn name_of_inner(&self) -> String {
-        self.inner.name().to_owned()
+    /// Whether `e` is this lane's and its routes send it here.
+    fn routed(&self, e: &AlertEvent) -> bool {
+        self.lane.carries(e)
+            && self
+                .routes
+                .as_ref()
+                .is_none_or(|r| r.allows(self.inner.name(), e))
     }
 
     /// The silences in force now.
@@ -268,18 +272,17 @@ impl Notifier for Filtered {
     fn deliver(&mut self, batch: &[OutboxItem]) -> Result<(), NotifyError> {
         let silences = self.silences();
         let now = crate::pipeline::wall_now();
-        let name = self.inner.name().to_owned();
         let mut pass = Vec::with_capacity(batch.len());
         for item in batch {
             let e = item.event()?;
-            if !self.lane.carries(e) || self.routes.as_ref().is_some_and(|r| !r.allows(&name, e)) {
+            if !self.routed(e) {
                 continue;
             }
             if let Some(s) = silences.iter().find(|s| s.holds_back(e, now)) {
                 self.metrics
                     .notifications_silenced
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                tracing::info!(notifier = %name, alert = %e.alert_id, silence = s.id, "held back by a silence");
+                tracing::info!(notifier = %self.name, alert = %e.alert_id, silence = s.id, "held back by a silence");
                 continue;
             }
             pass.push(item.clone());
@@ -295,11 +298,7 @@ impl Notifier for Filtered {
             return false;
         };
         let now = crate::pipeline::wall_now();
-        self.lane.carries(e)
-            && self
-                .routes
-                .as_ref()
-                .is_none_or(|r| r.allows(&self.name_of_inner(), e))
+        self.routed(e)
             && !self
                 .cache
                 .as_ref()

@@ -244,17 +244,17 @@ impl SmtpNotifier {
                 r.code(),
                 r.message().collect::<Vec<_>>().join(" ")
             )),
-            // 5xx: the server will not take it however often it is asked; a certificate
-            // that cannot be verified will not verify on the next try either.
-            Err(e) if e.is_permanent() || chain(&e).contains("invalid peer certificate") => Err(
-                NotifyError::Permanent(format!("{}: {}", self.settings.describe(), chain(&e))),
-            ),
-            // 4xx, refused connections, timeouts, TLS hiccups: try again.
-            Err(e) => Err(NotifyError::Transient(format!(
-                "{}: {}",
-                self.settings.describe(),
-                chain(&e)
-            ))),
+            Err(e) => {
+                let why = format!("{}: {}", self.settings.describe(), chain(&e));
+                // 5xx: the server will not take it however often it is asked; a
+                // certificate that cannot be verified will not verify on the next try
+                // either. 4xx, refused connections, timeouts, TLS hiccups: try again.
+                if e.is_permanent() || why.contains("invalid peer certificate") {
+                    Err(NotifyError::Permanent(why))
+                } else {
+                    Err(NotifyError::Transient(why))
+                }
+            }
         }
     }
 }
