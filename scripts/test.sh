@@ -9,8 +9,8 @@ cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/vitalwatch-target}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
-# Real services the tests talk to. This suite needs none beyond files and loopback
-# sockets it opens itself (SQLite, Parquet, an HTTP server on a free port).
+# The real servers the tests talk to (Kafka-protocol broker, SMTP, SNS emulator,
+# PostgreSQL, MariaDB): started here if they are not running.
 bash scripts/services.sh
 
 echo "== rustfmt"

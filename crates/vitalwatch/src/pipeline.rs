@@ -36,7 +36,7 @@ use vitalwatch_connectors::postgres::PostgresStore;
 use vitalwatch_connectors::store::{AlertStore, DeliveryAttempt, DeliveryOutcome, ReferenceStore};
 use vitalwatch_connectors::warehouse::recovery::remove_unpublished;
 use vitalwatch_connectors::warehouse::{
-    AlertArchiver, ParquetSink, WarehouseConfig, WarehouseStats,
+    AlertArchiver, AuditCopier, ParquetSink, WarehouseConfig, WarehouseStats,
 };
 use vitalwatch_core::alert::{AlertEvent, AlertEventKind, Priority};
 use vitalwatch_core::clock::StreamClock;
@@ -126,6 +126,9 @@ pub struct Pipeline {
     notifiers: Vec<(String, JoinHandle<anyhow::Result<u64>>)>,
     /// Dropped at shutdown: stops the reference watcher.
     _watch: Option<flume::Sender<()>>,
+    /// The audit-trail copy into the warehouse: dropping the sender makes it copy a last
+    /// time and stop.
+    audit: (flume::Sender<()>, JoinHandle<anyhow::Result<u64>>),
     /// Outbox leases of a shared catalog: released once the notifiers are done.
     leases: Option<crate::adopt::Leases>,
     started: Instant,
@@ -453,6 +456,7 @@ impl Pipeline {
             )?),
             CatalogAt::Sqlite(_) => None,
         };
+        let audit = spawn_audit_copier(cat_at.clone(), wh.clone())?;
         // Notifiers: each takes the outbox from its own cursor on its own thread, so a
         // slow one never holds up the alert path or another notifier.
         let mut outputs: Vec<Box<dyn Notifier>> = vec![Box::new(
@@ -580,6 +584,7 @@ impl Pipeline {
             archive,
             notifiers,
             _watch: watch,
+            audit,
             leases,
             started: Instant::now(),
         })
@@ -617,6 +622,11 @@ impl Pipeline {
                 warehouse.alerts.rows_committed = delivered;
             }
         }
+        let (stop, copier) = self.audit;
+        drop(stop);
+        warehouse.audit.rows_committed = copier
+            .join()
+            .map_err(|_| anyhow!("audit copy thread panicked"))??;
         if let Some(l) = self.leases.take() {
             l.stop();
         }
@@ -927,6 +937,49 @@ fn watch_reference(
     Ok(tx)
 }
 
+/// Copies the catalog's audit trail into the warehouse every `roll_interval` (see
+/// [`AuditCopier`]) and once more when the sender drops; returns how many rows it copied.
+/// A failed copy is logged and tried again at the next tick: the rows wait in the catalog.
+fn spawn_audit_copier(
+    at: CatalogAt,
+    wh: WarehouseConfig,
+) -> anyhow::Result<(flume::Sender<()>, JoinHandle<anyhow::Result<u64>>)> {
+    let (tx, rx) = flume::bounded::<()>(1);
+    let every = wh.roll_interval.max(std::time::Duration::from_millis(100));
+    let mut copier = AuditCopier::new(wh);
+    let handle = std::thread::Builder::new()
+        .name("audit-copy".into())
+        .spawn(move || {
+            let mut copied = 0;
+            let mut store: Option<Box<dyn Store>> = None;
+            loop {
+                let last = matches!(
+                    rx.recv_timeout(every),
+                    Err(flume::RecvTimeoutError::Disconnected)
+                );
+                let r = match &mut store {
+                    Some(s) => copier.copy(&mut **s).map_err(anyhow::Error::from),
+                    None => at.open().and_then(|s| {
+                        let s: &mut Box<dyn Store> = store.insert(s);
+                        Ok(copier.copy(&mut **s)?)
+                    }),
+                };
+                match r {
+                    Ok(n) => copied += n,
+                    Err(e) => {
+                        // The rows wait in the catalog: the next tick (or run) copies them.
+                        tracing::warn!(error = %format!("{e:#}"), "cannot copy the audit trail into the warehouse; trying again later");
+                        store = None;
+                    }
+                }
+                if last {
+                    return Ok(copied);
+                }
+            }
+        })?;
+    Ok((tx, handle))
+}
+
 /// Checkpoints the catalog's WAL from its own connection once a second, off the alert
 /// path (see [`SqliteCatalog::disable_autocheckpoint`]). Stops when the sender drops.
 fn spawn_checkpointer(path: PathBuf) -> anyhow::Result<flume::Sender<()>> {
@@ -1185,7 +1238,12 @@ fn notifier_loop(
                     if outcome == DeliveryOutcome::GaveUp
                         && let Some(r) = rescue.as_mut()
                     {
-                        r.rescue(&name, &batch, &records, metrics);
+                        let left: Vec<OutboxItem> = batch
+                            .iter()
+                            .filter(|i| !notifier.went_out(i))
+                            .cloned()
+                            .collect();
+                        r.rescue(&name, &left, &records, metrics);
                     }
                     delivered += batch.len() as u64;
                     gauge
@@ -1226,6 +1284,9 @@ impl Rescue {
         records: &flume::Sender<DeliveryAttempt>,
         metrics: &Metrics,
     ) {
+        if batch.is_empty() {
+            return;
+        }
         let mut delivered = false;
         if let Some(cfg) = &self.fallback {
             if self.instance.is_none() {
@@ -1376,10 +1437,13 @@ pub(crate) fn deliver(
                 return Some(outcome);
             }
             DeliveryOutcome::GaveUp => {
-                metrics
-                    .notifications_failed
-                    .fetch_add(batch.len() as u64, Relaxed);
-                stats.failed.fetch_add(batch.len() as u64, Relaxed);
+                // Events of the batch that went out before it failed are delivered.
+                let out = batch.iter().filter(|i| notifier.went_out(i)).count() as u64;
+                let failed = batch.len() as u64 - out;
+                metrics.notifications_delivered.fetch_add(out, Relaxed);
+                stats.delivered.fetch_add(out, Relaxed);
+                metrics.notifications_failed.fetch_add(failed, Relaxed);
+                stats.failed.fetch_add(failed, Relaxed);
                 tracing::error!(notifier = %name, first, last, error = ?error, "giving up on alert events");
                 return Some(outcome);
             }
@@ -1390,12 +1454,24 @@ pub(crate) fn deliver(
                 if closing && attempt >= 3 {
                     return None;
                 }
-                let backoff = 100u64.saturating_mul(1 << attempt.min(9)).min(30_000);
-                std::thread::sleep(std::time::Duration::from_millis(backoff));
+                std::thread::sleep(backoff(attempt));
             }
         }
     }
     None
+}
+
+/// How long to wait before try `attempt + 1`: 100 ms doubling to 30 s, less a random
+/// part of up to half (jitter), so notifiers that failed together do not all retry in the
+/// same instant against a server that is coming back.
+fn backoff(attempt: u32) -> std::time::Duration {
+    let cap = 100u64.saturating_mul(1 << attempt.min(9)).min(30_000);
+    // Randomness enough for spreading retries: the clock's nanoseconds, mixed.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos() as u64);
+    let r = nanos.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 33;
+    std::time::Duration::from_millis(cap - (r % (cap / 2 + 1)))
 }
 
 fn archive_loop(

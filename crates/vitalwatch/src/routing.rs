@@ -293,6 +293,10 @@ impl Notifier for Filtered {
         self.inner.deliver(&pass)
     }
 
+    fn went_out(&self, item: &OutboxItem) -> bool {
+        self.inner.went_out(item)
+    }
+
     fn takes(&self, item: &OutboxItem) -> bool {
         let Ok(e) = item.event() else {
             return false;

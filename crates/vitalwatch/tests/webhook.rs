@@ -340,6 +340,7 @@ fn a_silence_holds_back_a_patients_alerts_but_never_a_new_high_priority_alarm() 
         &config,
         format!(
             "[rules.thresholds]\npersistence = \"0s\"\n[alerts]\nconsole = false\n\
+             [warehouse]\nroll_interval = \"1s\"\n\
              [[notifiers]]\ntype = \"webhook\"\nname = \"ward\"\nurl = \"http://127.0.0.1:{port_hook}/\"\n"
         ),
     )
@@ -434,8 +435,25 @@ fn a_silence_holds_back_a_patients_alerts_but_never_a_new_high_priority_alarm() 
         acked.contains(&format!("acknowledged alert {high5} by dr.who")),
         "{acked}"
     );
+    // The running pipeline copies the audit trail into the warehouse as it grows.
+    let acks_in_warehouse = || {
+        common::sql(
+            &data,
+            "SELECT actor, subject FROM audit WHERE action = 'alert acknowledged'",
+        )
+    };
+    wait_for("the acknowledgement in the warehouse", || {
+        !acks_in_warehouse().is_empty()
+    });
+    assert_eq!(acks_in_warehouse(), format!("dr.who,{high5}"));
     run.kill().unwrap();
     run.wait().unwrap();
+    // A restart after the kill copies nothing twice: the warehouse's audit table is the
+    // catalog's trail, row for row.
+    let mut again = spawn_run(&data, Some(&config), port);
+    std::thread::sleep(Duration::from_secs(2));
+    again.kill().unwrap();
+    again.wait().unwrap();
 
     let trail = cli(&["audit", "list", "--format", "csv"]);
     assert!(
@@ -450,6 +468,25 @@ fn a_silence_holds_back_a_patients_alerts_but_never_a_new_high_priority_alarm() 
         ))),
         "{trail}"
     );
+    let mut catalog: Vec<String> = trail
+        .lines()
+        .skip(1)
+        .map(|l| l.split_once(',').unwrap().1.to_owned())
+        .collect();
+    let mut warehouse: Vec<String> = common::sql(
+        &data,
+        "SELECT actor, action, subject, detail FROM audit ORDER BY id",
+    )
+    .lines()
+    .map(str::to_owned)
+    .collect();
+    catalog.sort();
+    warehouse.sort();
+    assert!(
+        catalog.len() >= 7,
+        "imports, the silence, the ack: {catalog:?}"
+    );
+    assert_eq!(warehouse, catalog);
     let silences = cli(&["alerts", "silences", "--format", "csv"]);
     assert!(
         silences.contains(",5,") && silences.contains("line change"),

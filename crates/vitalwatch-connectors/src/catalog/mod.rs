@@ -311,6 +311,32 @@ impl ReferenceStore for SqliteCatalog {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    fn audit_after(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, AuditEntry)>, CatalogError> {
+        // SQLite has one writer at a time and audit rows are never deleted: rowids grow
+        // in commit order.
+        let mut st = self.conn.prepare(
+            "SELECT rowid, at, actor, action, subject, detail FROM audit_log
+             WHERE rowid > ?1 ORDER BY rowid LIMIT ?2",
+        )?;
+        let rows = st.query_map([after as i64, limit as i64], |r| {
+            Ok((
+                r.get::<_, i64>(0)? as u64,
+                AuditEntry {
+                    at: Timestamp(r.get(1)?),
+                    actor: r.get(2)?,
+                    action: r.get(3)?,
+                    subject: r.get(4)?,
+                    detail: r.get(5)?,
+                },
+            ))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// Every patient, ordered by id (numerically where ids are numbers).
     fn patients(&self) -> Result<Vec<Patient>, CatalogError> {
         let mut st = self.conn.prepare(

@@ -224,6 +224,14 @@ pub trait Notifier: Send {
     /// Delivers a batch, in order, all or nothing as far as the notifier can tell.
     fn deliver(&mut self, batch: &[OutboxItem]) -> Result<(), NotifyError>;
 
+    /// After a [`Notifier::deliver`] of `batch` failed: whether `item` went out all the
+    /// same (a notifier that sends a batch's events separately, in parallel). Those are
+    /// counted as delivered and not handed to the fallback; a retry of the batch must not
+    /// send them again (the notifier remembers them).
+    fn went_out(&self, _item: &OutboxItem) -> bool {
+        false
+    }
+
     /// Whether `item` is one this notifier sends (not one it skips by its lane, routes or
     /// silences): what its delivery counters and latency count.
     fn takes(&self, _item: &OutboxItem) -> bool {

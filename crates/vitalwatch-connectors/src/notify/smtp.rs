@@ -1,8 +1,12 @@
 //! The e-mail notifier: each alert event as one message over SMTP — the classic design's
 //! SNS e-mail, sent once per state change instead of every few seconds.
 //!
-//! Where it sits: an outbox consumer like every notifier (one event per delivery, so a
-//! failure never re-sends an event that already went out). The subject is the classic
+//! Where it sits: an outbox consumer like every notifier. A delivery is a batch of up to
+//! `connections` events, sent in parallel over that many pooled SMTP connections (one
+//! server round trip costs tens of milliseconds, so one connection alone caps a ward at
+//! ~20 messages/s); the events of one patient go over one connection in order, so the
+//! all-clear never overtakes its alarm. An event that went out is remembered until its
+//! batch is done: a retry after a partial failure never sends it twice. The subject is the classic
 //! `Health Alert: Patient- {name}`, the body the classic alert fields; `privacy =
 //! "minimal"` keeps name, address, phone and age out of the message (ward and patient id
 //! only) for channels that leave the hospital. The event's idempotency key is the
@@ -10,10 +14,12 @@
 //! between sending and recording the delivery) can drop the second. SMTP 4xx answers and
 //! connection failures are transient (retried); 5xx answers are permanent.
 
+use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::time::Duration as StdDuration;
 
 use lettre::message::{Mailbox, header::ContentType};
+use lettre::transport::smtp::PoolConfig;
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{Message, SmtpTransport, Transport};
@@ -63,6 +69,8 @@ pub struct SmtpSettings {
     pub privacy: Privacy,
     /// How long one message may take (connect, TLS, send).
     pub timeout: Duration,
+    /// SMTP connections used in parallel (1–32): messages per delivery batch.
+    pub connections: usize,
     /// The subject as a template (`""`: the classic `Health Alert: Patient- {name}`).
     pub subject_template: String,
     /// The body as a template (`""`: the classic fields, one per line).
@@ -83,6 +91,7 @@ impl Default for SmtpSettings {
             to: Vec::new(),
             privacy: Privacy::Full,
             timeout: Duration::from_secs(10),
+            connections: 4,
             subject_template: String::new(),
             body_template: String::new(),
         }
@@ -105,6 +114,12 @@ impl SmtpSettings {
             if a.parse::<Mailbox>().is_err() {
                 p.push(format!("{prefix}: {a:?} is not an e-mail address"));
             }
+        }
+        if !(1..=32).contains(&self.connections) {
+            p.push(format!(
+                "{prefix}: connections must be 1 to 32 (is {})",
+                self.connections
+            ));
         }
         if !self.username.is_empty() && self.password_env.is_empty() {
             p.push(format!(
@@ -144,6 +159,8 @@ pub struct SmtpNotifier {
     transport: SmtpTransport,
     from: Mailbox,
     to: Vec<Mailbox>,
+    /// Outbox sequence numbers of the current batch that went out (kept across retries).
+    sent: HashSet<u64>,
 }
 
 impl std::fmt::Debug for SmtpNotifier {
@@ -156,8 +173,9 @@ impl std::fmt::Debug for SmtpNotifier {
 }
 
 impl SmtpNotifier {
-    /// A notifier for `settings` (connects per message: a server that is down is a
-    /// transient delivery error, not a start-up failure).
+    /// A notifier for `settings` (connects on first use and keeps up to `connections`
+    /// connections open: a server that is down is a transient delivery error, not a
+    /// start-up failure).
     pub fn new(settings: SmtpSettings) -> Result<Self, NotifyError> {
         let bad =
             |e: String| NotifyError::Permanent(format!("smtp notifier {}: {e}", settings.name));
@@ -197,7 +215,12 @@ impl SmtpNotifier {
             .tls(tls)
             .timeout(Some(StdDuration::from_micros(
                 settings.timeout.micros().max(1) as u64,
-            )));
+            )))
+            .pool_config(
+                PoolConfig::new()
+                    .max_size(settings.connections.clamp(1, 32) as u32)
+                    .idle_timeout(StdDuration::from_secs(30)),
+            );
         if !settings.username.is_empty() {
             let password = std::env::var(&settings.password_env).map_err(|_| {
                 bad(format!(
@@ -216,6 +239,7 @@ impl SmtpNotifier {
             settings,
             from,
             to,
+            sent: HashSet::new(),
         })
     }
 
@@ -290,16 +314,79 @@ impl Notifier for SmtpNotifier {
         &self.settings.name
     }
 
-    /// One message per delivery: a failed send never repeats one that went out.
+    /// One message per connection at a time.
     fn max_batch(&self) -> usize {
-        1
+        self.settings.connections.max(1)
     }
 
     fn deliver(&mut self, batch: &[OutboxItem]) -> Result<(), NotifyError> {
-        for item in batch {
-            self.send(item.event()?)?;
+        // What an earlier batch left behind is settled (delivered or given up).
+        let first = batch.first().map_or(0, |i| i.seq);
+        self.sent.retain(|&seq| seq >= first);
+        let mut lanes: Vec<Vec<(u64, &AlertEvent)>> =
+            vec![Vec::new(); self.settings.connections.clamp(1, batch.len().max(1))];
+        for item in batch.iter().filter(|i| !self.sent.contains(&i.seq)) {
+            let e = item.event()?;
+            // One patient's events over one connection, in order.
+            let lane = e
+                .patient_id
+                .as_str()
+                .bytes()
+                .fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize))
+                % lanes.len();
+            lanes[lane].push((item.seq, e));
         }
-        Ok(())
+        let this = &*self;
+        let results: Vec<(Vec<u64>, Option<NotifyError>)> = std::thread::scope(|s| {
+            let handles: Vec<_> = lanes
+                .iter()
+                .filter(|l| !l.is_empty())
+                .map(|lane| {
+                    s.spawn(move || {
+                        let mut done = Vec::new();
+                        for &(seq, e) in lane {
+                            if let Err(err) = this.send(e) {
+                                return (done, Some(err));
+                            }
+                            done.push(seq);
+                        }
+                        (done, None)
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        (
+                            Vec::new(),
+                            Some(NotifyError::Transient("a sending thread panicked".into())),
+                        )
+                    })
+                })
+                .collect()
+        });
+        let mut error: Option<NotifyError> = None;
+        for (done, err) in results {
+            self.sent.extend(done);
+            // A permanent failure outranks a transient one: retrying cannot help it.
+            match (&error, err) {
+                (_, None) => {}
+                (Some(NotifyError::Permanent(_)), Some(_)) => {}
+                (_, Some(e)) => error = Some(e),
+            }
+        }
+        match error {
+            Some(e) => Err(e),
+            None => {
+                self.sent.clear();
+                Ok(())
+            }
+        }
+    }
+
+    fn went_out(&self, item: &OutboxItem) -> bool {
+        self.sent.contains(&item.seq)
     }
 
     fn send_test(&mut self, item: &OutboxItem) -> Result<String, NotifyError> {

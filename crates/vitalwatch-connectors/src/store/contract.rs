@@ -11,7 +11,9 @@ use vitalwatch_core::reference::{
     CLASSIC_PATIENTS_CSV, CLASSIC_THRESHOLDS_CSV, parse_patients_csv, parse_threshold_csv,
 };
 
-use super::{AlertStore, DeliveryAttempt, DeliveryOutcome, ReferenceStore, SourcePosition};
+use super::{
+    AlertStore, AuditEntry, DeliveryAttempt, DeliveryOutcome, ReferenceStore, SourcePosition,
+};
 
 /// An alert event of patient `patient`, rule `rule`, episode starting at second `start`.
 fn event(patient: &str, rule: &str, start: i64, kind: AlertEventKind, at: i64) -> AlertEvent {
@@ -353,6 +355,16 @@ pub fn reference_store<S: ReferenceStore>(open: impl Fn() -> S) {
         ),
         ("b.csv", "patient updated", "phone_number")
     );
+    // Read forward from a cursor: the same rows, oldest first, with growing ids, and
+    // nothing past the last one.
+    let all = c.audit_after(0, 100).unwrap();
+    let mut newest_first: Vec<AuditEntry> = all.iter().map(|(_, a)| a.clone()).collect();
+    newest_first.reverse();
+    assert_eq!(newest_first, audit);
+    assert!(all.windows(2).all(|w| w[0].0 < w[1].0), "ids grow");
+    let (mid, last) = (all[2].0, all[all.len() - 1].0);
+    assert_eq!(c.audit_after(mid, 2).unwrap(), all[3..5].to_vec());
+    assert!(c.audit_after(last, 10).unwrap().is_empty());
     c.import_patients(&patients, "c.csv", Timestamp(3)).unwrap();
     let bands = parse_threshold_csv(CLASSIC_THRESHOLDS_CSV.as_bytes()).unwrap();
     assert_eq!(

@@ -278,6 +278,10 @@ pub trait ReferenceStore {
     fn threshold_versions(&self) -> Result<Vec<ThresholdVersion>, StoreError>;
     /// The audit trail, newest first.
     fn audit_log(&self, limit: usize) -> Result<Vec<AuditEntry>, StoreError>;
+    /// Up to `limit` audit rows with an id above `after`, oldest first, with their ids.
+    /// Ids grow in commit order (a reader that saw id N never later finds a new row below
+    /// it), so a cursor over them misses nothing.
+    fn audit_after(&self, after: u64, limit: usize) -> Result<Vec<(u64, AuditEntry)>, StoreError>;
 }
 
 /// Alert events and everything that must survive a crash with them.

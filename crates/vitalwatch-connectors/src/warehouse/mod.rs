@@ -20,6 +20,7 @@
 //!   to [`WarehouseConfig::roll_interval`]: alerts come from the stream, never from here.
 
 mod archiver;
+mod audit;
 mod query;
 pub mod recovery;
 mod schema;
@@ -36,9 +37,10 @@ use datafusion::error::DataFusionError;
 use datafusion::parquet::errors::ParquetError;
 
 pub use archiver::AlertArchiver;
+pub use audit::{AUDIT_CONSUMER, AuditCopier};
 pub use query::{OutputFormat, format_batches, hive_ddl, query, register_warehouse};
 pub use schema::{
-    ALERTS, DEAD_LETTERS, TABLES, UNCLASSIFIED, VITALS, partition_cols, table_schema,
+    ALERTS, AUDIT, DEAD_LETTERS, TABLES, UNCLASSIFIED, VITALS, partition_cols, table_schema,
 };
 pub use sink::ParquetSink;
 
@@ -105,6 +107,9 @@ pub enum WarehouseError {
     /// Rows were lost in a file that failed mid-write (the source must re-send them).
     #[error("{0} rows were lost in a file that failed mid-write and must be re-sent")]
     Lost(u64),
+    /// The catalog failed (reading the audit trail, moving a cursor).
+    #[error("catalog: {0}")]
+    Store(#[from] crate::store::StoreError),
     /// Planning or running a query failed (boxed: the error type is large).
     #[error("query: {0}")]
     Query(Box<DataFusionError>),
@@ -154,6 +159,8 @@ pub struct WarehouseStats {
     pub dead_letters: TableStats,
     /// Table `unclassified`.
     pub unclassified: TableStats,
+    /// Table `audit`.
+    pub audit: TableStats,
 }
 
 impl WarehouseStats {
@@ -163,12 +170,13 @@ impl WarehouseStats {
     }
 
     /// Each table's counters with its name.
-    pub fn tables(&self) -> [(&'static str, TableStats); 4] {
+    pub fn tables(&self) -> [(&'static str, TableStats); 5] {
         [
             (VITALS, self.vitals),
             (ALERTS, self.alerts),
             (DEAD_LETTERS, self.dead_letters),
             (UNCLASSIFIED, self.unclassified),
+            (AUDIT, self.audit),
         ]
     }
 }

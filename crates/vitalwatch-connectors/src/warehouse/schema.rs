@@ -19,8 +19,11 @@ pub const DEAD_LETTERS: &str = "dead_letters";
 /// Readings that matched no reference band or belong to an unknown patient.
 pub const UNCLASSIFIED: &str = "unclassified";
 
+/// The catalog's audit trail (acknowledgements, silences, imports: who, when, from where).
+pub const AUDIT: &str = "audit";
+
 /// The tables the sink writes, in a stable order.
-pub const TABLES: [&str; 4] = [VITALS, ALERTS, DEAD_LETTERS, UNCLASSIFIED];
+pub const TABLES: [&str; 5] = [VITALS, ALERTS, DEAD_LETTERS, UNCLASSIFIED, AUDIT];
 
 /// Timezone of every timestamp column: readers show local time for zone-less timestamps
 /// (Spark's `timestamp_ntz`), so the zone is always written.
@@ -88,6 +91,14 @@ pub fn table_schema(table: &str) -> Option<SchemaRef> {
             Field::new("value", DataType::Float64, true),
             ts("observed_at"),
             utf8("reason", false),
+        ],
+        AUDIT => vec![
+            Field::new("id", DataType::Int64, false),
+            ts("at"),
+            utf8("actor", false),
+            utf8("action", false),
+            utf8("subject", false),
+            utf8("detail", false),
         ],
         _ => return None,
     };

@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use datafusion::arrow::array::{
-    ArrayBuilder, ArrayRef, Float64Builder, Int32Builder, StringBuilder,
+    ArrayBuilder, ArrayRef, Float64Builder, Int32Builder, Int64Builder, StringBuilder,
     TimestampMicrosecondBuilder,
 };
 use datafusion::arrow::datatypes::SchemaRef;
@@ -37,10 +37,11 @@ use vitalwatch_core::alert::AlertEvent;
 use vitalwatch_core::model::{DeadLetter, Observation, Unclassified};
 
 use super::schema::{
-    ALERTS, DEAD_LETTERS, UNCLASSIFIED, UTC, VITALS, check_schema, hour_key, partition_dir,
+    ALERTS, AUDIT, DEAD_LETTERS, UNCLASSIFIED, UTC, VITALS, check_schema, hour_key, partition_dir,
     table_schema,
 };
 use super::{TableStats, WarehouseConfig, WarehouseError, WarehouseStats};
+use crate::store::AuditEntry;
 
 /// File sequence shared by every sink in the process, so two sinks created in the same
 /// microsecond still never pick the same name.
@@ -69,6 +70,7 @@ pub struct ParquetSink {
     alerts: Table<AlertRows>,
     dead_letters: Table<DeadLetterRows>,
     unclassified: Table<UnclassifiedRows>,
+    audit: Table<AuditRows>,
 }
 
 impl fmt::Debug for ParquetSink {
@@ -120,6 +122,7 @@ impl ParquetSink {
             alerts: Table::new(ALERTS)?,
             dead_letters: Table::new(DEAD_LETTERS)?,
             unclassified: Table::new(UNCLASSIFIED)?,
+            audit: Table::new(AUDIT)?,
         })
     }
 
@@ -160,6 +163,13 @@ impl ParquetSink {
         let r = self
             .unclassified
             .append(u, &self.files, |r| r.observed_at.micros());
+        self.publish_rolled(r)
+    }
+
+    /// Table `audit` (rows of the catalog's audit trail with their ids), partitioned by
+    /// `at`.
+    pub fn write_audit(&mut self, rows: &[(u64, AuditEntry)]) -> Result<(), WarehouseError> {
+        let r = self.audit.append(rows, &self.files, |(_, a)| a.at.micros());
         self.publish_rolled(r)
     }
 
@@ -257,6 +267,7 @@ impl ParquetSink {
             alerts: self.alerts.stats,
             dead_letters: self.dead_letters.stats,
             unclassified: self.unclassified.stats,
+            audit: self.audit.stats,
         }
     }
 
@@ -266,6 +277,7 @@ impl ParquetSink {
             + self.alerts.staged.len()
             + self.dead_letters.staged.len()
             + self.unclassified.staged.len()
+            + self.audit.staged.len()
     }
 
     /// Files currently open (in progress, invisible to readers).
@@ -274,6 +286,7 @@ impl ParquetSink {
             + self.alerts.open_files()
             + self.dead_letters.open_files()
             + self.unclassified.open_files()
+            + self.audit.open_files()
     }
 
     /// Runs `f` on every table even if one fails (a broken `alerts` file must not keep
@@ -288,10 +301,11 @@ impl ParquetSink {
             alerts,
             dead_letters,
             unclassified,
+            audit,
             lost_rows,
             ..
         } = self;
-        let tables: [&mut dyn TableOps; 4] = [vitals, alerts, dead_letters, unclassified];
+        let tables: [&mut dyn TableOps; 5] = [vitals, alerts, dead_letters, unclassified, audit];
         let mut first = None;
         for t in tables {
             let r = f(t, files);
@@ -310,6 +324,7 @@ impl Drop for ParquetSink {
         let pending = self.open_files() > 0
             || self.vitals.buffered + self.alerts.buffered > 0
             || self.dead_letters.buffered + self.unclassified.buffered > 0
+            || self.audit.buffered > 0
             || self.staged_files() > 0;
         // A resumable source's rows past its last checkpoint stay hidden: it re-reads them.
         if pending && self.publish_on_tick {
@@ -1043,6 +1058,50 @@ impl Rows for UnclassifiedRows {
                 Arc::new(self.value.finish()),
                 Arc::new(self.observed_at.finish()),
                 Arc::new(self.reason.finish()),
+            ],
+        )
+    }
+}
+
+#[derive(Default)]
+struct AuditRows {
+    id: Int64Builder,
+    at: TimestampMicrosecondBuilder,
+    actor: StringBuilder,
+    action: StringBuilder,
+    subject: StringBuilder,
+    detail: StringBuilder,
+}
+
+impl Rows for AuditRows {
+    type Item = (u64, AuditEntry);
+
+    fn push(&mut self, (id, a): &(u64, AuditEntry)) -> usize {
+        self.id.append_value(i64::try_from(*id).unwrap_or(i64::MAX));
+        self.at.append_value(a.at.micros());
+        self.actor.append_value(&a.actor);
+        self.action.append_value(&a.action);
+        self.subject.append_value(&a.subject);
+        self.detail.append_value(&a.detail);
+        1
+    }
+
+    fn len(&self) -> usize {
+        self.id.len()
+    }
+
+    fn finish(&mut self, schema: &SchemaRef) -> Result<RecordBatch, ArrowError> {
+        // `Default` made the timestamp builder without its zone; the schema has it.
+        let at = self.at.finish().with_timezone(UTC);
+        batch(
+            schema,
+            vec![
+                Arc::new(self.id.finish()),
+                Arc::new(at),
+                Arc::new(self.actor.finish()),
+                Arc::new(self.action.finish()),
+                Arc::new(self.subject.finish()),
+                Arc::new(self.detail.finish()),
             ],
         )
     }

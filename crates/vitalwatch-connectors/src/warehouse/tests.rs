@@ -374,11 +374,11 @@ async fn fresh_warehouse_has_empty_tables_and_ddl() {
     }
 
     let ddl = hive_ddl(Path::new("/data/wh"));
-    assert_eq!(ddl.matches("CREATE EXTERNAL TABLE").count(), 4);
+    assert_eq!(ddl.matches("CREATE EXTERNAL TABLE").count(), TABLES.len());
     assert_eq!(
         ddl.matches("PARTITIONED BY (`date` DATE, `hour` INT)")
             .count(),
-        4
+        TABLES.len()
     );
     assert!(ddl.contains("LOCATION 'file:///data/wh/vitals';\nMSCK REPAIR TABLE `vitals`;"));
     assert!(ddl.contains("  `observed_at` TIMESTAMP,\n"));
