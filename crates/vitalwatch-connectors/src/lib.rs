@@ -10,6 +10,8 @@
 //!   transitions in SQLite — the reference-data role HBase played in the classic design.
 //! - [`postgres`] (feature `postgres`): the same catalog in PostgreSQL, shared by
 //!   replicas.
+//! - [`transfer`] (feature `rdbms`): import from and export to MariaDB/MySQL and
+//!   PostgreSQL — the role Sqoop played.
 //! - [`warehouse`] (feature `warehouse`): Parquet in Hive layout, written by a rolling
 //!   writer, queried with Apache DataFusion — the role Hive played.
 
@@ -20,5 +22,7 @@ pub mod notify;
 pub mod postgres;
 pub mod source;
 pub mod store;
+#[cfg(feature = "rdbms")]
+pub mod transfer;
 #[cfg(feature = "warehouse")]
 pub mod warehouse;

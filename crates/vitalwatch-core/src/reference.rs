@@ -364,6 +364,45 @@ fn overlaps(a: &ThresholdBand, b: &ThresholdBand) -> bool {
         && b.low_range_value <= top(a)
 }
 
+/// One patient from a row keyed by the classic column names (`patientid`, `patientname`,
+/// `patientaddress`, `phone_number`, `admitted_ward`, `age`, plus `spo2_scale` and
+/// `other_details`; a missing key reads as empty), or everything wrong with it. Shared by
+/// the CSV import and the database import (`vitalwatch import`).
+pub fn patient_from_row(row: &HashMap<String, String>) -> Result<Patient, Vec<String>> {
+    let mut p = Vec::new();
+    let id = field(row, "patientid");
+    if id.is_empty() {
+        p.push("patientid is empty".to_owned());
+    }
+    let age = parse_num::<u32>(row, "age", &mut p);
+    if let Some(a) = age
+        && a > 130
+    {
+        p.push(format!("age {a} is not plausible"));
+    }
+    let spo2_scale = match field(row, "spo2_scale") {
+        "" | "1" => Spo2Scale::Scale1,
+        "2" => Spo2Scale::Scale2,
+        s => {
+            p.push(format!("spo2_scale {s:?} must be 1 or 2"));
+            Spo2Scale::Scale1
+        }
+    };
+    if !p.is_empty() {
+        return Err(p);
+    }
+    Ok(Patient {
+        patient_id: PatientId(id.to_owned()),
+        name: field(row, "patientname").to_owned(),
+        address: field(row, "patientaddress").to_owned(),
+        phone: field(row, "phone_number").to_owned(),
+        ward: field(row, "admitted_ward").to_owned(),
+        age: age.unwrap_or(0),
+        spo2_scale,
+        other_details: field(row, "other_details").to_owned(),
+    })
+}
+
 /// Parses patients in the classic layout
 /// (`patientid,patientname,patientaddress,phone_number,admitted_ward,age,other_details`)
 /// with an optional `spo2_scale` column (1 or 2).
@@ -372,48 +411,24 @@ pub fn parse_patients_csv(data: &[u8]) -> Result<Vec<Patient>, ImportError> {
     let mut out: Vec<(u64, Patient)> = Vec::new();
     let mut errors = Vec::new();
     for (line, row) in &csv.rows {
-        let mut p = Vec::new();
         let id = field(row, "patientid");
-        if id.is_empty() {
-            p.push("patientid is empty".to_owned());
+        let repeat = out
+            .iter()
+            .find(|(_, x)| x.patient_id.as_str() == id)
+            .map(|(other_line, _)| format!("patientid {id} repeats line {other_line}"));
+        match (patient_from_row(row), repeat) {
+            (Ok(patient), None) => out.push((*line, patient)),
+            (r, repeat) => errors.extend(
+                r.err()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .chain(repeat)
+                    .map(|message| RowError {
+                        line: *line,
+                        message,
+                    }),
+            ),
         }
-        let age = parse_num::<u32>(row, "age", &mut p);
-        if let Some(a) = age
-            && a > 130
-        {
-            p.push(format!("age {a} is not plausible"));
-        }
-        let spo2_scale = match field(row, "spo2_scale") {
-            "" | "1" => Spo2Scale::Scale1,
-            "2" => Spo2Scale::Scale2,
-            s => {
-                p.push(format!("spo2_scale {s:?} must be 1 or 2"));
-                Spo2Scale::Scale1
-            }
-        };
-        if let Some((other_line, _)) = out.iter().find(|(_, x)| x.patient_id.as_str() == id) {
-            p.push(format!("patientid {id} repeats line {other_line}"));
-        }
-        if !p.is_empty() {
-            errors.extend(p.into_iter().map(|message| RowError {
-                line: *line,
-                message,
-            }));
-            continue;
-        }
-        out.push((
-            *line,
-            Patient {
-                patient_id: PatientId(id.to_owned()),
-                name: field(row, "patientname").to_owned(),
-                address: field(row, "patientaddress").to_owned(),
-                phone: field(row, "phone_number").to_owned(),
-                ward: field(row, "admitted_ward").to_owned(),
-                age: age.unwrap_or(0),
-                spo2_scale,
-                other_details: field(row, "other_details").to_owned(),
-            },
-        ));
     }
     if !errors.is_empty() {
         return Err(ImportError(errors));
