@@ -418,16 +418,14 @@ pub fn parse_patients_csv(data: &[u8]) -> Result<Vec<Patient>, ImportError> {
             .map(|(other_line, _)| format!("patientid {id} repeats line {other_line}"));
         match (patient_from_row(row), repeat) {
             (Ok(patient), None) => out.push((*line, patient)),
-            (r, repeat) => errors.extend(
-                r.err()
-                    .unwrap_or_default()
-                    .into_iter()
-                    .chain(repeat)
-                    .map(|message| RowError {
+            (r, repeat) => {
+                errors.extend(r.err().unwrap_or_default().into_iter().chain(repeat).map(
+                    |message| RowError {
                         line: *line,
                         message,
-                    }),
-            ),
+                    },
+                ))
+            }
         }
     }
     if !errors.is_empty() {

@@ -33,6 +33,14 @@ pub enum Command {
     Produce(crate::produce::ProduceArgs),
     /// Run SQL over the warehouse (tables vitals, alerts, dead_letters, unclassified).
     Query(QueryArgs),
+    /// Import a database table or query (MariaDB/MySQL, PostgreSQL) into the catalog's
+    /// patients, a warehouse table or a CSV/Parquet file; incremental like Sqoop.
+    Import(crate::transfer::ImportArgs),
+    /// Export a warehouse table into a database table (insert or upsert, all or nothing).
+    Export(crate::transfer::ExportArgs),
+    /// Saved import jobs that remember their last value.
+    #[command(subcommand)]
+    Transfer(crate::transfer::TransferCommand),
     /// Patients in the catalog.
     #[command(subcommand)]
     Patients(PatientsCommand),

@@ -163,7 +163,7 @@ fn open_catalog_read(cfg: &Config) -> anyhow::Result<Box<dyn Store>> {
     at.open()
 }
 
-fn open_catalog(cfg: &Config) -> anyhow::Result<Box<dyn Store>> {
+pub(crate) fn open_catalog(cfg: &Config) -> anyhow::Result<Box<dyn Store>> {
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("cannot create data directory {}", cfg.data_dir.display()))?;
     CatalogAt::of(cfg).open()

@@ -12,6 +12,7 @@
 //! - [`bench`]: `vitalwatch bench`.
 //! - [`routing`]: `[[routes]]`: which alert events reach which notifier, escalation tiers.
 //! - [`evaluate`]: `vitalwatch evaluate`, alarm quality on labelled episodes.
+//! - [`transfer`]: `vitalwatch import|export|transfer job`, relational databases in and out.
 
 pub mod adopt;
 pub mod bench;
@@ -24,6 +25,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod produce;
 pub mod routing;
+pub mod transfer;
 
 use clap::Parser;
 use cli::{BenchCommand, Cli, Command};
@@ -53,6 +55,9 @@ pub fn main_with_args() -> anyhow::Result<()> {
         Command::Simulate(a) => commands::simulate(a),
         Command::Produce(a) => produce::produce(a),
         Command::Query(a) => rt()?.block_on(commands::query(&a.data, &a.sql, a.format)),
+        Command::Import(a) => transfer::import(a).map(|_| ()),
+        Command::Export(a) => transfer::export(a),
+        Command::Transfer(c) => transfer::transfer(c),
         Command::Patients(c) => commands::patients(c),
         Command::Thresholds(c) => commands::thresholds(c),
         Command::Alerts(c) => commands::alerts(c),

@@ -5,8 +5,8 @@ use std::io::{BufRead, BufReader, Write};
 
 use datafusion::arrow::datatypes::Schema;
 use datafusion::arrow::record_batch::RecordBatch;
-use mysql::prelude::Queryable;
 use mysql::consts::{ColumnFlags, ColumnType};
+use mysql::prelude::Queryable;
 
 use super::{BatchBuilder, ColumnKind, SourceColumn, TransferError, normalise, text_value};
 
@@ -236,13 +236,12 @@ impl Database {
                         match row.as_ref(i) {
                             None | Some(mysql::Value::NULL) => b.push(i, None, rows)?,
                             Some(mysql::Value::Bytes(v)) => {
-                                let s = std::str::from_utf8(v).map_err(|_| {
-                                    TransferError::Value {
+                                let s =
+                                    std::str::from_utf8(v).map_err(|_| TransferError::Value {
                                         row: rows,
                                         column: b.columns[i].name.clone(),
                                         message: "not valid UTF-8".into(),
-                                    }
-                                })?;
+                                    })?;
                                 b.push(i, Some(s), rows)?;
                             }
                             Some(other) => {
@@ -296,7 +295,10 @@ impl Database {
             if !cols.iter().any(|(c, _)| c == k) {
                 return Err(TransferError::Config(format!(
                     "key column {k} is not among the exported columns ({})",
-                    cols.iter().map(|(c, _)| c.as_str()).collect::<Vec<_>>().join(", ")
+                    cols.iter()
+                        .map(|(c, _)| c.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 )));
             }
         }
@@ -309,9 +311,7 @@ impl Database {
         let defs = |with_key: bool| {
             let mut d: Vec<String> = cols
                 .iter()
-                .map(|(c, k)| {
-                    format!("{} {}", self.ident(c), k.sql_type(dialect, key.contains(c)))
-                })
+                .map(|(c, k)| format!("{} {}", self.ident(c), k.sql_type(dialect, key.contains(c))))
                 .collect();
             if with_key && !key.is_empty() {
                 d.push(format!("PRIMARY KEY ({})", self.idents(key)));
@@ -617,7 +617,12 @@ fn pg_kind(
             ColumnKind::Decimal(p.clamp(1, 38) as u8, s.min(38) as i8)
         }
         Type::NUMERIC => ColumnKind::Decimal(38, 10),
-        Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME | Type::UUID | Type::JSON
+        Type::TEXT
+        | Type::VARCHAR
+        | Type::BPCHAR
+        | Type::NAME
+        | Type::UUID
+        | Type::JSON
         | Type::JSONB => ColumnKind::Text,
         Type::DATE => ColumnKind::Date,
         Type::TIMESTAMP => ColumnKind::Timestamp,
@@ -655,9 +660,7 @@ fn mysql_kind(c: &mysql::Column) -> Result<SourceColumn, TransferError> {
         ColumnType::MYSQL_TYPE_NEWDECIMAL | ColumnType::MYSQL_TYPE_DECIMAL => {
             let scale = c.decimals();
             // The display length counts the sign and the point.
-            let len = c.column_length() as i64
-                - i64::from(scale > 0)
-                - i64::from(!unsigned);
+            let len = c.column_length() as i64 - i64::from(scale > 0) - i64::from(!unsigned);
             ColumnKind::Decimal(len.clamp(1, 38) as u8, scale.min(38) as i8)
         }
         ColumnType::MYSQL_TYPE_VARCHAR
@@ -675,9 +678,7 @@ fn mysql_kind(c: &mysql::Column) -> Result<SourceColumn, TransferError> {
             ColumnKind::Text
         }
         ColumnType::MYSQL_TYPE_DATE | ColumnType::MYSQL_TYPE_NEWDATE => ColumnKind::Date,
-        ColumnType::MYSQL_TYPE_DATETIME | ColumnType::MYSQL_TYPE_DATETIME2 => {
-            ColumnKind::Timestamp
-        }
+        ColumnType::MYSQL_TYPE_DATETIME | ColumnType::MYSQL_TYPE_DATETIME2 => ColumnKind::Timestamp,
         ColumnType::MYSQL_TYPE_TIMESTAMP | ColumnType::MYSQL_TYPE_TIMESTAMP2 => {
             ColumnKind::TimestampTz
         }
@@ -691,7 +692,9 @@ fn mysql_kind(c: &mysql::Column) -> Result<SourceColumn, TransferError> {
         }
     };
     Ok(SourceColumn {
-        type_name: format!("{t:?}").trim_start_matches("MYSQL_TYPE_").to_lowercase(),
+        type_name: format!("{t:?}")
+            .trim_start_matches("MYSQL_TYPE_")
+            .to_lowercase(),
         name,
         kind,
     })

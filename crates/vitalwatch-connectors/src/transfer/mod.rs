@@ -54,7 +54,9 @@ pub enum TransferError {
     #[error("{0}")]
     Database(String),
     /// A source column has a type vitalwatch cannot convert.
-    #[error("column {column}: type {type_name} cannot be converted (supported: booleans, integers, floats, decimals, text, dates, timestamps)")]
+    #[error(
+        "column {column}: type {type_name} cannot be converted (supported: booleans, integers, floats, decimals, text, dates, timestamps)"
+    )]
     Unsupported {
         /// The column.
         column: String,
@@ -218,9 +220,7 @@ impl BatchBuilder {
                 ColumnKind::Text => Builder::Text(StringBuilder::new()),
                 ColumnKind::Date => Builder::Date(Date32Builder::new()),
                 ColumnKind::Timestamp => Builder::Ts(TimestampMicrosecondBuilder::new(), false),
-                ColumnKind::TimestampTz => {
-                    Builder::Ts(TimestampMicrosecondBuilder::new(), true)
-                }
+                ColumnKind::TimestampTz => Builder::Ts(TimestampMicrosecondBuilder::new(), true),
             })
             .collect();
         BatchBuilder {
@@ -264,9 +264,12 @@ impl BatchBuilder {
                 .map_err(bad)?,
             ),
             (Builder::Float(b), v) => b.append_option(
-                v.map(|s| s.parse::<f64>().map_err(|_| format!("{s:?} is not a number")))
-                    .transpose()
-                    .map_err(bad)?,
+                v.map(|s| {
+                    s.parse::<f64>()
+                        .map_err(|_| format!("{s:?} is not a number"))
+                })
+                .transpose()
+                .map_err(bad)?,
             ),
             (Builder::Decimal(b, p, s), v) => b.append_option(
                 v.map(|x| parse_decimal(x, *p, *s))
@@ -457,10 +460,7 @@ pub fn normalise(batch: &RecordBatch) -> Result<RecordBatch, TransferError> {
             }
         }
     }
-    Ok(RecordBatch::try_new(
-        Arc::new(Schema::new(fields)),
-        arrays,
-    )?)
+    Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)?)
 }
 
 #[cfg(test)]
@@ -472,15 +472,24 @@ mod tests {
         assert_eq!(parse_decimal("-12.340", 10, 3), Ok(-12340));
         assert_eq!(parse_decimal("0.5", 3, 2), Ok(50));
         assert_eq!(parse_decimal("99999999.99", 10, 2), Ok(9_999_999_999));
-        assert!(parse_decimal("1.234", 10, 2).is_err(), "a digit would be lost");
+        assert!(
+            parse_decimal("1.234", 10, 2).is_err(),
+            "a digit would be lost"
+        );
         assert!(parse_decimal("1000", 3, 0).is_err(), "too many digits");
         assert!(parse_decimal("1e5", 10, 2).is_err());
     }
 
     #[test]
     fn timestamps_read_with_and_without_zone() {
-        assert_eq!(parse_timestamp("1970-01-01 00:00:01.5", false), Ok(1_500_000));
-        assert_eq!(parse_timestamp("1970-01-01 00:00:01+00", true), Ok(1_000_000));
+        assert_eq!(
+            parse_timestamp("1970-01-01 00:00:01.5", false),
+            Ok(1_500_000)
+        );
+        assert_eq!(
+            parse_timestamp("1970-01-01 00:00:01+00", true),
+            Ok(1_000_000)
+        );
         assert!(parse_timestamp("1970-01-01 00:00:01+02", true).is_err());
         assert_eq!(parse_date("1970-01-02"), Ok(1));
     }

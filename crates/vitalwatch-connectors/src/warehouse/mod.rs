@@ -38,7 +38,7 @@ use datafusion::parquet::errors::ParquetError;
 
 pub use archiver::AlertArchiver;
 pub use audit::{AUDIT_CONSUMER, AuditCopier};
-pub use query::{OutputFormat, format_batches, hive_ddl, query, register_warehouse};
+pub use query::{OutputFormat, QueryStream, format_batches, hive_ddl, query, register_warehouse};
 pub use schema::{
     ALERTS, AUDIT, DEAD_LETTERS, TABLES, UNCLASSIFIED, VITALS, partition_cols, table_schema,
 };
@@ -46,6 +46,8 @@ pub use sink::ParquetSink;
 
 /// The record batches a query returns.
 pub use datafusion::arrow::record_batch::RecordBatch;
+/// Arrow and Parquet as the warehouse uses them (one version in the tree).
+pub use datafusion::{arrow, parquet};
 
 /// Where and how the warehouse is written.
 #[derive(Debug, Clone, PartialEq)]

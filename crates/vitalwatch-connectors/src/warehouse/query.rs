@@ -27,6 +27,47 @@ pub async fn query(root: &Path, sql: &str) -> Result<Vec<RecordBatch>, Warehouse
     Ok(ctx.sql(sql).await?.collect().await?)
 }
 
+/// The result of a query over the warehouse, batch by batch (memory stays flat however
+/// many rows it has): for blocking callers such as `vitalwatch export`. It drives a
+/// runtime of its own, so call it from a thread that is not running one.
+pub struct QueryStream {
+    rt: tokio::runtime::Runtime,
+    stream: datafusion::physical_plan::SendableRecordBatchStream,
+}
+
+impl std::fmt::Debug for QueryStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("QueryStream")
+    }
+}
+
+impl QueryStream {
+    /// Plans `sql` over the warehouse at `root`.
+    pub fn new(root: &Path, sql: &str) -> Result<Self, WarehouseError> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| WarehouseError::io("start a runtime for", root, e))?;
+        let stream = rt.block_on(async {
+            let ctx = SessionContext::new();
+            register_warehouse(&ctx, root).await?;
+            Ok::<_, WarehouseError>(ctx.sql(sql).await?.execute_stream().await?)
+        })?;
+        Ok(QueryStream { rt, stream })
+    }
+
+    /// The schema of every batch.
+    pub fn schema(&self) -> datafusion::arrow::datatypes::SchemaRef {
+        self.stream.schema()
+    }
+
+    /// The next batch, or `None` at the end.
+    pub fn next_batch(&mut self) -> Result<Option<RecordBatch>, WarehouseError> {
+        use futures::StreamExt as _;
+        Ok(self.rt.block_on(self.stream.next()).transpose()?)
+    }
+}
+
 /// Registers the warehouse at `root` in a DataFusion session: every subdirectory as a
 /// listing table with Hive partition columns `date` (Date32) and `hour` (Int32), and each
 /// of the sink's tables that does not exist yet as an empty table of its schema, so
