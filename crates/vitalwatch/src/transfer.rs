@@ -143,6 +143,10 @@ pub struct ExportArgs {
     /// A condition on the rows (SQL over the warehouse).
     #[arg(long = "where")]
     pub where_: Option<String>,
+    /// The columns to export, comma-separated [default: every column, with the partition
+    /// columns date and hour].
+    #[arg(long, value_delimiter = ',')]
+    pub columns: Vec<String>,
     /// Target database URL.
     #[arg(long)]
     pub connect: String,
@@ -779,8 +783,17 @@ pub fn export(a: ExportArgs) -> anyhow::Result<()> {
         bail!("--from {}: expected warehouse:TABLE", a.from);
     };
     let root = warehouse_root(&cfg.data_dir);
+    let select = if a.columns.is_empty() {
+        "*".to_owned()
+    } else {
+        a.columns
+            .iter()
+            .map(|c| format!("\"{}\"", c.replace('"', "\"\"")))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     let sql = format!(
-        "SELECT * FROM \"{}\"{}",
+        "SELECT {select} FROM \"{}\"{}",
         table.replace('"', "\"\""),
         a.where_
             .as_ref()

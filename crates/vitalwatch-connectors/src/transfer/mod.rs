@@ -21,7 +21,7 @@
 //! | `text`, `varchar`, `char`, `uuid`, `json` / `CHAR`, `VARCHAR`, `TEXT`, `ENUM` | Utf8 | `TEXT` / `TEXT` (`VARCHAR(255)` for a key) |
 //! | `date` / `DATE` | Date32 | `DATE` / `DATE` |
 //! | `timestamp` / `DATETIME` | Timestamp(µs) | `TIMESTAMP` / `DATETIME(6)` |
-//! | `timestamptz` / `TIMESTAMP` (read in UTC) | Timestamp(µs, UTC) | `TIMESTAMPTZ` / `DATETIME(6)` in UTC |
+//! | `timestamptz` / `TIMESTAMP` (read in UTC) | Timestamp(µs, UTC) | `TIMESTAMPTZ` / `TIMESTAMP(6)` (1970–2038) |
 //! | NULL | null | NULL |
 //!
 //! Anything else (binary, arrays, geometry, intervals) is refused with the column's name
@@ -154,7 +154,10 @@ impl ColumnKind {
             ColumnKind::Date => "DATE".into(),
             ColumnKind::Timestamp if pg => "TIMESTAMP".into(),
             ColumnKind::TimestampTz if pg => "TIMESTAMPTZ".into(),
-            ColumnKind::Timestamp | ColumnKind::TimestampTz => "DATETIME(6)".into(),
+            ColumnKind::Timestamp => "DATETIME(6)".into(),
+            // Stored in UTC, read in the session's zone (UTC): an instant, not a wall
+            // time. MariaDB's TIMESTAMP ends in 2038 (2106 from 11.5 on).
+            ColumnKind::TimestampTz => "TIMESTAMP(6) NULL".into(),
         }
     }
 }
