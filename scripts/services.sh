@@ -27,6 +27,11 @@ wait_port() {
 if ! listening 5432 && command -v pg_ctlcluster >/dev/null; then
   pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -1)" main start || true
 fi
+# MariaDB (import/export tests): root with an empty password on 127.0.0.1:3306.
+if ! listening 3306 && [ -x /usr/sbin/mariadbd ]; then
+  start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd || true
+  wait_port 3306 MariaDB || true
+fi
 
 # Kafka-protocol broker.
 K=$S/kafka

@@ -668,9 +668,10 @@ pub fn import(a: ImportArgs) -> anyhow::Result<ImportOutcome> {
         None
     };
     confirm(format_args!(
-        "imported {rows} rows from {described} into {} in {secs:.1} s ({:.0} rows/s){}",
+        "imported {rows} rows from {described} into {} in {secs:.1} s ({:.0} rows/s{}){}",
         a.to,
         rows as f64 / secs.max(1e-9),
+        peak_memory(),
         last_value
             .as_ref()
             .map(|v| format!("; last value {v}"))
@@ -844,7 +845,7 @@ pub fn export(a: ExportArgs) -> anyhow::Result<()> {
     bar.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();
     confirm(format_args!(
-        "exported {} rows from warehouse:{table} into {} ({}: {} rows written) in {secs:.1} s ({:.0} rows/s)",
+        "exported {} rows from warehouse:{table} into {} ({}: {} rows written) in {secs:.1} s ({:.0} rows/s{})",
         report.rows,
         a.table,
         match mode {
@@ -852,9 +853,17 @@ pub fn export(a: ExportArgs) -> anyhow::Result<()> {
             ExportMode::Upsert => "upsert",
         },
         report.affected,
-        report.rows as f64 / secs.max(1e-9)
+        report.rows as f64 / secs.max(1e-9),
+        peak_memory()
     ));
     Ok(())
+}
+
+/// `, peak memory N MiB` where the platform says (it must not grow with the table).
+fn peak_memory() -> String {
+    crate::commands::peak_rss_mib()
+        .map(|m| format!(", peak memory {m:.0} MiB"))
+        .unwrap_or_default()
 }
 
 fn warehouse_count(root: &Path, table: &str, where_: Option<&str>) -> anyhow::Result<u64> {

@@ -157,6 +157,7 @@ impl ColumnKind {
             ColumnKind::Timestamp => "DATETIME(6)".into(),
             // Stored in UTC, read in the session's zone (UTC): an instant, not a wall
             // time. MariaDB's TIMESTAMP ends in 2038 (2106 from 11.5 on).
+            ColumnKind::TimestampTz if key => "TIMESTAMP(6)".into(),
             ColumnKind::TimestampTz => "TIMESTAMP(6) NULL".into(),
         }
     }
