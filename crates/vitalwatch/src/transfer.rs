@@ -589,6 +589,9 @@ pub fn import(a: ImportArgs) -> anyhow::Result<ImportOutcome> {
                 Ok(())
             })?;
             bar.finish_and_clear();
+            if let [one] = problems.as_slice() {
+                bail!("{one}; nothing was imported");
+            }
             if !problems.is_empty() {
                 let shown: Vec<&String> = problems.iter().take(20).collect();
                 bail!(

@@ -596,120 +596,76 @@ fn bad_input_is_one_clear_line_and_writes_nothing() {
     psql(
         &pg.url,
         "CREATE TABLE blobs (id INT, payload BYTEA); CREATE TABLE people (name TEXT, age TEXT);
-                   INSERT INTO people VALUES ('x', 'forty')",
+         INSERT INTO people VALUES ('x', 'forty')",
     );
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let with_password = pg.url.replace("postgres@", "postgres:secret@");
-    let e = vw_fails(
-        &data,
-        &[
-            "import",
-            "--connect",
-            &with_password,
-            "--table",
-            "people",
-            "--to",
-            "x.csv",
-        ],
-    );
-    assert!(
-        e.contains("the connection URL holds a password") && !e.contains("secret"),
-        "{e}"
-    );
-    let e = vw_fails(
-        &data,
-        &[
-            "import",
-            "--connect",
-            &pg.url,
-            "--table",
-            "nope",
-            "--to",
-            "x.csv",
-        ],
-    );
-    assert!(e.contains("relation \"nope\" does not exist"), "{e}");
-    let e = vw_fails(
-        &data,
-        &[
-            "import",
-            "--connect",
-            &pg.url,
-            "--table",
-            "blobs",
-            "--to",
-            "x.csv",
-        ],
-    );
-    assert!(
-        e.contains("column payload: type bytea cannot be converted"),
-        "{e}"
-    );
-    let e = vw_fails(
-        &data,
-        &[
-            "import",
-            "--connect",
-            &pg.url,
-            "--table",
-            "people",
-            "--to",
-            "catalog:patients",
-        ],
-    );
-    assert!(e.contains("no source column maps to patient_id"), "{e}");
-    let e = vw_fails(
-        &data,
-        &[
-            "import",
-            "--connect",
-            &pg.url,
-            "--table",
-            "people",
-            "--to",
-            "catalog:patients",
-            "--map",
-            "name=patient_id",
-        ],
-    );
-    assert!(e.contains("row 1: age \"forty\""), "{e}");
-    assert!(
-        !data.join("catalog.db").exists() || {
-            let (p, _) = vw(&data, &["patients", "list", "--format", "csv"]);
-            p.lines().count() <= 1
-        }
-    );
-    let maria_denied = vw_fails(
-        &data,
-        &[
-            "import",
-            "--connect",
-            "mysql://nobody@127.0.0.1:3306/test",
-            "--table",
-            "t",
-            "--to",
-            "x.csv",
-        ],
-    );
-    assert!(maria_denied.contains("Access denied"), "{maria_denied}");
-    // A password from a file is used (MariaDB root has none: a wrong one is refused).
     let pw = dir.path().join("pw");
     std::fs::write(&pw, "wrong\n").unwrap();
-    let e = vw_fails(
-        &data,
-        &[
-            "import",
-            "--connect",
-            "mysql://root@127.0.0.1:3306/test",
-            "--password-file",
-            &os(&pw),
-            "--query",
-            "SELECT 1 AS x",
-            "--to",
+    let with_password = pg.url.replace("postgres@", "postgres:secret@");
+    let pw = os(&pw);
+    // (connection, source table or query, destination, more options, what stderr says)
+    let cases: [(&str, &str, &str, &[&str], &str); 7] = [
+        (
+            &with_password,
+            "people",
             "x.csv",
-        ],
-    );
-    assert!(e.contains("Access denied") && !e.contains("wrong"), "{e}");
+            &[],
+            "the connection URL holds a password",
+        ),
+        (
+            &pg.url,
+            "nope",
+            "x.csv",
+            &[],
+            "relation \"nope\" does not exist",
+        ),
+        (
+            &pg.url,
+            "blobs",
+            "x.csv",
+            &[],
+            "column payload: type bytea cannot be converted",
+        ),
+        (
+            &pg.url,
+            "people",
+            "catalog:patients",
+            &[],
+            "no source column maps to patient_id",
+        ),
+        (
+            &pg.url,
+            "people",
+            "catalog:patients",
+            &["--map", "name=patient_id"],
+            "row 1: age \"forty\"",
+        ),
+        (
+            "mysql://nobody@127.0.0.1:3306/test",
+            "t",
+            "x.csv",
+            &[],
+            "Access denied",
+        ),
+        // A password from a file is used (MariaDB's root has none: a wrong one is refused).
+        (
+            "mysql://root@127.0.0.1:3306/test",
+            "t",
+            "x.csv",
+            &["--password-file", &pw],
+            "Access denied",
+        ),
+    ];
+    for (url, table, to, more, says) in cases {
+        let mut args = vec!["import", "--connect", url, "--table", table, "--to", to];
+        args.extend(more);
+        let e = vw_fails(&data, &args);
+        assert!(e.contains(says), "{args:?}: {e}");
+        assert!(!e.contains("secret") && !e.contains("wrong"), "{e}");
+        assert_eq!(e.trim().lines().count(), 1, "one line: {e}");
+    }
+    // Nothing was written: no file, no patient.
     assert!(!PathBuf::from("x.csv").exists());
+    assert!(!data.exists(), "a failed import creates no data directory");
 }
