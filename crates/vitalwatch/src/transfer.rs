@@ -642,7 +642,16 @@ pub fn import(a: ImportArgs) -> anyhow::Result<ImportOutcome> {
         }
         Destination::Csv(path) | Destination::Parquet(path) => {
             let parquet = matches!(dest, Destination::Parquet(_));
-            let rows = write_file(&mut db, &sql, a.batch_rows, &names, path, parquet, &bar)?;
+            let rows = write_file(
+                &mut db,
+                &sql,
+                a.batch_rows,
+                &names,
+                path,
+                parquet,
+                &bar,
+                &[],
+            )?;
             bar.finish_and_clear();
             rows
         }
@@ -653,13 +662,48 @@ pub fn import(a: ImportArgs) -> anyhow::Result<ImportOutcome> {
                 .join(format!("date={}", now.format("%Y-%m-%d")))
                 .join(format!("hour={}", now.format("%-H")));
             fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-            let path = dir.join(format!(
-                "part-import-{}-{}.parquet",
-                now.timestamp_micros(),
-                std::process::id()
-            ));
+            // A full import is a snapshot: a file of its own. An incremental one is named
+            // after its range (source, last value, bound), so running the same range again
+            // (after a crash between writing the file and saving the job's last value)
+            // replaces that file instead of adding its rows a second time.
+            let name = match a.incremental {
+                None => format!(
+                    "part-import-{}-{}.parquet",
+                    now.timestamp_micros(),
+                    std::process::id()
+                ),
+                Some(_) => format!(
+                    "part-import-r{:016x}.parquet",
+                    vitalwatch_core::alert::stable_hash(&[
+                        a.connect.as_bytes(),
+                        from.as_bytes(),
+                        a.where_.as_deref().unwrap_or("").as_bytes(),
+                        a.last_value.as_deref().unwrap_or("").as_bytes(),
+                        upper.as_deref().unwrap_or("").as_bytes(),
+                    ])
+                ),
+            };
             let _lock = crate::commands::lock_data_dir(&cfg.data_dir, "import")?;
-            let rows = write_file(&mut db, &sql, a.batch_rows, &names, &path, true, &bar)?;
+            let table_dir = warehouse_root(&cfg.data_dir).join(table);
+            let earlier: Vec<PathBuf> = fs::read_dir(&table_dir)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .flat_map(|d| fs::read_dir(d.path()).into_iter().flatten().flatten())
+                .map(|h| h.path().join(&name))
+                .filter(|p| p.is_file())
+                .collect();
+            let path = dir.join(&name);
+            let rows = write_file(
+                &mut db,
+                &sql,
+                a.batch_rows,
+                &names,
+                &path,
+                true,
+                &bar,
+                &earlier,
+            )?;
             bar.finish_and_clear();
             rows
         }
@@ -684,7 +728,9 @@ pub fn import(a: ImportArgs) -> anyhow::Result<ImportOutcome> {
 }
 
 /// Streams the result of `sql` into a CSV or Parquet file at `path`, renamed into place
-/// only when complete (a failed import leaves no partial file).
+/// only when complete (a failed import leaves no partial file); `replaces`: earlier files
+/// with the same rows, removed just before.
+#[allow(clippy::too_many_arguments)]
 fn write_file(
     db: &mut Database,
     sql: &str,
@@ -693,6 +739,7 @@ fn write_file(
     path: &Path,
     parquet: bool,
     bar: &indicatif::ProgressBar,
+    replaces: &[PathBuf],
 ) -> anyhow::Result<u64> {
     use vitalwatch_connectors::warehouse::arrow::csv;
     use vitalwatch_connectors::warehouse::parquet::arrow::ArrowWriter;
@@ -769,6 +816,10 @@ fn write_file(
     };
     match closed {
         Ok(rows) => {
+            for old in replaces.iter().filter(|p| p.as_path() != path) {
+                fs::remove_file(old)
+                    .with_context(|| format!("cannot replace {}", old.display()))?;
+            }
             fs::rename(&tmp, path)
                 .with_context(|| format!("cannot rename into {}", path.display()))?;
             Ok(rows)

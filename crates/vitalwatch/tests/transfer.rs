@@ -331,6 +331,25 @@ fn an_append_job_imports_only_new_rows_and_remembers_where_it_got_to() {
     );
     let (_, said) = vw(&data, &["transfer", "job", "run", "hr"]);
     assert!(said.contains("nothing to import"), "{said}");
+    // The same range imported again (as after a crash before the job saved its last
+    // value) replaces its file: no row twice.
+    let again = [
+        "import",
+        "--connect",
+        &pg.url,
+        "--query",
+        "SELECT id, patient, hr FROM readings_src",
+        "--to",
+        "warehouse:readings_src",
+        "--incremental",
+        "append",
+        "--check-column",
+        "id",
+        "--last-value",
+        "3",
+    ];
+    vw(&data, &again);
+    vw(&data, &again);
     assert_eq!(
         sql(
             &data,
