@@ -41,6 +41,8 @@ pub enum Command {
     /// Saved import jobs that remember their last value.
     #[command(subcommand)]
     Transfer(crate::transfer::TransferCommand),
+    /// A patient's readings over time (from the warehouse), with the alerts among them.
+    History(HistoryArgs),
     /// Patients in the catalog.
     #[command(subcommand)]
     Patients(PatientsCommand),
@@ -221,7 +223,7 @@ pub struct SimulateArgs {
 }
 
 /// Output format of `query` and the list commands.
-#[derive(Debug, Clone, Copy, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum TableFormat {
     /// Aligned table for people.
     Table,
@@ -418,11 +420,61 @@ pub enum NotifyCommand {
 /// `vitalwatch warehouse …`
 #[derive(Debug, Subcommand)]
 pub enum WarehouseCommand {
-    /// Print Hive `CREATE EXTERNAL TABLE` statements for the warehouse.
+    /// Print the statements that make Hive, Spark SQL or DuckDB read the warehouse in place.
     Ddl {
+        /// Which engine.
+        #[arg(long, value_enum, default_value = "hive")]
+        engine: DdlEngineArg,
         #[command(flatten)]
         data: DataArgs,
     },
+    /// Drop whole days older than a retention period (every table, or one).
+    Retain {
+        /// Keep this much: days before today (UTC) minus it go, e.g. 90d.
+        #[arg(long)]
+        older_than: String,
+        /// Only this table.
+        #[arg(long)]
+        table: Option<String>,
+        /// Say what would go; remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        data: DataArgs,
+    },
+}
+
+/// `warehouse ddl --engine`
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum DdlEngineArg {
+    /// Apache Hive: CREATE EXTERNAL TABLE … PARTITIONED BY … STORED AS PARQUET, MSCK REPAIR.
+    Hive,
+    /// Spark SQL: CREATE TABLE … USING PARQUET PARTITIONED BY …, MSCK REPAIR.
+    Spark,
+    /// DuckDB: views over read_parquet with Hive partitioning.
+    Duckdb,
+}
+
+/// `vitalwatch history`
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// The patient.
+    #[arg(long)]
+    pub patient: String,
+    /// Only this vital (heart_rate, systolic, spo2, …).
+    #[arg(long)]
+    pub vital: Option<String>,
+    /// From this long ago (e.g. 6h, 2d) or this instant (RFC 3339).
+    #[arg(long, default_value = "6h")]
+    pub since: String,
+    /// Up to this instant (RFC 3339) [default: now].
+    #[arg(long)]
+    pub until: Option<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: TableFormat,
 }
 
 /// `vitalwatch bench …`

@@ -691,6 +691,77 @@ pub async fn query(data: &DataArgs, sql: &str, format: TableFormat) -> anyhow::R
     Ok(())
 }
 
+/// `vitalwatch history`: one patient's readings, oldest first, with the alert events
+/// of the same time span after them. The date predicate lets the query skip every day
+/// partition outside the span.
+pub async fn history(a: crate::cli::HistoryArgs) -> anyhow::Result<()> {
+    let cfg = load_config(&a.data)?;
+    existing_data_dir(&cfg)?;
+    let instant = |s: &str| -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
+        Ok(chrono::DateTime::parse_from_rfc3339(s)
+            .with_context(|| format!("{s:?} is neither a duration (6h) nor an RFC 3339 instant"))?
+            .to_utc())
+    };
+    let until = match &a.until {
+        Some(u) => instant(u)?,
+        None => chrono::Utc::now(),
+    };
+    let since = match Duration::parse(&a.since) {
+        Ok(d) => until - chrono::Duration::microseconds(d.micros()),
+        Err(_) => instant(&a.since)?,
+    };
+    let q = |s: &str| s.replace('\'', "''");
+    let span = format!(
+        "date BETWEEN DATE '{}' AND DATE '{}'",
+        since.date_naive(),
+        until.date_naive()
+    );
+    let (from, to) = (
+        since.format("%Y-%m-%dT%H:%M:%S%.6fZ"),
+        until.format("%Y-%m-%dT%H:%M:%S%.6fZ"),
+    );
+    let vital = a
+        .vital
+        .as_ref()
+        .map(|v| format!(" AND vital = '{}'", q(v)))
+        .unwrap_or_default();
+    let sql = format!(
+        "SELECT observed_at, vital, value, unit, device_id FROM vitals \
+         WHERE patient_id = '{p}'{vital} AND {span} \
+         AND observed_at >= TIMESTAMP '{from}' AND observed_at <= TIMESTAMP '{to}' \
+         ORDER BY observed_at, vital",
+        p = q(&a.patient)
+    );
+    let root = warehouse_root(&cfg.data_dir);
+    let batches = warehouse::query(&root, &sql)
+        .await
+        .context("history query failed")?;
+    emit(&warehouse::format_batches(
+        &batches,
+        output_format(a.format),
+    )?)?;
+    let alerts = format!(
+        "SELECT alert_generated_time, event, priority, rule_key, alert_message, value FROM alerts \
+         WHERE patient_id = '{p}'{vital} AND {span} \
+         AND alert_generated_time >= TIMESTAMP '{from}' AND alert_generated_time <= TIMESTAMP '{to}' \
+         ORDER BY alert_generated_time",
+        p = q(&a.patient)
+    );
+    let events = warehouse::query(&root, &alerts)
+        .await
+        .context("history query failed")?;
+    if events.iter().any(|b| b.num_rows() > 0) {
+        if a.format == TableFormat::Table {
+            emit("\nalert events:\n")?;
+        }
+        emit(&warehouse::format_batches(
+            &events,
+            output_format(a.format),
+        )?)?;
+    }
+    Ok(())
+}
+
 /// Prints rows as a table, CSV or JSON lines.
 /// Columns whose cells are numbers (JSON output writes them as numbers).
 const NUMERIC_COLUMNS: &[&str] = &[
@@ -1183,11 +1254,49 @@ pub fn config_cmd(cmd: ConfigCommand) -> anyhow::Result<()> {
 /// `vitalwatch warehouse …`
 pub fn warehouse_cmd(cmd: WarehouseCommand) -> anyhow::Result<()> {
     match cmd {
-        WarehouseCommand::Ddl { data } => {
+        WarehouseCommand::Ddl { engine, data } => {
             let cfg = load_config(&data)?;
             let root = warehouse_root(&cfg.data_dir);
             let abs: PathBuf = std::path::absolute(&root).unwrap_or(root);
-            emit(&warehouse::hive_ddl(&abs))
+            let engine = match engine {
+                crate::cli::DdlEngineArg::Hive => warehouse::DdlEngine::Hive,
+                crate::cli::DdlEngineArg::Spark => warehouse::DdlEngine::Spark,
+                crate::cli::DdlEngineArg::Duckdb => warehouse::DdlEngine::DuckDb,
+            };
+            emit(&warehouse::ddl(&abs, engine))
+        }
+        WarehouseCommand::Retain {
+            older_than,
+            table,
+            dry_run,
+            data,
+        } => {
+            let cfg = load_config(&data)?;
+            existing_data_dir(&cfg)?;
+            let keep = parse_duration(&older_than, "--older-than")?;
+            if keep.micros() < 86_400_000_000 {
+                bail!("--older-than {older_than}: retention is in whole days (at least 1d)");
+            }
+            let cutoff =
+                (chrono::Utc::now() - chrono::Duration::microseconds(keep.micros())).date_naive();
+            let r = warehouse::retain(
+                &warehouse_root(&cfg.data_dir),
+                cutoff,
+                table.as_deref(),
+                dry_run,
+            )?;
+            for (t, d) in &r.partitions {
+                emit(&format!("{t}/date={d}\n"))?;
+            }
+            confirm(format_args!(
+                "{} {} day partition(s) before {cutoff} ({} files, {:.1} MB){}",
+                if dry_run { "would remove" } else { "removed" },
+                r.partitions.len(),
+                r.files,
+                r.bytes as f64 / 1e6,
+                table.map(|t| format!(" from {t}")).unwrap_or_default()
+            ));
+            Ok(())
         }
     }
 }

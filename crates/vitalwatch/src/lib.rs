@@ -58,6 +58,7 @@ pub fn main_with_args() -> anyhow::Result<()> {
         Command::Import(a) => transfer::import(a).map(|_| ()),
         Command::Export(a) => transfer::export(a),
         Command::Transfer(c) => transfer::transfer(c),
+        Command::History(a) => rt()?.block_on(commands::history(a)),
         Command::Patients(c) => commands::patients(c),
         Command::Thresholds(c) => commands::thresholds(c),
         Command::Alerts(c) => commands::alerts(c),

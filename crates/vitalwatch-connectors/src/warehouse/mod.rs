@@ -23,6 +23,7 @@ mod archiver;
 mod audit;
 mod query;
 pub mod recovery;
+mod retain;
 mod schema;
 mod sink;
 
@@ -38,7 +39,10 @@ use datafusion::parquet::errors::ParquetError;
 
 pub use archiver::AlertArchiver;
 pub use audit::{AUDIT_CONSUMER, AuditCopier};
-pub use query::{OutputFormat, QueryStream, format_batches, hive_ddl, query, register_warehouse};
+pub use query::{
+    DdlEngine, OutputFormat, QueryStream, ddl, format_batches, hive_ddl, query, register_warehouse,
+};
+pub use retain::{Retained, retain};
 pub use schema::{
     ALERTS, AUDIT, DEAD_LETTERS, TABLES, UNCLASSIFIED, VITALS, partition_cols, table_schema,
 };

@@ -247,6 +247,58 @@ pub fn hive_ddl(root: &Path) -> String {
     out
 }
 
+/// A SQL engine that reads the warehouse in place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DdlEngine {
+    /// Apache Hive: external tables, partitions found by `MSCK REPAIR TABLE`.
+    Hive,
+    /// Spark SQL: Parquet data-source tables over the same folders.
+    Spark,
+    /// DuckDB: views over `read_parquet` with Hive partitioning.
+    DuckDb,
+}
+
+/// The statements that make `engine` see every warehouse table at `root` (the
+/// pipeline's tables; Hive's form is [`hive_ddl`]).
+pub fn ddl(root: &Path, engine: DdlEngine) -> String {
+    let root = std::path::absolute(root).unwrap_or_else(|_| root.to_path_buf());
+    if engine == DdlEngine::Hive {
+        return hive_ddl(&root);
+    }
+    let mut out = String::new();
+    for name in TABLES {
+        let Some(schema) = table_schema(name) else {
+            continue;
+        };
+        let dir = root.join(name).display().to_string().replace('\'', "''");
+        match engine {
+            DdlEngine::Spark => {
+                let mut columns: Vec<String> = schema
+                    .fields()
+                    .iter()
+                    .map(|f| format!("  `{}` {}", f.name(), hive_type(f.data_type())))
+                    .collect();
+                columns.push("  `date` DATE".into());
+                columns.push("  `hour` INT".into());
+                out.push_str(&format!(
+                    "CREATE TABLE IF NOT EXISTS `{name}` (\n{}\n)\n\
+                     USING PARQUET\n\
+                     PARTITIONED BY (`date`, `hour`)\n\
+                     LOCATION 'file://{dir}';\n\
+                     MSCK REPAIR TABLE `{name}`;\n\n",
+                    columns.join(",\n"),
+                ));
+            }
+            DdlEngine::DuckDb => out.push_str(&format!(
+                "CREATE OR REPLACE VIEW {name} AS SELECT * FROM read_parquet('{dir}/*/*/*.parquet', \
+                 hive_partitioning = true, hive_types = {{'date': DATE, 'hour': INTEGER}});\n"
+            )),
+            DdlEngine::Hive => unreachable!("returned above"),
+        }
+    }
+    out
+}
+
 fn hive_type(t: &DataType) -> &'static str {
     match t {
         DataType::Utf8 | DataType::LargeUtf8 => "STRING",

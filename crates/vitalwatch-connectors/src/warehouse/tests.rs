@@ -405,3 +405,41 @@ fn replaying_many_hours_caps_open_files() {
         (40, 40)
     );
 }
+
+#[tokio::test]
+async fn retention_drops_whole_days_before_the_cutoff_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let mut sink = ParquetSink::new(config(root)).unwrap();
+    let hr = |v: f64| VitalSet::default().with(Vital::HeartRate, v);
+    // 23:00 on day 1, 00:00 and 01:00 on day 2.
+    let rows: Vec<Observation> = (0..3)
+        .map(|h| obs("1", D1_H23 + h * HOUR, hr(60.0 + h as f64)))
+        .collect();
+    sink.write_observations(&rows).unwrap();
+    sink.roll().unwrap();
+    // A removal a crash interrupted earlier.
+    std::fs::create_dir_all(root.join("vitals/.retain-date=2026-02-01/hour=1")).unwrap();
+    let day2 = chrono::NaiveDate::from_ymd_opt(2026, 3, 2).unwrap();
+
+    let dry = retain(root, day2, None, true).unwrap();
+    assert_eq!(
+        dry.partitions,
+        vec![("vitals".to_owned(), day2.pred_opt().unwrap())]
+    );
+    assert_eq!(count(root, VITALS).await, 3, "a dry run removes nothing");
+
+    let done = retain(root, day2, None, false).unwrap();
+    assert_eq!(done, dry);
+    assert_eq!(
+        csv(root, "SELECT date, hour, value FROM vitals ORDER BY hour").await,
+        "date,hour,value\n2026-03-02,0,61.0\n2026-03-02,1,62.0\n"
+    );
+    assert!(!root.join("vitals/.retain-date=2026-02-01").exists());
+    assert!(
+        retain(root, day2, None, false)
+            .unwrap()
+            .partitions
+            .is_empty()
+    );
+}
