@@ -238,11 +238,27 @@ pub enum TableFormat {
 pub struct QueryArgs {
     #[command(flatten)]
     pub data: DataArgs,
-    /// Output format.
+    /// Output format (parquet needs --output).
     #[arg(long, value_enum, default_value = "table")]
-    pub format: TableFormat,
+    pub format: QueryFormat,
+    /// Write the result to this file instead of standard output.
+    #[arg(long)]
+    pub output: Option<PathBuf>,
     /// The SQL statement.
     pub sql: String,
+}
+
+/// `query --format`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum QueryFormat {
+    /// Aligned table for people.
+    Table,
+    /// CSV with a header.
+    Csv,
+    /// JSON lines, one object per row.
+    Json,
+    /// A Parquet file (with --output).
+    Parquet,
 }
 
 /// `vitalwatch patients …`

@@ -678,17 +678,47 @@ fn output_format(f: TableFormat) -> OutputFormat {
 }
 
 /// `vitalwatch query`
-pub async fn query(data: &DataArgs, sql: &str, format: TableFormat) -> anyhow::Result<()> {
-    let cfg = load_config(data)?;
+pub async fn query(a: crate::cli::QueryArgs) -> anyhow::Result<()> {
+    use crate::cli::QueryFormat;
+    let cfg = load_config(&a.data)?;
     existing_data_dir(&cfg)?;
-    let root = warehouse_root(&cfg.data_dir);
-    let batches = warehouse::query(&root, sql).await.context("query failed")?;
-    let text = warehouse::format_batches(&batches, output_format(format))?;
-    emit(&text)?;
-    if !text.ends_with('\n') && !text.is_empty() {
-        emit("\n")?;
+    if a.format == QueryFormat::Parquet && a.output.is_none() {
+        bail!("--format parquet writes a file: add --output FILE.parquet");
     }
-    Ok(())
+    let root = warehouse_root(&cfg.data_dir);
+    let batches = warehouse::query(&root, &a.sql)
+        .await
+        .context("query failed")?;
+    let text = match a.format {
+        QueryFormat::Parquet => {
+            let path = a.output.as_deref().expect("checked above");
+            let rows = warehouse::write_parquet(&batches, path)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            confirm(format_args!("wrote {rows} rows to {}", path.display()));
+            return Ok(());
+        }
+        QueryFormat::Table => warehouse::format_batches(&batches, OutputFormat::Table)?,
+        QueryFormat::Csv => warehouse::format_batches(&batches, OutputFormat::Csv)?,
+        QueryFormat::Json => warehouse::format_batches(&batches, OutputFormat::Json)?,
+    };
+    let text = if text.ends_with('\n') || text.is_empty() {
+        text
+    } else {
+        text + "\n"
+    };
+    match &a.output {
+        Some(path) => {
+            std::fs::write(path, &text)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            confirm(format_args!(
+                "wrote {} rows to {}",
+                batches.iter().map(|b| b.num_rows()).sum::<usize>(),
+                path.display()
+            ));
+            Ok(())
+        }
+        None => emit(&text),
+    }
 }
 
 /// `vitalwatch history`: one patient's readings, oldest first, with the alert events

@@ -54,7 +54,7 @@ pub fn main_with_args() -> anyhow::Result<()> {
         Command::Replay(a) => commands::replay(a),
         Command::Simulate(a) => commands::simulate(a),
         Command::Produce(a) => produce::produce(a),
-        Command::Query(a) => rt()?.block_on(commands::query(&a.data, &a.sql, a.format)),
+        Command::Query(a) => rt()?.block_on(commands::query(a)),
         Command::Import(a) => transfer::import(a).map(|_| ()),
         Command::Export(a) => transfer::export(a),
         Command::Transfer(c) => transfer::transfer(c),

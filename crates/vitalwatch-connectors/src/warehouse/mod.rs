@@ -41,6 +41,7 @@ pub use archiver::AlertArchiver;
 pub use audit::{AUDIT_CONSUMER, AuditCopier};
 pub use query::{
     DdlEngine, OutputFormat, QueryStream, ddl, format_batches, hive_ddl, query, register_warehouse,
+    write_parquet,
 };
 pub use retain::{Retained, retain};
 pub use schema::{

@@ -247,6 +247,35 @@ pub fn hive_ddl(root: &Path) -> String {
     out
 }
 
+/// Writes `batches` to a Parquet file at `path` (zstd), under a hidden name first and
+/// renamed when complete; returns the rows written.
+pub fn write_parquet(batches: &[RecordBatch], path: &Path) -> Result<u64, WarehouseError> {
+    use datafusion::parquet::arrow::ArrowWriter;
+    use datafusion::parquet::basic::{Compression, ZstdLevel};
+    use datafusion::parquet::file::properties::WriterProperties;
+    let Some(first) = batches.first() else {
+        return Err(WarehouseError::Config("no result to write".into()));
+    };
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| WarehouseError::Config(format!("{} has no file name", path.display())))?;
+    let tmp = path.with_file_name(format!(".{name}.inprogress"));
+    let file = std::fs::File::create(&tmp).map_err(|e| WarehouseError::io("create", &tmp, e))?;
+    let props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::default()))
+        .build();
+    let mut w = ArrowWriter::try_new(file, first.schema(), Some(props))?;
+    let mut rows = 0;
+    for b in batches {
+        w.write(b)?;
+        rows += b.num_rows() as u64;
+    }
+    w.close()?;
+    std::fs::rename(&tmp, path).map_err(|e| WarehouseError::io("rename", path, e))?;
+    Ok(rows)
+}
+
 /// A SQL engine that reads the warehouse in place.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DdlEngine {
