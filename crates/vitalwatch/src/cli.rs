@@ -43,6 +43,9 @@ pub enum Command {
     Transfer(crate::transfer::TransferCommand),
     /// A patient's readings over time (from the warehouse), with the alerts among them.
     History(HistoryArgs),
+    /// Reports over the warehouse.
+    #[command(subcommand)]
+    Report(ReportCommand),
     /// Patients in the catalog.
     #[command(subcommand)]
     Patients(PatientsCommand),
@@ -469,6 +472,22 @@ pub enum DdlEngineArg {
     Spark,
     /// DuckDB: views over read_parquet with Hive partitioning.
     Duckdb,
+}
+
+/// `vitalwatch report …`
+#[derive(Debug, Subcommand)]
+pub enum ReportCommand {
+    /// One day: alerts per ward and priority, time to acknowledge, dead letters by reason.
+    Daily {
+        /// The day (UTC), YYYY-MM-DD [default: today].
+        #[arg(long)]
+        date: Option<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "table")]
+        format: TableFormat,
+        #[command(flatten)]
+        data: DataArgs,
+    },
 }
 
 /// `vitalwatch history`

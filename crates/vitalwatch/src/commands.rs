@@ -792,6 +792,93 @@ pub async fn history(a: crate::cli::HistoryArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The catalog's patient ids and wards, for `report` (an empty list without a catalog).
+pub fn report_patients(c: &crate::cli::ReportCommand) -> anyhow::Result<Vec<(String, String)>> {
+    let crate::cli::ReportCommand::Daily { data, .. } = c;
+    let cfg = load_config(data)?;
+    Ok(match open_catalog_read(&cfg) {
+        Ok(cat) => cat
+            .patients()?
+            .into_iter()
+            .map(|p| (p.patient_id.as_str().to_owned(), p.ward))
+            .collect(),
+        Err(_) => Vec::new(),
+    })
+}
+
+/// `vitalwatch report daily`: three sections over one day partition, each a query.
+pub async fn report(
+    c: crate::cli::ReportCommand,
+    patients: Vec<(String, String)>,
+) -> anyhow::Result<()> {
+    use vitalwatch_connectors::warehouse::arrow::array::StringArray;
+    use vitalwatch_connectors::warehouse::arrow::datatypes::{DataType, Field, Schema};
+    let crate::cli::ReportCommand::Daily { date, format, data } = c;
+    let cfg = load_config(&data)?;
+    existing_data_dir(&cfg)?;
+    let day = match &date {
+        Some(d) => chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d")
+            .with_context(|| format!("--date {d}: expected YYYY-MM-DD"))?,
+        None => chrono::Utc::now().date_naive(),
+    };
+    let ids: Vec<&str> = patients.iter().map(|(i, _)| i.as_str()).collect();
+    let wards: Vec<&str> = patients.iter().map(|(_, w)| w.as_str()).collect();
+    let catalog = warehouse::RecordBatch::try_new(
+        Arc::new(Schema::new(vec![
+            Field::new("patient_id", DataType::Utf8, false),
+            Field::new("ward", DataType::Utf8, false),
+        ])),
+        vec![
+            Arc::new(StringArray::from(ids)),
+            Arc::new(StringArray::from(wards)),
+        ],
+    )?;
+    let sections = [
+        (
+            "alerts by ward and priority",
+            format!(
+                "SELECT coalesce(nullif(p.ward, ''), '(unknown)') AS ward, a.priority, count(*) AS alerts \
+                 FROM alerts a LEFT JOIN catalog_patients p ON a.patient_id = p.patient_id \
+                 WHERE a.date = DATE '{day}' AND a.event = 'triggered' GROUP BY 1, 2 ORDER BY 1, 2"
+            ),
+        ),
+        (
+            "time to acknowledge (seconds)",
+            format!(
+                "SELECT t.priority, count(*) AS acknowledged, \
+                 median((arrow_cast(k.alert_generated_time, 'Int64') - arrow_cast(t.alert_generated_time, 'Int64')) / 1e6) AS median_seconds, \
+                 max((arrow_cast(k.alert_generated_time, 'Int64') - arrow_cast(t.alert_generated_time, 'Int64')) / 1e6) AS max_seconds \
+                 FROM alerts t JOIN alerts k ON t.alert_id = k.alert_id AND k.event = 'acknowledged' \
+                 WHERE t.event = 'triggered' AND t.date = DATE '{day}' GROUP BY t.priority ORDER BY t.priority"
+            ),
+        ),
+        (
+            "dead letters by reason",
+            format!(
+                "SELECT split_part(reason, ':', 1) AS reason, count(*) AS dead_letters FROM dead_letters \
+                 WHERE date = DATE '{day}' GROUP BY 1 ORDER BY 2 DESC, 1"
+            ),
+        ),
+    ];
+    let root = warehouse_root(&cfg.data_dir);
+    let mut out = String::new();
+    for (title, sql) in sections {
+        let batches = warehouse::query_with(&root, &sql, &[("catalog_patients", catalog.clone())])
+            .await
+            .with_context(|| format!("report section {title:?} failed"))?;
+        match format {
+            TableFormat::Table => out.push_str(&format!("{title}, {day}:\n")),
+            _ => out.push_str(&format!("# {title}, {day}\n")),
+        }
+        out.push_str(&warehouse::format_batches(&batches, output_format(format))?);
+        if !out.ends_with('\n') {
+            out.push('\n');
+        }
+        out.push('\n');
+    }
+    emit(&out)
+}
+
 /// Prints rows as a table, CSV or JSON lines.
 /// Columns whose cells are numbers (JSON output writes them as numbers).
 const NUMERIC_COLUMNS: &[&str] = &[

@@ -59,6 +59,11 @@ pub fn main_with_args() -> anyhow::Result<()> {
         Command::Export(a) => transfer::export(a),
         Command::Transfer(c) => transfer::transfer(c),
         Command::History(a) => rt()?.block_on(commands::history(a)),
+        Command::Report(c) => {
+            // The catalog's clients block: read it before the runtime starts.
+            let patients = commands::report_patients(&c)?;
+            rt()?.block_on(commands::report(c, patients))
+        }
         Command::Patients(c) => commands::patients(c),
         Command::Thresholds(c) => commands::thresholds(c),
         Command::Alerts(c) => commands::alerts(c),

@@ -487,6 +487,12 @@ fn a_silence_holds_back_a_patients_alerts_but_never_a_new_high_priority_alarm() 
         "imports, the silence, the ack: {catalog:?}"
     );
     assert_eq!(warehouse, catalog);
+    // The daily report: the acknowledged high alarm, with its time to acknowledge, and
+    // the day's alarms per ward (from the catalog) and priority.
+    let report = cli(&["report", "daily", "--format", "csv"]);
+    assert!(report.lines().any(|l| l.starts_with("high,1,")), "{report}");
+    assert!(report.lines().any(|l| l == "5,high,1"), "{report}");
+    assert!(report.lines().any(|l| l == "2,high,1"), "{report}");
     let silences = cli(&["alerts", "silences", "--format", "csv"]);
     assert!(
         silences.contains(",5,") && silences.contains("line change"),

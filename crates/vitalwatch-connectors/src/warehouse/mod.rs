@@ -40,8 +40,8 @@ use datafusion::parquet::errors::ParquetError;
 pub use archiver::AlertArchiver;
 pub use audit::{AUDIT_CONSUMER, AuditCopier};
 pub use query::{
-    DdlEngine, OutputFormat, QueryStream, ddl, format_batches, hive_ddl, query, register_warehouse,
-    write_parquet,
+    DdlEngine, OutputFormat, QueryStream, ddl, format_batches, hive_ddl, query, query_with,
+    register_warehouse, write_parquet,
 };
 pub use retain::{Retained, retain};
 pub use schema::{

@@ -22,8 +22,22 @@ use super::schema::{TABLES, partition_cols, table_schema};
 ///
 /// See [`register_warehouse`] for what gets registered.
 pub async fn query(root: &Path, sql: &str) -> Result<Vec<RecordBatch>, WarehouseError> {
+    query_with(root, sql, &[]).await
+}
+
+/// [`query`] with more tables beside the warehouse's (e.g. the catalog's patients for a
+/// report), each one batch under its name.
+pub async fn query_with(
+    root: &Path,
+    sql: &str,
+    tables: &[(&str, RecordBatch)],
+) -> Result<Vec<RecordBatch>, WarehouseError> {
     let ctx = SessionContext::new();
     register_warehouse(&ctx, root).await?;
+    for (name, batch) in tables {
+        let t = MemTable::try_new(batch.schema(), vec![vec![batch.clone()]])?;
+        ctx.register_table(TableReference::bare(*name), Arc::new(t))?;
+    }
     Ok(ctx.sql(sql).await?.collect().await?)
 }
 
