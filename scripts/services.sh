@@ -13,6 +13,8 @@
 #   STARTTLS-only on 127.0.0.1:2587 into $VITALWATCH_SERVICES/smtp/tls, with a certificate
 #   for 127.0.0.1 and localhost signed by a test CA ($VITALWATCH_SERVICES/smtp/ca.pem).
 # - An Amazon SNS emulator (moto's server, PyPI moto[server]) on 127.0.0.1:5000.
+# - DuckDB and Apache Spark (PyPI duckdb, pyspark; Java 17 from the machine) in a venv,
+#   to read the warehouse in the open-format tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 S=${VITALWATCH_SERVICES:-$HOME/.cache/vitalwatch-services}
@@ -99,4 +101,14 @@ if ! listening 5000; then
   for _ in $(seq 1 300); do listening 5000 && break; sleep 0.1; done
   wait_port 5000 "the SNS emulator (moto)"
   echo "services: SNS emulator (moto) on 127.0.0.1:5000"
+fi
+
+# Warehouse readers for the open-format tests: DuckDB and Apache Spark (pyspark, on the
+# machine's Java 17), in a venv; no server to start.
+R=$S/readers
+if ! "$R/venv/bin/python" -c 'import duckdb, pyspark' 2>/dev/null; then
+  echo "services: installing duckdb 1.4.2 and pyspark 4.0.1 into $R/venv (about a minute)"
+  mkdir -p "$R"
+  python3 -m venv "$R/venv"
+  "$R/venv/bin/pip" install -q duckdb==1.4.2 pyspark==4.0.1
 fi
