@@ -447,6 +447,21 @@ pub enum WarehouseCommand {
         #[command(flatten)]
         data: DataArgs,
     },
+    /// Merge each finished hour's small files into one (every table, or one); readers
+    /// never see a row twice or miss one.
+    Compact {
+        /// Only days before this one (YYYY-MM-DD) [default: today, UTC: every finished day].
+        #[arg(long)]
+        before: Option<String>,
+        /// Only this table.
+        #[arg(long)]
+        table: Option<String>,
+        /// Say what would be merged; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        data: DataArgs,
+    },
     /// Drop whole days older than a retention period (every table, or one).
     Retain {
         /// Keep this much: days before today (UTC) minus it go, e.g. 90d.

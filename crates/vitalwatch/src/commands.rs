@@ -1382,6 +1382,45 @@ pub fn warehouse_cmd(cmd: WarehouseCommand) -> anyhow::Result<()> {
             };
             emit(&warehouse::ddl(&abs, engine))
         }
+        WarehouseCommand::Compact {
+            before,
+            table,
+            dry_run,
+            data,
+        } => {
+            let cfg = load_config(&data)?;
+            existing_data_dir(&cfg)?;
+            let before = match &before {
+                Some(d) => chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d")
+                    .with_context(|| format!("--before {d}: expected YYYY-MM-DD"))?,
+                None => chrono::Utc::now().date_naive(),
+            };
+            let started = std::time::Instant::now();
+            let r = warehouse::compact(
+                &warehouse_root(&cfg.data_dir),
+                before,
+                table.as_deref(),
+                dry_run,
+            )?;
+            let secs = started.elapsed().as_secs_f64();
+            confirm(format_args!(
+                "{} {} hour partition(s) before {before}: {} files into {}{}",
+                if dry_run { "would merge" } else { "merged" },
+                r.partitions,
+                r.files_in,
+                r.partitions,
+                if dry_run {
+                    String::new()
+                } else {
+                    format!(
+                        ", {} rows in {secs:.1} s ({:.0} rows/s)",
+                        r.rows,
+                        r.rows as f64 / secs.max(1e-9)
+                    )
+                }
+            ));
+            Ok(())
+        }
         WarehouseCommand::Retain {
             older_than,
             table,

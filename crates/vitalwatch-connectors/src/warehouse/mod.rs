@@ -21,6 +21,7 @@
 
 mod archiver;
 mod audit;
+mod compact;
 mod query;
 pub mod recovery;
 mod retain;
@@ -39,6 +40,7 @@ use datafusion::parquet::errors::ParquetError;
 
 pub use archiver::AlertArchiver;
 pub use audit::{AUDIT_CONSUMER, AuditCopier};
+pub use compact::{Compacted, compact};
 pub use query::{
     DdlEngine, OutputFormat, QueryStream, ddl, format_batches, hive_ddl, query, query_with,
     register_warehouse, write_parquet,

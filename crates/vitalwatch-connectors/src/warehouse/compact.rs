@@ -1,0 +1,254 @@
+//! Compaction: many small files of an hour partition merged into one
+//! (`vitalwatch warehouse compact`).
+//!
+//! Where it sits: beside the writer, on the folders of past days it no longer writes to.
+//! A live stream leaves one file per `warehouse.roll_interval` per partition (60 an hour);
+//! readers pay per file, so finished hours are merged. Readers never see a row twice or
+//! miss one: the merged file is written into a hidden sibling folder
+//! (`.hour=H.compact-…`), with a manifest beside it naming the files it replaces, and the two
+//! folders are swapped in one atomic step (`renameat2(RENAME_EXCHANGE)`). A file a writer
+//! added to the partition meanwhile is moved back into the swapped-in folder; the old files
+//! are then removed. A crash at any point is finished by the next compaction
+//! ([`recover`]): before the swap the hidden folder holds only the new file (dropped);
+//! after it, the old files and the manifest say which of them are merged (dropped) and
+//! which arrived late (moved back).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use chrono::NaiveDate;
+use datafusion::parquet::arrow::ArrowWriter;
+use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use datafusion::parquet::basic::{Compression, ZstdLevel};
+use datafusion::parquet::file::properties::WriterProperties;
+
+use super::WarehouseError;
+
+/// What [`compact`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Compacted {
+    /// Hour partitions merged.
+    pub partitions: u64,
+    /// Files merged away (replaced by one file each partition).
+    pub files_in: u64,
+    /// Rows rewritten.
+    pub rows: u64,
+}
+
+/// The suffix of the manifest beside a hidden folder: the merged file's name, then the
+/// names of the files it replaces, one a line.
+const MANIFEST: &str = ".manifest";
+
+fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> WarehouseError + 'a {
+    move |e| WarehouseError::io(op, path, e)
+}
+
+/// The visible Parquet files of a folder, sorted.
+fn parquet_files(dir: &Path) -> Result<Vec<String>, WarehouseError> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(dir).map_err(io("list", dir))? {
+        let e = e.map_err(io("list", dir))?;
+        if let Some(n) = e.file_name().to_str()
+            && n.ends_with(".parquet")
+            && !n.starts_with('.')
+        {
+            out.push(n.to_owned());
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Finishes or undoes compactions a crash interrupted, under `date_dir`.
+pub(crate) fn recover(date_dir: &Path) -> Result<(), WarehouseError> {
+    for e in fs::read_dir(date_dir).map_err(io("list", date_dir))? {
+        let e = e.map_err(io("list", date_dir))?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix('.') else {
+            continue;
+        };
+        let Some((visible, _)) = rest.split_once(".compact-") else {
+            continue;
+        };
+        if name.ends_with(MANIFEST) {
+            continue;
+        }
+        let hidden = e.path();
+        let manifest_path = date_dir.join(format!("{name}{MANIFEST}"));
+        let manifest = fs::read_to_string(&manifest_path).unwrap_or_default();
+        let mut lines = manifest.lines();
+        let new_file = lines.next().unwrap_or("");
+        let merged: Vec<&str> = lines.collect();
+        let visible_dir = date_dir.join(visible);
+        let swapped = !new_file.is_empty() && visible_dir.join(new_file).is_file();
+        if swapped {
+            // The hidden folder holds the old files: keep what arrived late.
+            for f in parquet_files(&hidden)? {
+                if !merged.contains(&f.as_str()) {
+                    fs::rename(hidden.join(&f), visible_dir.join(&f))
+                        .map_err(io("rename", &hidden))?;
+                }
+            }
+        }
+        fs::remove_dir_all(&hidden).map_err(io("remove", &hidden))?;
+        let _ = fs::remove_file(&manifest_path);
+    }
+    Ok(())
+}
+
+/// Merges every hour partition of `table` (every table with `None`) dated before
+/// `before` that has more than one file into one file.
+pub fn compact(
+    root: &Path,
+    before: NaiveDate,
+    table: Option<&str>,
+    dry_run: bool,
+) -> Result<Compacted, WarehouseError> {
+    let mut out = Compacted::default();
+    let tables: Vec<PathBuf> = match fs::read_dir(root) {
+        Ok(entries) => entries
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.is_dir())
+            .filter(|p| {
+                let n = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                !n.starts_with('.') && table.is_none_or(|t| t == n)
+            })
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(WarehouseError::io("list", root, e)),
+    };
+    for tdir in tables {
+        let mut days: Vec<PathBuf> = Vec::new();
+        for e in fs::read_dir(&tdir).map_err(io("list", &tdir))? {
+            let p = e.map_err(io("list", &tdir))?.path();
+            let old_enough = p
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_prefix("date="))
+                .and_then(|d| NaiveDate::parse_from_str(d, "%Y-%m-%d").ok())
+                .is_some_and(|d| d < before);
+            if old_enough {
+                days.push(p);
+            }
+        }
+        days.sort();
+        for day in days {
+            if !dry_run {
+                recover(&day)?;
+            }
+            let mut hours: Vec<PathBuf> = fs::read_dir(&day)
+                .map_err(io("list", &day))?
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.is_dir()
+                        && p.file_name()
+                            .and_then(|n| n.to_str())
+                            .is_some_and(|n| n.starts_with("hour="))
+                })
+                .collect();
+            hours.sort();
+            for hour in hours {
+                let files = parquet_files(&hour)?;
+                if files.len() < 2 {
+                    continue;
+                }
+                out.partitions += 1;
+                out.files_in += files.len() as u64;
+                if dry_run {
+                    continue;
+                }
+                out.rows += merge(&day, &hour, &files)?;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Merges `files` of the partition folder `hour` (under `day`) into one and swaps it in.
+fn merge(day: &Path, hour: &Path, files: &[String]) -> Result<u64, WarehouseError> {
+    let visible = hour
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("hour")
+        .to_owned();
+    let micros = chrono::Utc::now().timestamp_micros();
+    let hidden = day.join(format!(
+        ".{visible}.compact-{micros}-{}",
+        std::process::id()
+    ));
+    fs::create_dir(&hidden).map_err(io("create", &hidden))?;
+    let new_name = format!("part-compact-{micros}-{}.parquet", std::process::id());
+    let new_path = hidden.join(&new_name);
+    let mut rows = 0u64;
+    {
+        let mut writer: Option<ArrowWriter<fs::File>> = None;
+        let mut schema = None;
+        for f in files {
+            let path = hour.join(f);
+            let file = fs::File::open(&path).map_err(io("open", &path))?;
+            let reader = ParquetRecordBatchReaderBuilder::try_new(file)?
+                .with_batch_size(65_536)
+                .build()?;
+            for batch in reader {
+                let batch = batch?;
+                let w = match &mut writer {
+                    Some(w) => w,
+                    None => {
+                        let props = WriterProperties::builder()
+                            .set_compression(Compression::ZSTD(ZstdLevel::default()))
+                            .set_max_row_group_row_count(Some(128 * 1024))
+                            .build();
+                        let out = fs::File::create(&new_path).map_err(io("create", &new_path))?;
+                        schema = Some(batch.schema());
+                        writer.insert(ArrowWriter::try_new(out, batch.schema(), Some(props))?)
+                    }
+                };
+                // Files of one table share its schema; one that does not (an import with
+                // other columns) stops this partition's compaction, not the data.
+                if schema.as_ref() != Some(&batch.schema()) {
+                    drop(writer);
+                    fs::remove_dir_all(&hidden).map_err(io("remove", &hidden))?;
+                    tracing::warn!(partition = %hour.display(), file = %f, "files with different columns: partition left as it is");
+                    return Ok(0);
+                }
+                rows += batch.num_rows() as u64;
+                w.write(&batch)?;
+            }
+        }
+        if let Some(w) = writer {
+            let f = w.into_inner()?;
+            f.sync_all().map_err(io("sync", &new_path))?;
+        }
+    }
+    let mut manifest = new_name.clone();
+    for f in files {
+        manifest.push('\n');
+        manifest.push_str(f);
+    }
+    let manifest_path = day.join(format!(
+        ".{visible}.compact-{micros}-{}{MANIFEST}",
+        std::process::id()
+    ));
+    fs::write(&manifest_path, manifest).map_err(io("write", &manifest_path))?;
+    // The new file moves into place with its folder: readers see the old files or the
+    // merged one, never both, never neither.
+    rustix::fs::renameat_with(
+        rustix::fs::CWD,
+        hour,
+        rustix::fs::CWD,
+        &hidden,
+        rustix::fs::RenameFlags::EXCHANGE,
+    )
+    .map_err(|e| WarehouseError::io("swap", hour, e.into()))?;
+    // `hidden` now holds the old files: one a writer added meanwhile goes back.
+    for f in parquet_files(&hidden)? {
+        if !files.contains(&f) {
+            fs::rename(hidden.join(&f), hour.join(&f)).map_err(io("rename", &hidden))?;
+        }
+    }
+    fs::remove_dir_all(&hidden).map_err(io("remove", &hidden))?;
+    fs::remove_file(&manifest_path).map_err(io("remove", &manifest_path))?;
+    Ok(rows)
+}
