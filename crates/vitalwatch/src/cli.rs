@@ -560,7 +560,7 @@ pub enum BenchCommand {
         notifiers_from: Option<PathBuf>,
     },
     /// A notifier against its server: deliveries/s back to back, then delivery latency
-    /// at a steady rate (each event delivered as the pipeline does: one call each).
+    /// at a steady rate (delivered as a notifier lane does: up to its batch size per call, whatever is due).
     Notify {
         /// The notifier's `name` in the config file.
         notifier: String,
