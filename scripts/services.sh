@@ -106,9 +106,9 @@ fi
 # Warehouse readers for the open-format tests: DuckDB and Apache Spark (pyspark, on the
 # machine's Java 17), in a venv; no server to start.
 R=$S/readers
-if ! "$R/venv/bin/python" -c 'import duckdb, pyspark' 2>/dev/null; then
+if ! "$R/venv/bin/python" -c 'import duckdb, pytz, pyspark' 2>/dev/null; then
   echo "services: installing duckdb 1.4.2 and pyspark 4.0.1 into $R/venv (about a minute)"
   mkdir -p "$R"
   python3 -m venv "$R/venv"
-  "$R/venv/bin/pip" install -q duckdb==1.4.2 pyspark==4.0.1
+  "$R/venv/bin/pip" install -q duckdb==1.4.2 pytz==2025.2 pyspark==4.0.1
 fi
