@@ -31,7 +31,8 @@ pub enum Command {
     Simulate(SimulateArgs),
     /// Send JSON-lines files to a Kafka topic, keyed by patient id (the classic producer).
     Produce(crate::produce::ProduceArgs),
-    /// Run SQL over the warehouse (tables vitals, alerts, dead_letters, unclassified).
+    /// Run SQL over the warehouse (tables vitals, alerts, dead_letters, unclassified, audit,
+    /// and tables imported with `import --to warehouse:NAME`).
     Query(QueryArgs),
     /// Import a database table or query (MariaDB/MySQL, PostgreSQL) into the catalog's
     /// patients, a warehouse table or a CSV/Parquet file; incremental like Sqoop.

@@ -792,6 +792,15 @@ pub async fn history(a: crate::cli::HistoryArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A day given as `YYYY-MM-DD` for option `what`, or today (UTC).
+fn day_arg(day: Option<&str>, what: &str) -> anyhow::Result<chrono::NaiveDate> {
+    match day {
+        Some(d) => chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d")
+            .with_context(|| format!("{what} {d}: expected YYYY-MM-DD")),
+        None => Ok(chrono::Utc::now().date_naive()),
+    }
+}
+
 /// The catalog's patient ids and wards, for `report` (an empty list without a catalog).
 pub fn report_patients(c: &crate::cli::ReportCommand) -> anyhow::Result<Vec<(String, String)>> {
     let crate::cli::ReportCommand::Daily { data, .. } = c;
@@ -816,11 +825,7 @@ pub async fn report(
     let crate::cli::ReportCommand::Daily { date, format, data } = c;
     let cfg = load_config(&data)?;
     existing_data_dir(&cfg)?;
-    let day = match &date {
-        Some(d) => chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d")
-            .with_context(|| format!("--date {d}: expected YYYY-MM-DD"))?,
-        None => chrono::Utc::now().date_naive(),
-    };
+    let day = day_arg(date.as_deref(), "--date")?;
     let ids: Vec<&str> = patients.iter().map(|(i, _)| i.as_str()).collect();
     let wards: Vec<&str> = patients.iter().map(|(_, w)| w.as_str()).collect();
     let catalog = warehouse::RecordBatch::try_new(
@@ -1390,11 +1395,7 @@ pub fn warehouse_cmd(cmd: WarehouseCommand) -> anyhow::Result<()> {
         } => {
             let cfg = load_config(&data)?;
             existing_data_dir(&cfg)?;
-            let before = match &before {
-                Some(d) => chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d")
-                    .with_context(|| format!("--before {d}: expected YYYY-MM-DD"))?,
-                None => chrono::Utc::now().date_naive(),
-            };
+            let before = day_arg(before.as_deref(), "--before")?;
             let started = std::time::Instant::now();
             let r = warehouse::compact(
                 &warehouse_root(&cfg.data_dir),

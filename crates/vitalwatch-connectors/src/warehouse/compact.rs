@@ -105,20 +105,7 @@ pub fn compact(
     dry_run: bool,
 ) -> Result<Compacted, WarehouseError> {
     let mut out = Compacted::default();
-    let tables: Vec<PathBuf> = match fs::read_dir(root) {
-        Ok(entries) => entries
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .filter(|p| p.is_dir())
-            .filter(|p| {
-                let n = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-                !n.starts_with('.') && table.is_none_or(|t| t == n)
-            })
-            .collect(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => return Err(WarehouseError::io("list", root, e)),
-    };
-    for tdir in tables {
+    for tdir in super::retain::table_dirs(root, table)? {
         let mut days: Vec<PathBuf> = Vec::new();
         for e in fs::read_dir(&tdir).map_err(io("list", &tdir))? {
             let p = e.map_err(io("list", &tdir))?.path();

@@ -50,20 +50,7 @@ pub fn retain(
     dry_run: bool,
 ) -> Result<Retained, WarehouseError> {
     let mut out = Retained::default();
-    let tables: Vec<PathBuf> = match fs::read_dir(root) {
-        Ok(entries) => entries
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .filter(|p| p.is_dir())
-            .filter(|p| {
-                let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-                !name.starts_with('.') && table.is_none_or(|t| t == name)
-            })
-            .collect(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => return Err(WarehouseError::io("list", root, e)),
-    };
-    for dir in tables {
+    for dir in table_dirs(root, table)? {
         let name = dir
             .file_name()
             .and_then(|n| n.to_str())
@@ -103,4 +90,22 @@ pub fn retain(
         }
     }
     Ok(out)
+}
+
+/// The table folders under `root` (only `table`'s with `Some`): none for a warehouse
+/// nobody has written to yet.
+pub(crate) fn table_dirs(root: &Path, table: Option<&str>) -> Result<Vec<PathBuf>, WarehouseError> {
+    match fs::read_dir(root) {
+        Ok(entries) => Ok(entries
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.is_dir())
+            .filter(|p| {
+                let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                !name.starts_with('.') && table.is_none_or(|t| t == name)
+            })
+            .collect()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(WarehouseError::io("list", root, e)),
+    }
 }
