@@ -268,9 +268,10 @@ impl Database {
         self.columns(&sql).is_ok()
     }
 
-    /// Streams the batches `next` yields (all of `schema`) into `table`: into a staging
-    /// table first, then one statement in one transaction moves them into the target, so
-    /// an export that fails or is killed part-way leaves the target exactly as it was.
+    /// Streams the batches `next` yields (all of `schema`) into `table` in one
+    /// transaction (PostgreSQL: `COPY` into a staging table, then one statement into the
+    /// target; MariaDB: multi-row inserts into the target), so an export that fails or is
+    /// killed part-way leaves the target exactly as it was.
     /// `create` creates the target if it does not exist (with `key` as its primary key);
     /// [`ExportMode::Upsert`] needs `key` to be the target's primary or unique key.
     pub fn export(
@@ -402,17 +403,43 @@ impl Database {
             }
             Database::MySql(c) => {
                 if create {
+                    // DDL commits implicitly: before the transaction, never inside it.
                     c.query_drop(&create_sql).map_err(db_err)?;
                 }
-                c.query_drop("DROP TEMPORARY TABLE IF EXISTS vitalwatch_stage")
+                let upsert = match mode {
+                    ExportMode::Insert => String::new(),
+                    ExportMode::Upsert if non_key.is_empty() => {
+                        // Nothing to update: touch the key to make the duplicate a no-op.
+                        let k = mysql_ident(&key[0]);
+                        format!(" ON DUPLICATE KEY UPDATE {k} = {k}")
+                    }
+                    ExportMode::Upsert => format!(
+                        " ON DUPLICATE KEY UPDATE {}",
+                        non_key
+                            .iter()
+                            .map(|c| {
+                                let c = mysql_ident(c);
+                                format!("{c} = VALUES({c})")
+                            })
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                };
+                // InnoDB keeps the rows of an open transaction invisible and rolls them
+                // back when the connection drops (a kill) or a statement fails: the
+                // transaction is the staging area, without copying every row twice.
+                let mut tx = c
+                    .start_transaction(mysql::TxOpts::default())
                     .map_err(db_err)?;
-                c.query_drop(format!(
-                    "CREATE TEMPORARY TABLE vitalwatch_stage ({stage_cols})"
-                ))
-                .map_err(db_err)?;
-                let head = format!("INSERT INTO vitalwatch_stage ({list}) VALUES ");
+                let head = format!("INSERT INTO {target} ({list}) VALUES ");
                 let mut sql = head.clone();
                 let mut in_stmt = 0usize;
+                let flush = |tx: &mut mysql::Transaction<'_>, sql: &mut String| {
+                    sql.push_str(&upsert);
+                    tx.query_drop(&*sql).map_err(db_err)?;
+                    sql.clone_from(&head);
+                    Ok::<_, TransferError>(tx.affected_rows())
+                };
                 while let Some(batch) = next()? {
                     let batch = normalise(&batch)?;
                     for row in 0..batch.num_rows() {
@@ -452,45 +479,15 @@ impl Database {
                         report.rows += 1;
                         // Statements of a few MB: well under max_allowed_packet (16 MB).
                         if sql.len() > 4 << 20 {
-                            c.query_drop(&sql).map_err(db_err)?;
-                            sql.clone_from(&head);
+                            report.affected += flush(&mut tx, &mut sql)?;
                             in_stmt = 0;
                         }
                     }
                 }
                 if in_stmt > 0 {
-                    c.query_drop(&sql).map_err(db_err)?;
+                    report.affected += flush(&mut tx, &mut sql)?;
                 }
-                let upsert = match mode {
-                    ExportMode::Insert => String::new(),
-                    ExportMode::Upsert if non_key.is_empty() => {
-                        // Nothing to update: touch the key to make the duplicate a no-op.
-                        let k = mysql_ident(&key[0]);
-                        format!(" ON DUPLICATE KEY UPDATE {k} = {k}")
-                    }
-                    ExportMode::Upsert => format!(
-                        " ON DUPLICATE KEY UPDATE {}",
-                        non_key
-                            .iter()
-                            .map(|c| {
-                                let c = mysql_ident(c);
-                                format!("{c} = VALUES({c})")
-                            })
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ),
-                };
-                let mut tx = c
-                    .start_transaction(mysql::TxOpts::default())
-                    .map_err(db_err)?;
-                tx.query_drop(format!(
-                    "INSERT INTO {target} ({list}) SELECT {list} FROM vitalwatch_stage{upsert}"
-                ))
-                .map_err(db_err)?;
-                report.affected = tx.affected_rows();
                 tx.commit().map_err(db_err)?;
-                c.query_drop("DROP TEMPORARY TABLE IF EXISTS vitalwatch_stage")
-                    .map_err(db_err)?;
             }
         }
         Ok(report)

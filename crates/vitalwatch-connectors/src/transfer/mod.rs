@@ -5,8 +5,9 @@
 //! ([`Database::read`]), and the binary hands them to a destination: the catalog's
 //! patients (which a running engine picks up within `pipeline.reference_refresh`), a
 //! warehouse table, or a CSV/Parquet file. `vitalwatch export` streams batches (a warehouse
-//! query) into a database table ([`Database::export`]) through a staging table and one
-//! transaction, so a failed or killed export leaves the target as it was.
+//! query) into a database table ([`Database::export`]) in one transaction (PostgreSQL:
+//! `COPY` into a staging table first), so a failed or killed export leaves the target as
+//! it was.
 //!
 //! Rows travel as text on the wire (PostgreSQL `COPY … TO STDOUT`, the MySQL text
 //! protocol) and are parsed per column by one converter ([`ColumnKind`]), so both
