@@ -454,29 +454,30 @@ pub enum WarehouseCommand {
         /// Only days before this one (YYYY-MM-DD) [default: today, UTC: every finished day].
         #[arg(long)]
         before: Option<String>,
-        /// Only this table.
-        #[arg(long)]
-        table: Option<String>,
-        /// Say what would be merged; change nothing.
-        #[arg(long)]
-        dry_run: bool,
         #[command(flatten)]
-        data: DataArgs,
+        scope: PartitionScope,
     },
     /// Drop whole days older than a retention period (every table, or one).
     Retain {
         /// Keep this much: days before today (UTC) minus it go, e.g. 90d.
         #[arg(long)]
         older_than: String,
-        /// Only this table.
-        #[arg(long)]
-        table: Option<String>,
-        /// Say what would go; remove nothing.
-        #[arg(long)]
-        dry_run: bool,
         #[command(flatten)]
-        data: DataArgs,
+        scope: PartitionScope,
     },
+}
+
+/// Which partitions `warehouse compact` and `retain` touch, and whether they only say so.
+#[derive(Debug, Args)]
+pub struct PartitionScope {
+    /// Only this table.
+    #[arg(long)]
+    pub table: Option<String>,
+    /// Say what would be done; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub data: DataArgs,
 }
 
 /// `warehouse ddl --engine`

@@ -1389,9 +1389,12 @@ pub fn warehouse_cmd(cmd: WarehouseCommand) -> anyhow::Result<()> {
         }
         WarehouseCommand::Compact {
             before,
-            table,
-            dry_run,
-            data,
+            scope:
+                crate::cli::PartitionScope {
+                    table,
+                    dry_run,
+                    data,
+                },
         } => {
             let cfg = load_config(&data)?;
             existing_data_dir(&cfg)?;
@@ -1424,9 +1427,12 @@ pub fn warehouse_cmd(cmd: WarehouseCommand) -> anyhow::Result<()> {
         }
         WarehouseCommand::Retain {
             older_than,
-            table,
-            dry_run,
-            data,
+            scope:
+                crate::cli::PartitionScope {
+                    table,
+                    dry_run,
+                    data,
+                },
         } => {
             let cfg = load_config(&data)?;
             existing_data_dir(&cfg)?;

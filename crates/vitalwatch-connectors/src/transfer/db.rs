@@ -322,10 +322,14 @@ impl Database {
         let create_sql = format!("CREATE TABLE IF NOT EXISTS {target} ({})", defs(true));
         let stage_cols = defs(false);
         let list = self.idents(&cols.iter().map(|(c, _)| c.clone()).collect::<Vec<_>>());
-        let non_key: Vec<&String> = cols
+        // Quoted here, once: inside the match below `self` is borrowed by its client.
+        let keys = self.idents(key);
+        let first_key = key.first().map(|k| self.ident(k)).unwrap_or_default();
+        let non_key: Vec<String> = cols
             .iter()
             .map(|(c, _)| c)
             .filter(|c| !key.contains(c))
+            .map(|c| self.ident(c))
             .collect();
         if !create && !self.table_exists(table) {
             return Err(TransferError::Database(format!(
@@ -370,7 +374,6 @@ impl Database {
                     let w = w.into_inner().map_err(|e| db_err(e.error()))?;
                     w.finish().map_err(pg_err)?;
                 }
-                let keys = self_idents_pg(key);
                 let sql = match mode {
                     ExportMode::Insert => {
                         format!("INSERT INTO {target} ({list}) SELECT {list} FROM vitalwatch_stage")
@@ -383,10 +386,7 @@ impl Database {
                                 "UPDATE SET {}",
                                 non_key
                                     .iter()
-                                    .map(|c| {
-                                        let c = self_idents_pg(std::slice::from_ref(*c));
-                                        format!("{c} = EXCLUDED.{c}")
-                                    })
+                                    .map(|c| format!("{c} = EXCLUDED.{c}"))
                                     .collect::<Vec<_>>()
                                     .join(", ")
                             )
@@ -410,17 +410,13 @@ impl Database {
                     ExportMode::Insert => String::new(),
                     ExportMode::Upsert if non_key.is_empty() => {
                         // Nothing to update: touch the key to make the duplicate a no-op.
-                        let k = mysql_ident(&key[0]);
-                        format!(" ON DUPLICATE KEY UPDATE {k} = {k}")
+                        format!(" ON DUPLICATE KEY UPDATE {first_key} = {first_key}")
                     }
                     ExportMode::Upsert => format!(
                         " ON DUPLICATE KEY UPDATE {}",
                         non_key
                             .iter()
-                            .map(|c| {
-                                let c = mysql_ident(c);
-                                format!("{c} = VALUES({c})")
-                            })
+                            .map(|c| format!("{c} = VALUES({c})"))
                             .collect::<Vec<_>>()
                             .join(", ")
                     ),
@@ -500,18 +496,6 @@ impl Database {
             .collect::<Vec<_>>()
             .join(", ")
     }
-}
-
-fn self_idents_pg(names: &[String]) -> String {
-    names
-        .iter()
-        .map(|n| format!("\"{}\"", n.replace('"', "\"\"")))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-fn mysql_ident(name: &str) -> String {
-    format!("`{}`", name.replace('`', "``"))
 }
 
 /// A MariaDB/MySQL string literal (backslash escapes are on: the session clears
