@@ -51,14 +51,34 @@ pub struct Findings {
     pub events: Vec<AlertEvent>,
     /// Readings that could not be classified against the reference data.
     pub unclassified: Vec<Unclassified>,
+    /// NEWS2 results: one per in-order observation that completed a fresh set (only
+    /// when NEWS2 is enabled), for the warehouse's `scores` table.
+    pub scores: Vec<ScoreRecord>,
 }
 
 impl Findings {
-    /// Empties both lists, keeping their capacity.
+    /// Empties the lists, keeping their capacity.
     pub fn clear(&mut self) {
         self.events.clear();
         self.unclassified.clear();
+        self.scores.clear();
     }
+}
+
+/// A patient's NEWS2 at one observation: the aggregate, the points of each parameter and
+/// how it was scored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScoreRecord {
+    /// Whose score.
+    pub patient_id: PatientId,
+    /// The observation that completed the set (its `observed_at`).
+    pub observed_at: Timestamp,
+    /// Aggregate, parameter points and clinical response.
+    pub score: News2Score,
+    /// The SpO2 scale used.
+    pub scale: Spo2Scale,
+    /// Oxygen status was unknown and scored as room air.
+    pub assumed_air: bool,
 }
 
 /// What the engine did with one observation.
@@ -1167,8 +1187,15 @@ fn news2_step(state: &mut PatientState, ctx: &StepCtx<'_>, out: &mut Findings) {
     let rules = ctx.rules;
     let t = ctx.t;
     let scored = news2_now(&state.info, rules, t);
-    if scored.is_some() {
+    if let Some(s) = scored {
         state.info.news2 = scored;
+        out.scores.push(ScoreRecord {
+            patient_id: ctx.obs.patient_id.clone(),
+            observed_at: ctx.obs.observed_at,
+            score: s.score,
+            scale: state.info.scale(),
+            assumed_air: s.assumed_air,
+        });
     }
     let has_condition = state.conditions.iter().any(|c| c.key == CondKey::News2);
     let Some(s) = scored else {

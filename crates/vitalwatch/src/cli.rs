@@ -440,6 +440,8 @@ pub enum NotifyCommand {
 /// `vitalwatch warehouse …`
 #[derive(Debug, Subcommand)]
 pub enum WarehouseCommand {
+    /// Print every table's columns (type, unit, meaning) as Markdown.
+    Schema,
     /// Print the statements that make Hive, Spark SQL or DuckDB read the warehouse in place.
     Ddl {
         /// Which engine.

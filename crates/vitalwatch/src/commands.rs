@@ -163,6 +163,24 @@ fn open_catalog_read(cfg: &Config) -> anyhow::Result<Box<dyn Store>> {
     at.open()
 }
 
+/// After an import into the catalog: writes what the catalog now holds to the warehouse's
+/// `patients` table (no personal data), so reports can join readings to the age and ward
+/// a patient had at the time. Returns the number of patients written.
+pub(crate) fn snapshot_patients(
+    cfg: &Config,
+    store: &dyn Store,
+    source: &str,
+) -> anyhow::Result<usize> {
+    let patients = store.patients()?;
+    let mut sink =
+        warehouse::ParquetSink::new(crate::pipeline::warehouse_config(cfg, &cfg.data_dir))
+            .context("cannot open the warehouse for the patients snapshot")?;
+    sink.write_patients(wall_now(), source, &patients)
+        .and_then(|()| sink.close().map(drop))
+        .context("cannot write the patients snapshot to the warehouse")?;
+    Ok(patients.len())
+}
+
 pub(crate) fn open_catalog(cfg: &Config) -> anyhow::Result<Box<dyn Store>> {
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("cannot create data directory {}", cfg.data_dir.display()))?;
@@ -990,7 +1008,9 @@ pub fn patients(cmd: PatientsCommand) -> anyhow::Result<()> {
                 .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
             let source = format!("patients import {}", file.display());
             let _lock = lock_data_dir(&cfg.data_dir, "patients import")?;
-            let r = open_catalog(&cfg)?.import_patients(&patients, &source, wall_now())?;
+            let mut store = open_catalog(&cfg)?;
+            let r = store.import_patients(&patients, &source, wall_now())?;
+            snapshot_patients(&cfg, store.as_ref(), &source)?;
             confirm(format_args!(
                 "{}: {} added, {} updated, {} unchanged, in {}",
                 file.display(),
@@ -1376,6 +1396,7 @@ pub fn config_cmd(cmd: ConfigCommand) -> anyhow::Result<()> {
 /// `vitalwatch warehouse …`
 pub fn warehouse_cmd(cmd: WarehouseCommand) -> anyhow::Result<()> {
     match cmd {
+        WarehouseCommand::Schema => emit(&warehouse::schema_markdown()),
         WarehouseCommand::Ddl { engine, data } => {
             let cfg = load_config(&data)?;
             let root = warehouse_root(&cfg.data_dir);

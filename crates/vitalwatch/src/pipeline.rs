@@ -41,7 +41,7 @@ use vitalwatch_connectors::warehouse::{
 use vitalwatch_core::alert::{AlertEvent, AlertEventKind, Priority};
 use vitalwatch_core::clock::StreamClock;
 use vitalwatch_core::codec::encode_canonical;
-use vitalwatch_core::engine::{Engine, Findings, Processed};
+use vitalwatch_core::engine::{Engine, Findings, Processed, ScoreRecord};
 use vitalwatch_core::model::{DeadLetter, Duration, Observation, Timestamp, Unclassified};
 use vitalwatch_core::rules::Profile;
 
@@ -72,6 +72,8 @@ pub enum ArchiveMsg {
     DeadLetters(Vec<DeadLetter>),
     /// Readings that could not be classified.
     Unclassified(Vec<Unclassified>),
+    /// NEWS2 results.
+    Scores(Vec<ScoreRecord>),
     /// Publish everything before this, then confirm.
     Checkpoint(Arc<Checkpoint>),
 }
@@ -175,11 +177,12 @@ impl std::fmt::Display for Summary {
         writeln!(f, "unclassified: {}", self.unclassified)?;
         write!(
             f,
-            "warehouse: {} vitals rows, {} alert rows, {} dead-letter rows, {} unclassified rows in {} files",
+            "warehouse: {} vitals rows, {} alert rows, {} dead-letter rows, {} unclassified rows, {} score rows in {} files",
             self.warehouse.vitals.rows_committed,
             self.warehouse.alerts.rows_committed,
             self.warehouse.dead_letters.rows_committed,
             self.warehouse.unclassified.rows_committed,
+            self.warehouse.scores.rows_committed,
             self.warehouse.files_closed()
         )
     }
@@ -357,6 +360,17 @@ pub fn warehouse_root(data: &Path) -> PathBuf {
     data.join("warehouse")
 }
 
+/// The warehouse writer's settings: `config`'s `[warehouse]` under `data`.
+pub fn warehouse_config(config: &Config, data: &Path) -> WarehouseConfig {
+    WarehouseConfig {
+        root: warehouse_root(data),
+        batch_rows: config.warehouse.batch_rows,
+        roll_rows: config.warehouse.roll_rows,
+        roll_interval: config.warehouse.roll_interval.to_std(),
+        zstd_level: config.warehouse.zstd_level,
+    }
+}
+
 impl Pipeline {
     /// Loads reference data from the catalog and starts the three threads.
     pub fn start(
@@ -411,13 +425,7 @@ impl Pipeline {
         let (archive_tx, archive_rx) = flume::bounded(config.pipeline.archive_capacity);
         let (alert_tx, alert_rx) = flume::bounded(config.pipeline.alert_capacity);
 
-        let wh = WarehouseConfig {
-            root: warehouse_root(data),
-            batch_rows: config.warehouse.batch_rows,
-            roll_rows: config.warehouse.roll_rows,
-            roll_interval: config.warehouse.roll_interval.to_std(),
-            zstd_level: config.warehouse.zstd_level,
-        };
+        let wh = warehouse_config(config, data);
         // Files the last run never published: their rows are re-read from resumable
         // sources, or were never promised durable (live data before its checkpoint).
         let removed = remove_unpublished(&wh.root).context("cannot clean up the warehouse")?;
@@ -709,6 +717,11 @@ fn engine_loop(
             let _ = io.archive.send(ArchiveMsg::Unclassified(std::mem::take(
                 &mut findings.unclassified,
             )));
+        }
+        if !findings.scores.is_empty() {
+            let _ = io
+                .archive
+                .send(ArchiveMsg::Scores(std::mem::take(&mut findings.scores)));
         }
     };
     let mut control_open = true;
@@ -1496,6 +1509,10 @@ fn archive_loop(
             Ok(ArchiveMsg::Unclassified(u)) => {
                 metrics.archived_rows.fetch_add(u.len() as u64, Relaxed);
                 sink.write_unclassified(&u)
+            }
+            Ok(ArchiveMsg::Scores(s)) => {
+                metrics.archived_rows.fetch_add(s.len() as u64, Relaxed);
+                sink.write_scores(&s)
             }
             Ok(ArchiveMsg::Checkpoint(cp)) => {
                 let r = sink.checkpoint(cp.tag.as_deref());

@@ -621,11 +621,10 @@ pub fn import(a: ImportArgs) -> anyhow::Result<ImportOutcome> {
                 patients = keep.into_iter().map(|i| patients[i].clone()).collect();
             }
             let _lock = crate::commands::lock_data_dir(&cfg.data_dir, "import")?;
-            let r = crate::commands::open_catalog(&cfg)?.import_patients(
-                &patients,
-                &format!("import {described}"),
-                wall_now(),
-            )?;
+            let source = format!("import {described}");
+            let mut store = crate::commands::open_catalog(&cfg)?;
+            let r = store.import_patients(&patients, &source, wall_now())?;
+            crate::commands::snapshot_patients(&cfg, store.as_ref(), &source)?;
             confirm(format_args!(
                 "catalog:patients: {} added, {} updated, {} unchanged",
                 r.added,

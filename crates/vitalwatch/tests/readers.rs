@@ -18,12 +18,14 @@ use common::{os, sql, vitalwatch};
 /// Per table: the aggregate every engine computes, in each engine's dialect
 /// (vitalwatch/DataFusion, DuckDB, Spark SQL): a sum over a value column and the
 /// timestamp column as microseconds since the epoch.
-const CHECKS: [(&str, &str, &str); 5] = [
+const CHECKS: [(&str, &str, &str); 7] = [
     ("vitals", "value", "observed_at"),
     ("alerts", "coalesce(value, 0)", "alert_generated_time"),
     ("dead_letters", "length(payload)", "received_at"),
     ("unclassified", "coalesce(value, 0)", "observed_at"),
     ("audit", "id", "at"),
+    ("scores", "news2_score", "observed_at"),
+    ("patients", "age", "snapshot_at"),
 ];
 
 /// `micros` turns `TS` into microseconds; `q` quotes an identifier (`at` is a keyword in

@@ -270,7 +270,8 @@ impl Database {
 
     /// Streams the batches `next` yields (all of `schema`) into `table` in one
     /// transaction (PostgreSQL: `COPY` into a staging table, then one statement into the
-    /// target; MariaDB: multi-row inserts into the target), so an export that fails or is
+    /// target; MariaDB: `LOAD DATA LOCAL INFILE` into the target, or for an upsert into a
+    /// temporary table and then one statement), so an export that fails or is
     /// killed part-way leaves the target exactly as it was.
     /// `create` creates the target if it does not exist (with `key` as its primary key);
     /// [`ExportMode::Upsert`] needs `key` to be the target's primary or unique key.
@@ -357,18 +358,16 @@ impl Database {
                         let batch = normalise(&batch)?;
                         for row in 0..batch.num_rows() {
                             line.clear();
-                            for (i, a) in batch.columns().iter().enumerate() {
-                                if i > 0 {
-                                    line.push('\t');
-                                }
-                                match text_value(a.as_ref(), row) {
-                                    None => line.push_str("\\N"),
-                                    Some(v) => escape_copy(&v, &mut line),
-                                }
-                            }
-                            line.push('\n');
-                            w.write_all(line.as_bytes()).map_err(db_err)?;
                             report.rows += 1;
+                            text_row(
+                                &batch,
+                                row,
+                                &cols,
+                                Dialect::Postgres,
+                                report.rows,
+                                &mut line,
+                            )?;
+                            w.write_all(line.as_bytes()).map_err(db_err)?;
                         }
                     }
                     let w = w.into_inner().map_err(|e| db_err(e.error()))?;
@@ -406,82 +405,88 @@ impl Database {
                     // DDL commits implicitly: before the transaction, never inside it.
                     c.query_drop(&create_sql).map_err(db_err)?;
                 }
-                let upsert = match mode {
-                    ExportMode::Insert => String::new(),
-                    ExportMode::Upsert if non_key.is_empty() => {
-                        // Nothing to update: touch the key to make the duplicate a no-op.
-                        format!(" ON DUPLICATE KEY UPDATE {first_key} = {first_key}")
-                    }
-                    ExportMode::Upsert => format!(
-                        " ON DUPLICATE KEY UPDATE {}",
-                        non_key
-                            .iter()
-                            .map(|c| format!("{c} = VALUES({c})"))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ),
-                };
                 // InnoDB keeps the rows of an open transaction invisible and rolls them
-                // back when the connection drops (a kill) or a statement fails: the
-                // transaction is the staging area, without copying every row twice.
+                // back when the connection drops (a kill) or we give up: the transaction
+                // is the staging area for insert mode. Rows stream through `LOAD DATA
+                // LOCAL INFILE` (twice as fast as multi-row INSERTs), formatted on this
+                // thread while a second one feeds the connection.
                 let mut tx = c
                     .start_transaction(mysql::TxOpts::default())
                     .map_err(db_err)?;
-                let head = format!("INSERT INTO {target} ({list}) VALUES ");
-                let mut sql = head.clone();
-                let mut in_stmt = 0usize;
-                let flush = |tx: &mut mysql::Transaction<'_>, sql: &mut String| {
-                    sql.push_str(&upsert);
-                    tx.query_drop(&*sql).map_err(db_err)?;
-                    sql.clone_from(&head);
-                    Ok::<_, TransferError>(tx.affected_rows())
+                let into = match mode {
+                    ExportMode::Insert => target.clone(),
+                    ExportMode::Upsert => {
+                        // A temporary table neither commits the transaction nor is seen
+                        // by anyone else; the upsert is then one statement.
+                        tx.query_drop(format!(
+                            "CREATE TEMPORARY TABLE vitalwatch_stage ({stage_cols})"
+                        ))
+                        .map_err(db_err)?;
+                        "vitalwatch_stage".to_owned()
+                    }
                 };
-                while let Some(batch) = next()? {
-                    let batch = normalise(&batch)?;
-                    for row in 0..batch.num_rows() {
-                        if in_stmt > 0 {
-                            sql.push(',');
-                        }
-                        sql.push('(');
-                        for (i, a) in batch.columns().iter().enumerate() {
-                            if i > 0 {
-                                sql.push(',');
+                let load = format!(
+                    "LOAD DATA LOCAL INFILE 'vitalwatch-export' INTO TABLE {into} CHARACTER SET utf8mb4 ({list})"
+                );
+                let (mut tx, loaded) = mysql_load(tx, &load, |send| {
+                    let mut chunk = String::with_capacity(1 << 20);
+                    while let Some(batch) = next()? {
+                        let batch = normalise(&batch)?;
+                        for row in 0..batch.num_rows() {
+                            report.rows += 1;
+                            text_row(&batch, row, &cols, Dialect::MySql, report.rows, &mut chunk)?;
+                            if chunk.len() >= 1 << 20
+                                && !send(std::mem::replace(
+                                    &mut chunk,
+                                    String::with_capacity(1 << 20),
+                                ))
+                            {
+                                // The load ended early: its error says why.
+                                return Ok(());
                             }
-                            let kind = cols[i].1;
-                            match text_value(a.as_ref(), row) {
-                                None => sql.push_str("NULL"),
-                                Some(v) => match kind {
-                                    ColumnKind::Int | ColumnKind::Decimal(..) => sql.push_str(&v),
-                                    ColumnKind::Bool => sql.push_str(&v.to_uppercase()),
-                                    ColumnKind::Float => {
-                                        if v.parse::<f64>().is_ok_and(f64::is_finite) {
-                                            sql.push_str(&v)
-                                        } else {
-                                            return Err(TransferError::Value {
-                                                row: report.rows + 1,
-                                                column: cols[i].0.clone(),
-                                                message: format!(
-                                                    "{v} cannot be stored in a MariaDB/MySQL DOUBLE"
-                                                ),
-                                            });
-                                        }
-                                    }
-                                    _ => sql.push_str(&mysql_literal(&v)),
-                                },
-                            }
-                        }
-                        sql.push(')');
-                        in_stmt += 1;
-                        report.rows += 1;
-                        // Statements of a few MB: well under max_allowed_packet (16 MB).
-                        if sql.len() > 4 << 20 {
-                            report.affected += flush(&mut tx, &mut sql)?;
-                            in_stmt = 0;
                         }
                     }
+                    if !chunk.is_empty() {
+                        send(chunk);
+                    }
+                    Ok(())
+                })?;
+                // A LOCAL load turns every refused row (a duplicate key, a value that does
+                // not fit its column) into a warning and skips it; here any warning fails
+                // the export, and the rollback leaves the table as it was.
+                if loaded.warnings > 0 || loaded.affected != report.rows {
+                    let first: Option<(String, u32, String)> =
+                        tx.query_first("SHOW WARNINGS LIMIT 1").map_err(db_err)?;
+                    let why = first.map_or_else(
+                        || format!("{} of {} rows were loaded", loaded.affected, report.rows),
+                        |(_, code, message)| format!("{message} (MariaDB/MySQL warning {code})"),
+                    );
+                    tx.rollback().map_err(db_err)?;
+                    return Err(TransferError::Database(format!(
+                        "{} of {} rows were refused; the first: {why}",
+                        report.rows.saturating_sub(loaded.affected).max(1),
+                        report.rows
+                    )));
                 }
-                if in_stmt > 0 {
-                    report.affected += flush(&mut tx, &mut sql)?;
+                report.affected = loaded.affected;
+                if mode == ExportMode::Upsert {
+                    let set = if non_key.is_empty() {
+                        // Nothing to update: touch the key to make the duplicate a no-op.
+                        format!("{target}.{first_key} = {target}.{first_key}")
+                    } else {
+                        non_key
+                            .iter()
+                            .map(|c| format!("{target}.{c} = VALUES({c})"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    };
+                    tx.query_drop(format!(
+                        "INSERT INTO {target} ({list}) SELECT {list} FROM vitalwatch_stage ON DUPLICATE KEY UPDATE {set}"
+                    ))
+                    .map_err(db_err)?;
+                    report.affected = tx.affected_rows();
+                    tx.query_drop("DROP TEMPORARY TABLE vitalwatch_stage")
+                        .map_err(db_err)?;
                 }
                 tx.commit().map_err(db_err)?;
             }
@@ -496,6 +501,97 @@ impl Database {
             .collect::<Vec<_>>()
             .join(", ")
     }
+}
+
+/// One row as a line of the tab-separated text both bulk paths read (PostgreSQL `COPY …
+/// FROM STDIN`, MariaDB `LOAD DATA`): `\N` for NULL, backslash escapes, booleans as 1/0.
+/// `number` is the row's 1-based position in the export, for the error.
+fn text_row(
+    batch: &RecordBatch,
+    row: usize,
+    cols: &[(String, ColumnKind)],
+    dialect: Dialect,
+    number: u64,
+    out: &mut String,
+) -> Result<(), TransferError> {
+    for (i, a) in batch.columns().iter().enumerate() {
+        if i > 0 {
+            out.push('\t');
+        }
+        let Some(v) = text_value(a.as_ref(), row) else {
+            out.push_str("\\N");
+            continue;
+        };
+        match cols[i].1 {
+            ColumnKind::Bool => out.push(if v == "true" { '1' } else { '0' }),
+            ColumnKind::Float
+                if dialect == Dialect::MySql && !v.parse::<f64>().is_ok_and(f64::is_finite) =>
+            {
+                return Err(TransferError::Value {
+                    row: number,
+                    column: cols[i].0.clone(),
+                    message: format!("{v} cannot be stored in a MariaDB/MySQL DOUBLE"),
+                });
+            }
+            _ => escape_copy(&v, out),
+        }
+    }
+    out.push('\n');
+    Ok(())
+}
+
+/// What a `LOAD DATA` statement reported.
+struct Loaded {
+    affected: u64,
+    warnings: u16,
+}
+
+/// Runs `sql` (a `LOAD DATA LOCAL INFILE`) on a second thread while `produce` hands it the
+/// file's text chunk by chunk through a short queue; the send function returns false once
+/// the load has ended (its result then says why). Memory stays at a few chunks however
+/// large the export.
+fn mysql_load<'c>(
+    mut tx: mysql::Transaction<'c>,
+    sql: &str,
+    produce: impl FnOnce(&mut dyn FnMut(String) -> bool) -> Result<(), TransferError>,
+) -> Result<(mysql::Transaction<'c>, Loaded), TransferError> {
+    let (send, recv) = std::sync::mpsc::sync_channel::<String>(4);
+    let mut recv = Some(recv);
+    tx.set_local_infile_handler(Some(mysql::LocalInfileHandler::new(move |_, w| {
+        if let Some(chunks) = recv.take() {
+            for chunk in chunks {
+                w.write_all(chunk.as_bytes())?;
+            }
+        }
+        Ok(())
+    })));
+    std::thread::scope(|s| {
+        let loader = s.spawn(move || {
+            let result = tx.query_drop(sql).map_err(|e| {
+                let hint = if e.to_string().contains("1148") {
+                    " (the server has local_infile off: SET GLOBAL local_infile = 1)"
+                } else {
+                    ""
+                };
+                TransferError::Database(format!("{e}{hint}"))
+            });
+            // Drops the queue's receiver: a producer still sending learns the load ended.
+            tx.set_local_infile_handler(None);
+            let loaded = Loaded {
+                affected: tx.affected_rows(),
+                warnings: tx.warnings(),
+            };
+            (tx, result.map(|()| loaded))
+        });
+        let produced = produce(&mut |chunk| send.send(chunk).is_ok());
+        drop(send);
+        let (tx, loaded) = loader
+            .join()
+            .map_err(|_| TransferError::Database("the load thread panicked".into()))?;
+        // A value the producer refused explains more than the load it cut short.
+        produced?;
+        Ok((tx, loaded?))
+    })
 }
 
 /// A MariaDB/MySQL string literal (backslash escapes are on: the session clears
@@ -569,7 +665,7 @@ fn unescape_copy(raw: &[u8], out: &mut String) {
     out.push_str(&String::from_utf8_lossy(&bytes));
 }
 
-/// A value in PostgreSQL's COPY text format.
+/// A value in PostgreSQL's COPY text format (which MariaDB's `LOAD DATA` reads too).
 fn escape_copy(v: &str, out: &mut String) {
     for c in v.chars() {
         match c {
@@ -577,6 +673,8 @@ fn escape_copy(v: &str, out: &mut String) {
             '\t' => out.push_str("\\t"),
             '\n' => out.push_str("\\n"),
             '\r' => out.push_str("\\r"),
+            // Neither format takes a raw NUL (PostgreSQL text refuses it either way).
+            '\0' => out.push_str("\\0"),
             c => out.push(c),
         }
     }

@@ -47,7 +47,8 @@ pub use query::{
 };
 pub use retain::{Retained, retain};
 pub use schema::{
-    ALERTS, AUDIT, DEAD_LETTERS, TABLES, UNCLASSIFIED, VITALS, partition_cols, table_schema,
+    ALERTS, AUDIT, DEAD_LETTERS, PATIENTS, SCORES, TABLES, UNCLASSIFIED, VITALS, column_docs,
+    partition_cols, schema_markdown, table_schema,
 };
 pub use sink::ParquetSink;
 
@@ -170,6 +171,10 @@ pub struct WarehouseStats {
     pub unclassified: TableStats,
     /// Table `audit`.
     pub audit: TableStats,
+    /// Table `scores`.
+    pub scores: TableStats,
+    /// Table `patients`.
+    pub patients: TableStats,
 }
 
 impl WarehouseStats {
@@ -179,13 +184,15 @@ impl WarehouseStats {
     }
 
     /// Each table's counters with its name.
-    pub fn tables(&self) -> [(&'static str, TableStats); 5] {
+    pub fn tables(&self) -> [(&'static str, TableStats); 7] {
         [
             (VITALS, self.vitals),
             (ALERTS, self.alerts),
             (DEAD_LETTERS, self.dead_letters),
             (UNCLASSIFIED, self.unclassified),
             (AUDIT, self.audit),
+            (SCORES, self.scores),
+            (PATIENTS, self.patients),
         ]
     }
 }

@@ -22,8 +22,22 @@ pub const UNCLASSIFIED: &str = "unclassified";
 /// The catalog's audit trail (acknowledgements, silences, imports: who, when, from where).
 pub const AUDIT: &str = "audit";
 
+/// NEWS2 per patient over time, with the points of each parameter.
+pub const SCORES: &str = "scores";
+
+/// Snapshots of the catalog's patients (no personal data), one per import.
+pub const PATIENTS: &str = "patients";
+
 /// The tables the sink writes, in a stable order.
-pub const TABLES: [&str; 5] = [VITALS, ALERTS, DEAD_LETTERS, UNCLASSIFIED, AUDIT];
+pub const TABLES: [&str; 7] = [
+    VITALS,
+    ALERTS,
+    DEAD_LETTERS,
+    UNCLASSIFIED,
+    AUDIT,
+    SCORES,
+    PATIENTS,
+];
 
 /// Timezone of every timestamp column: readers show local time for zone-less timestamps
 /// (Spark's `timestamp_ntz`), so the zone is always written.
@@ -100,9 +114,270 @@ pub fn table_schema(table: &str) -> Option<SchemaRef> {
             utf8("subject", false),
             utf8("detail", false),
         ],
+        SCORES => {
+            let points = |name: &str| Field::new(name, DataType::Int32, false);
+            vec![
+                utf8("patient_id", false),
+                ts("observed_at"),
+                points("news2_score"),
+                utf8("response", false),
+                points("resp_rate_points"),
+                points("spo2_points"),
+                points("oxygen_points"),
+                points("systolic_points"),
+                points("pulse_points"),
+                points("consciousness_points"),
+                points("temperature_points"),
+                points("spo2_scale"),
+                Field::new("assumed_air", DataType::Boolean, false),
+            ]
+        }
+        PATIENTS => vec![
+            ts("snapshot_at"),
+            utf8("source", false),
+            utf8("patient_id", false),
+            utf8("ward", false),
+            Field::new("age", DataType::Int32, false),
+            Field::new("spo2_scale", DataType::Int32, false),
+        ],
         _ => return None,
     };
     Some(Arc::new(Schema::new(fields)))
+}
+
+/// What each column of a table means and its unit (empty when it has none), in schema
+/// order: the source of the README's table schemas (a test keeps the two equal).
+pub fn column_docs(table: &str) -> &'static [(&'static str, &'static str, &'static str)] {
+    match table {
+        VITALS => &[
+            ("patient_id", "", "the patient (the classic `customerId`)"),
+            ("device_id", "", "the bedside device that measured it"),
+            (
+                "vital",
+                "",
+                "`heart_rate`, `systolic`, `diastolic`, `spo2`, `resp_rate`, `temp_c`, `consciousness` or `on_oxygen`",
+            ),
+            ("value", "the vital's unit", "the reading"),
+            (
+                "unit",
+                "",
+                "UCUM unit: `/min`, `mm[Hg]`, `%`, `Cel`, `{code}` (ACVPU; on oxygen 1/0)",
+            ),
+            (
+                "observed_at",
+                "UTC",
+                "when the device measured it (partitions the table)",
+            ),
+            ("ingested_at", "UTC", "when vitalwatch received it"),
+        ],
+        ALERTS => &[
+            (
+                "alert_id",
+                "",
+                "the alert (one id through its whole lifecycle)",
+            ),
+            (
+                "event",
+                "",
+                "`triggered`, `renotified`, `escalated`, `acknowledged`, `inputs_stale`, `resolved`",
+            ),
+            (
+                "state",
+                "",
+                "the alert's state after the event: `triggered`, `acknowledged`, `resolved`",
+            ),
+            (
+                "rule",
+                "",
+                "the rule family: `threshold`, `news2`, `limit`, `device_stale`",
+            ),
+            (
+                "rule_key",
+                "",
+                "the condition, e.g. `threshold:heart_rate:9` (vital and reference band), `news2`",
+            ),
+            (
+                "priority",
+                "",
+                "IEC 60601-1-8 priority: `low`, `medium`, `high`",
+            ),
+            (
+                "patient_id",
+                "",
+                "the patient (no name, address or phone: those stay in the catalog)",
+            ),
+            ("vital", "", "the vital, for threshold alerts"),
+            ("value", "the vital's unit", "the value that raised it"),
+            ("news2_score", "points", "the aggregate, for NEWS2 alerts"),
+            (
+                "ref_id",
+                "",
+                "the reference band's id, for threshold alerts",
+            ),
+            ("ref_version", "", "the threshold table's version"),
+            ("alert_message", "", "the message shown and sent"),
+            ("device_id", "", "the device whose reading raised it"),
+            (
+                "input_message_time",
+                "UTC",
+                "the reading's observation time",
+            ),
+            (
+                "alert_generated_time",
+                "UTC",
+                "when the event happened (partitions the table)",
+            ),
+            ("episode_start", "UTC", "when the alert first triggered"),
+        ],
+        DEAD_LETTERS => &[
+            (
+                "received_at",
+                "UTC",
+                "when it arrived (partitions the table)",
+            ),
+            (
+                "source",
+                "",
+                "where it came from (`http`, `replay:FILE:LINE`, `kafka:TOPIC:P:OFFSET`, …)",
+            ),
+            ("reason", "", "why it was refused"),
+            (
+                "payload",
+                "",
+                "the raw message (lossy UTF-8, at most 64 KiB)",
+            ),
+        ],
+        UNCLASSIFIED => &[
+            ("patient_id", "", "the patient"),
+            ("device_id", "", "the device"),
+            (
+                "vital",
+                "",
+                "the vital (empty when the whole observation is of an unknown patient)",
+            ),
+            ("value", "the vital's unit", "the reading"),
+            (
+                "observed_at",
+                "UTC",
+                "when it was measured (partitions the table)",
+            ),
+            ("reason", "", "`unknown_patient` or `no_band`"),
+        ],
+        AUDIT => &[
+            ("id", "", "the catalog's audit id (increasing)"),
+            ("at", "UTC", "when it happened (partitions the table)"),
+            ("actor", "", "who (user name or system)"),
+            (
+                "action",
+                "",
+                "what was done, e.g. `alert acknowledged`, `patient silenced`",
+            ),
+            (
+                "subject",
+                "",
+                "what it was done to (alert id, patient id, table)",
+            ),
+            ("detail", "", "from where, why"),
+        ],
+        SCORES => &[
+            ("patient_id", "", "the patient"),
+            (
+                "observed_at",
+                "UTC",
+                "the observation that completed the set (partitions the table)",
+            ),
+            ("news2_score", "points", "the NEWS2 aggregate, 0–20"),
+            (
+                "response",
+                "",
+                "RCP clinical response: `zero`, `low`, `low_medium`, `medium`, `high`",
+            ),
+            ("resp_rate_points", "points", "respiration rate, 0–3"),
+            ("spo2_points", "points", "SpO2 on the patient's scale, 0–3"),
+            ("oxygen_points", "points", "supplemental oxygen, 0 or 2"),
+            ("systolic_points", "points", "systolic blood pressure, 0–3"),
+            ("pulse_points", "points", "pulse, 0–3"),
+            (
+                "consciousness_points",
+                "points",
+                "consciousness (ACVPU), 0 or 3",
+            ),
+            ("temperature_points", "points", "temperature, 0–3"),
+            ("spo2_scale", "", "the SpO2 scale used, 1 or 2"),
+            (
+                "assumed_air",
+                "",
+                "oxygen status was unknown and scored as room air",
+            ),
+        ],
+        PATIENTS => &[
+            (
+                "snapshot_at",
+                "UTC",
+                "when the import that took the snapshot finished (partitions the table)",
+            ),
+            (
+                "source",
+                "",
+                "what was imported (`reference import`, `import mysql://host/db`, …)",
+            ),
+            (
+                "patient_id",
+                "",
+                "the patient (no name, address or phone: those stay in the catalog)",
+            ),
+            ("ward", "", "the ward at that time"),
+            (
+                "age",
+                "years",
+                "the age at that time (selects the threshold band)",
+            ),
+            ("spo2_scale", "", "the NEWS2 SpO2 scale, 1 or 2"),
+        ],
+        _ => &[],
+    }
+}
+
+/// The column type as the README names it.
+fn type_name(t: &DataType) -> &'static str {
+    match t {
+        DataType::Utf8 => "string",
+        DataType::Float64 => "double",
+        DataType::Int32 => "int",
+        DataType::Int64 => "bigint",
+        DataType::Boolean => "boolean",
+        DataType::Timestamp(..) => "timestamp (µs, UTC)",
+        _ => "other",
+    }
+}
+
+/// Every table's schema as Markdown (column, type, unit, meaning), plus the partition
+/// columns: printed by `vitalwatch warehouse schema` and kept in the README.
+pub fn schema_markdown() -> String {
+    let mut out = String::new();
+    for table in TABLES {
+        let schema = table_schema(table).expect("every listed table has a schema");
+        let docs = column_docs(table);
+        out.push_str(&format!(
+            "`{table}`\n\n| column | type | unit | meaning |\n|---|---|---|---|\n"
+        ));
+        for f in schema.fields() {
+            let (unit, meaning) = docs
+                .iter()
+                .find(|(c, _, _)| c == f.name())
+                .map_or(("", "(undocumented)"), |(_, u, m)| (*u, *m));
+            let null = if f.is_nullable() { ", nullable" } else { "" };
+            out.push_str(&format!(
+                "| `{}` | {}{null} | {unit} | {meaning} |\n",
+                f.name(),
+                type_name(f.data_type())
+            ));
+        }
+        out.push_str(
+            "| `date`, `hour` | date, int | UTC | partition columns (from the folder names) |\n\n",
+        );
+    }
+    out
 }
 
 /// The Hive partition columns, in directory order, with the types every engine infers
@@ -157,6 +432,32 @@ pub(crate) fn partition_dir(root: &Path, table: &str, hour_key: i64) -> PathBuf 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_column_is_documented_in_order_and_nothing_else() {
+        for table in TABLES {
+            let schema = table_schema(table).unwrap();
+            let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+            let documented: Vec<&str> = column_docs(table).iter().map(|(c, _, _)| *c).collect();
+            assert_eq!(names, documented, "{table}");
+        }
+        assert!(!schema_markdown().contains("(undocumented)"));
+        assert!(!schema_markdown().contains("| other"));
+    }
+
+    #[test]
+    fn the_readme_lists_the_schemas_the_code_writes() {
+        let readme =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md"))
+                .unwrap();
+        let begin = "<!-- schema:begin -->\n";
+        let start = readme.find(begin).expect("README has the schema markers") + begin.len();
+        let end = readme.find("<!-- schema:end -->").unwrap();
+        assert!(
+            readme[start..end] == schema_markdown(),
+            "README's table schemas differ from the code: paste `vitalwatch warehouse schema` between the markers"
+        );
+    }
 
     #[test]
     fn partition_dirs_are_unpadded_and_floor_before_the_epoch() {

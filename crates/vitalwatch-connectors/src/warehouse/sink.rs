@@ -24,8 +24,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use datafusion::arrow::array::{
-    ArrayBuilder, ArrayRef, Float64Builder, Int32Builder, Int64Builder, StringBuilder,
-    TimestampMicrosecondBuilder,
+    ArrayBuilder, ArrayRef, BooleanBuilder, Float64Builder, Int32Builder, Int64Builder,
+    StringBuilder, TimestampMicrosecondBuilder,
 };
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::error::ArrowError;
@@ -34,11 +34,14 @@ use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::basic::{Compression, ZstdLevel};
 use datafusion::parquet::file::properties::WriterProperties;
 use vitalwatch_core::alert::AlertEvent;
-use vitalwatch_core::model::{DeadLetter, Observation, Unclassified};
+use vitalwatch_core::engine::ScoreRecord;
+use vitalwatch_core::model::{
+    DeadLetter, Observation, Patient, Spo2Scale, Timestamp, Unclassified,
+};
 
 use super::schema::{
-    ALERTS, AUDIT, DEAD_LETTERS, UNCLASSIFIED, UTC, VITALS, check_schema, hour_key, partition_dir,
-    table_schema,
+    ALERTS, AUDIT, DEAD_LETTERS, PATIENTS, SCORES, UNCLASSIFIED, UTC, VITALS, check_schema,
+    hour_key, partition_dir, table_schema,
 };
 use super::{TableStats, WarehouseConfig, WarehouseError, WarehouseStats};
 use crate::store::AuditEntry;
@@ -71,6 +74,8 @@ pub struct ParquetSink {
     dead_letters: Table<DeadLetterRows>,
     unclassified: Table<UnclassifiedRows>,
     audit: Table<AuditRows>,
+    scores: Table<ScoreRows>,
+    patients: Table<PatientRows>,
 }
 
 impl fmt::Debug for ParquetSink {
@@ -123,6 +128,8 @@ impl ParquetSink {
             dead_letters: Table::new(DEAD_LETTERS)?,
             unclassified: Table::new(UNCLASSIFIED)?,
             audit: Table::new(AUDIT)?,
+            scores: Table::new(SCORES)?,
+            patients: Table::new(PATIENTS)?,
         })
     }
 
@@ -170,6 +177,34 @@ impl ParquetSink {
     /// `at`.
     pub fn write_audit(&mut self, rows: &[(u64, AuditEntry)]) -> Result<(), WarehouseError> {
         let r = self.audit.append(rows, &self.files, |(_, a)| a.at.micros());
+        self.publish_rolled(r)
+    }
+
+    /// Table `scores` (NEWS2 per patient over time), partitioned by `observed_at`.
+    pub fn write_scores(&mut self, scores: &[ScoreRecord]) -> Result<(), WarehouseError> {
+        let r = self
+            .scores
+            .append(scores, &self.files, |s| s.observed_at.micros());
+        self.publish_rolled(r)
+    }
+
+    /// Table `patients`: a snapshot of the catalog's patients taken at `at` after an
+    /// import described by `source`, partitioned by `at`. Names, addresses, phones and free
+    /// text are left out: they stay in the catalog.
+    pub fn write_patients(
+        &mut self,
+        at: Timestamp,
+        source: &str,
+        patients: &[Patient],
+    ) -> Result<(), WarehouseError> {
+        let source: Arc<str> = source.into();
+        let rows: Vec<_> = patients
+            .iter()
+            .map(|p| (at, source.clone(), p.clone()))
+            .collect();
+        let r = self
+            .patients
+            .append(&rows, &self.files, |(at, _, _)| at.micros());
         self.publish_rolled(r)
     }
 
@@ -268,6 +303,8 @@ impl ParquetSink {
             dead_letters: self.dead_letters.stats,
             unclassified: self.unclassified.stats,
             audit: self.audit.stats,
+            scores: self.scores.stats,
+            patients: self.patients.stats,
         }
     }
 
@@ -278,6 +315,8 @@ impl ParquetSink {
             + self.dead_letters.staged.len()
             + self.unclassified.staged.len()
             + self.audit.staged.len()
+            + self.scores.staged.len()
+            + self.patients.staged.len()
     }
 
     /// Files currently open (in progress, invisible to readers).
@@ -287,6 +326,8 @@ impl ParquetSink {
             + self.dead_letters.open_files()
             + self.unclassified.open_files()
             + self.audit.open_files()
+            + self.scores.open_files()
+            + self.patients.open_files()
     }
 
     /// Runs `f` on every table even if one fails (a broken `alerts` file must not keep
@@ -302,10 +343,20 @@ impl ParquetSink {
             dead_letters,
             unclassified,
             audit,
+            scores,
+            patients,
             lost_rows,
             ..
         } = self;
-        let tables: [&mut dyn TableOps; 5] = [vitals, alerts, dead_letters, unclassified, audit];
+        let tables: [&mut dyn TableOps; 7] = [
+            vitals,
+            alerts,
+            dead_letters,
+            unclassified,
+            audit,
+            scores,
+            patients,
+        ];
         let mut first = None;
         for t in tables {
             let r = f(t, files);
@@ -324,7 +375,7 @@ impl Drop for ParquetSink {
         let pending = self.open_files() > 0
             || self.vitals.buffered + self.alerts.buffered > 0
             || self.dead_letters.buffered + self.unclassified.buffered > 0
-            || self.audit.buffered > 0
+            || self.audit.buffered + self.scores.buffered + self.patients.buffered > 0
             || self.staged_files() > 0;
         // A resumable source's rows past its last checkpoint stay hidden: it re-reads them.
         if pending && self.publish_on_tick {
@@ -1102,6 +1153,108 @@ impl Rows for AuditRows {
                 Arc::new(self.action.finish()),
                 Arc::new(self.subject.finish()),
                 Arc::new(self.detail.finish()),
+            ],
+        )
+    }
+}
+
+#[derive(Default)]
+struct ScoreRows {
+    patient_id: StringBuilder,
+    observed_at: TimestampMicrosecondBuilder,
+    total: Int32Builder,
+    response: StringBuilder,
+    /// One builder per parameter, in `News2Score::parts` order.
+    parts: [Int32Builder; 7],
+    scale: Int32Builder,
+    assumed_air: BooleanBuilder,
+}
+
+fn scale_number(s: Spo2Scale) -> i32 {
+    match s {
+        Spo2Scale::Scale1 => 1,
+        Spo2Scale::Scale2 => 2,
+    }
+}
+
+impl Rows for ScoreRows {
+    type Item = ScoreRecord;
+
+    fn push(&mut self, r: &ScoreRecord) -> usize {
+        self.patient_id.append_value(r.patient_id.as_str());
+        self.observed_at.append_value(r.observed_at.micros());
+        self.total
+            .append_value(i32::try_from(r.score.total).unwrap_or(i32::MAX));
+        self.response.append_value(r.score.response.as_str());
+        for (b, p) in self.parts.iter_mut().zip(r.score.parts) {
+            b.append_value(i32::from(p));
+        }
+        self.scale.append_value(scale_number(r.scale));
+        self.assumed_air.append_value(r.assumed_air);
+        1
+    }
+
+    fn len(&self) -> usize {
+        self.patient_id.len()
+    }
+
+    fn finish(&mut self, schema: &SchemaRef) -> Result<RecordBatch, ArrowError> {
+        // `Default` made the timestamp builder without its zone; the schema has it.
+        let mut columns: Vec<ArrayRef> = vec![
+            Arc::new(self.patient_id.finish()),
+            Arc::new(self.observed_at.finish().with_timezone(UTC)),
+            Arc::new(self.total.finish()),
+            Arc::new(self.response.finish()),
+        ];
+        columns.extend(
+            self.parts
+                .iter_mut()
+                .map(|b| Arc::new(b.finish()) as ArrayRef),
+        );
+        columns.push(Arc::new(self.scale.finish()));
+        columns.push(Arc::new(self.assumed_air.finish()));
+        batch(schema, columns)
+    }
+}
+
+#[derive(Default)]
+struct PatientRows {
+    snapshot_at: TimestampMicrosecondBuilder,
+    source: StringBuilder,
+    patient_id: StringBuilder,
+    ward: StringBuilder,
+    age: Int32Builder,
+    scale: Int32Builder,
+}
+
+impl Rows for PatientRows {
+    type Item = (Timestamp, Arc<str>, Patient);
+
+    fn push(&mut self, (at, source, p): &(Timestamp, Arc<str>, Patient)) -> usize {
+        self.snapshot_at.append_value(at.micros());
+        self.source.append_value(source);
+        self.patient_id.append_value(p.patient_id.as_str());
+        self.ward.append_value(&p.ward);
+        self.age
+            .append_value(i32::try_from(p.age).unwrap_or(i32::MAX));
+        self.scale.append_value(scale_number(p.spo2_scale));
+        1
+    }
+
+    fn len(&self) -> usize {
+        self.patient_id.len()
+    }
+
+    fn finish(&mut self, schema: &SchemaRef) -> Result<RecordBatch, ArrowError> {
+        batch(
+            schema,
+            vec![
+                Arc::new(self.snapshot_at.finish().with_timezone(UTC)),
+                Arc::new(self.source.finish()),
+                Arc::new(self.patient_id.finish()),
+                Arc::new(self.ward.finish()),
+                Arc::new(self.age.finish()),
+                Arc::new(self.scale.finish()),
             ],
         )
     }

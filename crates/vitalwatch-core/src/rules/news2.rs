@@ -49,6 +49,17 @@ pub enum ClinicalResponse {
 }
 
 impl ClinicalResponse {
+    /// The response's name as stored (`zero`, `low`, `low_medium`, `medium`, `high`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClinicalResponse::Zero => "zero",
+            ClinicalResponse::Low => "low",
+            ClinicalResponse::LowMedium => "low_medium",
+            ClinicalResponse::Medium => "medium",
+            ClinicalResponse::High => "high",
+        }
+    }
+
     /// The alarm priority for this response, or `None` when no alarm is due.
     ///
     /// A single parameter of 3 is "low–medium" in the RCP chart; IEC 60601-1-8 has three
