@@ -529,6 +529,10 @@ pub struct HistoryArgs {
     /// Output format.
     #[arg(long, value_enum, default_value = "table")]
     pub format: TableFormat,
+    /// Also draw the trend into this file (.svg or .png): each vital over time with the
+    /// patient's threshold bands shaded and alert events marked, plus NEWS2 when scored.
+    #[arg(long, value_name = "FILE")]
+    pub plot: Option<std::path::PathBuf>,
 }
 
 /// `vitalwatch bench …`

@@ -14,8 +14,9 @@ use vitalwatch_connectors::source::file::{FileSource, ReplayAdmission};
 use vitalwatch_connectors::source::kafka::KafkaSettings;
 use vitalwatch_connectors::source::simulator;
 use vitalwatch_connectors::warehouse::{self, OutputFormat};
+use vitalwatch_core::alert::Priority;
 use vitalwatch_core::codec::{InputFormat, encode_canonical, encode_classic};
-use vitalwatch_core::model::{Duration, Observation, Timestamp};
+use vitalwatch_core::model::{Duration, Observation, Timestamp, Vital};
 use vitalwatch_core::reference::{
     BuiltinTable, THRESHOLD_COLUMNS, THRESHOLD_EXTRA_COLUMNS, parse_patients_csv,
     parse_threshold_csv,
@@ -807,7 +808,204 @@ pub async fn history(a: crate::cli::HistoryArgs) -> anyhow::Result<()> {
             output_format(a.format),
         )?)?;
     }
+    if let Some(path) = &a.plot {
+        let scores = format!(
+            "SELECT observed_at, news2_score FROM scores WHERE patient_id = '{p}' AND {span} \
+             AND observed_at >= TIMESTAMP '{from}' AND observed_at <= TIMESTAMP '{to}' \
+             ORDER BY observed_at",
+            p = q(&a.patient)
+        );
+        let scores = if a.vital.is_none() {
+            warehouse::query(&root, &scores)
+                .await
+                .context("history query failed")?
+        } else {
+            Vec::new()
+        };
+        let patient = a.patient.clone();
+        let bands = off_runtime(|| patient_bands(&cfg, &patient))?;
+        let panels = trend_panels(&batches, &events, &scores, &bands)?;
+        let (w, h) = crate::plot::render(
+            path,
+            &format!("patient {}", a.patient),
+            since.timestamp_micros(),
+            until.timestamp_micros(),
+            &panels,
+        )?;
+        confirm(format_args!(
+            "drew {} panel(s) into {} ({w}x{h})",
+            panels.len(),
+            path.display()
+        ));
+    }
     Ok(())
+}
+
+/// The patient's reference bands per vital (their age's, or their own overrides), and
+/// NEWS2's response bands; none for a patient the catalog does not know.
+fn patient_bands(
+    cfg: &Config,
+    patient: &str,
+) -> anyhow::Result<Vec<(String, Vec<crate::plot::Band>)>> {
+    use crate::plot::Band;
+    let mut out = vec![(
+        "news2".to_owned(),
+        vec![
+            Band {
+                low: 0.0,
+                high: 4.0,
+                priority: None,
+            },
+            Band {
+                low: 5.0,
+                high: 6.0,
+                priority: Some(Priority::Medium),
+            },
+            Band {
+                low: 7.0,
+                high: 20.0,
+                priority: Some(Priority::High),
+            },
+        ],
+    )];
+    let Ok(cat) = open_catalog_read(cfg) else {
+        return Ok(out);
+    };
+    let Some(p) = cat
+        .patients()?
+        .into_iter()
+        .find(|p| p.patient_id.as_str() == patient)
+    else {
+        return Ok(out);
+    };
+    let table = cat.thresholds()?;
+    for v in Vital::ALL {
+        let bands = table.bands_for(v, &p.patient_id, p.age);
+        if !bands.is_empty() {
+            out.push((v.name().to_owned(), bands.iter().map(Band::of).collect()));
+        }
+    }
+    Ok(out)
+}
+
+/// Panels for the trend chart from history's query results: one per vital read (in the
+/// order of `Vital::ALL`), then NEWS2; each alert event goes to its vital's panel
+/// (NEWS2's for NEWS2 alerts, the first panel otherwise).
+fn trend_panels(
+    readings: &[warehouse::RecordBatch],
+    events: &[warehouse::RecordBatch],
+    scores: &[warehouse::RecordBatch],
+    bands: &[(String, Vec<crate::plot::Band>)],
+) -> anyhow::Result<Vec<crate::plot::Panel>> {
+    use crate::plot::{Event, Panel};
+    use vitalwatch_connectors::warehouse::arrow::array::{
+        Array, AsArray, Float64Array, Int32Array, StringArray, TimestampMicrosecondArray,
+    };
+    fn col<'a, T: 'static>(b: &'a warehouse::RecordBatch, name: &str) -> anyhow::Result<&'a T> {
+        b.column_by_name(name)
+            .and_then(|c| c.as_any().downcast_ref::<T>())
+            .with_context(|| format!("history: column {name} has an unexpected type"))
+    }
+    let mut panels: Vec<Panel> = Vec::new();
+    let panel = |panels: &mut Vec<Panel>, name: &str, unit: &str| -> usize {
+        if let Some(i) = panels.iter().position(|p| p.title == name) {
+            return i;
+        }
+        panels.push(Panel {
+            title: name.to_owned(),
+            unit: unit.to_owned(),
+            bands: bands
+                .iter()
+                .find(|(v, _)| v == name)
+                .map(|(_, b)| b.clone())
+                .unwrap_or_default(),
+            ..Panel::default()
+        });
+        panels.len() - 1
+    };
+    for b in readings {
+        let t = col::<TimestampMicrosecondArray>(b, "observed_at")?;
+        let vital = b
+            .column_by_name("vital")
+            .context("history: no vital column")?;
+        let unit = b
+            .column_by_name("unit")
+            .context("history: no unit column")?;
+        let (vital, unit) = (vital.as_string_view_opt(), unit.as_string_view_opt());
+        let value = col::<Float64Array>(b, "value")?;
+        for row in 0..b.num_rows() {
+            let name = match vital {
+                Some(v) => v.value(row),
+                None => col::<StringArray>(b, "vital")?.value(row),
+            };
+            let u = match unit {
+                Some(v) => v.value(row),
+                None => col::<StringArray>(b, "unit")?.value(row),
+            };
+            let i = panel(&mut panels, name, u);
+            panels[i].points.push((t.value(row), value.value(row)));
+        }
+    }
+    for b in scores {
+        let t = col::<TimestampMicrosecondArray>(b, "observed_at")?;
+        let s = col::<Int32Array>(b, "news2_score")?;
+        let i = panel(&mut panels, "news2", "points");
+        for row in 0..b.num_rows() {
+            panels[i]
+                .points
+                .push((t.value(row), f64::from(s.value(row))));
+        }
+    }
+    // Sorted by vital as the engine knows them, NEWS2 last.
+    let order = |title: &str| {
+        Vital::ALL
+            .iter()
+            .position(|v| v.name() == title)
+            .unwrap_or(Vital::ALL.len())
+    };
+    panels.sort_by_key(|p| order(&p.title));
+    // A code that never changed and has no bands (consciousness A, room air all along)
+    // is a flat line: left out, so the panels that move get the room.
+    panels.retain(|p| !p.bands.is_empty() || p.points.windows(2).any(|w| w[0].1 != w[1].1));
+    for b in events {
+        let t = col::<TimestampMicrosecondArray>(b, "alert_generated_time")?;
+        let kind = b
+            .column_by_name("event")
+            .context("history: no event column")?;
+        let prio = b
+            .column_by_name("priority")
+            .context("history: no priority column")?;
+        let key = b
+            .column_by_name("rule_key")
+            .context("history: no rule_key column")?;
+        let text = |a: &std::sync::Arc<dyn Array>, row: usize| -> String {
+            match a.as_string_view_opt() {
+                Some(v) => v.value(row).to_owned(),
+                None => a.as_string::<i32>().value(row).to_owned(),
+            }
+        };
+        for row in 0..b.num_rows() {
+            let rule_key = text(key, row);
+            let target = rule_key
+                .split(':')
+                .nth(1)
+                .filter(|_| rule_key.starts_with("threshold:"))
+                .unwrap_or(if rule_key == "news2" { "news2" } else { "" });
+            let Some(i) = panels
+                .iter()
+                .position(|p| p.title == target)
+                .or(if panels.is_empty() { None } else { Some(0) })
+            else {
+                continue;
+            };
+            panels[i].events.push(Event {
+                at: t.value(row),
+                kind: text(kind, row),
+                priority: Priority::parse(&text(prio, row)).unwrap_or(Priority::Medium),
+            });
+        }
+    }
+    Ok(panels)
 }
 
 /// A day given as `YYYY-MM-DD` for option `what`, or today (UTC).

@@ -23,6 +23,7 @@ pub mod evaluate;
 pub mod http;
 pub mod metrics;
 pub mod pipeline;
+pub mod plot;
 pub mod produce;
 pub mod routing;
 pub mod transfer;
