@@ -44,7 +44,28 @@ pub fn load_config(args: &DataArgs) -> anyhow::Result<Config> {
     if let Some(d) = &args.data {
         cfg.data_dir = d.clone();
     }
+    if let Some(s3) = cfg.warehouse.s3() {
+        let w = warehouse::remote::ObjectWarehouse::s3(&s3)?;
+        tracing::debug!(warehouse = %w.url(), "warehouse on object storage");
+        warehouse::remote::install(w);
+    }
     Ok(cfg)
+}
+
+/// On object storage: moves what the local spool holds to the bucket (after a one-shot
+/// command wrote into the warehouse). Does nothing for a local warehouse.
+pub(crate) fn upload_spool(cfg: &Config) -> anyhow::Result<()> {
+    if let Some(r) = warehouse::remote::installed() {
+        let root = warehouse_root(&cfg.data_dir);
+        let done = off_runtime(|| r.upload(&root))
+            .with_context(|| format!("cannot upload the warehouse to {}", r.url()))?;
+        tracing::debug!(
+            files = done.files,
+            bytes = done.bytes,
+            "uploaded to object storage"
+        );
+    }
+    Ok(())
 }
 
 /// `--quiet`: no confirmation lines.
@@ -179,6 +200,7 @@ pub(crate) fn snapshot_patients(
     sink.write_patients(wall_now(), source, &patients)
         .and_then(|()| sink.close().map(drop))
         .context("cannot write the patients snapshot to the warehouse")?;
+    upload_spool(cfg)?;
     Ok(patients.len())
 }
 

@@ -219,6 +219,16 @@ pub struct WarehouseSection {
     pub roll_interval: Duration,
     /// zstd compression level (1–22).
     pub zstd_level: i32,
+    /// Where the warehouse lives: empty for `<data_dir>/warehouse`, or `s3://bucket/prefix`
+    /// for S3-compatible object storage (the local folder then holds only files not yet
+    /// uploaded). Credentials come from the standard AWS environment
+    /// (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`), never from here.
+    pub location: String,
+    /// S3-compatible endpoint (MinIO, Ceph, moto), e.g. `http://127.0.0.1:5000`; empty for
+    /// AWS. Plain http is used only when written here.
+    pub s3_endpoint: String,
+    /// The bucket's region; empty takes `AWS_REGION`, else us-east-1.
+    pub s3_region: String,
 }
 
 impl Default for WarehouseSection {
@@ -228,7 +238,21 @@ impl Default for WarehouseSection {
             roll_rows: 5_000_000,
             roll_interval: Duration::from_secs(60),
             zstd_level: 3,
+            location: String::new(),
+            s3_endpoint: String::new(),
+            s3_region: String::new(),
         }
+    }
+}
+
+impl WarehouseSection {
+    /// The object-storage settings, when `location` names a bucket.
+    pub fn s3(&self) -> Option<vitalwatch_connectors::warehouse::remote::S3Settings> {
+        (!self.location.is_empty()).then(|| vitalwatch_connectors::warehouse::remote::S3Settings {
+            location: self.location.clone(),
+            endpoint: self.s3_endpoint.clone(),
+            region: self.s3_region.clone(),
+        })
     }
 }
 
@@ -648,6 +672,20 @@ impl Config {
         }
         if self.warehouse.roll_interval < Duration::from_secs(1) {
             p.push("warehouse.roll_interval must be at least 1s".into());
+        }
+        if let Some(s3) = self.warehouse.s3()
+            && let Err(e) = vitalwatch_connectors::warehouse::remote::ObjectWarehouse::s3(&s3)
+        {
+            p.push(format!("warehouse.location: {e}"));
+        }
+        if !self.warehouse.s3_endpoint.is_empty()
+            && !self.warehouse.s3_endpoint.starts_with("http://")
+            && !self.warehouse.s3_endpoint.starts_with("https://")
+        {
+            p.push(format!(
+                "warehouse.s3_endpoint = {:?} must start with http:// or https://",
+                self.warehouse.s3_endpoint
+            ));
         }
         let http_sources = self
             .sources

@@ -131,6 +131,8 @@ pub struct Pipeline {
     /// The audit-trail copy into the warehouse: dropping the sender makes it copy a last
     /// time and stop.
     audit: (flume::Sender<()>, JoinHandle<anyhow::Result<u64>>),
+    /// On object storage: the thread moving published files to the bucket.
+    upload: Option<(flume::Sender<()>, JoinHandle<anyhow::Result<u64>>)>,
     /// Outbox leases of a shared catalog: released once the notifiers are done.
     leases: Option<crate::adopt::Leases>,
     started: Instant,
@@ -465,6 +467,10 @@ impl Pipeline {
             CatalogAt::Sqlite(_) => None,
         };
         let audit = spawn_audit_copier(cat_at.clone(), wh.clone())?;
+        let upload = match vitalwatch_connectors::warehouse::remote::installed() {
+            Some(r) => Some(spawn_uploader(r, wh.clone())?),
+            None => None,
+        };
         // Notifiers: each takes the outbox from its own cursor on its own thread, so a
         // slow one never holds up the alert path or another notifier.
         let mut outputs: Vec<Box<dyn Notifier>> = vec![Box::new(
@@ -593,6 +599,7 @@ impl Pipeline {
             notifiers,
             _watch: watch,
             audit,
+            upload,
             leases,
             started: Instant::now(),
         })
@@ -635,6 +642,13 @@ impl Pipeline {
         warehouse.audit.rows_committed = copier
             .join()
             .map_err(|_| anyhow!("audit copy thread panicked"))??;
+        // Last: every writer above has published its files; the uploader sends them all.
+        if let Some((stop, uploader)) = self.upload.take() {
+            drop(stop);
+            uploader
+                .join()
+                .map_err(|_| anyhow!("upload thread panicked"))??;
+        }
         if let Some(l) = self.leases.take() {
             l.stop();
         }
@@ -987,6 +1001,45 @@ fn spawn_audit_copier(
                 }
                 if last {
                     return Ok(copied);
+                }
+            }
+        })?;
+    Ok((tx, handle))
+}
+
+/// On object storage: moves the warehouse's published files to the bucket every few
+/// seconds (a fifth of `roll_interval`, at least every 100 ms) and once more at stop; an
+/// upload that fails is retried at the next tick (the files wait in the spool).
+fn spawn_uploader(
+    remote: &'static vitalwatch_connectors::warehouse::remote::ObjectWarehouse,
+    wh: WarehouseConfig,
+) -> anyhow::Result<(flume::Sender<()>, JoinHandle<anyhow::Result<u64>>)> {
+    let (tx, rx) = flume::bounded::<()>(1);
+    let every = (wh.roll_interval / 5).max(std::time::Duration::from_millis(100));
+    let handle = std::thread::Builder::new()
+        .name("warehouse-upload".into())
+        .spawn(move || {
+            let mut files = 0;
+            loop {
+                let last = matches!(
+                    rx.recv_timeout(every),
+                    Err(flume::RecvTimeoutError::Disconnected)
+                );
+                match remote.upload(&wh.root) {
+                    Ok(done) => files += done.files,
+                    Err(e) if last => {
+                        return Err(anyhow!(e).context(format!(
+                            "cannot upload the warehouse to {}; the files wait in {} for the next run",
+                            remote.url(),
+                            wh.root.display()
+                        )));
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, warehouse = %remote.url(), "upload failed; trying again");
+                    }
+                }
+                if last {
+                    return Ok(files);
                 }
             }
         })?;

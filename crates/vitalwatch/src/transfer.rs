@@ -704,6 +704,14 @@ pub fn import(a: ImportArgs) -> anyhow::Result<ImportOutcome> {
                 &earlier,
             )?;
             bar.finish_and_clear();
+            // On object storage an earlier file of the same range may already be there
+            // (under another hour): it goes, and the new one replaces it.
+            if let Some(r) = vitalwatch_connectors::warehouse::remote::installed()
+                && a.incremental.is_some()
+            {
+                crate::commands::off_runtime(|| r.remove_named(&name))?;
+            }
+            crate::commands::upload_spool(&cfg)?;
             rows
         }
     };

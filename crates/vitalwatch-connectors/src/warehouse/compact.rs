@@ -104,6 +104,10 @@ pub fn compact(
     table: Option<&str>,
     dry_run: bool,
 ) -> Result<Compacted, WarehouseError> {
+    #[cfg(feature = "s3")]
+    if let Some(r) = super::remote::installed() {
+        return r.compact(before, table, dry_run);
+    }
     let mut out = Compacted::default();
     for tdir in super::retain::table_dirs(root, table)? {
         let mut days: Vec<PathBuf> = Vec::new();
@@ -168,47 +172,12 @@ fn merge(day: &Path, hour: &Path, files: &[String]) -> Result<u64, WarehouseErro
     fs::create_dir(&hidden).map_err(io("create", &hidden))?;
     let new_name = format!("part-compact-{micros}-{}.parquet", std::process::id());
     let new_path = hidden.join(&new_name);
-    let mut rows = 0u64;
-    {
-        let mut writer: Option<ArrowWriter<fs::File>> = None;
-        let mut schema = None;
-        for f in files {
-            let path = hour.join(f);
-            let file = fs::File::open(&path).map_err(io("open", &path))?;
-            let reader = ParquetRecordBatchReaderBuilder::try_new(file)?
-                .with_batch_size(65_536)
-                .build()?;
-            for batch in reader {
-                let batch = batch?;
-                let w = match &mut writer {
-                    Some(w) => w,
-                    None => {
-                        let props = WriterProperties::builder()
-                            .set_compression(Compression::ZSTD(ZstdLevel::default()))
-                            .set_max_row_group_row_count(Some(128 * 1024))
-                            .build();
-                        let out = fs::File::create(&new_path).map_err(io("create", &new_path))?;
-                        schema = Some(batch.schema());
-                        writer.insert(ArrowWriter::try_new(out, batch.schema(), Some(props))?)
-                    }
-                };
-                // Files of one table share its schema; one that does not (an import with
-                // other columns) stops this partition's compaction, not the data.
-                if schema.as_ref() != Some(&batch.schema()) {
-                    drop(writer);
-                    fs::remove_dir_all(&hidden).map_err(io("remove", &hidden))?;
-                    tracing::warn!(partition = %hour.display(), file = %f, "files with different columns: partition left as it is");
-                    return Ok(0);
-                }
-                rows += batch.num_rows() as u64;
-                w.write(&batch)?;
-            }
-        }
-        if let Some(w) = writer {
-            let f = w.into_inner()?;
-            f.sync_all().map_err(io("sync", &new_path))?;
-        }
-    }
+    let inputs: Vec<PathBuf> = files.iter().map(|f| hour.join(f)).collect();
+    let Some(rows) = merge_files(&inputs, &new_path)? else {
+        fs::remove_dir_all(&hidden).map_err(io("remove", &hidden))?;
+        tracing::warn!(partition = %hour.display(), "files with different columns: partition left as it is");
+        return Ok(0);
+    };
     let mut manifest = new_name.clone();
     for f in files {
         manifest.push('\n');
@@ -238,4 +207,47 @@ fn merge(day: &Path, hour: &Path, files: &[String]) -> Result<u64, WarehouseErro
     fs::remove_dir_all(&hidden).map_err(io("remove", &hidden))?;
     fs::remove_file(&manifest_path).map_err(io("remove", &manifest_path))?;
     Ok(rows)
+}
+
+/// Writes the rows of `inputs` (Parquet files of one table), in order, into one new file
+/// `out` (zstd, row groups of 128 Ki rows) and syncs it; returns the row count, or `None`
+/// (and no file) when the inputs do not share one schema (an import with other columns:
+/// that partition is left as it is, not the data changed).
+pub(crate) fn merge_files(inputs: &[PathBuf], out: &Path) -> Result<Option<u64>, WarehouseError> {
+    let mut rows = 0u64;
+    let mut writer: Option<ArrowWriter<fs::File>> = None;
+    let mut schema = None;
+    for path in inputs {
+        let file = fs::File::open(path).map_err(io("open", path))?;
+        let reader = ParquetRecordBatchReaderBuilder::try_new(file)?
+            .with_batch_size(65_536)
+            .build()?;
+        for batch in reader {
+            let batch = batch?;
+            let w = match &mut writer {
+                Some(w) => w,
+                None => {
+                    let props = WriterProperties::builder()
+                        .set_compression(Compression::ZSTD(ZstdLevel::default()))
+                        .set_max_row_group_row_count(Some(128 * 1024))
+                        .build();
+                    let f = fs::File::create(out).map_err(io("create", out))?;
+                    schema = Some(batch.schema());
+                    writer.insert(ArrowWriter::try_new(f, batch.schema(), Some(props))?)
+                }
+            };
+            if schema.as_ref() != Some(&batch.schema()) {
+                drop(writer);
+                let _ = fs::remove_file(out);
+                return Ok(None);
+            }
+            rows += batch.num_rows() as u64;
+            w.write(&batch)?;
+        }
+    }
+    if let Some(w) = writer {
+        let f = w.into_inner()?;
+        f.sync_all().map_err(io("sync", out))?;
+    }
+    Ok(Some(rows))
 }

@@ -28,6 +28,8 @@ mod retain;
 mod schema;
 mod sink;
 
+#[cfg(feature = "s3")]
+pub mod remote;
 #[cfg(test)]
 mod tests;
 
@@ -123,6 +125,9 @@ pub enum WarehouseError {
     /// Planning or running a query failed (boxed: the error type is large).
     #[error("query: {0}")]
     Query(Box<DataFusionError>),
+    /// Object storage refused or failed a request.
+    #[error("object storage: {0}")]
+    Remote(String),
 }
 
 impl From<DataFusionError> for WarehouseError {

@@ -92,6 +92,11 @@ impl QueryStream {
 /// from an export) have their schema inferred and are skipped, with a log line, when
 /// they hold no readable file yet.
 pub async fn register_warehouse(ctx: &SessionContext, root: &Path) -> Result<(), WarehouseError> {
+    // On object storage the local folder is only a spool of files not yet uploaded.
+    #[cfg(feature = "s3")]
+    if let Some(r) = super::remote::installed() {
+        return r.register(ctx).await;
+    }
     let options = || {
         ListingOptions::new(Arc::new(ParquetFormat::default()))
             .with_file_extension(".parquet")

@@ -36,7 +36,7 @@ pub fn stream_id(source: &str) -> String {
 }
 
 /// The checkpoint position in a published file's name, if it belongs to `stream`.
-fn position_of(file_name: &str, stream: &str) -> Option<u64> {
+pub(crate) fn position_of(file_name: &str, stream: &str) -> Option<u64> {
     let rest = file_name
         .strip_prefix("part-")?
         .strip_prefix(stream)?
@@ -71,6 +71,11 @@ pub fn remove_uncommitted(
         }
         Ok(())
     })?;
+    // Files already moved to object storage follow the same rule there.
+    #[cfg(feature = "s3")]
+    if let Some(r) = super::remote::installed() {
+        removed.uncommitted += r.remove_uncommitted(stream, committed)?;
+    }
     Ok(removed)
 }
 
@@ -89,7 +94,7 @@ pub fn remove_unpublished(root: &Path) -> Result<Removed, WarehouseError> {
 }
 
 /// Calls `f` with every file below `dir` (tables are three levels deep; any depth works).
-fn walk(
+pub(crate) fn walk(
     dir: &Path,
     f: &mut dyn FnMut(&Path, &str) -> Result<(), WarehouseError>,
 ) -> Result<(), WarehouseError> {

@@ -49,6 +49,10 @@ pub fn retain(
     table: Option<&str>,
     dry_run: bool,
 ) -> Result<Retained, WarehouseError> {
+    #[cfg(feature = "s3")]
+    if let Some(r) = super::remote::installed() {
+        return r.retain(cutoff, table, dry_run);
+    }
     let mut out = Retained::default();
     for dir in table_dirs(root, table)? {
         let name = dir
