@@ -248,6 +248,10 @@ pub struct QueryArgs {
     /// Write the result to this file instead of standard output.
     #[arg(long)]
     pub output: Option<PathBuf>,
+    /// Print how long the query took (planning, reading, computing; not the process's
+    /// start-up or the printing) on standard error.
+    #[arg(long)]
+    pub timing: bool,
     /// The SQL statement.
     pub sql: String,
 }

@@ -727,9 +727,17 @@ pub async fn query(a: crate::cli::QueryArgs) -> anyhow::Result<()> {
         bail!("--format parquet writes a file: add --output FILE.parquet");
     }
     let root = warehouse_root(&cfg.data_dir);
+    let started = std::time::Instant::now();
     let batches = warehouse::query(&root, &a.sql)
         .await
         .context("query failed")?;
+    if a.timing {
+        eprintln!(
+            "time: {:.3} s ({} rows)",
+            started.elapsed().as_secs_f64(),
+            batches.iter().map(|b| b.num_rows()).sum::<usize>()
+        );
+    }
     let text = match a.format {
         QueryFormat::Parquet => {
             let path = a.output.as_deref().expect("checked above");

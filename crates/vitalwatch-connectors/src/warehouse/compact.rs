@@ -109,6 +109,7 @@ pub fn compact(
         return r.compact(before, table, dry_run);
     }
     let mut out = Compacted::default();
+    let mut jobs = Vec::new();
     for tdir in super::retain::table_dirs(root, table)? {
         let mut days: Vec<PathBuf> = Vec::new();
         for e in fs::read_dir(&tdir).map_err(io("list", &tdir))? {
@@ -147,14 +148,61 @@ pub fn compact(
                 }
                 out.partitions += 1;
                 out.files_in += files.len() as u64;
-                if dry_run {
-                    continue;
-                }
-                out.rows += merge(&day, &hour, &files)?;
+                jobs.push((day.clone(), hour, files));
             }
         }
     }
+    if !dry_run {
+        out.rows = merge_all(&jobs)?;
+    }
     Ok(out)
+}
+
+/// Merges the partitions of `jobs` on as many threads as there are cores (at most 4):
+/// each partition is independent (its own hidden folder and swap), and decoding and
+/// zstd-encoding is CPU-bound. Returns the rows rewritten, or the first error (the
+/// partitions merged before it stay merged; the rest are left for the next run).
+fn merge_all(jobs: &[(PathBuf, PathBuf, Vec<String>)]) -> Result<u64, WarehouseError> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 4)
+        .min(jobs.len().max(1));
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let failed = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut rows = 0u64;
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if i >= jobs.len() || failed.load(std::sync::atomic::Ordering::Relaxed) {
+                            return Ok(rows);
+                        }
+                        let (day, hour, files) = &jobs[i];
+                        match merge(day, hour, files) {
+                            Ok(n) => rows += n,
+                            Err(e) => {
+                                failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                                return Err(e);
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        let mut total = 0;
+        let mut first = None;
+        for w in workers {
+            match w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)) {
+                Ok(n) => total += n,
+                Err(e) => {
+                    first.get_or_insert(e);
+                }
+            }
+        }
+        first.map_or(Ok(total), Err)
+    })
 }
 
 /// Merges `files` of the partition folder `hour` (under `day`) into one and swaps it in.
