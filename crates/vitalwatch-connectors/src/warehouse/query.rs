@@ -7,16 +7,88 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::common::TableReference;
 use datafusion::datasource::MemTable;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{ListingOptions, ListingTableUrl};
+use datafusion::logical_expr::{
+    ColumnarValue, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature,
+};
 use datafusion::prelude::SessionContext;
 
 use super::WarehouseError;
 use super::schema::{TABLES, partition_cols, table_schema};
+
+/// A DataFusion session with vitalwatch's functions: `date_trunc` on UTC timestamps
+/// (every timestamp in the warehouse) takes integer arithmetic instead of DataFusion's
+/// per-row time-zone path, which made a count per hour 5× slower than DuckDB.
+fn session() -> SessionContext {
+    let ctx = SessionContext::new();
+    ctx.register_udf(ScalarUDF::new_from_impl(UtcDateTrunc {
+        inner: datafusion::functions::datetime::date_trunc(),
+    }));
+    ctx
+}
+
+/// `date_trunc` that, for a timestamp in UTC, truncates the zone-less values (in UTC the
+/// local and the universal time are the same, for every granularity: no daylight saving)
+/// and puts the zone back; anything else goes to DataFusion's own `date_trunc`.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct UtcDateTrunc {
+    inner: Arc<ScalarUDF>,
+}
+
+fn is_utc(tz: &str) -> bool {
+    matches!(tz, "UTC" | "utc" | "+00:00" | "Z" | "Etc/UTC")
+}
+
+impl ScalarUDFImpl for UtcDateTrunc {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    fn aliases(&self) -> &[String] {
+        self.inner.aliases()
+    }
+
+    fn signature(&self) -> &Signature {
+        self.inner.signature()
+    }
+
+    fn return_type(&self, arg_types: &[DataType]) -> datafusion::error::Result<DataType> {
+        self.inner.return_type(arg_types)
+    }
+
+    fn return_field_from_args(&self, args: ReturnFieldArgs) -> datafusion::error::Result<FieldRef> {
+        self.inner.return_field_from_args(args)
+    }
+
+    fn invoke_with_args(
+        &self,
+        mut args: ScalarFunctionArgs,
+    ) -> datafusion::error::Result<ColumnarValue> {
+        let utc = match args.arg_fields.get(1).map(|f| f.data_type()) {
+            Some(DataType::Timestamp(unit, Some(tz))) if is_utc(tz) => Some((*unit, tz.clone())),
+            _ => None,
+        };
+        let Some((unit, tz)) = utc else {
+            return self.inner.invoke_with_args(args);
+        };
+        let naive = DataType::Timestamp(unit, None);
+        args.args[1] = args.args[1].cast_to(&naive, None)?;
+        args.arg_fields[1] = Arc::new(
+            args.arg_fields[1]
+                .as_ref()
+                .clone()
+                .with_data_type(naive.clone()),
+        );
+        args.return_field = Arc::new(args.return_field.as_ref().clone().with_data_type(naive));
+        let out = self.inner.invoke_with_args(args)?;
+        out.cast_to(&DataType::Timestamp(unit, Some(tz)), None)
+    }
+}
 
 /// Runs one SQL statement over every table under `root` and collects the result.
 ///
@@ -32,7 +104,7 @@ pub async fn query_with(
     sql: &str,
     tables: &[(&str, RecordBatch)],
 ) -> Result<Vec<RecordBatch>, WarehouseError> {
-    let ctx = SessionContext::new();
+    let ctx = session();
     register_warehouse(&ctx, root).await?;
     for (name, batch) in tables {
         let t = MemTable::try_new(batch.schema(), vec![vec![batch.clone()]])?;
@@ -63,7 +135,7 @@ impl QueryStream {
             .build()
             .map_err(|e| WarehouseError::io("start a runtime for", root, e))?;
         let stream = rt.block_on(async {
-            let ctx = SessionContext::new();
+            let ctx = session();
             register_warehouse(&ctx, root).await?;
             Ok::<_, WarehouseError>(ctx.sql(sql).await?.execute_stream().await?)
         })?;
@@ -358,5 +430,53 @@ fn hive_type(t: &DataType) -> &'static str {
         DataType::Timestamp(..) => "TIMESTAMP",
         // Only the types above are written; anything new must be mapped deliberately.
         _ => "STRING",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::{Array, TimestampMicrosecondArray};
+    use datafusion::arrow::util::display::array_value_to_string;
+
+    /// Our `date_trunc` gives DataFusion's own answers on UTC timestamps, for every
+    /// granularity, before and after the epoch, and keeps the zone.
+    #[test]
+    fn utc_date_trunc_agrees_with_datafusion() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let micros = [
+            1_767_282_201_123_456_i64, // 2026-01-01T15:43:21.123456Z
+            1_772_438_399_999_999,     // 2026-03-02T07:59:59.999999Z
+            -1,                        // 1969-12-31T23:59:59.999999Z
+            951_782_400_000_000,       // 2000-02-29T00:00:00Z
+        ];
+        let ts = TimestampMicrosecondArray::from(micros.to_vec()).with_timezone("UTC");
+        let batch = RecordBatch::try_from_iter([("t", Arc::new(ts) as _)]).unwrap();
+        for g in [
+            "second", "minute", "hour", "day", "week", "month", "quarter", "year",
+        ] {
+            let sql = format!("SELECT date_trunc('{g}', t) AS d FROM x");
+            let run = |ctx: SessionContext| {
+                rt.block_on(async {
+                    let t = MemTable::try_new(batch.schema(), vec![vec![batch.clone()]]).unwrap();
+                    ctx.register_table("x", Arc::new(t)).unwrap();
+                    let out = ctx.sql(&sql).await.unwrap().collect().await.unwrap();
+                    let col = out[0].column(0).clone();
+                    assert_eq!(
+                        col.data_type(),
+                        &DataType::Timestamp(
+                            datafusion::arrow::datatypes::TimeUnit::Microsecond,
+                            Some("UTC".into())
+                        )
+                    );
+                    (0..col.len())
+                        .map(|i| array_value_to_string(&col, i).unwrap())
+                        .collect::<Vec<_>>()
+                })
+            };
+            assert_eq!(run(session()), run(SessionContext::new()), "{g}");
+        }
     }
 }
