@@ -42,7 +42,8 @@ fn session() -> SessionContext {
 
 /// `date_trunc` that, for a timestamp in UTC, truncates the zone-less values (in UTC the
 /// local and the universal time are the same, for every granularity: no daylight saving)
-/// and puts the zone back; anything else goes to DataFusion's own `date_trunc`.
+/// and puts the zone back (both by re-tagging the array, no value converted); anything
+/// else goes to DataFusion's own `date_trunc`.
 #[derive(Debug, PartialEq, Eq, Hash)]
 struct UtcDateTrunc {
     inner: Arc<ScalarUDF>,
@@ -85,7 +86,7 @@ impl ScalarUDFImpl for UtcDateTrunc {
             return self.inner.invoke_with_args(args);
         };
         let naive = DataType::Timestamp(unit, None);
-        args.args[1] = args.args[1].cast_to(&naive, None)?;
+        args.args[1] = retag(&args.args[1], None)?;
         args.arg_fields[1] = Arc::new(
             args.arg_fields[1]
                 .as_ref()
@@ -94,8 +95,54 @@ impl ScalarUDFImpl for UtcDateTrunc {
         );
         args.return_field = Arc::new(args.return_field.as_ref().clone().with_data_type(naive));
         let out = self.inner.invoke_with_args(args)?;
-        out.cast_to(&DataType::Timestamp(unit, Some(tz)), None)
+        retag(&out, Some(tz))
     }
+}
+
+/// The same timestamps under another zone tag, values untouched (a cast would convert
+/// every value through the zone, which is what made `date_trunc` slow).
+fn retag(v: &ColumnarValue, tz: Option<Arc<str>>) -> datafusion::error::Result<ColumnarValue> {
+    use datafusion::arrow::array::{ArrayRef, AsArray};
+    use datafusion::arrow::datatypes::{
+        TimeUnit, TimestampMicrosecondType, TimestampMillisecondType, TimestampNanosecondType,
+        TimestampSecondType,
+    };
+    use datafusion::common::ScalarValue;
+    Ok(match v {
+        ColumnarValue::Array(a) => {
+            let a: ArrayRef = match a.data_type() {
+                DataType::Timestamp(TimeUnit::Second, _) => Arc::new(
+                    a.as_primitive::<TimestampSecondType>()
+                        .clone()
+                        .with_timezone_opt(tz),
+                ),
+                DataType::Timestamp(TimeUnit::Millisecond, _) => Arc::new(
+                    a.as_primitive::<TimestampMillisecondType>()
+                        .clone()
+                        .with_timezone_opt(tz),
+                ),
+                DataType::Timestamp(TimeUnit::Microsecond, _) => Arc::new(
+                    a.as_primitive::<TimestampMicrosecondType>()
+                        .clone()
+                        .with_timezone_opt(tz),
+                ),
+                DataType::Timestamp(TimeUnit::Nanosecond, _) => Arc::new(
+                    a.as_primitive::<TimestampNanosecondType>()
+                        .clone()
+                        .with_timezone_opt(tz),
+                ),
+                _ => a.clone(),
+            };
+            ColumnarValue::Array(a)
+        }
+        ColumnarValue::Scalar(s) => ColumnarValue::Scalar(match s {
+            ScalarValue::TimestampSecond(v, _) => ScalarValue::TimestampSecond(*v, tz),
+            ScalarValue::TimestampMillisecond(v, _) => ScalarValue::TimestampMillisecond(*v, tz),
+            ScalarValue::TimestampMicrosecond(v, _) => ScalarValue::TimestampMicrosecond(*v, tz),
+            ScalarValue::TimestampNanosecond(v, _) => ScalarValue::TimestampNanosecond(*v, tz),
+            other => other.clone(),
+        }),
+    })
 }
 
 /// Runs one SQL statement over every table under `root` and collects the result.
