@@ -215,7 +215,7 @@ impl QueryStream {
 /// `SELECT count(*) FROM alerts` answers 0 on a fresh warehouse instead of failing.
 ///
 /// Tables the sink knows are registered with their declared schema (no inference, so an
-/// empty or in-progress-only directory still works); other directories (e.g. `patients`
+/// empty or in-progress-only directory still works); other directories (e.g. `ward_patients`
 /// from an export) have their schema inferred and are skipped, with a log line, when
 /// they hold no readable file yet.
 pub async fn register_warehouse(ctx: &SessionContext, root: &Path) -> Result<(), WarehouseError> {

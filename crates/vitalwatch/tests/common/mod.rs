@@ -32,12 +32,17 @@ pub fn serve(mut cmd: Command, port: u16) -> Child {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    wait_for_port(port, "vitalwatch run");
+    child
+}
+
+/// Waits (up to 30 s) until something accepts connections on 127.0.0.1:`port`.
+pub fn wait_for_port(port: u16, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "vitalwatch run did not start");
+        assert!(Instant::now() < deadline, "{what} did not start");
         std::thread::sleep(Duration::from_millis(50));
     }
-    child
 }
 
 /// Runs the built binary with these arguments.
