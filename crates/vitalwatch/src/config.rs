@@ -673,10 +673,14 @@ impl Config {
         if self.warehouse.roll_interval < Duration::from_secs(1) {
             p.push("warehouse.roll_interval must be at least 1s".into());
         }
-        if let Some(s3) = self.warehouse.s3()
-            && let Err(e) = vitalwatch_connectors::warehouse::remote::ObjectWarehouse::s3(&s3)
-        {
-            p.push(format!("warehouse.location: {e}"));
+        if let Some(s3) = self.warehouse.s3() {
+            use vitalwatch_connectors::warehouse::WarehouseError;
+            match vitalwatch_connectors::warehouse::remote::ObjectWarehouse::s3(&s3) {
+                Ok(_) => {}
+                // Already "warehouse.location = …: what is wrong".
+                Err(WarehouseError::Config(m)) => p.push(m),
+                Err(e) => p.push(format!("warehouse.location: {e}")),
+            }
         }
         if !self.warehouse.s3_endpoint.is_empty()
             && !self.warehouse.s3_endpoint.starts_with("http://")
@@ -928,6 +932,30 @@ mod tests {
         )
         .unwrap();
         assert_eq!(ok.http.listen, "localhost:8080");
+    }
+
+    #[test]
+    fn a_warehouse_location_is_an_s3_url_and_its_endpoint_says_http_or_https() {
+        let err = parse(
+            "[warehouse]\nlocation = \"gs://ward/wh\"\ns3_endpoint = \"127.0.0.1:9000\"\n",
+            Path::new("w.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains(
+                "line 2: warehouse.location = \"gs://ward/wh\": expected s3://bucket[/prefix]"
+            ),
+            "{err}"
+        );
+        assert!(err.contains("line 3: warehouse.s3_endpoint"), "{err}");
+        let ok = parse(
+            "[warehouse]\nlocation = \"s3://ward/wh\"\ns3_endpoint = \"http://127.0.0.1:9000\"\n",
+            Path::new("ok.toml"),
+        )
+        .unwrap();
+        assert_eq!(ok.warehouse.s3().unwrap().location, "s3://ward/wh");
+        assert!(Config::default().warehouse.s3().is_none());
     }
 
     #[test]
