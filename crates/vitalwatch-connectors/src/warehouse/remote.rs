@@ -41,9 +41,11 @@ use super::compact::{Compacted, merge_files};
 use super::retain::Retained;
 use super::schema::{TABLES, partition_cols, table_schema};
 
-/// Where the warehouse lives on S3 and how to reach it. Credentials come from the standard
-/// AWS environment (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`,
-/// `AWS_PROFILE`-less web identity and instance metadata), never from the config file.
+/// Where the warehouse lives on S3 and how to reach it. Credentials never come from the
+/// config file: object_store's AWS chain takes `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`
+/// (`AWS_SESSION_TOKEN`), else a web identity token (`AWS_WEB_IDENTITY_TOKEN_FILE`, EKS),
+/// the ECS task role, or EC2 instance metadata. Shared-credentials profiles
+/// (`~/.aws/credentials`) are not read.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct S3Settings {
     /// `s3://bucket` or `s3://bucket/prefix`.
