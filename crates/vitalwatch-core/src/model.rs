@@ -672,6 +672,16 @@ pub enum Spo2Scale {
     Scale2,
 }
 
+impl Spo2Scale {
+    /// The scale's number, 1 or 2, as the catalog, the warehouse and exports store it.
+    pub fn number(self) -> u8 {
+        match self {
+            Spo2Scale::Scale1 => 1,
+            Spo2Scale::Scale2 => 2,
+        }
+    }
+}
+
 /// A patient as the catalog knows them (the classic `patients_information` row).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Patient {

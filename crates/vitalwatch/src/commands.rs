@@ -14,7 +14,7 @@ use vitalwatch_connectors::source::file::{FileSource, ReplayAdmission};
 use vitalwatch_connectors::source::kafka::KafkaSettings;
 use vitalwatch_connectors::source::simulator;
 use vitalwatch_connectors::warehouse::{self, OutputFormat};
-use vitalwatch_core::alert::Priority;
+use vitalwatch_core::alert::{Priority, RuleKey};
 use vitalwatch_core::codec::{InputFormat, encode_canonical, encode_classic};
 use vitalwatch_core::model::{Duration, Observation, Timestamp, Vital};
 use vitalwatch_core::reference::{
@@ -57,7 +57,9 @@ pub fn load_config(args: &DataArgs) -> anyhow::Result<Config> {
 pub(crate) fn upload_spool(cfg: &Config) -> anyhow::Result<()> {
     if let Some(r) = warehouse::remote::installed() {
         let root = warehouse_root(&cfg.data_dir);
-        let done = off_runtime(|| r.upload(&root))
+        // `upload` drives its requests on a thread of its own: callable from anywhere.
+        let done = r
+            .upload(&root)
             .with_context(|| format!("cannot upload the warehouse to {}", r.url()))?;
         tracing::debug!(
             files = done.files,
@@ -929,12 +931,21 @@ fn trend_panels(
 ) -> anyhow::Result<Vec<crate::plot::Panel>> {
     use crate::plot::{Event, Panel};
     use vitalwatch_connectors::warehouse::arrow::array::{
-        Array, AsArray, Float64Array, Int32Array, StringArray, TimestampMicrosecondArray,
+        AsArray, Float64Array, Int32Array, StringArray, TimestampMicrosecondArray,
     };
+    use vitalwatch_connectors::warehouse::arrow::datatypes::DataType;
     fn col<'a, T: 'static>(b: &'a warehouse::RecordBatch, name: &str) -> anyhow::Result<&'a T> {
         b.column_by_name(name)
             .and_then(|c| c.as_any().downcast_ref::<T>())
             .with_context(|| format!("history: column {name} has an unexpected type"))
+    }
+    // Text columns arrive as Utf8View or Utf8 depending on the reader: one cast each.
+    fn strings(b: &warehouse::RecordBatch, name: &str) -> anyhow::Result<StringArray> {
+        let c = b
+            .column_by_name(name)
+            .with_context(|| format!("history: no {name} column"))?;
+        let c = vitalwatch_connectors::warehouse::arrow::compute::cast(c, &DataType::Utf8)?;
+        Ok(c.as_string::<i32>().clone())
     }
     let mut panels: Vec<Panel> = Vec::new();
     let panel = |panels: &mut Vec<Panel>, name: &str, unit: &str| -> usize {
@@ -955,24 +966,10 @@ fn trend_panels(
     };
     for b in readings {
         let t = col::<TimestampMicrosecondArray>(b, "observed_at")?;
-        let vital = b
-            .column_by_name("vital")
-            .context("history: no vital column")?;
-        let unit = b
-            .column_by_name("unit")
-            .context("history: no unit column")?;
-        let (vital, unit) = (vital.as_string_view_opt(), unit.as_string_view_opt());
+        let (vital, unit) = (strings(b, "vital")?, strings(b, "unit")?);
         let value = col::<Float64Array>(b, "value")?;
         for row in 0..b.num_rows() {
-            let name = match vital {
-                Some(v) => v.value(row),
-                None => col::<StringArray>(b, "vital")?.value(row),
-            };
-            let u = match unit {
-                Some(v) => v.value(row),
-                None => col::<StringArray>(b, "unit")?.value(row),
-            };
-            let i = panel(&mut panels, name, u);
+            let i = panel(&mut panels, vital.value(row), unit.value(row));
             panels[i].points.push((t.value(row), value.value(row)));
         }
     }
@@ -999,28 +996,15 @@ fn trend_panels(
     panels.retain(|p| !p.bands.is_empty() || p.points.windows(2).any(|w| w[0].1 != w[1].1));
     for b in events {
         let t = col::<TimestampMicrosecondArray>(b, "alert_generated_time")?;
-        let kind = b
-            .column_by_name("event")
-            .context("history: no event column")?;
-        let prio = b
-            .column_by_name("priority")
-            .context("history: no priority column")?;
-        let key = b
-            .column_by_name("rule_key")
-            .context("history: no rule_key column")?;
-        let text = |a: &std::sync::Arc<dyn Array>, row: usize| -> String {
-            match a.as_string_view_opt() {
-                Some(v) => v.value(row).to_owned(),
-                None => a.as_string::<i32>().value(row).to_owned(),
-            }
-        };
+        let kind = strings(b, "event")?;
+        let prio = strings(b, "priority")?;
+        let key = strings(b, "rule_key")?;
         for row in 0..b.num_rows() {
-            let rule_key = text(key, row);
-            let target = rule_key
-                .split(':')
-                .nth(1)
-                .filter(|_| rule_key.starts_with("threshold:"))
-                .unwrap_or(if rule_key == "news2" { "news2" } else { "" });
+            let target = match key.value(row).parse::<RuleKey>() {
+                Ok(RuleKey::Band { vital, .. }) => vital.name(),
+                Ok(RuleKey::News2) => "news2",
+                _ => "",
+            };
             let Some(i) = panels
                 .iter()
                 .position(|p| p.title == target)
@@ -1030,8 +1014,8 @@ fn trend_panels(
             };
             panels[i].events.push(Event {
                 at: t.value(row),
-                kind: text(kind, row),
-                priority: Priority::parse(&text(prio, row)).unwrap_or(Priority::Medium),
+                kind: kind.value(row).to_owned(),
+                priority: Priority::parse(prio.value(row)).unwrap_or(Priority::Medium),
             });
         }
     }
@@ -1267,10 +1251,7 @@ pub fn patients(cmd: PatientsCommand) -> anyhow::Result<()> {
                         p.ward.clone(),
                         p.phone.clone(),
                         p.address.clone(),
-                        match p.spo2_scale {
-                            vitalwatch_core::model::Spo2Scale::Scale1 => "1".into(),
-                            vitalwatch_core::model::Spo2Scale::Scale2 => "2".into(),
-                        },
+                        p.spo2_scale.number().to_string(),
                     ]
                 })
                 .collect();

@@ -964,86 +964,83 @@ fn watch_reference(
     Ok(tx)
 }
 
-/// Copies the catalog's audit trail into the warehouse every `roll_interval` (see
-/// [`AuditCopier`]) and once more when the sender drops; returns how many rows it copied.
-/// A failed copy is logged and tried again at the next tick: the rows wait in the catalog.
-fn spawn_audit_copier(
-    at: CatalogAt,
-    wh: WarehouseConfig,
+/// A thread that calls `tick(false)` every `every` until the returned sender is dropped,
+/// then `tick(true)` once more and ends; its result is the sum of what the ticks
+/// returned, or the first error a tick returned (a tick logs and swallows what it will
+/// retry).
+fn spawn_periodic(
+    name: &str,
+    every: std::time::Duration,
+    mut tick: impl FnMut(bool) -> anyhow::Result<u64> + Send + 'static,
 ) -> anyhow::Result<(flume::Sender<()>, JoinHandle<anyhow::Result<u64>>)> {
     let (tx, rx) = flume::bounded::<()>(1);
-    let every = wh.roll_interval.max(std::time::Duration::from_millis(100));
-    let mut copier = AuditCopier::new(wh);
     let handle = std::thread::Builder::new()
-        .name("audit-copy".into())
+        .name(name.into())
         .spawn(move || {
-            let mut copied = 0;
-            let mut store: Option<Box<dyn Store>> = None;
+            let mut total = 0;
             loop {
                 let last = matches!(
                     rx.recv_timeout(every),
                     Err(flume::RecvTimeoutError::Disconnected)
                 );
-                let r = match &mut store {
-                    Some(s) => copier.copy(&mut **s).map_err(anyhow::Error::from),
-                    None => at.open().and_then(|s| {
-                        let s: &mut Box<dyn Store> = store.insert(s);
-                        Ok(copier.copy(&mut **s)?)
-                    }),
-                };
-                match r {
-                    Ok(n) => copied += n,
-                    Err(e) => {
-                        // The rows wait in the catalog: the next tick (or run) copies them.
-                        tracing::warn!(error = %format!("{e:#}"), "cannot copy the audit trail into the warehouse; trying again later");
-                        store = None;
-                    }
-                }
+                total += tick(last)?;
                 if last {
-                    return Ok(copied);
+                    return Ok(total);
                 }
             }
         })?;
     Ok((tx, handle))
 }
 
+/// Copies the catalog's audit trail into the warehouse every `roll_interval` (see
+/// [`AuditCopier`]) and once more when the sender drops; returns how many rows it copied.
+fn spawn_audit_copier(
+    at: CatalogAt,
+    wh: WarehouseConfig,
+) -> anyhow::Result<(flume::Sender<()>, JoinHandle<anyhow::Result<u64>>)> {
+    let every = wh.roll_interval.max(std::time::Duration::from_millis(100));
+    let mut copier = AuditCopier::new(wh);
+    let mut store: Option<Box<dyn Store>> = None;
+    spawn_periodic("audit-copy", every, move |_| {
+        let r = match &mut store {
+            Some(s) => copier.copy(&mut **s).map_err(anyhow::Error::from),
+            None => at.open().and_then(|s| {
+                let s: &mut Box<dyn Store> = store.insert(s);
+                Ok(copier.copy(&mut **s)?)
+            }),
+        };
+        Ok(r.unwrap_or_else(|e| {
+            // The rows wait in the catalog: the next tick (or run) copies them.
+            tracing::warn!(error = %format!("{e:#}"), "cannot copy the audit trail into the warehouse; trying again later");
+            store = None;
+            0
+        }))
+    })
+}
+
 /// On object storage: moves the warehouse's published files to the bucket every few
 /// seconds (a fifth of `roll_interval`, at least every 100 ms) and once more at stop; an
-/// upload that fails is retried at the next tick (the files wait in the spool).
+/// upload that fails is retried at the next tick (the files wait in the spool), and at
+/// stop is an error. Returns how many files it uploaded.
 fn spawn_uploader(
     remote: &'static vitalwatch_connectors::warehouse::remote::ObjectWarehouse,
     wh: WarehouseConfig,
 ) -> anyhow::Result<(flume::Sender<()>, JoinHandle<anyhow::Result<u64>>)> {
-    let (tx, rx) = flume::bounded::<()>(1);
     let every = (wh.roll_interval / 5).max(std::time::Duration::from_millis(100));
-    let handle = std::thread::Builder::new()
-        .name("warehouse-upload".into())
-        .spawn(move || {
-            let mut files = 0;
-            loop {
-                let last = matches!(
-                    rx.recv_timeout(every),
-                    Err(flume::RecvTimeoutError::Disconnected)
-                );
-                match remote.upload(&wh.root) {
-                    Ok(done) => files += done.files,
-                    Err(e) if last => {
-                        return Err(anyhow!(e).context(format!(
-                            "cannot upload the warehouse to {}; the files wait in {} for the next run",
-                            remote.url(),
-                            wh.root.display()
-                        )));
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, warehouse = %remote.url(), "upload failed; trying again");
-                    }
-                }
-                if last {
-                    return Ok(files);
-                }
+    spawn_periodic("warehouse-upload", every, move |last| {
+        match remote.upload(&wh.root) {
+            Ok(done) => Ok(done.files),
+            Err(e) if last => Err(anyhow!(e).context(format!(
+                "cannot upload the warehouse to {}; the files wait in {} for the next run",
+                remote.url(),
+                wh.root.display()
+            ))),
+            Err(e) => {
+                tracing::warn!(error = %e, warehouse = %remote.url(), "upload failed; trying again");
+                Ok(0)
             }
-        })?;
-    Ok((tx, handle))
+        }
+    })
 }
 
 /// Checkpoints the catalog's WAL from its own connection once a second, off the alert

@@ -709,7 +709,7 @@ pub fn import(a: ImportArgs) -> anyhow::Result<ImportOutcome> {
             if let Some(r) = vitalwatch_connectors::warehouse::remote::installed()
                 && a.incremental.is_some()
             {
-                crate::commands::off_runtime(|| r.remove_named(&name))?;
+                r.remove_named(&name)?;
             }
             crate::commands::upload_spool(&cfg)?;
             rows

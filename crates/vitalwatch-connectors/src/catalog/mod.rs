@@ -269,10 +269,7 @@ impl ReferenceStore for SqliteCatalog {
                     p.phone,
                     p.ward,
                     p.age,
-                    match p.spo2_scale {
-                        Spo2Scale::Scale1 => 1,
-                        Spo2Scale::Scale2 => 2,
-                    },
+                    p.spo2_scale.number(),
                     p.other_details
                 ])?;
                 // The audit trail names the fields, never their values (no personal data).

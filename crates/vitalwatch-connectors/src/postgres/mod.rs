@@ -303,10 +303,7 @@ impl ReferenceStore for PostgresStore {
                     ("patient updated", changed)
                 }
             };
-            let scale: i32 = match p.spo2_scale {
-                Spo2Scale::Scale1 => 1,
-                Spo2Scale::Scale2 => 2,
-            };
+            let scale = i32::from(p.spo2_scale.number());
             tx.execute(
                 &upsert,
                 &[

@@ -117,8 +117,7 @@ pub fn compact(
             let old_enough = p
                 .file_name()
                 .and_then(|n| n.to_str())
-                .and_then(|n| n.strip_prefix("date="))
-                .and_then(|d| NaiveDate::parse_from_str(d, "%Y-%m-%d").ok())
+                .and_then(super::schema::partition_day)
                 .is_some_and(|d| d < before);
             if old_enough {
                 days.push(p);

@@ -328,10 +328,7 @@ impl ObjectWarehouse {
                 let [tbl, day, hour, file] = parts[..] else {
                     continue;
                 };
-                let Some(date) = day
-                    .strip_prefix("date=")
-                    .and_then(|d| NaiveDate::parse_from_str(d, "%Y-%m-%d").ok())
-                else {
+                let Some(date) = super::schema::partition_day(day) else {
                     continue;
                 };
                 if file.ends_with(".parquet") {

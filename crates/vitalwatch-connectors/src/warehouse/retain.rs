@@ -73,9 +73,7 @@ pub fn retain(
                     .map_err(|x| WarehouseError::io("remove", e.path(), x))?;
                 continue;
             }
-            if let Some(d) = n
-                .strip_prefix("date=")
-                .and_then(|d| NaiveDate::parse_from_str(d, "%Y-%m-%d").ok())
+            if let Some(d) = super::schema::partition_day(n)
                 && d < cutoff
             {
                 days.push((d, e.path()));

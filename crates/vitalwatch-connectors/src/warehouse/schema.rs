@@ -415,6 +415,14 @@ pub(crate) fn hour_key(micros: i64) -> i64 {
     micros.div_euclid(HOUR_MICROS)
 }
 
+/// The day of a `date=YYYY-MM-DD` folder name (the inverse of [`partition_dir`]'s first
+/// level), or `None` for any other name.
+pub(crate) fn partition_day(dir_name: &str) -> Option<chrono::NaiveDate> {
+    dir_name
+        .strip_prefix("date=")
+        .and_then(|d| chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").ok())
+}
+
 /// `<root>/<table>/date=YYYY-MM-DD/hour=H` for a partition key; `hour` unpadded because a
 /// zero-padded `hour=07` makes DuckDB infer VARCHAR.
 pub(crate) fn partition_dir(root: &Path, table: &str, hour_key: i64) -> PathBuf {

@@ -35,9 +35,7 @@ use datafusion::parquet::basic::{Compression, ZstdLevel};
 use datafusion::parquet::file::properties::WriterProperties;
 use vitalwatch_core::alert::AlertEvent;
 use vitalwatch_core::engine::ScoreRecord;
-use vitalwatch_core::model::{
-    DeadLetter, Observation, Patient, Spo2Scale, Timestamp, Unclassified,
-};
+use vitalwatch_core::model::{DeadLetter, Observation, Patient, Timestamp, Unclassified};
 
 use super::schema::{
     ALERTS, AUDIT, DEAD_LETTERS, PATIENTS, SCORES, UNCLASSIFIED, UTC, VITALS, check_schema,
@@ -1170,13 +1168,6 @@ struct ScoreRows {
     assumed_air: BooleanBuilder,
 }
 
-fn scale_number(s: Spo2Scale) -> i32 {
-    match s {
-        Spo2Scale::Scale1 => 1,
-        Spo2Scale::Scale2 => 2,
-    }
-}
-
 impl Rows for ScoreRows {
     type Item = ScoreRecord;
 
@@ -1189,7 +1180,7 @@ impl Rows for ScoreRows {
         for (b, p) in self.parts.iter_mut().zip(r.score.parts) {
             b.append_value(i32::from(p));
         }
-        self.scale.append_value(scale_number(r.scale));
+        self.scale.append_value(i32::from(r.scale.number()));
         self.assumed_air.append_value(r.assumed_air);
         1
     }
@@ -1237,7 +1228,7 @@ impl Rows for PatientRows {
         self.ward.append_value(&p.ward);
         self.age
             .append_value(i32::try_from(p.age).unwrap_or(i32::MAX));
-        self.scale.append_value(scale_number(p.spo2_scale));
+        self.scale.append_value(i32::from(p.spo2_scale.number()));
         1
     }
 
