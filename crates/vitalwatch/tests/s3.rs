@@ -30,6 +30,10 @@ impl Drop for Moto {
 }
 
 fn moto() -> Moto {
+    moto_on(free_port())
+}
+
+fn moto_on(port: u16) -> Moto {
     let bin = std::env::var_os("VITALWATCH_SERVICES")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
@@ -41,7 +45,6 @@ fn moto() -> Moto {
         "moto is not installed ({}): run `bash scripts/services.sh`",
         bin.display()
     );
-    let port = free_port();
     let child = Command::new(bin)
         .args(["-H", "127.0.0.1", "-p", &port.to_string()])
         .stdout(Stdio::null())
@@ -325,4 +328,58 @@ fn a_killed_replay_compaction_and_retention_on_the_bucket_lose_and_double_nothin
     assert!(s3.keys("hist", "wh/vitals/").is_empty());
     assert!(s3.keys("hist", "wh/scores/").is_empty());
     assert_eq!(s3_sql(&config, &data, "SELECT count(*) FROM vitals"), "0");
+}
+
+#[test]
+fn with_the_store_down_the_files_wait_in_the_spool_and_go_up_at_the_next_run() {
+    // Nothing listens on the endpoint yet: the store is down.
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("ward.jsonl");
+    let o = common::vitalwatch(&[
+        "simulate",
+        "--patients",
+        "3",
+        "--duration",
+        "10m",
+        "--seed",
+        "4",
+        "--output",
+        &os(&input),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let local = dir.path().join("local");
+    let o = common::vitalwatch(&["replay", &os(&input), "--data", &os(&local)]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let check = "SELECT count(*), sum(CAST(round(value * 1000) AS BIGINT)) FROM vitals";
+    let want = sql(&local, check);
+
+    let data = dir.path().join("data");
+    let config = dir.path().join("vw.toml");
+    std::fs::write(
+        &config,
+        format!("[warehouse]\nlocation = \"s3://late/wh\"\ns3_endpoint = \"http://127.0.0.1:{port}\"\nroll_interval = \"1s\"\n"),
+    )
+    .unwrap();
+    let o = vw(&config, &["replay", &os(&input), "--data", &os(&data)])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success(),
+        "a replay whose files could not be stored must say so"
+    );
+    assert!(
+        err.contains("cannot upload the warehouse to s3://late/wh") && err.contains("wait in"),
+        "{err}"
+    );
+    assert!(spooled(&data) > 0, "the files are kept locally");
+
+    // The store is back: the next run (here the same replay, which has nothing left to
+    // read) uploads what waited, and the bucket holds every reading once.
+    let s3 = moto_on(port);
+    s3.create_bucket("late");
+    ok(&config, &["replay", &os(&input), "--data", &os(&data)]);
+    assert_eq!(spooled(&data), 0);
+    assert_eq!(s3_sql(&config, &data, check), want);
 }

@@ -71,10 +71,11 @@ pub fn remove_uncommitted(
         }
         Ok(())
     })?;
-    // Files already moved to object storage follow the same rule there.
+    // Files already moved to object storage follow the same rule there, before the
+    // uploader sends anything new.
     #[cfg(feature = "s3")]
     if let Some(r) = super::remote::installed() {
-        removed.uncommitted += r.remove_uncommitted(stream, committed)?;
+        r.remove_uncommitted(stream, committed);
     }
     Ok(removed)
 }

@@ -64,7 +64,15 @@ pub struct ObjectWarehouse {
     /// Without leading or trailing `/`; empty for the bucket's root.
     prefix: String,
     store: Arc<dyn ObjectStore>,
+    /// Recovery's removals waiting for the bucket: `(stream, committed position)`, applied
+    /// in order by the next [`ObjectWarehouse::upload`] before it sends any file, so a
+    /// store that is down at start-up never stops a source or a notifier from starting.
+    pending: Arc<std::sync::Mutex<Vec<Removal>>>,
 }
+
+/// A queued recovery removal: a stream's files past its committed position (all of them
+/// with `None`).
+type Removal = (String, Option<u64>);
 
 impl std::fmt::Debug for ObjectWarehouse {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -134,7 +142,17 @@ impl ObjectWarehouse {
                 s.location
             )));
         }
-        let mut b = AmazonS3Builder::from_env().with_bucket_name(bucket);
+        // Few, short retries: a file that cannot go now waits in the spool and the next
+        // tick sends it; the client's default (10 retries over up to 3 minutes) would hold
+        // a stopping pipeline that long when the store is down.
+        let retry = object_store::RetryConfig {
+            max_retries: 3,
+            retry_timeout: std::time::Duration::from_secs(15),
+            ..Default::default()
+        };
+        let mut b = AmazonS3Builder::from_env()
+            .with_bucket_name(bucket)
+            .with_retry(retry);
         if !s.region.is_empty() {
             b = b.with_region(&s.region);
         }
@@ -149,6 +167,7 @@ impl ObjectWarehouse {
             bucket: bucket.to_owned(),
             prefix: prefix.trim_matches('/').to_owned(),
             store: Arc::new(store),
+            pending: Arc::default(),
         })
     }
 
@@ -246,6 +265,9 @@ impl ObjectWarehouse {
             Ok(())
         })?;
         files.sort();
+        // Removals first: a file re-written after a restart has a position past the
+        // committed one too, and must not be sent before the old ones are gone.
+        self.apply_pending()?;
         block_on(async {
             let mut done = Uploaded::default();
             for (path, rel) in &files {
@@ -281,16 +303,33 @@ impl ObjectWarehouse {
         self.delete_where(|_, name| name == file_name)
     }
 
-    /// The bucket's side of [`super::recovery::remove_uncommitted`].
-    pub(crate) fn remove_uncommitted(
-        &self,
-        stream: &str,
-        committed: Option<u64>,
-    ) -> Result<u64, WarehouseError> {
-        self.delete_where(|_, name| {
-            super::recovery::position_of(name, stream)
-                .is_some_and(|p| committed.is_none_or(|c| p > c))
-        })
+    /// The bucket's side of [`super::recovery::remove_uncommitted`]: queued for the next
+    /// upload (which applies it before sending anything), so it needs no bucket now.
+    pub(crate) fn remove_uncommitted(&self, stream: &str, committed: Option<u64>) {
+        self.pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push((stream.to_owned(), committed));
+    }
+
+    /// Applies the queued removals in order; those not applied (the store failed) stay
+    /// queued.
+    fn apply_pending(&self) -> Result<(), WarehouseError> {
+        let mut pending = self
+            .pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        while let Some((stream, committed)) = pending.first().cloned() {
+            let removed = self.delete_where(|_, name| {
+                super::recovery::position_of(name, &stream)
+                    .is_some_and(|p| committed.is_none_or(|c| p > c))
+            })?;
+            if removed > 0 {
+                tracing::info!(files = removed, %stream, "removed uncommitted files from the bucket");
+            }
+            pending.remove(0);
+        }
+        Ok(())
     }
 
     /// Registers every table of the bucket in `ctx` (see [`super::register_warehouse`]).
