@@ -52,7 +52,8 @@ pub struct Findings {
     /// Readings that could not be classified against the reference data.
     pub unclassified: Vec<Unclassified>,
     /// NEWS2 results: one per in-order observation that completed a fresh set (only
-    /// when NEWS2 is enabled), for the warehouse's `scores` table.
+    /// when NEWS2 is enabled; a repeat of the same result at the same instant, e.g. a
+    /// re-delivered reading, adds none), for the warehouse's `scores` table.
     pub scores: Vec<ScoreRecord>,
 }
 
@@ -285,6 +286,8 @@ struct Scored {
     score: News2Score,
     /// Oxygen status unknown, scored as room air (`news2.unknown_oxygen = "air"`).
     assumed_air: bool,
+    /// The event time it was scored at.
+    at: Timestamp,
 }
 
 #[derive(Debug)]
@@ -1188,14 +1191,22 @@ fn news2_step(state: &mut PatientState, ctx: &StepCtx<'_>, out: &mut Findings) {
     let t = ctx.t;
     let scored = news2_now(&state.info, rules, t);
     if let Some(s) = scored {
+        // One row per instant and result: a re-delivered reading scores the same again
+        // and adds nothing; a second vital at the same instant that changes it does.
+        let repeat = state
+            .info
+            .news2
+            .is_some_and(|p| p.at == s.at && p.score == s.score && p.assumed_air == s.assumed_air);
         state.info.news2 = scored;
-        out.scores.push(ScoreRecord {
-            patient_id: ctx.obs.patient_id.clone(),
-            observed_at: ctx.obs.observed_at,
-            score: s.score,
-            scale: state.info.scale(),
-            assumed_air: s.assumed_air,
-        });
+        if !repeat {
+            out.scores.push(ScoreRecord {
+                patient_id: ctx.obs.patient_id.clone(),
+                observed_at: ctx.obs.observed_at,
+                score: s.score,
+                scale: state.info.scale(),
+                assumed_air: s.assumed_air,
+            });
+        }
     }
     let has_condition = state.conditions.iter().any(|c| c.key == CondKey::News2);
     let Some(s) = scored else {
@@ -1391,6 +1402,7 @@ fn news2_now(info: &PatientInfo, rules: &RulesConfig, t: Timestamp) -> Option<Sc
     Some(Scored {
         score: news2::score(&input),
         assumed_air,
+        at: t,
     })
 }
 

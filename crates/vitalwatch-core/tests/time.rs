@@ -650,3 +650,34 @@ fn a_restarted_engine_takes_back_its_open_alerts() {
     // The classic profile keeps no alert open, so it restores none.
     assert_eq!(engine(Profile::Classic, |_| {}).restore(log), 0);
 }
+
+/// The warehouse's `scores` table gets one NEWS2 result per in-order complete set, with
+/// its points: a late or duplicated reading adds none (it would be a second score for an
+/// instant already scored, or one out of order), and an incomplete set none.
+#[test]
+fn scores_come_from_in_order_complete_sets_only() {
+    let mut e = news2_only(|_| {});
+    let five = set(115.0, 22.0, 95.0, 120.0, 37.0); // 2 + 2 + 1 = 5, "medium"
+    let mut f = Findings::default();
+    e.process(&obs("2", at(10), &five), at(10), &mut f);
+    assert_eq!(f.scores.len(), 1);
+    let s = &f.scores[0];
+    assert_eq!((s.patient_id.as_str(), s.observed_at), ("2", at(10)));
+    assert_eq!(s.score.total, 5);
+    assert_eq!(s.score.response.as_str(), "medium");
+    assert_eq!(s.score.parts, [2, 1, 0, 0, 2, 0, 0]);
+    assert_eq!(s.scale, Spo2Scale::Scale1);
+    // A late reading (older than the newest) and the same reading again: no score.
+    f.clear();
+    e.process(&obs("2", at(5), &five), at(11), &mut f);
+    e.process(&obs("2", at(10), &five), at(11), &mut f);
+    assert!(f.scores.is_empty(), "{:?}", f.scores);
+    // A set without a respiration rate, long after the last: incomplete, no score.
+    let partial: Vec<(Vital, f64)> = five
+        .iter()
+        .copied()
+        .filter(|(v, _)| *v != Vital::RespRate)
+        .collect();
+    e.process(&obs("2", at(10_000), &partial), at(10_000), &mut f);
+    assert!(f.scores.is_empty(), "{:?}", f.scores);
+}
