@@ -242,7 +242,8 @@ pub struct AlertPatient {
 ///
 /// Field names follow the classic alert JSON (`patientname`, `bp`, `heartBeat`,
 /// `input_message_time`, `alert_generated_time`, `alert_message`) plus vitalwatch's own.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Serialized by hand (below), read by the derive.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct AlertEvent {
     /// Deterministic id of the alert (one per episode).
     pub alert_id: AlertId,
@@ -288,6 +289,44 @@ pub struct AlertEvent {
     pub device_id: Option<String>,
     /// Who acknowledged it, for acknowledgement events.
     pub acknowledged_by: Option<String>,
+}
+
+// Written out instead of derived: the derive serializes a struct with a `flatten`ed field
+// as a map, entry by entry through serde's generic map path, and an alert flood serializes
+// every event (the classic profile: a third of all readings). Same fields, same order, same
+// text as the derive; `alert_event_json_round_trips_every_field` keeps them in step.
+impl Serialize for AlertEvent {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut m = s.serialize_struct("AlertEvent", 25)?;
+        m.serialize_field("alert_id", &self.alert_id)?;
+        m.serialize_field("event", &self.event)?;
+        m.serialize_field("state", &self.state)?;
+        m.serialize_field("rule", &self.rule)?;
+        m.serialize_field("rule_key", &self.rule_key)?;
+        m.serialize_field("priority", &self.priority)?;
+        m.serialize_field("patient_id", &self.patient_id)?;
+        let p = &self.patient;
+        m.serialize_field("patientname", &p.patientname)?;
+        m.serialize_field("age", &p.age)?;
+        m.serialize_field("patientaddress", &p.patientaddress)?;
+        m.serialize_field("phone_number", &p.phone_number)?;
+        m.serialize_field("admitted_ward", &p.admitted_ward)?;
+        m.serialize_field("vital", &self.vital)?;
+        m.serialize_field("value", &self.value)?;
+        m.serialize_field("bp", &self.bp)?;
+        m.serialize_field("heartBeat", &self.heart_beat)?;
+        m.serialize_field("news2_score", &self.news2_score)?;
+        m.serialize_field("ref_id", &self.ref_id)?;
+        m.serialize_field("ref_version", &self.ref_version)?;
+        m.serialize_field("alert_message", &self.alert_message)?;
+        m.serialize_field("input_message_time", &self.input_message_time)?;
+        m.serialize_field("alert_generated_time", &self.alert_generated_time)?;
+        m.serialize_field("episode_start", &self.episode_start)?;
+        m.serialize_field("device_id", &self.device_id)?;
+        m.serialize_field("acknowledged_by", &self.acknowledged_by)?;
+        m.end()
+    }
 }
 
 /// Which rule an alert is about, as `rule_key` spells it in alert events, the store and
@@ -419,6 +458,30 @@ mod tests {
         for bad in ["", "threshold:pulse:1", "threshold:heart_rate:x", "news"] {
             assert!(bad.parse::<RuleKey>().is_err(), "{bad}");
         }
+    }
+
+    /// The hand-written `Serialize` writes what the derive wrote (the line below is the
+    /// first event of a classic flood's `alerts.jsonl` from the derived version), and
+    /// every field survives a round trip (a field added to the struct but not to the
+    /// writer would come back empty).
+    #[test]
+    fn alert_event_json_round_trips_every_field() {
+        let golden = r#"{"alert_id":"0065920080-3aff416715c5c8fa","event":"triggered","state":"triggered","rule":"threshold","rule_key":"threshold:systolic:7","priority":"medium","patient_id":"46","patientname":"Charles Khan","age":19,"patientaddress":"5265 Oak Street Fairview","phone_number":"555-368-1843","admitted_ward":"18","vital":"systolic","value":128.0,"bp":128.0,"heartBeat":85.0,"news2_score":null,"ref_id":7,"ref_version":1,"alert_message":"High blood pressure (hypertension) for age 0-20","input_message_time":"2024-01-01T00:00:00Z","alert_generated_time":"2024-01-01T00:00:00Z","episode_start":"2024-01-01T00:00:00Z","device_id":"classic-46","acknowledged_by":null}"#;
+        let e: AlertEvent = serde_json::from_str(golden).unwrap();
+        assert_eq!(serde_json::to_string(&e).unwrap(), golden);
+        let full = AlertEvent {
+            news2_score: Some(7),
+            acknowledged_by: Some("nurse \"J\"".into()),
+            alert_generated_time: Timestamp(1_704_067_200_250_000),
+            input_message_time: Timestamp(1_704_067_200_000_001),
+            ..e
+        };
+        let text = serde_json::to_string(&full).unwrap();
+        assert_eq!(serde_json::from_str::<AlertEvent>(&text).unwrap(), full);
+        let keys = serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&text)
+            .unwrap()
+            .len();
+        assert_eq!(keys, 25, "{text}");
     }
 
     #[test]

@@ -78,12 +78,15 @@ pub enum ArchiveMsg {
     Checkpoint(Arc<Checkpoint>),
 }
 
+/// An alert event with its JSON text, made once on the engine thread.
+type Texted = (AlertEvent, Arc<str>);
+
 /// A message to the alert thread.
 #[derive(Debug)]
 enum AlertMsg {
     /// Events with their JSON text (serialized on the engine thread: the alert thread is
     /// the bottleneck of an alert flood).
-    Events(Vec<(AlertEvent, String)>),
+    Events(Vec<Texted>),
     Checkpoint(Arc<Checkpoint>),
     /// Once everything before it is recorded: the store's open alerts (for a resync).
     OpenAlerts(flume::Sender<Result<Vec<AlertEvent>, String>>),
@@ -1079,7 +1082,7 @@ fn alert_loop(
     records: flume::Receiver<DeliveryAttempt>,
     metrics: &Metrics,
 ) -> anyhow::Result<()> {
-    let mut unrecorded: Vec<(AlertEvent, String)> = Vec::new();
+    let mut unrecorded: Vec<Texted> = Vec::new();
     let mut retries_at_close = 0;
     // The last outbox sequence number handed to the notifiers.
     let mut handed = 0;
@@ -1177,21 +1180,28 @@ fn write_deliveries(store: &mut dyn Store, batch: &[DeliveryAttempt]) {
 
 /// An event with its JSON text. (An AlertEvent has only strings, numbers and timestamps:
 /// serializing it cannot fail; an empty text would be recorded and seen, not lost.)
-fn with_text(e: AlertEvent) -> (AlertEvent, String) {
-    let text = serde_json::to_string(&e).unwrap_or_default();
-    (e, text)
+fn with_text(e: AlertEvent) -> (AlertEvent, Arc<str>) {
+    // Sized for a classic event (about 660 bytes): serde_json's default start of 128
+    // bytes re-allocated and copied each text three times. Shared (`Arc`) from here on:
+    // the copy into the notifiers' shared text is made here, not on the alert thread.
+    let mut text = Vec::with_capacity(1024);
+    let text = match serde_json::to_writer(&mut text, &e) {
+        Ok(()) => String::from_utf8(text).unwrap_or_default(),
+        Err(_) => String::new(),
+    };
+    (e, text.into())
 }
 
 /// Records one burst; hands the new events to the notifiers. On error, gives the events
 /// back to be tried again.
 fn record(
     store: &mut dyn Store,
-    events: Vec<(AlertEvent, String)>,
+    events: Vec<Texted>,
     notifiers: &[flume::Sender<Arc<Handover>>],
     handed: &mut u64,
     metrics: &Metrics,
-) -> Result<(), (anyhow::Error, Vec<(AlertEvent, String)>)> {
-    let pairs: Vec<(&AlertEvent, &str)> = events.iter().map(|(e, t)| (e, t.as_str())).collect();
+) -> Result<(), (anyhow::Error, Vec<Texted>)> {
+    let pairs: Vec<(&AlertEvent, &str)> = events.iter().map(|(e, t)| (e, &**t)).collect();
     let seqs = match store.record_alert_events(&pairs) {
         Ok(s) => s,
         Err(e) => return Err((e.into(), events)),

@@ -50,7 +50,7 @@ pub struct OutboxItem {
 
 impl OutboxItem {
     /// A new entry, with its event.
-    pub fn new(seq: u64, event: AlertEvent, body: String) -> Self {
+    pub fn new(seq: u64, event: AlertEvent, body: impl Into<Arc<str>>) -> Self {
         OutboxItem {
             seq,
             body: body.into(),
