@@ -145,6 +145,28 @@ fn s3_sql(config: &Path, data: &Path, q: &str) -> String {
 }
 
 /// Published Parquet files still in the local spool.
+/// A simulated ward recording (`ward.jsonl`) and, as the reference, one clean replay of
+/// it into a local data directory (`local`).
+fn recorded_ward(dir: &Path, patients: &str, duration: &str, seed: &str) -> (PathBuf, PathBuf) {
+    let input = dir.join("ward.jsonl");
+    let o = common::vitalwatch(&[
+        "simulate",
+        "--patients",
+        patients,
+        "--duration",
+        duration,
+        "--seed",
+        seed,
+        "--output",
+        &os(&input),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let local = dir.join("local");
+    let o = common::vitalwatch(&["replay", &os(&input), "--data", &os(&local)]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    (input, local)
+}
+
 fn spooled(data: &Path) -> usize {
     fn walk(p: &Path, n: &mut usize) {
         for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
@@ -204,24 +226,8 @@ fn a_killed_replay_compaction_and_retention_on_the_bucket_lose_and_double_nothin
     let s3 = moto();
     s3.create_bucket("hist");
     let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("ward.jsonl");
-    let o = common::vitalwatch(&[
-        "simulate",
-        "--patients",
-        "8",
-        "--duration",
-        "2h",
-        "--seed",
-        "3",
-        "--output",
-        &os(&input),
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-
     // The reference: one clean replay into a local warehouse.
-    let local = dir.path().join("local");
-    let o = common::vitalwatch(&["replay", &os(&input), "--data", &os(&local)]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (input, local) = recorded_ward(dir.path(), "8", "2h", "3");
     // An integer checksum: a float sum depends on the order files are read in.
     let check = "SELECT count(*), sum(CAST(round(value * 1000) AS BIGINT)), min(observed_at), max(observed_at) FROM vitals";
     let want = sql(&local, check);
@@ -335,22 +341,7 @@ fn with_the_store_down_the_files_wait_in_the_spool_and_go_up_at_the_next_run() {
     // Nothing listens on the endpoint yet: the store is down.
     let port = free_port();
     let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("ward.jsonl");
-    let o = common::vitalwatch(&[
-        "simulate",
-        "--patients",
-        "3",
-        "--duration",
-        "10m",
-        "--seed",
-        "4",
-        "--output",
-        &os(&input),
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let local = dir.path().join("local");
-    let o = common::vitalwatch(&["replay", &os(&input), "--data", &os(&local)]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (input, local) = recorded_ward(dir.path(), "3", "10m", "4");
     let check = "SELECT count(*), sum(CAST(round(value * 1000) AS BIGINT)) FROM vitals";
     let want = sql(&local, check);
 
