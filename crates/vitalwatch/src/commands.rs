@@ -510,7 +510,7 @@ pub fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         let bar = bar.clone();
         let files = args.files.clone();
         let time = cfg.time.clone();
-        let store = CatalogAt::of(&cfg).open()?;
+        let store = CatalogAt::of(&cfg).open_in_pipeline()?;
         let mut source = FileSource::new(
             h.source.clone(),
             store,

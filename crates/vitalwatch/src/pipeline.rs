@@ -246,6 +246,23 @@ impl CatalogAt {
         })
     }
 
+    /// Opens the catalog for a writer inside a running pipeline (the alert path, a
+    /// source committing its positions). SQLite: its commits leave the WAL to the
+    /// pipeline's checkpointer thread ([`SqliteCatalog::disable_autocheckpoint`]); a
+    /// source's commit otherwise copied the whole log into the database itself, stalling
+    /// the reader behind it for the alert flood's pages.
+    pub fn open_in_pipeline(&self) -> anyhow::Result<Box<dyn Store>> {
+        match self {
+            CatalogAt::Sqlite(p) => {
+                let c = SqliteCatalog::open(p)
+                    .with_context(|| format!("cannot open catalog {}", p.display()))?;
+                c.disable_autocheckpoint()?;
+                Ok(Box::new(c))
+            }
+            CatalogAt::Postgres { .. } => self.open(),
+        }
+    }
+
     /// For people: the SQLite path, or the PostgreSQL URL with its password masked.
     pub fn describe(&self) -> String {
         match self {
@@ -349,7 +366,7 @@ pub fn kafka_source(
     settings: vitalwatch_connectors::source::kafka::KafkaSettings,
     handle: SourceHandle,
 ) -> anyhow::Result<vitalwatch_connectors::source::kafka::KafkaSource> {
-    let store = CatalogAt::of(cfg).open()?;
+    let store = CatalogAt::of(cfg).open_in_pipeline()?;
     Ok(vitalwatch_connectors::source::kafka::KafkaSource::new(
         settings,
         handle,
@@ -549,10 +566,10 @@ impl Pipeline {
             let (catalog, checkpointer): (Box<dyn Store>, _) = match &cat_at {
                 CatalogAt::Sqlite(p) => {
                     drop(catalog);
-                    let c = SqliteCatalog::open(p)
-                        .with_context(|| format!("cannot open catalog {}", p.display()))?;
-                    c.disable_autocheckpoint()?;
-                    (Box::new(c), Some(spawn_checkpointer(p.clone())?))
+                    (
+                        cat_at.open_in_pipeline()?,
+                        Some(spawn_checkpointer(p.clone())?),
+                    )
                 }
                 CatalogAt::Postgres { .. } => (catalog, None),
             };
@@ -1047,12 +1064,12 @@ fn spawn_uploader(
 }
 
 /// Checkpoints the catalog's WAL from its own connection once a second, off the alert
-/// path (see [`SqliteCatalog::disable_autocheckpoint`]). Stops when the sender drops.
-fn spawn_checkpointer(path: PathBuf) -> anyhow::Result<flume::Sender<()>> {
+/// path (see [`SqliteCatalog::disable_autocheckpoint`]).
+fn spawn_checkpointer(path: PathBuf) -> anyhow::Result<Checkpointer> {
     let (tx, rx) = flume::bounded::<()>(1);
     let cat = SqliteCatalog::open(&path)
         .with_context(|| format!("cannot open catalog {}", path.display()))?;
-    std::thread::Builder::new()
+    let handle = std::thread::Builder::new()
         .name("checkpoint".into())
         .spawn(move || {
             loop {
@@ -1068,7 +1085,28 @@ fn spawn_checkpointer(path: PathBuf) -> anyhow::Result<flume::Sender<()>> {
                 }
             }
         })?;
-    Ok(tx)
+    Ok(Checkpointer {
+        stop: Some(tx),
+        handle: Some(handle),
+    })
+}
+
+/// The checkpointer thread. Dropping it stops the thread after a last checkpoint and
+/// waits for it: its connection is closed before the process ends, so the last
+/// connection to close can fold the WAL into the database and remove it (an unjoined
+/// thread left a flood's 200 MB WAL behind).
+struct Checkpointer {
+    stop: Option<flume::Sender<()>>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
 }
 
 /// The alert path: records each burst of events, with an outbox row per new event, in
@@ -1185,7 +1223,7 @@ fn with_text(e: AlertEvent) -> (AlertEvent, Arc<str>) {
     // bytes re-allocated and copied each text three times. Shared (`Arc`) from here on:
     // the copy into the notifiers' shared text is made here, not on the alert thread.
     let mut text = Vec::with_capacity(1024);
-    let text = match serde_json::to_writer(&mut text, &e) {
+    let text = match e.write_json(&mut text) {
         Ok(()) => String::from_utf8(text).unwrap_or_default(),
         Err(_) => String::new(),
     };

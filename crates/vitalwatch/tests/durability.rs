@@ -167,14 +167,12 @@ fn a_crash_between_the_store_commit_and_the_alert_log_loses_no_notification() {
     torn.push('\n');
     torn.push_str(&lines[60][..lines[60].len() / 2]);
     std::fs::write(&log_path, torn).unwrap();
+    let seq_50 = SqliteCatalog::open(&data.join("catalog.sqlite"))
+        .unwrap()
+        .outbox_after(0, 50)
+        .unwrap()[49]
+        .seq as i64;
     let db = rusqlite::Connection::open(data.join("catalog.sqlite")).unwrap();
-    let seq_50: i64 = db
-        .query_row(
-            "SELECT seq FROM outbox ORDER BY seq LIMIT 1 OFFSET 49",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
     db.execute(
         "UPDATE outbox_cursors SET seq = ?1 WHERE consumer = 'jsonl'",
         [seq_50],

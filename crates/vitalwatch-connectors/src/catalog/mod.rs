@@ -7,11 +7,14 @@
 //!
 //! Threshold bands are versioned: each import adds a version and keeps the old ones, so
 //! the `ref_id` + `ref_version` an alert records always names the row that fired it.
-//! Alert events live in the `outbox`, which is their history too: each is keyed by (alert
+//! Alert events live in the outbox, which is their history too: each is keyed by (alert
 //! id, event, time), so recording a re-processed event is a no-op and queues no second
-//! notification, and its text is stored once. `alerts` holds each alert's current state
-//! and points at its latest event. Notifiers read the outbox from their own cursor
-//! (`outbox_cursors`, `delivery_attempts`); resumable sources keep `source_positions`.
+//! notification, and its text is stored once, compressed ([`history`] has the layout and
+//! why). `alerts` holds each alert's current state and points at its latest event.
+//! Notifiers read the outbox from their own cursor (`outbox_cursors`,
+//! `delivery_attempts`); resumable sources keep `source_positions`.
+
+mod history;
 
 use std::path::Path;
 
@@ -42,6 +45,7 @@ impl From<rusqlite::Error> for StoreError {
 #[derive(Debug)]
 pub struct SqliteCatalog {
     conn: Connection,
+    texts: history::Compressor,
 }
 
 const SCHEMA: &str = r#"
@@ -81,27 +85,6 @@ CREATE TABLE IF NOT EXISTS audit_log (
     subject  TEXT NOT NULL,
     detail   TEXT NOT NULL
 );
-CREATE TABLE IF NOT EXISTS outbox (
-    seq       INTEGER PRIMARY KEY AUTOINCREMENT,
-    alert_id  TEXT NOT NULL,
-    event     TEXT NOT NULL,
-    at        INTEGER NOT NULL,
-    priority  TEXT NOT NULL,
-    state     TEXT NOT NULL,
-    actor     TEXT,
-    body      TEXT NOT NULL,
-    UNIQUE (alert_id, event, at)
-);
-CREATE TABLE IF NOT EXISTS alerts (
-    alert_id     TEXT PRIMARY KEY,
-    patient_id   TEXT NOT NULL,
-    rule_key     TEXT NOT NULL,
-    priority     TEXT NOT NULL,
-    state        TEXT NOT NULL,
-    opened_at    INTEGER NOT NULL,
-    updated_at   INTEGER NOT NULL,
-    latest_seq   INTEGER NOT NULL
-) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS outbox_cursors (
     consumer    TEXT PRIMARY KEY,
     seq         INTEGER NOT NULL,
@@ -134,6 +117,38 @@ CREATE TABLE IF NOT EXISTS source_positions (
 );
 "#;
 
+/// The alert tables of the second layout (one outbox row per event, with its text): what
+/// the first release's catalog is upgraded to before [`history::migrate_from_rows`] takes
+/// it on.
+const ROWS_LAYOUT: &str = r#"
+CREATE TABLE IF NOT EXISTS outbox (
+    seq       INTEGER PRIMARY KEY AUTOINCREMENT,
+    alert_id  TEXT NOT NULL,
+    event     TEXT NOT NULL,
+    at        INTEGER NOT NULL,
+    priority  TEXT NOT NULL,
+    state     TEXT NOT NULL,
+    actor     TEXT,
+    body      TEXT NOT NULL,
+    UNIQUE (alert_id, event, at)
+);
+CREATE TABLE IF NOT EXISTS alerts (
+    alert_id     TEXT PRIMARY KEY,
+    patient_id   TEXT NOT NULL,
+    rule_key     TEXT NOT NULL,
+    priority     TEXT NOT NULL,
+    state        TEXT NOT NULL,
+    opened_at    INTEGER NOT NULL,
+    updated_at   INTEGER NOT NULL,
+    latest_seq   INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS outbox_cursors (
+    consumer    TEXT PRIMARY KEY,
+    seq         INTEGER NOT NULL,
+    updated_at  INTEGER NOT NULL
+);
+"#;
+
 /// Brings a catalog of the first release (alert history in `alert_events`, each alert's
 /// latest event as text in `alerts.latest_event`) to this layout, in one transaction: the
 /// outbox becomes the history (the first release kept only each alert's latest event in
@@ -153,7 +168,7 @@ fn migrate_v1(conn: &Connection) -> Result<(), StoreError> {
         "BEGIN;
          ALTER TABLE alerts RENAME TO alerts_v1;
          DROP INDEX IF EXISTS alerts_state;
-         {SCHEMA}
+         {ROWS_LAYOUT}
          INSERT INTO outbox (alert_id, event, at, priority, state, actor, body)
            SELECT alert_id, json_extract(latest_event, '$.event'), updated_at, priority, state,
                   json_extract(latest_event, '$.acknowledged_by'), latest_event
@@ -169,6 +184,29 @@ fn migrate_v1(conn: &Connection) -> Result<(), StoreError> {
          DROP TABLE IF EXISTS alert_events;
          COMMIT;"
     ))?;
+    Ok(())
+}
+
+/// Brings a catalog with one outbox row per event to the compact layout ([`history`]), in
+/// one transaction. A no-op on a new or current catalog.
+fn migrate_rows(conn: &Connection) -> Result<(), StoreError> {
+    let rows = |conn: &Connection| -> Result<bool, StoreError> {
+        Ok(conn.query_row(
+            "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'outbox'",
+            [],
+            |r| r.get(0),
+        )?)
+    };
+    if !rows(conn)? {
+        return Ok(());
+    }
+    let tx = rusqlite::Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Immediate)?;
+    // Asked again under the write lock: another process may have upgraded it meanwhile.
+    if rows(&tx)? {
+        tracing::info!("upgrading the catalog: the outbox is stored compressed");
+        history::migrate_from_rows(&tx)?;
+    }
+    tx.commit()?;
     Ok(())
 }
 
@@ -196,8 +234,13 @@ impl SqliteCatalog {
         conn.pragma_update(None, "cache_size", -32_768)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         migrate_v1(&conn)?;
+        migrate_rows(&conn)?;
         conn.execute_batch(SCHEMA)?;
-        Ok(SqliteCatalog { conn })
+        conn.execute_batch(history::SCHEMA)?;
+        Ok(SqliteCatalog {
+            conn,
+            texts: history::Compressor::new(),
+        })
     }
 
     /// Stops SQLite from checkpointing the WAL inside commits. A checkpoint writes and
@@ -472,149 +515,66 @@ impl AlertStore for SqliteCatalog {
         &mut self,
         events: &[(&AlertEvent, &str)],
     ) -> Result<Vec<Option<u64>>, StoreError> {
-        let tx = self.conn.transaction()?;
-        let mut fresh = Vec::with_capacity(events.len());
-        {
-            // The outbox is the history: an event already recorded (re-processed input)
-            // is ignored by its identity, and the text is stored once.
-            let mut outbox = tx.prepare_cached(
-                "INSERT OR IGNORE INTO outbox (alert_id, event, at, priority, state, actor, body)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            )?;
-            let mut up = tx.prepare_cached(
-                "INSERT INTO alerts (alert_id, patient_id, rule_key, priority, state, opened_at, updated_at, latest_seq)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-                 ON CONFLICT(alert_id) DO UPDATE SET priority = excluded.priority, state = excluded.state,
-                   updated_at = excluded.updated_at, latest_seq = excluded.latest_seq
-                 WHERE excluded.updated_at >= alerts.updated_at",
-            )?;
-            for &(e, body) in events {
-                let at = e.identity_time();
-                let n = outbox.execute(params![
-                    e.alert_id.as_str(),
-                    e.event.as_str(),
-                    at.micros(),
-                    e.priority.as_str(),
-                    e.state.as_str(),
-                    e.acknowledged_by,
-                    body
-                ])?;
-                if n == 0 {
-                    fresh.push(None);
-                    continue;
-                }
-                let seq = tx.last_insert_rowid();
-                up.execute(params![
-                    e.alert_id.as_str(),
-                    e.patient_id.as_str(),
-                    e.rule_key,
-                    e.priority.as_str(),
-                    e.state.as_str(),
-                    e.episode_start.micros(),
-                    at.micros(),
-                    seq
-                ])?;
-                fresh.push(Some(seq as u64));
-            }
-        }
+        // Immediate: the next sequence number is read and used in one write transaction.
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let seqs = history::record(&tx, &mut self.texts, events)?;
         tx.commit()?;
-        Ok(fresh)
+        Ok(seqs)
     }
 
     fn alerts(&self, only_open: bool, limit: usize) -> Result<Vec<StoredAlert>, CatalogError> {
         let sql = format!(
-            "SELECT o.body, (SELECT COUNT(*) FROM outbox e WHERE e.alert_id = a.alert_id)
-             FROM alerts a JOIN outbox o ON o.seq = a.latest_seq {}
-             ORDER BY a.updated_at DESC, a.alert_id LIMIT ?1",
+            "SELECT latest_seq, events FROM alerts {} ORDER BY updated_at DESC, alert_id LIMIT ?1",
             if only_open {
-                "WHERE a.state <> 'resolved'"
+                "WHERE state <> 'resolved'"
             } else {
                 ""
             }
         );
-        let mut st = self.conn.prepare(&sql)?;
-        let rows = st.query_map([limit as i64], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, u32>(1)?))
-        })?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (body, events) = row?;
-            out.push(StoredAlert {
-                latest: serde_json::from_str(&body)?,
-                events,
-            });
-        }
-        Ok(out)
+        Ok(
+            history::latest_events(&self.conn, &sql, [limit as i64], |r| r.get::<_, u32>(1))?
+                .into_iter()
+                .map(|(latest, events)| StoredAlert { latest, events })
+                .collect(),
+        )
     }
 
     /// One per (patient, rule key), however many open alerts the store holds (a
     /// classic-profile run leaves every alert open), so start-up stays fast and small.
     /// Alert ids begin with their episode start, so the greatest id is the newest episode.
     fn open_alerts_to_restore(&self) -> Result<Vec<AlertEvent>, CatalogError> {
-        let mut st = self.conn.prepare(
-            "SELECT o.body FROM alerts a JOIN outbox o ON o.seq = a.latest_seq
-             WHERE a.alert_id IN (
+        Ok(history::latest_events(
+            &self.conn,
+            "SELECT latest_seq FROM alerts WHERE alert_id IN (
                  SELECT max(alert_id) FROM alerts WHERE state <> 'resolved'
                  GROUP BY patient_id, rule_key)",
-        )?;
-        let rows = st.query_map([], |r| r.get::<_, String>(0))?;
-        let mut out = Vec::new();
-        for body in rows {
-            out.push(serde_json::from_str(&body?)?);
-        }
-        Ok(out)
+            [],
+            |_| Ok(()),
+        )?
+        .into_iter()
+        .map(|(e, ())| e)
+        .collect())
     }
 
     fn alert(&self, alert_id: &str) -> Result<Option<AlertEvent>, CatalogError> {
-        let body: Option<String> = self
-            .conn
-            .query_row(
-                "SELECT o.body FROM alerts a JOIN outbox o ON o.seq = a.latest_seq
-                 WHERE a.alert_id = ?1",
-                [alert_id],
-                |r| r.get(0),
-            )
-            .optional()?;
-        Ok(match body {
-            Some(b) => Some(serde_json::from_str(&b)?),
-            None => None,
-        })
+        Ok(history::latest_events(
+            &self.conn,
+            "SELECT latest_seq FROM alerts WHERE alert_id = ?1",
+            [alert_id],
+            |_| Ok(()),
+        )?
+        .pop()
+        .map(|(e, ())| e))
     }
 
     fn outbox_after(&self, after: u64, limit: usize) -> Result<Vec<OutboxEntry>, StoreError> {
-        let mut st = self.conn.prepare_cached(
-            "SELECT seq, alert_id, event, at, body FROM outbox WHERE seq > ?1 ORDER BY seq LIMIT ?2",
-        )?;
-        let rows = st.query_map(params![after as i64, limit as i64], |r| {
-            Ok(OutboxEntry {
-                seq: r.get::<_, i64>(0)? as u64,
-                key: format!(
-                    "{}:{}:{}",
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, i64>(3)?
-                ),
-                body: r.get(4)?,
-            })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        history::outbox_after(&self.conn, after, limit)
     }
 
     fn outbox_seq(&self, event: &AlertEvent, after: u64) -> Result<Option<u64>, StoreError> {
-        let seq: Option<i64> = self
-            .conn
-            .query_row(
-                "SELECT seq FROM outbox WHERE alert_id = ?1 AND event = ?2 AND at = ?3 AND seq > ?4",
-                params![
-                    event.alert_id.as_str(),
-                    event.event.as_str(),
-                    event.identity_time().micros(),
-                    after as i64
-                ],
-                |r| r.get(0),
-            )
-            .optional()?;
-        Ok(seq.map(|s| s as u64))
+        history::seq_of(&self.conn, event, after)
     }
 
     fn cursor(&self, consumer: &str) -> Result<u64, StoreError> {
@@ -837,6 +797,104 @@ mod tests {
         // Opening again changes nothing.
         let c = SqliteCatalog::open(&path).unwrap();
         assert_eq!(c.outbox_after(0, 10).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_catalog_with_one_outbox_row_per_event_is_compacted_without_loss() {
+        use vitalwatch_core::alert::{AlertEventKind, AlertState};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("catalog.sqlite");
+        let a = crate::store::contract::sample_event();
+        let ack = AlertEvent {
+            event: AlertEventKind::Acknowledged,
+            state: AlertState::Acknowledged,
+            alert_generated_time: Timestamp(a.alert_generated_time.micros() + 30_000_000),
+            acknowledged_by: Some("nurse".into()),
+            ..a.clone()
+        };
+        let b = AlertEvent {
+            alert_id: vitalwatch_core::alert::alert_id(&a.patient_id, "hr_high", a.episode_start),
+            rule_key: "hr_high".into(),
+            ..a.clone()
+        };
+        let events = [a.clone(), ack.clone(), b.clone()];
+        {
+            // The layout before, written as it wrote it.
+            let old = Connection::open(&path).unwrap();
+            old.execute_batch(ROWS_LAYOUT).unwrap();
+            for e in &events {
+                let at = e.identity_time().micros();
+                old.execute(
+                    "INSERT INTO outbox (alert_id, event, at, priority, state, actor, body)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    params![
+                        e.alert_id.as_str(),
+                        e.event.as_str(),
+                        at,
+                        e.priority.as_str(),
+                        e.state.as_str(),
+                        e.acknowledged_by,
+                        serde_json::to_string(e).unwrap()
+                    ],
+                )
+                .unwrap();
+                let seq = old.last_insert_rowid();
+                old.execute(
+                    "INSERT INTO alerts VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                     ON CONFLICT(alert_id) DO UPDATE SET state = excluded.state,
+                       updated_at = excluded.updated_at, latest_seq = excluded.latest_seq",
+                    params![
+                        e.alert_id.as_str(),
+                        e.patient_id.as_str(),
+                        e.rule_key,
+                        e.priority.as_str(),
+                        e.state.as_str(),
+                        e.episode_start.micros(),
+                        at,
+                        seq
+                    ],
+                )
+                .unwrap();
+            }
+            old.execute("INSERT INTO outbox_cursors VALUES ('jsonl', 2, 0)", [])
+                .unwrap();
+        }
+        let mut c = SqliteCatalog::open(&path).unwrap();
+        let outbox = c.outbox_after(0, 10).unwrap();
+        assert_eq!(outbox.iter().map(|o| o.seq).collect::<Vec<_>>(), [1, 2, 3]);
+        for (o, e) in outbox.iter().zip(&events) {
+            assert_eq!(o.key, e.idempotency_key());
+            assert_eq!(serde_json::from_str::<AlertEvent>(&o.body).unwrap(), *e);
+        }
+        assert_eq!(c.cursor("jsonl").unwrap(), 2, "nothing is delivered again");
+        assert_eq!(c.alert(a.alert_id.as_str()).unwrap(), Some(ack.clone()));
+        let listed = c.alerts(false, 10).unwrap();
+        let counts: Vec<(String, u32)> = listed
+            .iter()
+            .map(|s| (s.latest.alert_id.to_string(), s.events))
+            .collect();
+        assert!(counts.contains(&(a.alert_id.to_string(), 2)), "{counts:?}");
+        assert!(counts.contains(&(b.alert_id.to_string(), 1)), "{counts:?}");
+        assert_eq!(c.outbox_seq(&ack, 0).unwrap(), Some(2));
+        assert_eq!(c.outbox_seq(&b, 0).unwrap(), Some(3));
+        // Every event it held is still known: recording them again records nothing.
+        assert_eq!(record(&mut c, &events), vec![false, false, false]);
+        let later = AlertEvent {
+            event: AlertEventKind::Resolved,
+            state: AlertState::Resolved,
+            input_message_time: Timestamp(a.input_message_time.micros() + 60_000_000),
+            ..ack.clone()
+        };
+        assert_eq!(record(&mut c, std::slice::from_ref(&later)), vec![true]);
+        assert_eq!(
+            c.outbox_after(3, 10).unwrap()[0].seq,
+            4,
+            "numbering carries on"
+        );
+        drop(c);
+        // Opening again changes nothing.
+        let c = SqliteCatalog::open(&path).unwrap();
+        assert_eq!(c.outbox_after(0, 10).unwrap().len(), 4);
     }
 
     #[test]
