@@ -414,37 +414,40 @@ pub(super) fn migrate_from_rows(tx: &Transaction<'_>) -> Result<(), StoreError> 
            WHERE NOT EXISTS (SELECT 1 FROM alerts a
                              WHERE a.alert_id = o.alert_id AND a.triggered_seq = o.seq);"
     ))?;
-    // (The key from the row's columns: an old text is copied, never re-read.)
-    let rows: Vec<(u64, String, String)> = {
-        let mut st =
-            tx.prepare("SELECT seq, alert_id, event, at, body FROM outbox ORDER BY seq")?;
-        let rows = st.query_map([], |r| {
-            Ok((
-                r.get::<_, i64>(0)? as u64,
-                format!(
-                    "{}:{}:{}",
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, i64>(3)?
-                ),
-                r.get::<_, String>(4)?,
-            ))
-        })?;
-        rows.collect::<Result<_, _>>()?
-    };
-    // Runs of consecutive sequence numbers, each written as chunks.
+    // Streamed, a chunk at a time (a catalog's whole history need not fit in memory);
+    // the key from the row's columns: an old text is copied, never re-read.
     let mut compressor = Compressor::new();
-    let mut start = 0;
-    for i in 1..=rows.len() {
-        if i == rows.len() || rows[i].0 != rows[i - 1].0 + 1 {
-            let run: Vec<(&str, &str)> = rows[start..i]
+    let mut run: Vec<(u64, String, String)> = Vec::with_capacity(CHUNK);
+    let mut flush = |run: &mut Vec<(u64, String, String)>| -> Result<(), StoreError> {
+        if let Some(first) = run.first().map(|r| r.0) {
+            let entries: Vec<(&str, &str)> = run
                 .iter()
                 .map(|(_, k, b)| (k.as_str(), b.as_str()))
                 .collect();
-            write_texts(tx, &mut compressor, rows[start].0, &run)?;
-            start = i;
+            write_texts(tx, &mut compressor, first, &entries)?;
         }
+        run.clear();
+        Ok(())
+    };
+    let mut st = tx.prepare("SELECT seq, alert_id, event, at, body FROM outbox ORDER BY seq")?;
+    let mut rows = st.query([])?;
+    while let Some(r) = rows.next()? {
+        let seq = r.get::<_, i64>(0)? as u64;
+        // A chunk holds consecutive sequence numbers only.
+        if run.len() == CHUNK || run.last().is_some_and(|l| l.0 + 1 != seq) {
+            flush(&mut run)?;
+        }
+        let key = format!(
+            "{}:{}:{}",
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, i64>(3)?
+        );
+        run.push((seq, key, r.get(4)?));
     }
+    flush(&mut run)?;
+    drop(rows);
+    drop(st);
     tx.execute_batch("DROP TABLE outbox;")?;
     Ok(())
 }
