@@ -291,6 +291,40 @@ pub struct AlertEvent {
     pub acknowledged_by: Option<String>,
 }
 
+/// Calls `$put!(key, &value)` for each field of an alert event, in the order of its JSON
+/// text: the one list both writers below follow.
+macro_rules! alert_event_fields {
+    ($e:expr, $put:ident) => {{
+        let e = $e;
+        let p = &e.patient;
+        $put!("alert_id", &e.alert_id);
+        $put!("event", &e.event);
+        $put!("state", &e.state);
+        $put!("rule", &e.rule);
+        $put!("rule_key", &e.rule_key);
+        $put!("priority", &e.priority);
+        $put!("patient_id", &e.patient_id);
+        $put!("patientname", &p.patientname);
+        $put!("age", &p.age);
+        $put!("patientaddress", &p.patientaddress);
+        $put!("phone_number", &p.phone_number);
+        $put!("admitted_ward", &p.admitted_ward);
+        $put!("vital", &e.vital);
+        $put!("value", &e.value);
+        $put!("bp", &e.bp);
+        $put!("heartBeat", &e.heart_beat);
+        $put!("news2_score", &e.news2_score);
+        $put!("ref_id", &e.ref_id);
+        $put!("ref_version", &e.ref_version);
+        $put!("alert_message", &e.alert_message);
+        $put!("input_message_time", &e.input_message_time);
+        $put!("alert_generated_time", &e.alert_generated_time);
+        $put!("episode_start", &e.episode_start);
+        $put!("device_id", &e.device_id);
+        $put!("acknowledged_by", &e.acknowledged_by);
+    }};
+}
+
 // Written out instead of derived: the derive serializes a struct with a `flatten`ed field
 // as a map, entry by entry through serde's generic map path, and an alert flood serializes
 // every event (the classic profile: a third of all readings). Same fields, same order, same
@@ -299,32 +333,12 @@ impl Serialize for AlertEvent {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
         let mut m = s.serialize_struct("AlertEvent", 25)?;
-        m.serialize_field("alert_id", &self.alert_id)?;
-        m.serialize_field("event", &self.event)?;
-        m.serialize_field("state", &self.state)?;
-        m.serialize_field("rule", &self.rule)?;
-        m.serialize_field("rule_key", &self.rule_key)?;
-        m.serialize_field("priority", &self.priority)?;
-        m.serialize_field("patient_id", &self.patient_id)?;
-        let p = &self.patient;
-        m.serialize_field("patientname", &p.patientname)?;
-        m.serialize_field("age", &p.age)?;
-        m.serialize_field("patientaddress", &p.patientaddress)?;
-        m.serialize_field("phone_number", &p.phone_number)?;
-        m.serialize_field("admitted_ward", &p.admitted_ward)?;
-        m.serialize_field("vital", &self.vital)?;
-        m.serialize_field("value", &self.value)?;
-        m.serialize_field("bp", &self.bp)?;
-        m.serialize_field("heartBeat", &self.heart_beat)?;
-        m.serialize_field("news2_score", &self.news2_score)?;
-        m.serialize_field("ref_id", &self.ref_id)?;
-        m.serialize_field("ref_version", &self.ref_version)?;
-        m.serialize_field("alert_message", &self.alert_message)?;
-        m.serialize_field("input_message_time", &self.input_message_time)?;
-        m.serialize_field("alert_generated_time", &self.alert_generated_time)?;
-        m.serialize_field("episode_start", &self.episode_start)?;
-        m.serialize_field("device_id", &self.device_id)?;
-        m.serialize_field("acknowledged_by", &self.acknowledged_by)?;
+        macro_rules! put {
+            ($key:literal, $value:expr) => {
+                m.serialize_field($key, $value)?
+            };
+        }
+        alert_event_fields!(self, put);
         m.end()
     }
 }
@@ -335,44 +349,15 @@ impl AlertEvent {
     /// byte by byte (the values still go through serde_json). Serializing was a fifth of
     /// the engine thread in a classic-profile alert flood.
     pub fn write_json(&self, out: &mut Vec<u8>) -> serde_json::Result<()> {
-        fn field<T: Serialize + ?Sized>(
-            out: &mut Vec<u8>,
-            key: &[u8],
-            value: &T,
-        ) -> serde_json::Result<()> {
-            out.extend_from_slice(key);
-            serde_json::to_writer(&mut *out, value)
+        let mut open = b'{';
+        macro_rules! put {
+            ($key:literal, $value:expr) => {{
+                out.push(std::mem::replace(&mut open, b','));
+                out.extend_from_slice(concat!("\"", $key, "\":").as_bytes());
+                serde_json::to_writer(&mut *out, $value)?;
+            }};
         }
-        let p = &self.patient;
-        field(out, b"{\"alert_id\":", &self.alert_id)?;
-        field(out, b",\"event\":", &self.event)?;
-        field(out, b",\"state\":", &self.state)?;
-        field(out, b",\"rule\":", &self.rule)?;
-        field(out, b",\"rule_key\":", &self.rule_key)?;
-        field(out, b",\"priority\":", &self.priority)?;
-        field(out, b",\"patient_id\":", &self.patient_id)?;
-        field(out, b",\"patientname\":", &p.patientname)?;
-        field(out, b",\"age\":", &p.age)?;
-        field(out, b",\"patientaddress\":", &p.patientaddress)?;
-        field(out, b",\"phone_number\":", &p.phone_number)?;
-        field(out, b",\"admitted_ward\":", &p.admitted_ward)?;
-        field(out, b",\"vital\":", &self.vital)?;
-        field(out, b",\"value\":", &self.value)?;
-        field(out, b",\"bp\":", &self.bp)?;
-        field(out, b",\"heartBeat\":", &self.heart_beat)?;
-        field(out, b",\"news2_score\":", &self.news2_score)?;
-        field(out, b",\"ref_id\":", &self.ref_id)?;
-        field(out, b",\"ref_version\":", &self.ref_version)?;
-        field(out, b",\"alert_message\":", &self.alert_message)?;
-        field(out, b",\"input_message_time\":", &self.input_message_time)?;
-        field(
-            out,
-            b",\"alert_generated_time\":",
-            &self.alert_generated_time,
-        )?;
-        field(out, b",\"episode_start\":", &self.episode_start)?;
-        field(out, b",\"device_id\":", &self.device_id)?;
-        field(out, b",\"acknowledged_by\":", &self.acknowledged_by)?;
+        alert_event_fields!(self, put);
         out.push(b'}');
         Ok(())
     }

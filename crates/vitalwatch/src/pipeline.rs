@@ -1218,7 +1218,7 @@ fn write_deliveries(store: &mut dyn Store, batch: &[DeliveryAttempt]) {
 
 /// An event with its JSON text. (An AlertEvent has only strings, numbers and timestamps:
 /// serializing it cannot fail; an empty text would be recorded and seen, not lost.)
-fn with_text(e: AlertEvent) -> (AlertEvent, Arc<str>) {
+fn with_text(e: AlertEvent) -> Texted {
     // Sized for a classic event (about 660 bytes): serde_json's default start of 128
     // bytes re-allocated and copied each text three times. Shared (`Arc`) from here on:
     // the copy into the notifiers' shared text is made here, not on the alert thread.

@@ -120,12 +120,13 @@ fn encode<K: std::fmt::Display>(
     use std::io::Write as _;
     let size: usize = entries.iter().map(|(_, t)| t.len() + 64).sum();
     let mut raw = Vec::with_capacity(size);
-    let mut key = Vec::with_capacity(64);
     for (k, text) in entries {
-        key.clear();
-        let _ = write!(key, "{k}");
-        raw.extend_from_slice(&(key.len() as u32).to_le_bytes());
-        raw.extend_from_slice(&key);
+        // The key is written in place; its length is filled in after.
+        let at = raw.len();
+        raw.extend_from_slice(&[0; 4]);
+        let _ = write!(raw, "{k}");
+        let len = (raw.len() - at - 4) as u32;
+        raw[at..at + 4].copy_from_slice(&len.to_le_bytes());
         raw.extend_from_slice(&(text.len() as u32).to_le_bytes());
         raw.extend_from_slice(text.as_bytes());
     }

@@ -119,7 +119,7 @@ CREATE TABLE IF NOT EXISTS source_positions (
 
 /// The alert tables of the second layout (one outbox row per event, with its text): what
 /// the first release's catalog is upgraded to before [`history::migrate_from_rows`] takes
-/// it on.
+/// it on. Kept as that release wrote them: they are what the upgrade reads.
 const ROWS_LAYOUT: &str = r#"
 CREATE TABLE IF NOT EXISTS outbox (
     seq       INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -142,11 +142,6 @@ CREATE TABLE IF NOT EXISTS alerts (
     updated_at   INTEGER NOT NULL,
     latest_seq   INTEGER NOT NULL
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS outbox_cursors (
-    consumer    TEXT PRIMARY KEY,
-    seq         INTEGER NOT NULL,
-    updated_at  INTEGER NOT NULL
-);
 "#;
 
 /// Brings a catalog of the first release (alert history in `alert_events`, each alert's
@@ -169,6 +164,7 @@ fn migrate_v1(conn: &Connection) -> Result<(), StoreError> {
          ALTER TABLE alerts RENAME TO alerts_v1;
          DROP INDEX IF EXISTS alerts_state;
          {ROWS_LAYOUT}
+         {SCHEMA}
          INSERT INTO outbox (alert_id, event, at, priority, state, actor, body)
            SELECT alert_id, json_extract(latest_event, '$.event'), updated_at, priority, state,
                   json_extract(latest_event, '$.acknowledged_by'), latest_event
@@ -805,11 +801,12 @@ mod tests {
         assert_eq!(c.outbox_after(0, 10).unwrap().len(), 1);
     }
 
-    #[test]
-    fn a_catalog_with_one_outbox_row_per_event_is_compacted_without_loss() {
+    /// Three events (a trigger, its acknowledgement, another alert's trigger) as the
+    /// layout with one outbox row per event wrote them, with a gap in the numbering before
+    /// the third (that layout left one for each re-processed event: an ignored insert
+    /// still took its number), and the alert log's cursor at the second.
+    fn rows_layout_catalog(path: &Path) -> [AlertEvent; 3] {
         use vitalwatch_core::alert::{AlertEventKind, AlertState};
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("catalog.sqlite");
         let a = crate::store::contract::sample_event();
         let ack = AlertEvent {
             event: AlertEventKind::Acknowledged,
@@ -823,58 +820,86 @@ mod tests {
             rule_key: "hr_high".into(),
             ..a.clone()
         };
-        let events = [a.clone(), ack.clone(), b.clone()];
-        {
-            // The layout before, written as it wrote it.
-            let old = Connection::open(&path).unwrap();
-            old.execute_batch(ROWS_LAYOUT).unwrap();
-            for e in &events {
-                if e == &b {
-                    // A gap, as that layout left one for each re-processed event (an
-                    // ignored insert still took its number).
-                    old.execute(
-                        "UPDATE sqlite_sequence SET seq = seq + 5 WHERE name = 'outbox'",
-                        [],
-                    )
-                    .unwrap();
-                }
-                let at = e.identity_time().micros();
+        let events = [a, ack, b];
+        let old = Connection::open(path).unwrap();
+        old.execute_batch(ROWS_LAYOUT).unwrap();
+        old.execute_batch(SCHEMA).unwrap();
+        for (i, e) in events.iter().enumerate() {
+            if i == 2 {
                 old.execute(
-                    "INSERT INTO outbox (alert_id, event, at, priority, state, actor, body)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                    params![
-                        e.alert_id.as_str(),
-                        e.event.as_str(),
-                        at,
-                        e.priority.as_str(),
-                        e.state.as_str(),
-                        e.acknowledged_by,
-                        serde_json::to_string(e).unwrap()
-                    ],
-                )
-                .unwrap();
-                let seq = old.last_insert_rowid();
-                old.execute(
-                    "INSERT INTO alerts VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-                     ON CONFLICT(alert_id) DO UPDATE SET state = excluded.state,
-                       updated_at = excluded.updated_at, latest_seq = excluded.latest_seq",
-                    params![
-                        e.alert_id.as_str(),
-                        e.patient_id.as_str(),
-                        e.rule_key,
-                        e.priority.as_str(),
-                        e.state.as_str(),
-                        e.episode_start.micros(),
-                        at,
-                        seq
-                    ],
+                    "UPDATE sqlite_sequence SET seq = seq + 5 WHERE name = 'outbox'",
+                    [],
                 )
                 .unwrap();
             }
-            old.execute("INSERT INTO outbox_cursors VALUES ('jsonl', 2, 0)", [])
-                .unwrap();
+            let at = e.identity_time().micros();
+            old.execute(
+                "INSERT INTO outbox (alert_id, event, at, priority, state, actor, body)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    e.alert_id.as_str(),
+                    e.event.as_str(),
+                    at,
+                    e.priority.as_str(),
+                    e.state.as_str(),
+                    e.acknowledged_by,
+                    serde_json::to_string(e).unwrap()
+                ],
+            )
+            .unwrap();
+            let seq = old.last_insert_rowid();
+            old.execute(
+                "INSERT INTO alerts VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                 ON CONFLICT(alert_id) DO UPDATE SET state = excluded.state,
+                   updated_at = excluded.updated_at, latest_seq = excluded.latest_seq",
+                params![
+                    e.alert_id.as_str(),
+                    e.patient_id.as_str(),
+                    e.rule_key,
+                    e.priority.as_str(),
+                    e.state.as_str(),
+                    e.episode_start.micros(),
+                    at,
+                    seq
+                ],
+            )
+            .unwrap();
         }
+        old.execute("INSERT INTO outbox_cursors VALUES ('jsonl', 2, 0)", [])
+            .unwrap();
+        events
+    }
+
+    /// A table's columns as SQLite describes them (name, type, not null, default, key).
+    fn columns(conn: &Connection, table: &str) -> Vec<(String, String, bool, Option<String>, u32)> {
+        let mut st = conn
+            .prepare("SELECT name, type, \"notnull\", dflt_value, pk FROM pragma_table_info(?1)")
+            .unwrap();
+        st.query_map([table], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+    }
+
+    #[test]
+    fn a_catalog_with_one_outbox_row_per_event_is_compacted_without_loss() {
+        use vitalwatch_core::alert::{AlertEventKind, AlertState};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("catalog.sqlite");
+        let events = rows_layout_catalog(&path);
+        let [a, ack, b] = events.clone();
         let mut c = SqliteCatalog::open(&path).unwrap();
+        // The upgraded tables are the ones a new catalog gets.
+        let new = SqliteCatalog::open_in_memory().unwrap();
+        for table in ["alerts", "event_ids", "outbox_texts"] {
+            assert_eq!(
+                columns(&c.conn, table),
+                columns(&new.conn, table),
+                "{table}"
+            );
+        }
         let outbox = c.outbox_after(0, 10).unwrap();
         assert_eq!(outbox.iter().map(|o| o.seq).collect::<Vec<_>>(), [1, 2, 8]);
         for (o, e) in outbox.iter().zip(&events) {
@@ -911,6 +936,48 @@ mod tests {
         // Opening again changes nothing.
         let c = SqliteCatalog::open(&path).unwrap();
         assert_eq!(c.outbox_after(0, 10).unwrap().len(), 4);
+    }
+
+    #[test]
+    fn an_upgrade_that_fails_half_way_leaves_the_catalog_as_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("catalog.sqlite");
+        rows_layout_catalog(&path);
+        // A chunk already where the upgrade writes its first one: it fails at that insert,
+        // after altering `alerts` and filling `event_ids`.
+        let block = |on: bool| {
+            let db = Connection::open(&path).unwrap();
+            db.execute_batch(history::SCHEMA).unwrap();
+            if on {
+                db.execute("INSERT INTO outbox_texts VALUES (1, 1, x'00')", [])
+                    .unwrap();
+            } else {
+                db.execute("DELETE FROM outbox_texts", []).unwrap();
+            }
+        };
+        block(true);
+        let before = columns(&Connection::open(&path).unwrap(), "alerts");
+        assert!(SqliteCatalog::open(&path).is_err(), "the upgrade fails");
+        let db = Connection::open(&path).unwrap();
+        assert_eq!(columns(&db, "alerts"), before, "not altered");
+        let rows: (i64, i64) = db
+            .query_row(
+                "SELECT (SELECT count(*) FROM outbox), (SELECT count(*) FROM event_ids)",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!(rows, (3, 0), "the old outbox is whole, nothing half-copied");
+        drop(db);
+        block(false);
+        let c = SqliteCatalog::open(&path).unwrap();
+        let seqs: Vec<u64> = c
+            .outbox_after(0, 10)
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(seqs, [1, 2, 8], "the next open upgrades it");
     }
 
     #[test]
