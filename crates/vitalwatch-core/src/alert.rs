@@ -5,7 +5,9 @@
 //! An alert's id is derived from (patient, rule key, episode start), so replaying the same
 //! input yields the same ids and downstream stores stay idempotent.
 
+use std::borrow::Cow;
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -240,6 +242,9 @@ pub struct AlertPatient {
 
 /// One alert lifecycle event: the unit the alert log, the catalog and notifiers receive.
 ///
+/// What events of one patient or rule have in common (patient details, rule key, message)
+/// is shared (`Arc`), not copied per event: an alert flood builds an event for a third of
+/// all classic readings on the engine thread and frees it on a notifier's.
 /// Field names follow the classic alert JSON (`patientname`, `bp`, `heartBeat`,
 /// `input_message_time`, `alert_generated_time`, `alert_message`) plus vitalwatch's own.
 /// Serialized by hand (below), read by the derive.
@@ -252,16 +257,17 @@ pub struct AlertEvent {
     /// The alert's state after this event.
     pub state: AlertState,
     /// Rule family: `threshold`, `limit`, `news2`, `device_stale`.
-    pub rule: String,
+    pub rule: Cow<'static, str>,
     /// Full rule key (e.g. `threshold:heart_rate:3`); the dedup key together with the patient.
-    pub rule_key: String,
+    /// Shared: every alert of one band carries the same text.
+    pub rule_key: Arc<str>,
     /// Priority now.
     pub priority: Priority,
     /// Patient id.
     pub patient_id: PatientId,
-    /// Classic patient fields.
+    /// Classic patient fields. Shared: every alert of one patient carries the same.
     #[serde(flatten)]
-    pub patient: AlertPatient,
+    pub patient: Arc<AlertPatient>,
     /// The vital that fired (absent for NEWS2 and device alarms).
     pub vital: Option<Vital>,
     /// Its value.
@@ -278,7 +284,7 @@ pub struct AlertEvent {
     /// Version of the threshold table that band belongs to.
     pub ref_version: Option<u32>,
     /// Human-readable message (the band's `alert_message` for threshold alerts).
-    pub alert_message: String,
+    pub alert_message: Arc<str>,
     /// Observation time of the reading that caused this event (classic `input_message_time`).
     pub input_message_time: Timestamp,
     /// When this event was generated (classic `alert_generated_time`).
@@ -514,7 +520,7 @@ mod tests {
         assert_eq!(serde_json::from_str::<AlertEvent>(&text).unwrap(), full);
         // The fast writer writes the same bytes, escapes and absent values included.
         let mut odd = full.clone();
-        odd.patient.patientname = "Zoë \"Z\" \\ O'Brien\n\t\u{1}".into();
+        Arc::make_mut(&mut odd.patient).patientname = "Zoë \"Z\" \\ O'Brien\n\t\u{1}".into();
         odd.device_id = None;
         odd.value = None;
         odd.vital = None;

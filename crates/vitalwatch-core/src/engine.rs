@@ -28,6 +28,7 @@
 //! ended. A reading more than the lateness window older than its device's newest reading is
 //! not evaluated at all ([`Processed::Late`]); the pipeline still archives it.
 
+use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
@@ -302,13 +303,49 @@ struct PatientState {
 /// condition can change while the rest is read).
 #[derive(Debug)]
 struct PatientInfo {
-    patient: Option<Arc<Patient>>,
+    patient: Option<Arc<Listed>>,
     bands: Bands,
     latest: [f64; VITAL_COUNT],
     latest_at: [Timestamp; VITAL_COUNT],
     /// The newest NEWS2 score.
     news2: Option<Scored>,
 }
+
+/// A catalog patient as the engine keeps them: the record, and the details each of
+/// their alert events carries, made once and shared by every event.
+#[derive(Debug)]
+struct Listed {
+    patient: Patient,
+    details: Arc<AlertPatient>,
+}
+
+impl Listed {
+    fn new(p: Patient) -> Self {
+        let details = Arc::new(AlertPatient {
+            patientname: p.name.clone(),
+            age: Some(p.age),
+            patientaddress: p.address.clone(),
+            phone_number: p.phone.clone(),
+            admitted_ward: p.ward.clone(),
+        });
+        Listed {
+            patient: p,
+            details,
+        }
+    }
+}
+
+impl std::ops::Deref for Listed {
+    type Target = Patient;
+
+    fn deref(&self) -> &Patient {
+        &self.patient
+    }
+}
+
+/// A threshold band's rule key and message, shared by every event the band raises
+/// (a classic alert flood raises one per abnormal reading).
+type BandTexts = Map<(Vital, u32), (Arc<str>, Arc<str>)>;
 
 impl PatientInfo {
     fn scale(&self) -> Spo2Scale {
@@ -343,8 +380,9 @@ pub struct Engine {
     table: ThresholdTable,
     /// Which vitals the table has any band for (else a vital is not band-checked).
     table_vitals: [bool; VITAL_COUNT],
-    directory: Map<PatientId, Arc<Patient>>,
+    directory: Map<PatientId, Arc<Listed>>,
     band_cache: Map<BandsKey, Bands>,
+    band_texts: BandTexts,
     states: Map<PatientId, PatientState>,
     devices: Map<DeviceId, DeviceState>,
     /// Open alerts of evicted patients, back with their next reading.
@@ -357,7 +395,7 @@ pub struct Engine {
 /// Everything an event needs besides the transition itself.
 struct EventContext<'a> {
     patient_id: &'a PatientId,
-    patient: Option<&'a Patient>,
+    patient: Option<&'a Listed>,
     /// Classic `heartBeat` and `bp`: the reading's own, or the latest for events that no
     /// reading caused.
     heart_beat: Option<f64>,
@@ -373,7 +411,7 @@ impl<'a> EventContext<'a> {
     /// The context of an event caused by an observation.
     fn of_observation(
         obs: &'a Observation,
-        patient: Option<&'a Patient>,
+        patient: Option<&'a Listed>,
         now: Timestamp,
         version: u32,
     ) -> Self {
@@ -393,7 +431,7 @@ impl<'a> EventContext<'a> {
     fn of_state(
         patient_id: &'a PatientId,
         info: Option<&'a PatientInfo>,
-        patient: Option<&'a Patient>,
+        patient: Option<&'a Listed>,
         now: Timestamp,
         version: u32,
     ) -> Self {
@@ -413,13 +451,13 @@ impl<'a> EventContext<'a> {
 
 struct EventDetail<'a> {
     rule: &'static str,
-    rule_key: String,
+    rule_key: Arc<str>,
     priority: Priority,
     vital: Option<Vital>,
     value: Option<f64>,
     band: Option<&'a ThresholdBand>,
     news2_score: Option<u32>,
-    message: String,
+    message: Arc<str>,
 }
 
 /// What every rule step needs to know about the observation being evaluated.
@@ -444,6 +482,7 @@ impl Engine {
             table_vitals: [false; VITAL_COUNT],
             directory: Map::default(),
             band_cache: Map::default(),
+            band_texts: Map::default(),
             states: Map::default(),
             devices: Map::default(),
             parked: Map::default(),
@@ -465,13 +504,14 @@ impl Engine {
     pub fn load_reference(&mut self, patients: Vec<Patient>, table: ThresholdTable) {
         self.directory = patients
             .into_iter()
-            .map(|p| (p.patient_id.clone(), Arc::new(p)))
+            .map(|p| (p.patient_id.clone(), Arc::new(Listed::new(p))))
             .collect();
         for v in Vital::ALL {
             self.table_vitals[v.index()] = table.has_vital(v);
         }
         self.table = table;
         self.band_cache.clear();
+        self.band_texts.clear();
         let ids: Vec<PatientId> = self.states.keys().cloned().collect();
         for id in ids {
             let (patient, bands) = self.reference_of(&id);
@@ -483,7 +523,7 @@ impl Engine {
     }
 
     /// A patient's catalog entry and compiled bands.
-    fn reference_of(&mut self, id: &PatientId) -> (Option<Arc<Patient>>, Bands) {
+    fn reference_of(&mut self, id: &PatientId) -> (Option<Arc<Listed>>, Bands) {
         let patient = self.directory.get(id).cloned();
         let key = match &patient {
             None => None,
@@ -584,7 +624,7 @@ impl Engine {
             now,
         };
         match self.rules.profile {
-            Profile::Classic => classic(state, &self.table_vitals, &ctx, out),
+            Profile::Classic => classic(state, &self.table_vitals, &mut self.band_texts, &ctx, out),
             Profile::Standard => standard(
                 state,
                 &self.margins,
@@ -1049,6 +1089,7 @@ impl Engine {
 fn classic(
     state: &mut PatientState,
     table_vitals: &[bool; VITAL_COUNT],
+    band_texts: &mut BandTexts,
     ctx: &StepCtx<'_>,
     out: &mut Findings,
 ) {
@@ -1070,7 +1111,15 @@ fn classic(
         match match_band_exact(&state.info.bands[vital.index()], value) {
             None => out.unclassified.push(no_band(obs, vital, value)),
             Some(b) if b.alert_flag => {
-                let rule_key = band_key(vital, b.ref_id);
+                let (rule_key, message) = band_texts
+                    .entry((vital, b.ref_id))
+                    .or_insert_with(|| {
+                        (
+                            band_key(vital, b.ref_id).into(),
+                            b.alert_message.as_str().into(),
+                        )
+                    })
+                    .clone();
                 // Classic semantics: every abnormal reading is its own alert. Its identity
                 // is the reading's content (device, value, time), so two readings in the
                 // same second are two alerts and a re-delivered one is the same alert.
@@ -1092,7 +1141,7 @@ fn classic(
                     ctx.now,
                     ctx.version,
                 );
-                let detail = band_detail(b, vital, value, rule_key);
+                let detail = band_detail(b, vital, value, rule_key, message);
                 out.events.push(event(
                     &ev,
                     &detail,
@@ -1230,7 +1279,8 @@ fn news2_step(state: &mut PatientState, ctx: &StepCtx<'_>, out: &mut Findings) {
             "NEWS2 cannot be scored: {} older than {} or never reported; take a full set of observations",
             stale_parameters(&state.info, rules, t).join(", "),
             rules.news2.max_observation_age
-        );
+        )
+        .into();
         let ev = EventContext::of_observation(
             ctx.obs,
             state.info.patient.as_deref(),
@@ -1432,7 +1482,7 @@ fn stale_parameters(info: &PatientInfo, rules: &RulesConfig, t: Timestamp) -> Ve
 fn condition_event(
     patient_id: &PatientId,
     info: Option<&PatientInfo>,
-    patient: Option<&Patient>,
+    patient: Option<&Listed>,
     key: &CondKey,
     active: &Active,
     rules: &RulesConfig,
@@ -1446,13 +1496,13 @@ fn condition_event(
         // An evicted patient: what the key alone says.
         None => EventDetail {
             rule: rule_family(key),
-            rule_key: rule_key_text(key, rules),
+            rule_key: rule_key_text(key, rules).into(),
             priority: active.priority,
             vital: None,
             value: None,
             band: None,
             news2_score: None,
-            message: String::new(),
+            message: "".into(),
         },
     };
     event(&ctx, &detail, active, kind, active.state)
@@ -1478,7 +1528,13 @@ fn rule_key_text(key: &CondKey, rules: &RulesConfig) -> String {
     }
 }
 
-fn band_detail(b: &ThresholdBand, vital: Vital, value: f64, rule_key: String) -> EventDetail<'_> {
+fn band_detail(
+    b: &ThresholdBand,
+    vital: Vital,
+    value: f64,
+    rule_key: Arc<str>,
+    message: Arc<str>,
+) -> EventDetail<'_> {
     EventDetail {
         rule: "threshold",
         rule_key,
@@ -1487,7 +1543,7 @@ fn band_detail(b: &ThresholdBand, vital: Vital, value: f64, rule_key: String) ->
         value: Some(value),
         band: Some(b),
         news2_score: None,
-        message: b.alert_message.clone(),
+        message,
     }
 }
 
@@ -1497,7 +1553,7 @@ fn stale_key(device: &DeviceId) -> String {
 
 /// What a stale-device alarm event needs from the engine besides the device itself.
 struct DeviceRefs<'a> {
-    directory: &'a Map<PatientId, Arc<Patient>>,
+    directory: &'a Map<PatientId, Arc<Listed>>,
     states: &'a Map<PatientId, PatientState>,
     rules: &'a RulesConfig,
     version: u32,
@@ -1545,7 +1601,7 @@ fn stale_detail(
 ) -> EventDetail<'static> {
     EventDetail {
         rule: "device_stale",
-        rule_key: stale_key(device),
+        rule_key: stale_key(device).into(),
         priority,
         vital: None,
         value: None,
@@ -1554,7 +1610,8 @@ fn stale_detail(
         message: format!(
             "No data from device {device} for over {}",
             rules.stale_device.after
-        ),
+        )
+        .into(),
     }
 }
 
@@ -1574,7 +1631,7 @@ fn describe<'a>(
                 .find(|b| b.ref_id == *ref_id);
             EventDetail {
                 rule: "threshold",
-                rule_key: band_key(*vital, *ref_id),
+                rule_key: band_key(*vital, *ref_id).into(),
                 priority: priority
                     .or(band.map(|b| b.priority))
                     .unwrap_or(Priority::Medium),
@@ -1582,20 +1639,20 @@ fn describe<'a>(
                 value: value.or(Some(state.latest[vital.index()])),
                 band,
                 news2_score: None,
-                message: band.map(|b| b.alert_message.clone()).unwrap_or_default(),
+                message: band.map_or("".into(), |b| b.alert_message.as_str().into()),
             }
         }
         CondKey::Limit(i) => {
             let l = &rules.limits[*i];
             EventDetail {
                 rule: "limit",
-                rule_key: RuleKey::Limit(l.name.clone()).to_string(),
+                rule_key: RuleKey::Limit(l.name.clone()).to_string().into(),
                 priority: priority.unwrap_or(l.priority),
                 vital: Some(l.vital),
                 value: value.or(Some(state.latest[l.vital.index()])),
                 band: None,
                 news2_score: None,
-                message: l.message.clone(),
+                message: l.message.as_str().into(),
             }
         }
         CondKey::News2 => {
@@ -1622,7 +1679,7 @@ fn describe<'a>(
                             }
                         )
                     })
-                    .unwrap_or_else(|| "NEWS2".into()),
+                    .map_or_else(|| "NEWS2".into(), Arc::from),
             }
         }
     }
@@ -1650,7 +1707,7 @@ fn event(
         alert_id: a.alert_id.clone(),
         event: kind,
         state,
-        rule: d.rule.to_owned(),
+        rule: Cow::Borrowed(d.rule),
         rule_key: d.rule_key.clone(),
         priority: if kind == AlertEventKind::Triggered {
             d.priority
@@ -1658,16 +1715,7 @@ fn event(
             a.priority
         },
         patient_id: ctx.patient_id.clone(),
-        patient: ctx
-            .patient
-            .map(|p| AlertPatient {
-                patientname: p.name.clone(),
-                age: Some(p.age),
-                patientaddress: p.address.clone(),
-                phone_number: p.phone.clone(),
-                admitted_ward: p.ward.clone(),
-            })
-            .unwrap_or_default(),
+        patient: ctx.patient.map(|p| p.details.clone()).unwrap_or_default(),
         vital: d.vital,
         value: d.value.filter(|v| !v.is_nan()),
         bp: ctx.bp,

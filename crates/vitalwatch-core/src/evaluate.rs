@@ -832,7 +832,7 @@ mod tests {
             news2_score: None,
             ref_id: None,
             ref_version: None,
-            alert_message: String::new(),
+            alert_message: "".into(),
             input_message_time: at(s),
             alert_generated_time: at(s),
             episode_start: at(start),

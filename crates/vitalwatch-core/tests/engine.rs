@@ -138,7 +138,7 @@ fn reproduces_classic_alerts_for_the_classic_patients() {
             got.push((
                 a.patient.patientname.clone(),
                 a.patient.age,
-                a.alert_message.clone(),
+                a.alert_message.to_string(),
                 a.ref_id,
                 a.bp,
                 a.heart_beat,
@@ -219,7 +219,10 @@ fn reproduces_classic_alerts_for_the_classic_patients() {
     // Classic: no dedup, every abnormal reading alerts again, and the JSON has the classic keys.
     let again = run(&mut e, &obs("5", at(60), &[(Vital::HeartRate, 60.0)]));
     assert_eq!(again.events.len(), 1);
-    assert_eq!(again.events[0].alert_message, "Low Heart Rate than Normal");
+    assert_eq!(
+        &*again.events[0].alert_message,
+        "Low Heart Rate than Normal"
+    );
     assert_eq!(again.events[0].ref_version, Some(1));
     let json = serde_json::to_value(&again.events[0]).unwrap();
     for key in [
@@ -245,6 +248,37 @@ fn reproduces_classic_alerts_for_the_classic_patients() {
     ] {
         assert!(json.get(key).is_some(), "alert JSON lacks {key}: {json}");
     }
+}
+
+/// Events share their patient details and band texts (made once, not per event): a
+/// reference reload that renames a band's message or moves a patient to another ward
+/// reaches the very next event, and events raised before keep what they said.
+#[test]
+fn a_reload_reaches_the_next_event_and_leaves_earlier_ones_as_they_were() {
+    let mut e = classic_engine(vec![]);
+    let low_hr = obs("5", at(0), &[(Vital::HeartRate, 60.0)]);
+    let before = run(&mut e, &low_hr).events.remove(0);
+    let same = run(&mut e, &obs("5", at(1), &[(Vital::HeartRate, 60.0)])).events;
+    assert_eq!(same[0].alert_message, before.alert_message);
+    assert_eq!(same[0].patient, before.patient);
+
+    let mut t = table();
+    let band = t
+        .bands
+        .iter_mut()
+        .find(|b| b.ref_id == before.ref_id.unwrap())
+        .unwrap();
+    band.alert_message = "Bradycardia".into();
+    let mut ps = patients();
+    let p = ps.iter_mut().find(|p| p.patient_id.0 == "5").unwrap();
+    p.ward = "ICU-2".into();
+    e.load_reference(ps, t);
+
+    let after = run(&mut e, &obs("5", at(2), &[(Vital::HeartRate, 60.0)])).events;
+    assert_eq!(&*after[0].alert_message, "Bradycardia");
+    assert_eq!(after[0].patient.admitted_ward, "ICU-2");
+    assert_eq!(&*before.alert_message, "Low Heart Rate than Normal");
+    assert_ne!(before.patient.admitted_ward, "ICU-2");
 }
 
 fn standard(rules: impl FnOnce(&mut RulesConfig)) -> Engine {
@@ -353,7 +387,7 @@ fn spo2_limit_rules_ignore_a_short_dropout_but_not_a_desaturation() {
     // A real desaturation to 78 %: the 80 % rule fires at once with high priority.
     let f = spo2(&mut e, 10, 78.0);
     assert_eq!(f.len(), 1);
-    assert_eq!(f[0].rule_key, "limit:spo2_desaturation");
+    assert_eq!(&*f[0].rule_key, "limit:spo2_desaturation");
     assert_eq!(f[0].priority, Priority::High);
     // Held for 15 s the 90 % rule fires too.
     for s in 11..25 {
@@ -361,7 +395,7 @@ fn spo2_limit_rules_ignore_a_short_dropout_but_not_a_desaturation() {
     }
     let f = spo2(&mut e, 25, 78.0);
     assert_eq!(
-        f.iter().map(|a| a.rule_key.as_str()).collect::<Vec<_>>(),
+        f.iter().map(|a| &*a.rule_key).collect::<Vec<_>>(),
         vec!["limit:spo2_low"]
     );
 }

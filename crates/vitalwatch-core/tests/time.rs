@@ -52,7 +52,9 @@ fn tick(e: &mut Engine, now: Timestamp) -> Vec<AlertEvent> {
 }
 
 fn kinds(evs: &[AlertEvent]) -> Vec<(AlertEventKind, String)> {
-    evs.iter().map(|e| (e.event, e.rule_key.clone())).collect()
+    evs.iter()
+        .map(|e| (e.event, e.rule_key.to_string()))
+        .collect()
 }
 
 #[test]
@@ -86,7 +88,7 @@ fn a_far_future_reading_is_a_dead_letter_and_cannot_silence_the_patient() {
     let keys: BTreeSet<String> = fired
         .iter()
         .filter(|e| e.event == AlertEventKind::Triggered)
-        .map(|e| e.rule_key.clone())
+        .map(|e| e.rule_key.to_string())
         .collect();
     assert!(keys.contains("threshold:heart_rate:3"), "{keys:?}");
     assert!(keys.contains("limit:spo2_low"), "{keys:?}");
@@ -98,7 +100,7 @@ fn a_far_future_reading_is_a_dead_letter_and_cannot_silence_the_patient() {
     let stale = |evs: Vec<AlertEvent>| -> Vec<String> {
         evs.into_iter()
             .filter(|e| e.rule == "device_stale")
-            .map(|e| e.rule_key)
+            .map(|e| e.rule_key.to_string())
             .collect()
     };
     assert!(stale(tick(&mut e, at(180))).is_empty());
@@ -217,7 +219,7 @@ fn clock_skew_neither_floods_nor_hides_the_stale_alarm() {
     // Both stop: each alarms once, 60 s after its last arrival (6 s), not earlier.
     assert!(tick(&mut e, at(66)).is_empty());
     let stale = tick(&mut e, at(67));
-    let keys: BTreeSet<String> = stale.iter().map(|e| e.rule_key.clone()).collect();
+    let keys: BTreeSet<String> = stale.iter().map(|e| e.rule_key.to_string()).collect();
     assert_eq!(
         keys,
         BTreeSet::from(["device_stale:a".to_owned(), "device_stale:b".to_owned()])
@@ -414,7 +416,7 @@ fn spo2_limits_respect_the_patients_spo2_scale() {
         let mut keys = BTreeSet::new();
         for s in 0..=20 {
             for ev in feed(&mut e, &obs(p, at(s), &[(Vital::Spo2, v)]), at(s)) {
-                keys.insert(ev.rule_key);
+                keys.insert(ev.rule_key.to_string());
             }
         }
         keys

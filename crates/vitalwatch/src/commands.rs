@@ -1410,11 +1410,11 @@ pub fn alerts(cmd: AlertsCommand) -> anyhow::Result<()> {
                         e.state.as_str().into(),
                         e.priority.to_string(),
                         e.patient_id.0,
-                        e.rule_key,
+                        e.rule_key.to_string(),
                         e.value.map(|v| v.to_string()).unwrap_or_default(),
                         e.episode_start.to_string(),
                         a.events.to_string(),
-                        e.alert_message,
+                        e.alert_message.to_string(),
                     ]
                 })
                 .collect();

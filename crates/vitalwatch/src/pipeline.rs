@@ -735,13 +735,19 @@ fn engine_loop(
     let mut last_tick = Timestamp(i64::MIN);
     // The stream clock's time, for acknowledgements during a replay.
     let mut stream_now = Timestamp(i64::MIN);
-    let emit = |findings: &mut Findings| {
+    // Every event's text is written here, then copied once into its shared `Arc<str>`.
+    let mut scratch = Vec::with_capacity(4096);
+    let mut emit = |findings: &mut Findings| {
         // Chunks bound the alert queue by events, not batches: a classic-profile replay
         // turns one batch into thousands of alerts.
         while !findings.events.is_empty() {
             let n = findings.events.len().min(ALERT_CHUNK);
             let _ = io.alerts.send(AlertMsg::Events(
-                findings.events.drain(..n).map(with_text).collect(),
+                findings
+                    .events
+                    .drain(..n)
+                    .map(|e| with_text(e, &mut scratch))
+                    .collect(),
             ));
         }
         if !findings.unclassified.is_empty() {
@@ -1218,16 +1224,16 @@ fn write_deliveries(store: &mut dyn Store, batch: &[DeliveryAttempt]) {
 
 /// An event with its JSON text. (An AlertEvent has only strings, numbers and timestamps:
 /// serializing it cannot fail; an empty text would be recorded and seen, not lost.)
-fn with_text(e: AlertEvent) -> Texted {
-    // Sized for a classic event (about 660 bytes): serde_json's default start of 128
-    // bytes re-allocated and copied each text three times. Shared (`Arc`) from here on:
-    // the copy into the notifiers' shared text is made here, not on the alert thread.
-    let mut text = Vec::with_capacity(1024);
-    let text = match e.write_json(&mut text) {
-        Ok(()) => String::from_utf8(text).unwrap_or_default(),
-        Err(_) => String::new(),
+fn with_text(e: AlertEvent, scratch: &mut Vec<u8>) -> Texted {
+    // Written into a reused buffer, then copied once into the text shared (`Arc`) from
+    // here on: one allocation per event, made here and not on the alert thread.
+    scratch.clear();
+    let text = match e.write_json(scratch) {
+        Ok(()) => std::str::from_utf8(scratch).unwrap_or_default(),
+        Err(_) => "",
     };
-    (e, text.into())
+    let text = Arc::from(text);
+    (e, text)
 }
 
 /// Records one burst; hands the new events to the notifiers. On error, gives the events

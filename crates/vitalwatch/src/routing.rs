@@ -322,7 +322,7 @@ mod tests {
 
     fn event(ward: &str, kind: AlertEventKind, state: AlertState, open_secs: i64) -> AlertEvent {
         let mut e = vitalwatch_connectors::store::contract::sample_event();
-        e.patient.admitted_ward = ward.into();
+        std::sync::Arc::make_mut(&mut e.patient).admitted_ward = ward.into();
         e.event = kind;
         e.state = state;
         e.episode_start = Timestamp(0);

@@ -470,7 +470,7 @@ mod tests {
                     alert_id: vitalwatch_core::alert::alert_id(&base.patient_id, "r", start),
                     episode_start: start,
                     input_message_time: start,
-                    alert_message: format!("event {i}"),
+                    alert_message: format!("event {i}").into(),
                     ..base.clone()
                 }
             })

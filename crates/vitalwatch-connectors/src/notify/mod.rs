@@ -258,8 +258,9 @@ pub fn test_event(now: vitalwatch_core::model::Timestamp) -> AlertEvent {
     e.input_message_time = now;
     e.alert_generated_time = now;
     e.episode_start = now;
-    e.patient.patientname = "Test Patient".into();
-    e.patient.admitted_ward = "test".into();
+    let p = std::sync::Arc::make_mut(&mut e.patient);
+    p.patientname = "Test Patient".into();
+    p.admitted_ward = "test".into();
     e
 }
 

@@ -401,10 +401,11 @@ mod tests {
     #[test]
     fn minimal_privacy_keeps_personal_data_out_of_subject_and_body() {
         let mut e = crate::store::contract::sample_event();
-        e.patient.patientname = "Pam".into();
-        e.patient.patientaddress = "ABC test Address".into();
-        e.patient.phone_number = "4982739282".into();
-        e.patient.admitted_ward = "5".into();
+        let p = std::sync::Arc::make_mut(&mut e.patient);
+        p.patientname = "Pam".into();
+        p.patientaddress = "ABC test Address".into();
+        p.phone_number = "4982739282".into();
+        p.admitted_ward = "5".into();
         assert_eq!(subject(&e, Privacy::Full), "Health Alert: Patient- Pam");
         let full = body(&e, Privacy::Full);
         assert!(full.contains("patientname: Pam") && full.contains("phone_number: 4982739282"));

@@ -98,8 +98,9 @@ mod tests {
     #[test]
     fn renders_the_event_fields_and_finds_mistakes_before_the_first_alarm() {
         let mut e = crate::store::contract::sample_event();
-        e.patient.patientname = "Pam".into();
-        e.patient.admitted_ward = "5".into();
+        let p = std::sync::Arc::make_mut(&mut e.patient);
+        p.patientname = "Pam".into();
+        p.admitted_ward = "5".into();
         let t = Template::new(
             "{{ priority | upper }}: {{ alert_message }} — {{ patientname }}, ward {{ admitted_ward }}",
             Privacy::Full,

@@ -204,10 +204,11 @@ mod tests {
     #[test]
     fn minimal_privacy_strips_personal_fields_from_every_preset() {
         let mut e = crate::store::contract::sample_event();
-        e.patient.patientname = "Pam".into();
-        e.patient.phone_number = "4982739282".into();
-        e.patient.patientaddress = "ABC test Address".into();
-        e.patient.age = Some(72);
+        let p = std::sync::Arc::make_mut(&mut e.patient);
+        p.patientname = "Pam".into();
+        p.phone_number = "4982739282".into();
+        p.patientaddress = "ABC test Address".into();
+        p.age = Some(72);
         let json = serde_json::to_string(&e).unwrap();
         for preset in [Preset::Json, Preset::Slack, Preset::Teams] {
             let n = |privacy| {

@@ -633,7 +633,7 @@ fn record_events(
         for (id, (at, seq, e)) in &latest {
             ids.push(*id);
             patients.push(e.patient_id.as_str());
-            rules.push(e.rule_key.as_str());
+            rules.push(&*e.rule_key);
             prios.push(e.priority.as_str());
             states.push(e.state.as_str());
             opened.push(us(e.episode_start));

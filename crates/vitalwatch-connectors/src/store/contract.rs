@@ -2,9 +2,7 @@
 //! [`reference_store`]; SQLite and PostgreSQL run the same). Each check states a guarantee the
 //! pipeline relies on; a backend that fails one would lose, silence or duplicate alarms.
 
-use vitalwatch_core::alert::{
-    AlertEvent, AlertEventKind, AlertPatient, AlertState, Priority, alert_id,
-};
+use vitalwatch_core::alert::{AlertEvent, AlertEventKind, AlertState, Priority, alert_id};
 use vitalwatch_core::model::{PatientId, Timestamp};
 
 use vitalwatch_core::reference::{
@@ -27,11 +25,11 @@ fn event(patient: &str, rule: &str, start: i64, kind: AlertEventKind, at: i64) -
             AlertEventKind::Resolved => AlertState::Resolved,
             _ => AlertState::Triggered,
         },
-        rule: rule.into(),
+        rule: rule.to_owned().into(),
         rule_key: rule.into(),
         priority: Priority::High,
         patient_id,
-        patient: AlertPatient::default(),
+        patient: Default::default(),
         vital: None,
         value: Some(7.0),
         bp: None,
@@ -39,7 +37,7 @@ fn event(patient: &str, rule: &str, start: i64, kind: AlertEventKind, at: i64) -
         news2_score: Some(7),
         ref_id: None,
         ref_version: None,
-        alert_message: format!("{rule} {kind:?}"),
+        alert_message: format!("{rule} {kind:?}").into(),
         input_message_time: Timestamp(at * 1_000_000),
         alert_generated_time: Timestamp(at * 1_000_000 + 1),
         episode_start,

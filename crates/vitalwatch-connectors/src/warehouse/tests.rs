@@ -270,7 +270,8 @@ async fn alerts_dead_letters_and_unclassified_round_trip() {
             patientaddress: "1 High St".into(),
             phone_number: "555-0100".into(),
             admitted_ward: "ICU".into(),
-        },
+        }
+        .into(),
         vital: None,
         value: None,
         bp: Some(88.0),
