@@ -175,10 +175,23 @@ fn alert_id_of(patient: &PatientId, parts: &[&[u8]], episode_start: Timestamp) -
     all.extend_from_slice(parts);
     all.push(&start);
     let h = stable_hash(&all);
-    AlertId(format!(
-        "{:010x}-{h:016x}",
-        episode_start.micros().div_euclid(1_000_000).max(0)
-    ))
+    let secs = episode_start.micros().div_euclid(1_000_000).max(0) as u64;
+    // `format!("{secs:010x}-{h:016x}")` without the formatter: one id per event in an
+    // alert flood, and the formatting machinery cost more than the hash.
+    let mut id = String::with_capacity(27);
+    push_hex(&mut id, secs, 10);
+    id.push('-');
+    push_hex(&mut id, h, 16);
+    AlertId(id)
+}
+
+/// Appends `v` in lower-case hex, zero-padded to at least `width` digits (as `{:0width$x}`).
+fn push_hex(out: &mut String, v: u64, width: usize) {
+    let digits = (16 - v.leading_zeros() as usize / 4).max(width).max(1);
+    for i in (0..digits).rev() {
+        let nibble = if i < 16 { (v >> (i * 4)) & 0xf } else { 0 };
+        out.push(char::from(b"0123456789abcdef"[nibble as usize]));
+    }
 }
 
 /// An alert's id: the episode start in seconds (hex, so ids sort by it) and a stable hash
@@ -537,6 +550,26 @@ mod tests {
             .unwrap()
             .len();
         assert_eq!(keys, 25, "{text}");
+    }
+
+    #[test]
+    fn hex_digits_are_written_as_the_formatter_writes_them() {
+        for v in [
+            0,
+            1,
+            0xf,
+            0x10,
+            0x6592_0080,
+            0xff_ffff_ffff,
+            0x100_0000_0000,
+            u64::MAX,
+        ] {
+            for width in [0, 10, 16] {
+                let mut s = String::new();
+                push_hex(&mut s, v, width);
+                assert_eq!(s, format!("{v:0width$x}"), "{v:#x} width {width}");
+            }
+        }
     }
 
     #[test]

@@ -31,7 +31,7 @@ use std::time::Instant;
 use anyhow::{Context, anyhow};
 use vitalwatch_connectors::catalog::SqliteCatalog;
 use vitalwatch_connectors::notify::kafka::KafkaNotifier;
-use vitalwatch_connectors::notify::{JsonlNotifier, Notifier, NotifyError, OutboxItem};
+use vitalwatch_connectors::notify::{JsonlNotifier, Notifier, NotifyError, OutboxItem, SharedText};
 use vitalwatch_connectors::postgres::PostgresStore;
 use vitalwatch_connectors::store::{AlertStore, DeliveryAttempt, DeliveryOutcome, ReferenceStore};
 use vitalwatch_connectors::warehouse::recovery::remove_unpublished;
@@ -79,7 +79,7 @@ pub enum ArchiveMsg {
 }
 
 /// An alert event with its JSON text, made once on the engine thread.
-type Texted = (AlertEvent, Arc<str>);
+type Texted = (AlertEvent, SharedText);
 
 /// A message to the alert thread.
 #[derive(Debug)]
@@ -735,20 +735,16 @@ fn engine_loop(
     let mut last_tick = Timestamp(i64::MIN);
     // The stream clock's time, for acknowledgements during a replay.
     let mut stream_now = Timestamp(i64::MIN);
-    // Every event's text is written here, then copied once into its shared `Arc<str>`.
-    let mut scratch = Vec::with_capacity(4096);
+    let mut scratch = Vec::with_capacity(256 * 1024);
     let mut emit = |findings: &mut Findings| {
         // Chunks bound the alert queue by events, not batches: a classic-profile replay
         // turns one batch into thousands of alerts.
         while !findings.events.is_empty() {
             let n = findings.events.len().min(ALERT_CHUNK);
-            let _ = io.alerts.send(AlertMsg::Events(
-                findings
-                    .events
-                    .drain(..n)
-                    .map(|e| with_text(e, &mut scratch))
-                    .collect(),
-            ));
+            let chunk: Vec<AlertEvent> = findings.events.drain(..n).collect();
+            let _ = io
+                .alerts
+                .send(AlertMsg::Events(with_texts(chunk, &mut scratch)));
         }
         if !findings.unclassified.is_empty() {
             metrics
@@ -1222,18 +1218,30 @@ fn write_deliveries(store: &mut dyn Store, batch: &[DeliveryAttempt]) {
     }
 }
 
-/// An event with its JSON text. (An AlertEvent has only strings, numbers and timestamps:
-/// serializing it cannot fail; an empty text would be recorded and seen, not lost.)
-fn with_text(e: AlertEvent, scratch: &mut Vec<u8>) -> Texted {
-    // Written into a reused buffer, then copied once into the text shared (`Arc`) from
-    // here on: one allocation per event, made here and not on the alert thread.
+/// Each event with its JSON text. (An AlertEvent has only strings, numbers and
+/// timestamps: serializing it cannot fail; an empty text would be recorded and seen, not
+/// lost.)
+fn with_texts(events: Vec<AlertEvent>, scratch: &mut Vec<u8>) -> Vec<Texted> {
+    // The chunk's texts are written one after another into a reused buffer, then copied
+    // once into one shared allocation (made here, not on the alert thread); each event
+    // keeps its slice. A text that failed to write is cut back to nothing.
     scratch.clear();
-    let text = match e.write_json(scratch) {
-        Ok(()) => std::str::from_utf8(scratch).unwrap_or_default(),
-        Err(_) => "",
+    let mut ranges = Vec::with_capacity(events.len());
+    for e in &events {
+        let start = scratch.len();
+        if e.write_json(scratch).is_err() {
+            scratch.truncate(start);
+        }
+        ranges.push(start..scratch.len());
+    }
+    let buf: Arc<str> = match std::str::from_utf8(scratch) {
+        Ok(text) => Arc::from(text),
+        Err(_) => Arc::from(""),
     };
-    let text = Arc::from(text);
-    (e, text)
+    events
+        .into_iter()
+        .zip(SharedText::split(buf, ranges))
+        .collect()
 }
 
 /// Records one burst; hands the new events to the notifiers. On error, gives the events

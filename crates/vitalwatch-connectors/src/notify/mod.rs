@@ -35,6 +35,62 @@ pub mod template;
 #[cfg(feature = "webhook")]
 pub mod webhook;
 
+/// An event's JSON text, possibly sharing one allocation with its neighbours: the engine
+/// writes a whole burst of texts into one buffer (an alert flood made and freed one
+/// allocation per event otherwise). Reads as a `str`; cheap to clone.
+#[derive(Clone)]
+pub struct SharedText {
+    buf: Arc<str>,
+    range: std::ops::Range<usize>,
+}
+
+impl SharedText {
+    /// The texts `buf[r]` for each range `r` (each on character boundaries; a range that
+    /// is not reads as empty), sharing `buf`.
+    pub fn split(
+        buf: Arc<str>,
+        ranges: impl IntoIterator<Item = std::ops::Range<usize>>,
+    ) -> impl Iterator<Item = SharedText> {
+        ranges.into_iter().map(move |range| SharedText {
+            buf: buf.clone(),
+            range,
+        })
+    }
+}
+
+impl std::ops::Deref for SharedText {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        self.buf.get(self.range.clone()).unwrap_or_default()
+    }
+}
+
+impl std::fmt::Debug for SharedText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&**self, f)
+    }
+}
+
+impl From<String> for SharedText {
+    fn from(s: String) -> Self {
+        let range = 0..s.len();
+        SharedText {
+            buf: s.into(),
+            range,
+        }
+    }
+}
+
+impl From<&str> for SharedText {
+    fn from(s: &str) -> Self {
+        SharedText {
+            buf: s.into(),
+            range: 0..s.len(),
+        }
+    }
+}
+
 /// One outbox entry on its way to a notifier. Cheap to clone: every notifier gets the
 /// same event and text.
 #[derive(Debug, Clone)]
@@ -42,7 +98,7 @@ pub struct OutboxItem {
     /// Outbox sequence number.
     pub seq: u64,
     /// The event as JSON, as stored.
-    pub body: Arc<str>,
+    pub body: SharedText,
     /// The event, when known; read back from `body` on first use otherwise (a notifier
     /// that only forwards the text never pays for parsing it).
     event: Arc<OnceLock<AlertEvent>>,
@@ -50,7 +106,7 @@ pub struct OutboxItem {
 
 impl OutboxItem {
     /// A new entry, with its event.
-    pub fn new(seq: u64, event: AlertEvent, body: impl Into<Arc<str>>) -> Self {
+    pub fn new(seq: u64, event: AlertEvent, body: impl Into<SharedText>) -> Self {
         OutboxItem {
             seq,
             body: body.into(),
@@ -361,6 +417,24 @@ impl Notifier for JsonlNotifier {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn texts_sharing_one_buffer_each_read_as_their_own() {
+        let texts = ["{\"a\":1}", "", "{\"patientname\":\"Zoë\"}", "{}"];
+        let mut buf = String::new();
+        let mut ranges = Vec::new();
+        for t in texts {
+            let start = buf.len();
+            buf.push_str(t);
+            ranges.push(start..buf.len());
+        }
+        ranges.push(3..1_000); // out of bounds: empty, not a panic
+        let shared: Vec<SharedText> = SharedText::split(buf.into(), ranges).collect();
+        let read: Vec<&str> = shared.iter().map(|t| &**t).collect();
+        assert_eq!(read, [texts[0], texts[1], texts[2], texts[3], ""]);
+        let item = OutboxItem::new(1, crate::store::contract::sample_event(), shared[2].clone());
+        assert_eq!(item.body.as_bytes(), texts[2].as_bytes());
+    }
 
     #[test]
     fn an_item_read_back_from_the_store_has_the_event_and_key_it_was_stored_with() {
