@@ -129,8 +129,10 @@ pub struct Pipeline {
     alerts: JoinHandle<anyhow::Result<()>>,
     archive: JoinHandle<anyhow::Result<WarehouseStats>>,
     notifiers: Vec<(String, JoinHandle<anyhow::Result<u64>>)>,
-    /// Dropped at shutdown: stops the reference watcher.
-    _watch: Option<flume::Sender<()>>,
+    /// The reference watcher: dropping the sender stops it; joined at shutdown on SQLite,
+    /// so its connection is closed before the process ends (SQLite removes the WAL when
+    /// the last connection closes; an unjoined watcher left it behind).
+    watch: Option<(flume::Sender<()>, JoinHandle<()>)>,
     /// The audit-trail copy into the warehouse: dropping the sender makes it copy a last
     /// time and stop.
     audit: (flume::Sender<()>, JoinHandle<anyhow::Result<u64>>),
@@ -617,7 +619,7 @@ impl Pipeline {
             alerts,
             archive,
             notifiers,
-            _watch: watch,
+            watch,
             audit,
             upload,
             leases,
@@ -637,7 +639,22 @@ impl Pipeline {
             .as_ref()
             .map(|h| h.metrics.clone())
             .expect("pipeline running");
+        let sqlite = matches!(
+            self.handle.as_ref().map(|h| &h.catalog),
+            Some(CatalogAt::Sqlite(_))
+        );
         self.handle = None;
+        if let Some((stop, watcher)) = self.watch.take() {
+            drop(stop);
+            // Waited for on SQLite only, where its open connection would keep the WAL
+            // (the watcher ends within one catalog read); a database server that hangs
+            // must not hold up the shutdown.
+            if sqlite {
+                watcher
+                    .join()
+                    .map_err(|_| anyhow!("reference watch thread panicked"))?;
+            }
+        }
         let join = |name: &str, r: std::thread::Result<anyhow::Result<()>>| -> anyhow::Result<()> {
             r.map_err(|_| anyhow!("{name} thread panicked"))?
         };
@@ -934,7 +951,8 @@ fn reject(
 /// Reads the catalog's reference data every `every` and sends it to the engine when it
 /// differs from what the engine has (`current`): a threshold import by another replica
 /// or an update in the database takes effect without a restart. Stops when the returned
-/// sender drops. A catalog that cannot be read is logged and tried again.
+/// sender drops (join the handle to wait for its connection to close). A catalog that
+/// cannot be read is logged and tried again.
 fn watch_reference(
     at: CatalogAt,
     mut current: (
@@ -943,10 +961,10 @@ fn watch_reference(
     ),
     control: flume::Sender<Control>,
     every: std::time::Duration,
-) -> anyhow::Result<flume::Sender<()>> {
+) -> anyhow::Result<(flume::Sender<()>, JoinHandle<()>)> {
     let (tx, rx) = flume::bounded::<()>(1);
     let mut store = Some(at.open()?);
-    std::thread::Builder::new()
+    let handle = std::thread::Builder::new()
         .name("reference-watch".into())
         .spawn(move || {
             while let Err(flume::RecvTimeoutError::Timeout) = rx.recv_timeout(every) {
@@ -983,7 +1001,7 @@ fn watch_reference(
                 }
             }
         })?;
-    Ok(tx)
+    Ok((tx, handle))
 }
 
 /// A thread that calls `tick(false)` every `every` until the returned sender is dropped,
