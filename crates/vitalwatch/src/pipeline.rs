@@ -132,7 +132,7 @@ pub struct Pipeline {
     /// The reference watcher: dropping the sender stops it; joined at shutdown on SQLite,
     /// so its connection is closed before the process ends (SQLite removes the WAL when
     /// the last connection closes; an unjoined watcher left it behind).
-    watch: Option<(flume::Sender<()>, JoinHandle<()>)>,
+    watch: Option<(flume::Sender<()>, JoinHandle<anyhow::Result<u64>>)>,
     /// The audit-trail copy into the warehouse: dropping the sender makes it copy a last
     /// time and stop.
     audit: (flume::Sender<()>, JoinHandle<anyhow::Result<u64>>),
@@ -650,7 +650,8 @@ impl Pipeline {
             // (the watcher ends within one catalog read); a database server that hangs
             // must not hold up the shutdown.
             if sqlite {
-                watcher
+                // Its own error only says the engine had stopped; the engine's join says why.
+                let _ = watcher
                     .join()
                     .map_err(|_| anyhow!("reference watch thread panicked"))?;
             }
@@ -951,8 +952,8 @@ fn reject(
 /// Reads the catalog's reference data every `every` and sends it to the engine when it
 /// differs from what the engine has (`current`): a threshold import by another replica
 /// or an update in the database takes effect without a restart. Stops when the returned
-/// sender drops (join the handle to wait for its connection to close). A catalog that
-/// cannot be read is logged and tried again.
+/// sender drops (join the handle to wait for its connection to close), or with an error
+/// once the engine is gone. A catalog that cannot be read is logged and tried again.
 fn watch_reference(
     at: CatalogAt,
     mut current: (
@@ -961,47 +962,42 @@ fn watch_reference(
     ),
     control: flume::Sender<Control>,
     every: std::time::Duration,
-) -> anyhow::Result<(flume::Sender<()>, JoinHandle<()>)> {
-    let (tx, rx) = flume::bounded::<()>(1);
+) -> anyhow::Result<(flume::Sender<()>, JoinHandle<anyhow::Result<u64>>)> {
     let mut store = Some(at.open()?);
-    let handle = std::thread::Builder::new()
-        .name("reference-watch".into())
-        .spawn(move || {
-            while let Err(flume::RecvTimeoutError::Timeout) = rx.recv_timeout(every) {
-                let s = match &store {
-                    Some(s) => s,
-                    None => match at.open() {
-                        Ok(s) => store.insert(s),
-                        Err(e) => {
-                            tracing::warn!(error = %format!("{e:#}"), "reference data: cannot open the catalog");
-                            continue;
-                        }
-                    },
-                };
-                let fresh = s.patients().and_then(|p| Ok((p, s.thresholds()?)));
-                match fresh {
-                    Ok(fresh) if fresh != current => {
-                        current = fresh.clone();
-                        if control
-                            .send(Control::Reload {
-                                patients: fresh.0,
-                                table: fresh.1,
-                            })
-                            .is_err()
-                        {
-                            break;
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        tracing::warn!(error = %e, "reference data: cannot read the catalog; trying again");
-                        // A new connection next time (a restarted database server).
-                        store = None;
-                    }
+    spawn_periodic("reference-watch", every, move |last| {
+        if last {
+            return Ok(0);
+        }
+        let s = match &store {
+            Some(s) => s,
+            None => match at.open() {
+                Ok(s) => store.insert(s),
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "reference data: cannot open the catalog");
+                    return Ok(0);
                 }
+            },
+        };
+        let fresh = s.patients().and_then(|p| Ok((p, s.thresholds()?)));
+        match fresh {
+            Ok(fresh) if fresh != current => {
+                current = fresh.clone();
+                control
+                    .send(Control::Reload {
+                        patients: fresh.0,
+                        table: fresh.1,
+                    })
+                    .map_err(|_| anyhow!("the engine has stopped"))?;
             }
-        })?;
-    Ok((tx, handle))
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "reference data: cannot read the catalog; trying again");
+                // A new connection next time (a restarted database server).
+                store = None;
+            }
+        }
+        Ok(0)
+    })
 }
 
 /// A thread that calls `tick(false)` every `every` until the returned sender is dropped,
@@ -1086,27 +1082,17 @@ fn spawn_uploader(
 /// Checkpoints the catalog's WAL from its own connection once a second, off the alert
 /// path (see [`SqliteCatalog::disable_autocheckpoint`]).
 fn spawn_checkpointer(path: PathBuf) -> anyhow::Result<Checkpointer> {
-    let (tx, rx) = flume::bounded::<()>(1);
     let cat = SqliteCatalog::open(&path)
         .with_context(|| format!("cannot open catalog {}", path.display()))?;
-    let handle = std::thread::Builder::new()
-        .name("checkpoint".into())
-        .spawn(move || {
-            loop {
-                let stop = matches!(
-                    rx.recv_timeout(std::time::Duration::from_secs(1)),
-                    Err(flume::RecvTimeoutError::Disconnected)
-                );
-                if let Err(e) = cat.checkpoint() {
-                    tracing::warn!(error = %e, "catalog checkpoint failed");
-                }
-                if stop {
-                    break;
-                }
+    let (stop, handle) =
+        spawn_periodic("checkpoint", std::time::Duration::from_secs(1), move |_| {
+            if let Err(e) = cat.checkpoint() {
+                tracing::warn!(error = %e, "catalog checkpoint failed");
             }
+            Ok(0)
         })?;
     Ok(Checkpointer {
-        stop: Some(tx),
+        stop: Some(stop),
         handle: Some(handle),
     })
 }
@@ -1117,7 +1103,7 @@ fn spawn_checkpointer(path: PathBuf) -> anyhow::Result<Checkpointer> {
 /// thread left a flood's 200 MB WAL behind).
 struct Checkpointer {
     stop: Option<flume::Sender<()>>,
-    handle: Option<std::thread::JoinHandle<()>>,
+    handle: Option<JoinHandle<anyhow::Result<u64>>>,
 }
 
 impl Drop for Checkpointer {

@@ -82,15 +82,6 @@ impl From<String> for SharedText {
     }
 }
 
-impl From<&str> for SharedText {
-    fn from(s: &str) -> Self {
-        SharedText {
-            buf: s.into(),
-            range: 0..s.len(),
-        }
-    }
-}
-
 /// One outbox entry on its way to a notifier. Cheap to clone: every notifier gets the
 /// same event and text.
 #[derive(Debug, Clone)]
