@@ -31,8 +31,10 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::parquet::arrow::ArrowWriter;
-use datafusion::parquet::basic::{Compression, ZstdLevel};
+use datafusion::parquet::basic::{Compression, Encoding, ZstdLevel};
+use datafusion::parquet::file::properties::EnabledStatistics;
 use datafusion::parquet::file::properties::WriterProperties;
+use datafusion::parquet::schema::types::ColumnPath;
 use vitalwatch_core::alert::AlertEvent;
 use vitalwatch_core::engine::ScoreRecord;
 use vitalwatch_core::model::{DeadLetter, Observation, Patient, Timestamp, Unclassified};
@@ -102,9 +104,25 @@ impl ParquetSink {
             .map_err(|e| WarehouseError::io("create", &config.root, e))?;
         // Row groups of at most 128 Ki rows: the writer holds a whole row group in memory,
         // and the default (1 Mi rows of wide alert rows) took hundreds of MB in a replay.
-        let props = WriterProperties::builder()
+        let mut props = WriterProperties::builder()
             .set_compression(Compression::ZSTD(level))
-            .set_max_row_group_row_count(Some(128 * 1024))
+            .set_max_row_group_row_count(Some(128 * 1024));
+        // Min/max statistics on these columns never prune anything (every row group of a
+        // ward's stream holds every device and both ends of the vital and unit names), yet
+        // computing them was two string comparisons per row, a sixth of the archive's
+        // time. Time and patient columns keep theirs.
+        for column in ["device_id", "vital", "unit"] {
+            props = props
+                .set_column_statistics_enabled(ColumnPath::from(column), EnabledStatistics::None);
+        }
+        // Ingest stamps are unique and increasing: a dictionary only fills up and falls
+        // back, while deltas pack them into a few bits each.
+        let props = props
+            .set_column_dictionary_enabled(ColumnPath::from("ingested_at"), false)
+            .set_column_encoding(
+                ColumnPath::from("ingested_at"),
+                Encoding::DELTA_BINARY_PACKED,
+            )
             .build();
         // Start time and pid: a restarted process (even one with a recycled pid) never
         // reuses a name, so a second run can never overwrite the first run's files.

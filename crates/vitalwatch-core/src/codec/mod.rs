@@ -207,10 +207,26 @@ fn parse_time(
     ingested_at: Timestamp,
     field: &str,
 ) -> Result<Timestamp, DecodeError> {
-    match raw {
-        None => Ok(ingested_at),
-        Some(s) => Timestamp::parse(&s).map_err(|e| DecodeError::Invalid(format!("{field}: {e}"))),
+    thread_local! {
+        /// The last time text parsed on this thread and its value: a flood's records
+        /// share their second, so most of them parse no time at all.
+        static LAST: std::cell::RefCell<(String, Timestamp)> =
+            const { std::cell::RefCell::new((String::new(), Timestamp(0))) };
     }
+    let Some(s) = raw else {
+        return Ok(ingested_at);
+    };
+    let cached = LAST.with_borrow(|(text, t)| (!text.is_empty() && *text == *s).then_some(*t));
+    if let Some(t) = cached {
+        return Ok(t);
+    }
+    let t = Timestamp::parse(&s).map_err(|e| DecodeError::Invalid(format!("{field}: {e}")))?;
+    LAST.with_borrow_mut(|(text, last)| {
+        text.clear();
+        text.push_str(&s);
+        *last = t;
+    });
+    Ok(t)
 }
 
 fn decode_classic(bytes: &[u8], ingested_at: Timestamp) -> Result<Observation, DecodeError> {
@@ -258,20 +274,23 @@ fn scan_classic(bytes: &[u8]) -> Option<ClassicRecord<'_>> {
     let (mut id, mut hb, mut bp, mut time) = (None, None, None, None);
     loop {
         c.ws();
-        let key = c.string()?;
+        let key = c.raw_string()?;
         c.ws();
         c.eat(b':')?;
         c.ws();
         match key {
-            "customerId" if id.is_none() => {
+            b"customerId" if id.is_none() => {
                 id = Some(match c.peek()? {
                     b'"' => IdValue::Str(Cow::Borrowed(c.string()?)),
-                    _ => IdValue::Int(c.integer()?),
+                    // An integer's digits as written are its decimal text (no leading
+                    // zero, no `-0`, at most 15 digits: `integer` declines the rest), so
+                    // they are borrowed rather than parsed and printed again.
+                    _ => IdValue::Str(Cow::Borrowed(c.integer_text()?)),
                 })
             }
-            "heartBeat" if hb.is_none() => hb = Some(c.number_or_null()?),
-            "bp" if bp.is_none() => bp = Some(c.number_or_null()?),
-            "message_time" if time.is_none() => {
+            b"heartBeat" if hb.is_none() => hb = Some(c.number_or_null()?),
+            b"bp" if bp.is_none() => bp = Some(c.number_or_null()?),
+            b"message_time" if time.is_none() => {
                 time = Some(if c.null() {
                     None
                 } else {
@@ -323,8 +342,9 @@ impl<'a> Scan<'a> {
         (self.peek()? == ch).then(|| self.i += 1)
     }
 
-    /// A string without escapes or control characters.
-    fn string(&mut self) -> Option<&'a str> {
+    /// A string without escapes or control characters, as bytes (keys are compared as
+    /// bytes: a key that is not valid UTF-8 matches none and declines anyway).
+    fn raw_string(&mut self) -> Option<&'a [u8]> {
         self.eat(b'"')?;
         let start = self.i;
         loop {
@@ -334,9 +354,14 @@ impl<'a> Scan<'a> {
                 _ => self.i += 1,
             }
         }
-        let s = std::str::from_utf8(&self.b[start..self.i]).ok()?;
+        let s = &self.b[start..self.i];
         self.i += 1;
         Some(s)
+    }
+
+    /// A string without escapes or control characters.
+    fn string(&mut self) -> Option<&'a str> {
+        std::str::from_utf8(self.raw_string()?).ok()
     }
 
     fn null(&mut self) -> bool {
@@ -364,13 +389,14 @@ impl<'a> Scan<'a> {
         std::str::from_utf8(&self.b[start..self.i]).ok()
     }
 
-    fn integer(&mut self) -> Option<i64> {
+    /// An integer's text: what [`Scan::digits`] takes, not `-0` (serde_json reads it as
+    /// a float) and not followed by a fraction or exponent.
+    fn integer_text(&mut self) -> Option<&'a str> {
         let d = self.digits()?;
-        // serde_json reads `-0` as a float; leave it to serde_json.
         if d == "-0" || matches!(self.peek(), Some(b'.' | b'e' | b'E')) {
             return None;
         }
-        d.parse().ok()
+        Some(d)
     }
 
     fn number_or_null(&mut self) -> Option<Option<f64>> {
@@ -393,6 +419,13 @@ impl<'a> Scan<'a> {
         }
         if significant > 15 || matches!(self.peek(), Some(b'e' | b'E')) {
             return None;
+        }
+        if self.i - start == int.len() {
+            // Integers of at most 15 digits are exact in an f64, as serde_json reads
+            // them; `-0` parses to 0 here but -0.0 there, so it takes the general path.
+            if int != "-0" {
+                return int.parse::<i64>().ok().map(|v| Some(v as f64));
+            }
         }
         std::str::from_utf8(&self.b[start..self.i])
             .ok()?
