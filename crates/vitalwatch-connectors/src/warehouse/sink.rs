@@ -856,6 +856,10 @@ fn ts_builder() -> TimestampMicrosecondBuilder {
     TimestampMicrosecondBuilder::new().with_timezone(UTC)
 }
 
+fn ts_builder_with_capacity(rows: usize) -> TimestampMicrosecondBuilder {
+    TimestampMicrosecondBuilder::with_capacity(rows).with_timezone(UTC)
+}
+
 fn batch(schema: &SchemaRef, columns: Vec<ArrayRef>) -> Result<RecordBatch, ArrowError> {
     RecordBatch::try_new(schema.clone(), columns)
 }
@@ -914,16 +918,31 @@ impl Rows for VitalRows {
     }
 
     fn finish(&mut self, schema: &SchemaRef) -> Result<RecordBatch, ArrowError> {
+        // The next batch is about as large: builders sized for it never regrow (growing
+        // from empty copied each string column several times per batch). The sizes of all
+        // partitions together are one table batch, so idle partitions hold little.
+        let rows = self.len();
+        let text = |b: &StringBuilder| StringBuilder::with_capacity(rows, b.values_slice().len());
+        let next = VitalRows {
+            patient_id: text(&self.patient_id),
+            device_id: text(&self.device_id),
+            vital: text(&self.vital),
+            value: Float64Builder::with_capacity(rows),
+            unit: text(&self.unit),
+            observed_at: ts_builder_with_capacity(rows),
+            ingested_at: ts_builder_with_capacity(rows),
+        };
+        let mut done = std::mem::replace(self, next);
         batch(
             schema,
             vec![
-                Arc::new(self.patient_id.finish()),
-                Arc::new(self.device_id.finish()),
-                Arc::new(self.vital.finish()),
-                Arc::new(self.value.finish()),
-                Arc::new(self.unit.finish()),
-                Arc::new(self.observed_at.finish()),
-                Arc::new(self.ingested_at.finish()),
+                Arc::new(done.patient_id.finish()),
+                Arc::new(done.device_id.finish()),
+                Arc::new(done.vital.finish()),
+                Arc::new(done.value.finish()),
+                Arc::new(done.unit.finish()),
+                Arc::new(done.observed_at.finish()),
+                Arc::new(done.ingested_at.finish()),
             ],
         )
     }
