@@ -210,7 +210,10 @@ impl Default for AlertsConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WarehouseSection {
-    /// Rows buffered per table before they are encoded into the open Parquet file.
+    /// Rows buffered per table before they are encoded into the open Parquet file. Small
+    /// batches keep the archive's work even, so it overlaps with the rest of the pipeline
+    /// (65,536 made the writer stall the engine for ~15 ms at a time: a standard replay
+    /// ran 15 % slower); row groups are still up to 128 Ki rows.
     pub batch_rows: usize,
     /// Close a file after this many rows.
     pub roll_rows: usize,
@@ -234,7 +237,7 @@ pub struct WarehouseSection {
 impl Default for WarehouseSection {
     fn default() -> Self {
         WarehouseSection {
-            batch_rows: 65_536,
+            batch_rows: 8_192,
             roll_rows: 5_000_000,
             roll_interval: Duration::from_secs(60),
             zstd_level: 3,

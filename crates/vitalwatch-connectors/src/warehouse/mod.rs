@@ -78,7 +78,7 @@ impl Default for WarehouseConfig {
     fn default() -> Self {
         WarehouseConfig {
             root: PathBuf::from("warehouse"),
-            batch_rows: 65_536,
+            batch_rows: 8_192,
             roll_rows: 5_000_000,
             roll_interval: Duration::from_secs(60),
             zstd_level: 3,
