@@ -220,7 +220,9 @@ pub struct WarehouseSection {
     /// Close (make queryable) files open longer than this. Data becomes visible to
     /// `vitalwatch query` when its file closes.
     pub roll_interval: Duration,
-    /// zstd compression level (1–22).
+    /// zstd compression level (1–22). Level 1 is the default: on the warehouse's
+    /// dictionary-encoded pages it wrote smaller files than level 3 (alerts 11.7 vs
+    /// 12.4 MB after a classic flood) in less CPU.
     pub zstd_level: i32,
     /// Where the warehouse lives: empty for `<data_dir>/warehouse`, or `s3://bucket/prefix`
     /// for S3-compatible object storage (the local folder then holds only files not yet
@@ -240,7 +242,7 @@ impl Default for WarehouseSection {
             batch_rows: 8_192,
             roll_rows: 5_000_000,
             roll_interval: Duration::from_secs(60),
-            zstd_level: 3,
+            zstd_level: 1,
             location: String::new(),
             s3_endpoint: String::new(),
             s3_region: String::new(),

@@ -81,7 +81,7 @@ impl Default for WarehouseConfig {
             batch_rows: 8_192,
             roll_rows: 5_000_000,
             roll_interval: Duration::from_secs(60),
-            zstd_level: 3,
+            zstd_level: 1,
         }
     }
 }
