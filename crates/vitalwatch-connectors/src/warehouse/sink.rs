@@ -856,10 +856,6 @@ fn ts_builder() -> TimestampMicrosecondBuilder {
     TimestampMicrosecondBuilder::new().with_timezone(UTC)
 }
 
-fn ts_builder_with_capacity(rows: usize) -> TimestampMicrosecondBuilder {
-    TimestampMicrosecondBuilder::with_capacity(rows).with_timezone(UTC)
-}
-
 fn batch(schema: &SchemaRef, columns: Vec<ArrayRef>) -> Result<RecordBatch, ArrowError> {
     RecordBatch::try_new(schema.clone(), columns)
 }
@@ -882,14 +878,24 @@ struct VitalRows {
 
 impl Default for VitalRows {
     fn default() -> Self {
+        VitalRows::with_capacity(0, [0; 4])
+    }
+}
+
+impl VitalRows {
+    /// Builders with room for `rows` rows, and for `bytes` bytes of text in `patient_id`,
+    /// `device_id`, `vital` and `unit`.
+    fn with_capacity(rows: usize, bytes: [usize; 4]) -> Self {
+        let text = |n| StringBuilder::with_capacity(rows, n);
+        let ts = || TimestampMicrosecondBuilder::with_capacity(rows).with_timezone(UTC);
         VitalRows {
-            patient_id: StringBuilder::new(),
-            device_id: StringBuilder::new(),
-            vital: StringBuilder::new(),
-            value: Float64Builder::new(),
-            unit: StringBuilder::new(),
-            observed_at: ts_builder(),
-            ingested_at: ts_builder(),
+            patient_id: text(bytes[0]),
+            device_id: text(bytes[1]),
+            vital: text(bytes[2]),
+            value: Float64Builder::with_capacity(rows),
+            unit: text(bytes[3]),
+            observed_at: ts(),
+            ingested_at: ts(),
         }
     }
 }
@@ -921,17 +927,9 @@ impl Rows for VitalRows {
         // The next batch is about as large: builders sized for it never regrow (growing
         // from empty copied each string column several times per batch). The sizes of all
         // partitions together are one table batch, so idle partitions hold little.
-        let rows = self.len();
-        let text = |b: &StringBuilder| StringBuilder::with_capacity(rows, b.values_slice().len());
-        let next = VitalRows {
-            patient_id: text(&self.patient_id),
-            device_id: text(&self.device_id),
-            vital: text(&self.vital),
-            value: Float64Builder::with_capacity(rows),
-            unit: text(&self.unit),
-            observed_at: ts_builder_with_capacity(rows),
-            ingested_at: ts_builder_with_capacity(rows),
-        };
+        let bytes = [&self.patient_id, &self.device_id, &self.vital, &self.unit]
+            .map(|b| b.values_slice().len());
+        let next = VitalRows::with_capacity(self.len(), bytes);
         let mut done = std::mem::replace(self, next);
         batch(
             schema,

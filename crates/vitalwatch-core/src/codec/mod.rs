@@ -283,8 +283,8 @@ fn scan_classic(bytes: &[u8]) -> Option<ClassicRecord<'_>> {
                 id = Some(match c.peek()? {
                     b'"' => IdValue::Str(Cow::Borrowed(c.string()?)),
                     // An integer's digits as written are its decimal text (no leading
-                    // zero, no `-0`, at most 15 digits: `integer` declines the rest), so
-                    // they are borrowed rather than parsed and printed again.
+                    // zero, no `-0`, at most 15 digits: `integer_text` declines the
+                    // rest), so they are borrowed rather than parsed and printed again.
                     _ => IdValue::Str(Cow::Borrowed(c.integer_text()?)),
                 })
             }
@@ -404,6 +404,12 @@ impl<'a> Scan<'a> {
             return Some(None);
         }
         let start = self.i;
+        // Integers of at most 15 digits are exact in an f64, as serde_json reads them,
+        // so they skip the float parser; the rest (`-0`, a fraction) start over below.
+        if let Some(int) = self.integer_text() {
+            return int.parse::<i64>().ok().map(|v| Some(v as f64));
+        }
+        self.i = start;
         let int = self.digits()?;
         let mut significant = int.trim_start_matches('-').len();
         if self.peek() == Some(b'.') {
@@ -419,13 +425,6 @@ impl<'a> Scan<'a> {
         }
         if significant > 15 || matches!(self.peek(), Some(b'e' | b'E')) {
             return None;
-        }
-        if self.i - start == int.len() {
-            // Integers of at most 15 digits are exact in an f64, as serde_json reads
-            // them; `-0` parses to 0 here but -0.0 there, so it takes the general path.
-            if int != "-0" {
-                return int.parse::<i64>().ok().map(|v| Some(v as f64));
-            }
         }
         std::str::from_utf8(&self.b[start..self.i])
             .ok()?
