@@ -6,6 +6,8 @@
 //! input yields the same ids and downstream stores stay idempotent.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::fmt;
 use std::sync::Arc;
 
@@ -310,12 +312,24 @@ pub struct AlertEvent {
     pub acknowledged_by: Option<String>,
 }
 
+/// Calls `$put!(key, &value)` for each of an alert patient's fields, in the order of
+/// their JSON text (part of [`alert_event_fields`]'s list).
+macro_rules! alert_patient_fields {
+    ($p:expr, $put:ident) => {{
+        let p = $p;
+        $put!("patientname", &p.patientname);
+        $put!("age", &p.age);
+        $put!("patientaddress", &p.patientaddress);
+        $put!("phone_number", &p.phone_number);
+        $put!("admitted_ward", &p.admitted_ward);
+    }};
+}
+
 /// Calls `$put!(key, &value)` for each field of an alert event, in the order of its JSON
 /// text: the one list both writers below follow.
 macro_rules! alert_event_fields {
     ($e:expr, $put:ident) => {{
         let e = $e;
-        let p = &e.patient;
         $put!("alert_id", &e.alert_id);
         $put!("event", &e.event);
         $put!("state", &e.state);
@@ -323,11 +337,7 @@ macro_rules! alert_event_fields {
         $put!("rule_key", &e.rule_key);
         $put!("priority", &e.priority);
         $put!("patient_id", &e.patient_id);
-        $put!("patientname", &p.patientname);
-        $put!("age", &p.age);
-        $put!("patientaddress", &p.patientaddress);
-        $put!("phone_number", &p.phone_number);
-        $put!("admitted_ward", &p.admitted_ward);
+        alert_patient_fields!(&*e.patient, $put);
         $put!("vital", &e.vital);
         $put!("value", &e.value);
         $put!("bp", &e.bp);
@@ -379,6 +389,147 @@ impl AlertEvent {
         alert_event_fields!(self, put);
         out.push(b'}');
         Ok(())
+    }
+
+    /// [`AlertEvent::write_json`] for a writer of many events: what events share (a
+    /// patient's details, a band's rule key and message, behind one `Arc` each) is
+    /// escaped once into `shared` and copied from there afterwards. The same bytes.
+    pub fn write_json_shared(
+        &self,
+        out: &mut Vec<u8>,
+        shared: &mut JsonFragments,
+    ) -> serde_json::Result<()> {
+        let mut open = b'{';
+        macro_rules! put {
+            // The patient's five fields are one fragment, written where the first is.
+            ("patientname", $value:expr) => {
+                out.extend_from_slice(shared.patient(&self.patient)?)
+            };
+            ("age", $value:expr) => {
+                let _ = $value;
+            };
+            ("patientaddress", $value:expr) => {
+                let _ = $value;
+            };
+            ("phone_number", $value:expr) => {
+                let _ = $value;
+            };
+            ("admitted_ward", $value:expr) => {
+                let _ = $value;
+            };
+            ("rule_key", $value:expr) => {{
+                out.extend_from_slice(b",\"rule_key\":");
+                out.extend_from_slice(shared.text($value)?);
+            }};
+            ("alert_message", $value:expr) => {{
+                out.extend_from_slice(b",\"alert_message\":");
+                out.extend_from_slice(shared.text($value)?);
+            }};
+            // An event's three times are mostly one instant, and a flood's events share
+            // their second: the last one written is kept.
+            ("input_message_time", $value:expr) => {{
+                out.extend_from_slice(b",\"input_message_time\":");
+                out.extend_from_slice(shared.time(*$value)?);
+            }};
+            ("alert_generated_time", $value:expr) => {{
+                out.extend_from_slice(b",\"alert_generated_time\":");
+                out.extend_from_slice(shared.time(*$value)?);
+            }};
+            ("episode_start", $value:expr) => {{
+                out.extend_from_slice(b",\"episode_start\":");
+                out.extend_from_slice(shared.time(*$value)?);
+            }};
+            ($key:literal, $value:expr) => {{
+                out.push(std::mem::replace(&mut open, b','));
+                out.extend_from_slice(concat!("\"", $key, "\":").as_bytes());
+                serde_json::to_writer(&mut *out, $value)?;
+            }};
+        }
+        alert_event_fields!(self, put);
+        out.push(b'}');
+        Ok(())
+    }
+}
+
+/// JSON fragments of what alert events share, for [`AlertEvent::write_json_shared`]: a
+/// patient's details and a band's texts are escaped once per `Arc`, not once per event
+/// (escaping them was the engine's largest cost in an alert flood).
+///
+/// Keyed by the `Arc`'s address. Each entry keeps its `Arc`, so the address is never
+/// reused and the value never changes while cached (`Arc::get_mut` and `make_mut` cannot
+/// write through a shared `Arc`). Entries nobody else holds any more (a patient's details
+/// after a reference reload) are swept once the cache doubles.
+#[derive(Debug, Default)]
+pub struct JsonFragments {
+    patients: HashMap<usize, (Arc<AlertPatient>, Box<[u8]>)>,
+    texts: HashMap<usize, (Arc<str>, Box<[u8]>)>,
+    sweep_at: usize,
+    /// The last timestamp written, and its JSON text.
+    time: Option<(Timestamp, Vec<u8>)>,
+}
+
+impl JsonFragments {
+    /// `,"patientname":…` through `"admitted_ward":…`, as the plain writer writes them.
+    fn patient(&mut self, p: &Arc<AlertPatient>) -> serde_json::Result<&[u8]> {
+        self.sweep();
+        let (_, text) = match self.patients.entry(Arc::as_ptr(p) as usize) {
+            Entry::Occupied(o) => o.into_mut(),
+            Entry::Vacant(v) => {
+                let mut text = Vec::with_capacity(160);
+                macro_rules! put {
+                    ($key:literal, $value:expr) => {{
+                        text.extend_from_slice(concat!(",\"", $key, "\":").as_bytes());
+                        serde_json::to_writer(&mut text, $value)?;
+                    }};
+                }
+                alert_patient_fields!(&**p, put);
+                v.insert((p.clone(), text.into()))
+            }
+        };
+        Ok(text)
+    }
+
+    /// A shared text as a JSON string.
+    fn text(&mut self, s: &Arc<str>) -> serde_json::Result<&[u8]> {
+        self.sweep();
+        let (_, text) = match self.texts.entry(Arc::as_ptr(s).cast::<u8>() as usize) {
+            Entry::Occupied(o) => o.into_mut(),
+            Entry::Vacant(v) => v.insert((s.clone(), serde_json::to_vec(&**s)?.into())),
+        };
+        Ok(text)
+    }
+
+    /// A timestamp as a JSON string.
+    fn time(&mut self, t: Timestamp) -> serde_json::Result<&[u8]> {
+        match &mut self.time {
+            Some((last, text)) if *last == t => {}
+            slot => {
+                let text = serde_json::to_vec(&t)?;
+                *slot = Some((t, text));
+            }
+        }
+        Ok(self.time.as_ref().map_or(&[][..], |(_, t)| &t[..]))
+    }
+
+    /// Drops the entries only this cache still holds, once it has doubled since the last
+    /// sweep.
+    fn sweep(&mut self) {
+        if self.patients.len() + self.texts.len() <= self.sweep_at {
+            return;
+        }
+        self.patients.retain(|_, (p, _)| Arc::strong_count(p) > 1);
+        self.texts.retain(|_, (s, _)| Arc::strong_count(s) > 1);
+        self.sweep_at = (2 * (self.patients.len() + self.texts.len())).max(1024);
+    }
+
+    /// How many fragments are cached.
+    pub fn len(&self) -> usize {
+        self.patients.len() + self.texts.len()
+    }
+
+    /// Whether none is.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -538,18 +689,55 @@ mod tests {
         odd.value = None;
         odd.vital = None;
         let golden_event: AlertEvent = serde_json::from_str(golden).unwrap();
-        for e in [&golden_event, &full, &odd] {
+        // The shared writer too, twice over (written, then copied from its cache).
+        let mut shared = JsonFragments::default();
+        for e in [&golden_event, &full, &odd, &golden_event, &full, &odd] {
             let mut fast = Vec::new();
             e.write_json(&mut fast).unwrap();
-            assert_eq!(
-                String::from_utf8(fast).unwrap(),
-                serde_json::to_string(e).unwrap()
-            );
+            let want = serde_json::to_string(e).unwrap();
+            assert_eq!(String::from_utf8(fast).unwrap(), want);
+            let mut cached = Vec::new();
+            e.write_json_shared(&mut cached, &mut shared).unwrap();
+            assert_eq!(String::from_utf8(cached).unwrap(), want);
         }
         let keys = serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&text)
             .unwrap()
             .len();
         assert_eq!(keys, 25, "{text}");
+    }
+
+    /// A cached fragment can never outlive what it was written from: changing a cached
+    /// patient makes a new `Arc` (the cache holds the old one), and details nobody holds
+    /// any more are swept instead of kept for the life of the engine.
+    #[test]
+    fn shared_fragments_follow_each_patient_and_let_go_of_dropped_ones() {
+        let golden = r#"{"alert_id":"0065920080-3aff416715c5c8fa","event":"triggered","state":"triggered","rule":"threshold","rule_key":"threshold:systolic:7","priority":"medium","patient_id":"46","patientname":"Charles Khan","age":19,"patientaddress":"5265 Oak Street Fairview","phone_number":"555-368-1843","admitted_ward":"18","vital":"systolic","value":128.0,"bp":128.0,"heartBeat":85.0,"news2_score":null,"ref_id":7,"ref_version":1,"alert_message":"High blood pressure (hypertension) for age 0-20","input_message_time":"2024-01-01T00:00:00Z","alert_generated_time":"2024-01-01T00:00:00Z","episode_start":"2024-01-01T00:00:00Z","device_id":"classic-46","acknowledged_by":null}"#;
+        let mut e: AlertEvent = serde_json::from_str(golden).unwrap();
+        let mut shared = JsonFragments::default();
+        let write = |e: &AlertEvent, shared: &mut JsonFragments| {
+            let mut out = Vec::new();
+            e.write_json_shared(&mut out, shared).unwrap();
+            String::from_utf8(out).unwrap()
+        };
+        assert_eq!(write(&e, &mut shared), golden);
+        // Moved to another ward after its details were cached.
+        Arc::make_mut(&mut e.patient).admitted_ward = "ICU \"2\"".into();
+        e.alert_message = Arc::from("new message");
+        let text = write(&e, &mut shared);
+        assert_eq!(text, serde_json::to_string(&e).unwrap());
+        assert!(text.contains(r#""admitted_ward":"ICU \"2\"""#), "{text}");
+        assert!(text.contains(r#""alert_message":"new message""#), "{text}");
+        // Thousands of patients come and go (reference reloads): the cache stays small.
+        for i in 0..5_000 {
+            let mut other = e.clone();
+            Arc::make_mut(&mut other.patient).patientname = format!("patient {i}");
+            assert_eq!(
+                write(&other, &mut shared),
+                serde_json::to_string(&other).unwrap()
+            );
+        }
+        assert!(shared.len() <= 2_100, "{} fragments kept", shared.len());
+        assert_eq!(write(&e, &mut shared), serde_json::to_string(&e).unwrap());
     }
 
     #[test]

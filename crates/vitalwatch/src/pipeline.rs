@@ -38,7 +38,7 @@ use vitalwatch_connectors::warehouse::recovery::remove_unpublished;
 use vitalwatch_connectors::warehouse::{
     AlertArchiver, AuditCopier, ParquetSink, WarehouseConfig, WarehouseStats,
 };
-use vitalwatch_core::alert::{AlertEvent, AlertEventKind, Priority};
+use vitalwatch_core::alert::{AlertEvent, AlertEventKind, JsonFragments, Priority};
 use vitalwatch_core::clock::StreamClock;
 use vitalwatch_core::codec::encode_canonical;
 use vitalwatch_core::engine::{Engine, Findings, Processed, ScoreRecord};
@@ -754,15 +754,18 @@ fn engine_loop(
     // The stream clock's time, for acknowledgements during a replay.
     let mut stream_now = Timestamp(i64::MIN);
     let mut scratch = Vec::with_capacity(256 * 1024);
+    let mut shared = JsonFragments::default();
     let mut emit = |findings: &mut Findings| {
         // Chunks bound the alert queue by events, not batches: a classic-profile replay
         // turns one batch into thousands of alerts.
         while !findings.events.is_empty() {
             let n = findings.events.len().min(ALERT_CHUNK);
             let chunk: Vec<AlertEvent> = findings.events.drain(..n).collect();
-            let _ = io
-                .alerts
-                .send(AlertMsg::Events(with_texts(chunk, &mut scratch)));
+            let _ = io.alerts.send(AlertMsg::Events(with_texts(
+                chunk,
+                &mut scratch,
+                &mut shared,
+            )));
         }
         if !findings.unclassified.is_empty() {
             metrics
@@ -1225,7 +1228,11 @@ fn write_deliveries(store: &mut dyn Store, batch: &[DeliveryAttempt]) {
 /// Each event with its JSON text. (An AlertEvent has only strings, numbers and
 /// timestamps: serializing it cannot fail; an empty text would be recorded and seen, not
 /// lost.)
-fn with_texts(events: Vec<AlertEvent>, scratch: &mut Vec<u8>) -> Vec<Texted> {
+fn with_texts(
+    events: Vec<AlertEvent>,
+    scratch: &mut Vec<u8>,
+    shared: &mut JsonFragments,
+) -> Vec<Texted> {
     // The chunk's texts are written one after another into a reused buffer, then copied
     // once into one shared allocation (made here, not on the alert thread); each event
     // keeps its slice. A text that failed to write is cut back to nothing.
@@ -1233,7 +1240,7 @@ fn with_texts(events: Vec<AlertEvent>, scratch: &mut Vec<u8>) -> Vec<Texted> {
     let mut ranges = Vec::with_capacity(events.len());
     for e in &events {
         let start = scratch.len();
-        if e.write_json(scratch).is_err() {
+        if e.write_json_shared(scratch, shared).is_err() {
             scratch.truncate(start);
         }
         ranges.push(start..scratch.len());

@@ -108,16 +108,30 @@ impl ParquetSink {
             .set_compression(Compression::ZSTD(level))
             .set_max_row_group_row_count(Some(128 * 1024));
         // Min/max statistics on these columns never prune anything (every row group of a
-        // ward's stream holds every device and both ends of the vital and unit names), yet
+        // ward's stream holds every device and both ends of the vital and unit names, and
+        // every alert group both ends of the event, state, rule and message names), yet
         // computing them was two string comparisons per row, a sixth of the archive's
-        // time. Time and patient columns keep theirs.
-        for column in ["device_id", "vital", "unit"] {
+        // time. Time, patient and alert id columns keep theirs.
+        for column in [
+            "device_id",
+            "vital",
+            "unit",
+            "event",
+            "state",
+            "rule",
+            "rule_key",
+            "priority",
+            "alert_message",
+        ] {
             props = props
                 .set_column_statistics_enabled(ColumnPath::from(column), EnabledStatistics::None);
         }
         // Ingest stamps are unique and increasing: a dictionary only fills up and falls
         // back, while deltas pack them into a few bits each.
+        // Alert ids are unique too: their dictionary filled up in each row group (hashing
+        // and storing every id on the way) before falling back to plain pages.
         let props = props
+            .set_column_dictionary_enabled(ColumnPath::from("alert_id"), false)
             .set_column_dictionary_enabled(ColumnPath::from("ingested_at"), false)
             .set_column_encoding(
                 ColumnPath::from("ingested_at"),
