@@ -374,26 +374,11 @@ impl Serialize for AlertEvent {
 
 impl AlertEvent {
     /// Appends the event's JSON text to `out`: the same bytes as its `Serialize` through
-    /// serde_json, with each key written as the literal it is instead of being escaped
-    /// byte by byte (the values still go through serde_json). Serializing was a fifth of
-    /// the engine thread in a classic-profile alert flood.
-    pub fn write_json(&self, out: &mut Vec<u8>) -> serde_json::Result<()> {
-        let mut open = b'{';
-        macro_rules! put {
-            ($key:literal, $value:expr) => {{
-                out.push(std::mem::replace(&mut open, b','));
-                out.extend_from_slice(concat!("\"", $key, "\":").as_bytes());
-                serde_json::to_writer(&mut *out, $value)?;
-            }};
-        }
-        alert_event_fields!(self, put);
-        out.push(b'}');
-        Ok(())
-    }
-
-    /// [`AlertEvent::write_json`] for a writer of many events: what events share (a
+    /// serde_json, written faster for a writer of many events (serializing was a fifth of
+    /// the engine thread in a classic-profile alert flood). Keys are written as the
+    /// literals they are instead of being escaped byte by byte, and what events share (a
     /// patient's details, a band's rule key and message, behind one `Arc` each) is
-    /// escaped once into `shared` and copied from there afterwards. The same bytes.
+    /// escaped once into `shared` and copied from there afterwards.
     pub fn write_json_shared(
         &self,
         out: &mut Vec<u8>,
@@ -689,16 +674,15 @@ mod tests {
         odd.value = None;
         odd.vital = None;
         let golden_event: AlertEvent = serde_json::from_str(golden).unwrap();
-        // The shared writer too, twice over (written, then copied from its cache).
+        // Twice over: written, then copied from the cache.
         let mut shared = JsonFragments::default();
         for e in [&golden_event, &full, &odd, &golden_event, &full, &odd] {
             let mut fast = Vec::new();
-            e.write_json(&mut fast).unwrap();
-            let want = serde_json::to_string(e).unwrap();
-            assert_eq!(String::from_utf8(fast).unwrap(), want);
-            let mut cached = Vec::new();
-            e.write_json_shared(&mut cached, &mut shared).unwrap();
-            assert_eq!(String::from_utf8(cached).unwrap(), want);
+            e.write_json_shared(&mut fast, &mut shared).unwrap();
+            assert_eq!(
+                String::from_utf8(fast).unwrap(),
+                serde_json::to_string(e).unwrap()
+            );
         }
         let keys = serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&text)
             .unwrap()
