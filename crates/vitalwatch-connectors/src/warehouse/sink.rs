@@ -126,10 +126,9 @@ impl ParquetSink {
             props = props
                 .set_column_statistics_enabled(ColumnPath::from(column), EnabledStatistics::None);
         }
-        // Ingest stamps are unique and increasing: a dictionary only fills up and falls
-        // back, while deltas pack them into a few bits each.
-        // Alert ids are unique too: their dictionary filled up in each row group (hashing
-        // and storing every id on the way) before falling back to plain pages.
+        // Ingest stamps and alert ids are unique: a dictionary only fills up in each row
+        // group (hashing and storing every value on the way) and falls back to plain
+        // pages. Stamps are increasing too: deltas pack them into a few bits each.
         let props = props
             .set_column_dictionary_enabled(ColumnPath::from("alert_id"), false)
             .set_column_dictionary_enabled(ColumnPath::from("ingested_at"), false)
