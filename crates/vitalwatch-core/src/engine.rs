@@ -371,6 +371,11 @@ struct DeviceState {
 /// so a feed cannot choose ids that collide.
 type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
+/// The (empty) details of a patient the catalog does not list, one value for every such
+/// event: the alert writer escapes a patient's details once per shared value, and a feed
+/// of unknown ids would otherwise make it cache one copy per event.
+static UNLISTED: std::sync::LazyLock<Arc<AlertPatient>> = std::sync::LazyLock::new(Arc::default);
+
 /// The alert engine. One instance owns the state of the patients routed to it.
 #[derive(Debug)]
 pub struct Engine {
@@ -581,8 +586,11 @@ impl Engine {
     /// Evaluates one observation set; `now` is the pipeline's clock at its arrival.
     /// Appends what it caused to `out` and says what it did with the observation.
     pub fn process(&mut self, obs: &Observation, now: Timestamp, out: &mut Findings) -> Processed {
-        let known = self.states.contains_key(obs.patient_id.as_str());
-        if !known && self.states.len() >= self.rules.state.max_patients {
+        // The patient map is looked up once per observation in the common case (a patient
+        // already tracked); the limit needs a second look only when the map is full.
+        if self.states.len() >= self.rules.state.max_patients
+            && !self.states.contains_key(obs.patient_id.as_str())
+        {
             return Processed::Rejected(format!(
                 "the engine already tracks {} patients (rules.state.max_patients)",
                 self.rules.state.max_patients
@@ -598,12 +606,11 @@ impl Engine {
                 other => return other,
             }
         }
-        if !known {
+        let state = if let Some(state) = self.states.get_mut(obs.patient_id.as_str()) {
+            state
+        } else {
             let fresh = self.new_state(&obs.patient_id, now);
-            self.states.insert(obs.patient_id.clone(), fresh);
-        }
-        let Some(state) = self.states.get_mut(obs.patient_id.as_str()) else {
-            return Processed::Evaluated;
+            self.states.entry(obs.patient_id.clone()).or_insert(fresh)
         };
         state.last_arrival = now;
         if state.info.patient.is_none() {
@@ -1715,7 +1722,9 @@ fn event(
             a.priority
         },
         patient_id: ctx.patient_id.clone(),
-        patient: ctx.patient.map(|p| p.details.clone()).unwrap_or_default(),
+        patient: ctx
+            .patient
+            .map_or_else(|| UNLISTED.clone(), |p| p.details.clone()),
         vital: d.vital,
         value: d.value.filter(|v| !v.is_nan()),
         bp: ctx.bp,
