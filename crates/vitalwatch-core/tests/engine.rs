@@ -400,6 +400,37 @@ fn spo2_limit_rules_ignore_a_short_dropout_but_not_a_desaturation() {
     );
 }
 
+/// Alerts for patients the catalog does not list carry empty details, and all share one
+/// value: the alert writer escapes a patient's details once per shared value, so a feed of
+/// unknown ids must not make one copy per event.
+#[test]
+fn unlisted_patients_alert_with_one_shared_empty_details_value() {
+    let mut e = standard(|r| {
+        r.news2.enabled = true;
+        r.news2.persistence = Duration::ZERO;
+        r.thresholds.enabled = false;
+        r.limits.clear();
+    });
+    let a = Consciousness::A;
+    let mut events = Vec::new();
+    for id in ["ghost-1", "ghost-2"] {
+        // HR 115 (2) + RR 22 (2) + SpO2 95 (1) = 5.
+        let f = run(
+            &mut e,
+            &obs(id, at(0), &full_set(115.0, 22.0, 95.0, 120.0, 37.0, a)),
+        );
+        assert_eq!(f.unclassified[0].reason, UnclassifiedReason::UnknownPatient);
+        events.extend(f.events);
+    }
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert_ne!(events[0].patient_id, events[1].patient_id);
+    assert_eq!(*events[0].patient, Default::default());
+    assert!(std::sync::Arc::ptr_eq(
+        &events[0].patient,
+        &events[1].patient
+    ));
+}
+
 #[test]
 fn news2_alerts_escalate_and_resolve() {
     // Escalation and resolution themselves; persistence and the clear delay have their own
