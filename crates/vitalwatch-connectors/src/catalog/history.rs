@@ -105,22 +105,12 @@ impl Key for &str {
     }
 }
 
-/// An event's idempotency key (`AlertEvent::idempotency_key`'s format), written in place
-/// byte by byte: through `fmt` it cost more than the SQLite row of a flood's event.
+/// An event's idempotency key ([`AlertEvent::write_idempotency_key`]).
 struct IdKey<'a>(&'a AlertEvent);
 
 impl Key for IdKey<'_> {
     fn append_to(&self, out: &mut Vec<u8>) {
-        let e = self.0;
-        out.extend_from_slice(e.alert_id.as_str().as_bytes());
-        out.push(b':');
-        out.extend_from_slice(e.event.as_str().as_bytes());
-        out.push(b':');
-        out.extend_from_slice(
-            itoa::Buffer::new()
-                .format(e.identity_time().micros())
-                .as_bytes(),
-        );
+        self.0.write_idempotency_key(out);
     }
 }
 
