@@ -132,6 +132,8 @@ impl ParquetSink {
         let props = props
             .set_column_dictionary_enabled(ColumnPath::from("alert_id"), false)
             .set_column_dictionary_enabled(ColumnPath::from("ingested_at"), false)
+            .set_column_dictionary_enabled(ColumnPath::from("vital"), false)
+            .set_column_dictionary_enabled(ColumnPath::from("unit"), false)
             .set_column_encoding(
                 ColumnPath::from("ingested_at"),
                 Encoding::DELTA_BINARY_PACKED,

@@ -274,12 +274,12 @@ fn scan_classic(bytes: &[u8]) -> Option<ClassicRecord<'_>> {
     let (mut id, mut hb, mut bp, mut time) = (None, None, None, None);
     loop {
         c.ws();
-        let key = c.raw_string()?;
+        let key = c.key()?;
         c.ws();
         c.eat(b':')?;
         c.ws();
         match key {
-            b"customerId" if id.is_none() => {
+            ClassicKey::CustomerId if id.is_none() => {
                 id = Some(match c.peek()? {
                     b'"' => IdValue::Str(Cow::Borrowed(c.string()?)),
                     // An integer's digits as written are its decimal text (no leading
@@ -288,9 +288,9 @@ fn scan_classic(bytes: &[u8]) -> Option<ClassicRecord<'_>> {
                     _ => IdValue::Str(Cow::Borrowed(c.integer_text()?)),
                 })
             }
-            b"heartBeat" if hb.is_none() => hb = Some(c.number_or_null()?),
-            b"bp" if bp.is_none() => bp = Some(c.number_or_null()?),
-            b"message_time" if time.is_none() => {
+            ClassicKey::HeartBeat if hb.is_none() => hb = Some(c.number_or_null()?),
+            ClassicKey::Bp if bp.is_none() => bp = Some(c.number_or_null()?),
+            ClassicKey::MessageTime if time.is_none() => {
                 time = Some(if c.null() {
                     None
                 } else {
@@ -321,6 +321,15 @@ fn scan_classic(bytes: &[u8]) -> Option<ClassicRecord<'_>> {
     })
 }
 
+/// The keys of a classic line.
+#[derive(Clone, Copy)]
+enum ClassicKey {
+    CustomerId,
+    HeartBeat,
+    Bp,
+    MessageTime,
+}
+
 /// A cursor for [`scan_classic`].
 struct Scan<'a> {
     b: &'a [u8],
@@ -342,8 +351,22 @@ impl<'a> Scan<'a> {
         (self.peek()? == ch).then(|| self.i += 1)
     }
 
-    /// A string without escapes or control characters, as bytes (keys are compared as
-    /// bytes: a key that is not valid UTF-8 matches none and declines anyway).
+    /// One of the four classic keys, quotes included, compared whole rather than read
+    /// byte by byte: any other key (an escape in it included) declines.
+    fn key(&mut self) -> Option<ClassicKey> {
+        const KEYS: [(&[u8], ClassicKey); 4] = [
+            (b"\"customerId\"", ClassicKey::CustomerId),
+            (b"\"heartBeat\"", ClassicKey::HeartBeat),
+            (b"\"bp\"", ClassicKey::Bp),
+            (b"\"message_time\"", ClassicKey::MessageTime),
+        ];
+        let rest = &self.b[self.i..];
+        let &(text, key) = KEYS.iter().find(|(text, _)| rest.starts_with(text))?;
+        self.i += text.len();
+        Some(key)
+    }
+
+    /// A string without escapes or control characters, as bytes.
     fn raw_string(&mut self) -> Option<&'a [u8]> {
         self.eat(b'"')?;
         let start = self.i;
@@ -372,31 +395,46 @@ impl<'a> Scan<'a> {
         yes
     }
 
-    /// Digits with an optional minus, no leading zero, at most 15 of them.
-    fn digits(&mut self) -> Option<&'a str> {
-        let start = self.i;
-        if self.peek() == Some(b'-') {
+    /// Digits with an optional minus, no leading zero, at most 15 of them: whether there
+    /// was a minus, and the digits.
+    fn digit_run(&mut self) -> Option<(bool, &'a [u8])> {
+        let negative = self.peek() == Some(b'-');
+        if negative {
             self.i += 1;
         }
         let first = self.i;
         while self.peek().is_some_and(|d| d.is_ascii_digit()) {
             self.i += 1;
         }
-        let n = self.i - first;
-        if n == 0 || n > 15 || (n > 1 && self.b[first] == b'0') {
+        let d = &self.b[first..self.i];
+        if d.is_empty() || d.len() > 15 || (d.len() > 1 && d[0] == b'0') {
             return None;
         }
+        Some((negative, d))
+    }
+
+    /// What [`Scan::digit_run`] takes, as text.
+    fn digits(&mut self) -> Option<&'a str> {
+        let start = self.i;
+        self.digit_run()?;
         std::str::from_utf8(&self.b[start..self.i]).ok()
     }
 
-    /// An integer's text: what [`Scan::digits`] takes, not `-0` (serde_json reads it as
-    /// a float) and not followed by a fraction or exponent.
-    fn integer_text(&mut self) -> Option<&'a str> {
-        let d = self.digits()?;
-        if d == "-0" || matches!(self.peek(), Some(b'.' | b'e' | b'E')) {
+    /// An integer: what [`Scan::digit_run`] takes, not `-0` (serde_json reads it as a
+    /// float) and not followed by a fraction or exponent. Returns where its text starts.
+    fn integer_run(&mut self) -> Option<(usize, bool, &'a [u8])> {
+        let start = self.i;
+        let (negative, d) = self.digit_run()?;
+        if (negative && d == b"0") || matches!(self.peek(), Some(b'.' | b'e' | b'E')) {
             return None;
         }
-        Some(d)
+        Some((start, negative, d))
+    }
+
+    /// An integer's text (see [`Scan::integer_run`]).
+    fn integer_text(&mut self) -> Option<&'a str> {
+        let (start, ..) = self.integer_run()?;
+        std::str::from_utf8(&self.b[start..self.i]).ok()
     }
 
     fn number_or_null(&mut self) -> Option<Option<f64>> {
@@ -406,8 +444,11 @@ impl<'a> Scan<'a> {
         let start = self.i;
         // Integers of at most 15 digits are exact in an f64, as serde_json reads them,
         // so they skip the float parser; the rest (`-0`, a fraction) start over below.
-        if let Some(int) = self.integer_text() {
-            return int.parse::<i64>().ok().map(|v| Some(v as f64));
+        // Read straight from the digits (at most 15: no overflow), not through text.
+        if let Some((_, negative, d)) = self.integer_run() {
+            let v = d.iter().fold(0i64, |v, &c| v * 10 + i64::from(c - b'0'));
+            let v = if negative { -v } else { v };
+            return Some(Some(v as f64));
         }
         self.i = start;
         let int = self.digits()?;
