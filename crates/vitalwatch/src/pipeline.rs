@@ -1159,6 +1159,8 @@ fn alert_loop(
         let mut next = first;
         while let Some(m) = next.take() {
             match m {
+                // The first burst's vector is kept as it is (no copy of its events).
+                AlertMsg::Events(e) if events.is_empty() => events = e,
                 AlertMsg::Events(e) => events.extend(e),
                 AlertMsg::Checkpoint(cp) => checkpoints.push(cp),
                 AlertMsg::OpenAlerts(reply) => questions.push(reply),

@@ -132,13 +132,21 @@ impl ParquetSink {
         let props = props
             .set_column_dictionary_enabled(ColumnPath::from("alert_id"), false)
             .set_column_dictionary_enabled(ColumnPath::from("ingested_at"), false)
-            .set_column_dictionary_enabled(ColumnPath::from("vital"), false)
-            .set_column_dictionary_enabled(ColumnPath::from("unit"), false)
             .set_column_encoding(
                 ColumnPath::from("ingested_at"),
                 Encoding::DELTA_BINARY_PACKED,
-            )
+            );
+        // In `vitals`, the vital and unit names follow each other in the same short cycle
+        // (one per vital of each observation): zstd packs plain pages of them as small as
+        // a dictionary's (13.73 → 13.70 MB for 4 M readings), without interning every value
+        // (11 % of the archive thread's instructions). In `alerts` they come in no order,
+        // and the dictionary stays.
+        let vitals_props = props
+            .clone()
+            .set_column_dictionary_enabled(ColumnPath::from("vital"), false)
+            .set_column_dictionary_enabled(ColumnPath::from("unit"), false)
             .build();
+        let props = props.build();
         // Start time and pid: a restarted process (even one with a recycled pid) never
         // reuses a name, so a second run can never overwrite the first run's files.
         let micros = SystemTime::now()
@@ -149,6 +157,7 @@ impl ParquetSink {
         Ok(ParquetSink {
             files: Files {
                 props,
+                vitals_props,
                 run_id,
                 config,
             },
@@ -421,6 +430,8 @@ impl Drop for ParquetSink {
 struct Files {
     config: WarehouseConfig,
     props: WriterProperties,
+    /// The `vitals` table's: `props` with plain vital and unit names.
+    vitals_props: WriterProperties,
     run_id: String,
 }
 
@@ -437,7 +448,12 @@ impl Files {
             .create_new(true)
             .open(&tmp)
             .map_err(|e| WarehouseError::io("create", &tmp, e))?;
-        let writer = ArrowWriter::try_new(file, schema.clone(), Some(self.props.clone()))?;
+        let props = if table == VITALS {
+            &self.vitals_props
+        } else {
+            &self.props
+        };
+        let writer = ArrowWriter::try_new(file, schema.clone(), Some(props.clone()))?;
         Ok(OpenFile {
             writer,
             tmp,
