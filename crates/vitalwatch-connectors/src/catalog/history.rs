@@ -35,11 +35,6 @@ use crate::store::{OutboxEntry, StoreError};
 pub(super) const CHUNK: usize = 256;
 /// zstd level 1: the fastest of the regular levels; alert texts still shrink ~10×.
 const LEVEL: i32 = 1;
-/// Matches of at least 7 bytes (level 1 takes 5 for chunks this size): alert texts repeat
-/// long runs (keys, patient details), and the compressor's instructions fall ~5 % with
-/// chunks ~3 % smaller (callgrind over a flood's texts in 256-line chunks, `zstd -1
-/// --zstd=mml=7` against `zstd -1`).
-const MIN_MATCH: u32 = 7;
 
 /// The zstd context the alert path compresses with, made once per connection: making
 /// one per burst cost more than compressing a small burst.
@@ -59,13 +54,10 @@ impl Compressor {
 
     fn get(&mut self) -> Result<&mut zstd::bulk::Compressor<'static>, StoreError> {
         if self.0.is_none() {
-            let cannot = |e: std::io::Error| {
-                StoreError::Corrupt(format!("cannot compress alert texts: {e}"))
-            };
-            let mut c = zstd::bulk::Compressor::new(LEVEL).map_err(cannot)?;
-            c.set_parameter(zstd::zstd_safe::CParameter::MinMatch(MIN_MATCH))
-                .map_err(cannot)?;
-            self.0 = Some(c);
+            self.0 =
+                Some(zstd::bulk::Compressor::new(LEVEL).map_err(|e| {
+                    StoreError::Corrupt(format!("cannot compress alert texts: {e}"))
+                })?);
         }
         self.0
             .as_mut()
