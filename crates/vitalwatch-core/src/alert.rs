@@ -402,6 +402,15 @@ impl AlertEvent {
         shared: &mut JsonFragments,
     ) -> serde_json::Result<()> {
         let mut open = b'{';
+        // Names and ids, written as they are when nothing in them needs escaping
+        // (serde_json's generic path per field cost more than the rest of the event).
+        macro_rules! text {
+            ($key:literal, $text:expr) => {{
+                out.push(std::mem::replace(&mut open, b','));
+                out.extend_from_slice(concat!("\"", $key, "\":").as_bytes());
+                write_json_str(out, $text)?;
+            }};
+        }
         macro_rules! put {
             // The patient's five fields are one fragment, written where the first is.
             ("patientname", $value:expr) => {
@@ -441,47 +450,30 @@ impl AlertEvent {
                 out.extend_from_slice(b",\"episode_start\":");
                 out.extend_from_slice(shared.time(*$value)?);
             }};
-            // Names and ids, written as they are when nothing in them needs escaping
-            // (serde_json's generic path per field cost more than the rest of the event).
-            ("alert_id", $value:expr) => {{
-                out.push(std::mem::replace(&mut open, b','));
-                out.extend_from_slice(b"\"alert_id\":");
-                write_json_str(out, $value.as_str())?;
-            }};
-            ("event", $value:expr) => {{
-                out.extend_from_slice(b",\"event\":");
-                write_json_str(out, $value.as_str())?;
-            }};
-            ("state", $value:expr) => {{
-                out.extend_from_slice(b",\"state\":");
-                write_json_str(out, $value.as_str())?;
-            }};
-            ("rule", $value:expr) => {{
-                out.extend_from_slice(b",\"rule\":");
-                write_json_str(out, $value)?;
-            }};
-            ("priority", $value:expr) => {{
-                out.extend_from_slice(b",\"priority\":");
-                write_json_str(out, $value.as_str())?;
-            }};
-            ("patient_id", $value:expr) => {{
-                out.extend_from_slice(b",\"patient_id\":");
-                write_json_str(out, $value.as_str())?;
-            }};
-            ("vital", $value:expr) => {{
-                out.extend_from_slice(b",\"vital\":");
-                match $value {
-                    Some(v) => write_json_str(out, v.name())?,
-                    None => out.extend_from_slice(b"null"),
-                }
-            }};
-            ("device_id", $value:expr) => {{
-                out.extend_from_slice(b",\"device_id\":");
-                match $value {
-                    Some(d) => write_json_str(out, d)?,
-                    None => out.extend_from_slice(b"null"),
-                }
-            }};
+            ("alert_id", $value:expr) => {
+                text!("alert_id", Some($value.as_str()))
+            };
+            ("event", $value:expr) => {
+                text!("event", Some($value.as_str()))
+            };
+            ("state", $value:expr) => {
+                text!("state", Some($value.as_str()))
+            };
+            ("rule", $value:expr) => {
+                text!("rule", Some(&**$value))
+            };
+            ("priority", $value:expr) => {
+                text!("priority", Some($value.as_str()))
+            };
+            ("patient_id", $value:expr) => {
+                text!("patient_id", Some($value.as_str()))
+            };
+            ("vital", $value:expr) => {
+                text!("vital", $value.map(|v| v.name()))
+            };
+            ("device_id", $value:expr) => {
+                text!("device_id", $value.as_deref())
+            };
             ($key:literal, $value:expr) => {{
                 out.push(std::mem::replace(&mut open, b','));
                 out.extend_from_slice(concat!("\"", $key, "\":").as_bytes());
@@ -494,9 +486,14 @@ impl AlertEvent {
     }
 }
 
-/// `s` as a JSON string, exactly as serde_json writes it: as it is when it holds nothing
-/// serde_json escapes (a quote, a backslash, a control character), else through serde_json.
-fn write_json_str(out: &mut Vec<u8>, s: &str) -> serde_json::Result<()> {
+/// `s` as a JSON string (`null` for none), exactly as serde_json writes it: as it is when
+/// it holds nothing serde_json escapes (a quote, a backslash, a control character), else
+/// through serde_json.
+fn write_json_str(out: &mut Vec<u8>, s: Option<&str>) -> serde_json::Result<()> {
+    let Some(s) = s else {
+        out.extend_from_slice(b"null");
+        return Ok(());
+    };
     // A fold without an early exit: the compiler checks many bytes at a time.
     let plain = !s.bytes().fold(false, |escape, b| {
         escape | (b < 0x20) | (b == b'"') | (b == b'\\')
