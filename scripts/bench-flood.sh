@@ -16,15 +16,11 @@ while [ $# -gt 0 ]; do case $1 in
   -*) echo "unknown option $1" >&2; exit 2;;
   *) BINS+=("$(realpath "$1")"); shift;; esac; done
 [ ${#BINS[@]} -gt 0 ] || { echo "usage: bench-flood.sh [--profile P] [--rounds N] BIN [BIN ...]" >&2; exit 2; }
-B=${BENCH_DIR:-/tmp/vitalwatch-bench}; D=$B/data-40-42
-[ -f "$D/ok" ] || { echo "no input in $D: run bash ../shared/bench/classic-flood.sh BIN first" >&2; exit 1; }
-mkdir -p "$B/flood"
+source "$(dirname "$0")/flood-input.sh"
 
 one() {
   local bin=$1 w
-  w=$(mktemp -d "$B/flood/run.XXXX")
-  "$bin" patients import --quiet --data "$w/d" "$D/patients_information.csv"
-  "$bin" thresholds import --quiet --data "$w/d" "$D/threshold_ref.csv"
+  w=$(flood_scratch "$bin")
   /usr/bin/time -f "%e s wall, %U s user, %S s sys, peak %M KB" -o "$w/time" \
     "$bin" replay --data "$w/d" --profile "$PROFILE" --format classic "$D"/throughput/*.json \
     >"$w/out" 2>"$w/err" &

@@ -23,16 +23,13 @@ while [ $# -gt 0 ]; do case $1 in
   *) BINS+=("$(realpath "$1")"); shift;; esac; done
 [ ${#BINS[@]} -gt 0 ] || { echo "usage: flood-instructions.sh [--profile P] [--files N] BIN [BIN ...]" >&2; exit 2; }
 command -v valgrind >/dev/null || { echo "valgrind is not installed" >&2; exit 1; }
-B=${BENCH_DIR:-/tmp/vitalwatch-bench}; D=$B/data-40-42
-[ -f "$D/ok" ] || { echo "no input in $D: run bash ../shared/bench/classic-flood.sh BIN first" >&2; exit 1; }
+source "$(dirname "$0")/flood-input.sh"
 mapfile -t INPUT < <(ls "$D"/throughput/*.json | head -n "$FILES")
 MSGS=$((${#INPUT[@]} * 50000))
-mkdir -p "$B/flood"
 
 # A thread's name, from the pipeline function its inclusive profile starts in.
 thread_name() {
-  local top
-  local profile
+  local top profile
   profile=$(callgrind_annotate --inclusive=yes "$1" 2>/dev/null)
   top=$(grep -m1 -oE 'pipeline::(archive_loop|alert_loop|engine_loop|notifier_loop)|FileSource::replay_file|spawn_checkpointer|spawn_periodic|vitalwatch::main' <<<"$profile" || true)
   case $top in
@@ -45,9 +42,7 @@ thread_name() {
 }
 
 for bin in "${BINS[@]}"; do
-  w=$(mktemp -d "$B/flood/cg.XXXX")
-  "$bin" patients import --quiet --data "$w/d" "$D/patients_information.csv"
-  "$bin" thresholds import --quiet --data "$w/d" "$D/threshold_ref.csv"
+  w=$(flood_scratch "$bin")
   printf '[pipeline]\ncheckpoint_interval = "1h"\n' >"$w/config.toml"
   valgrind --tool=callgrind --separate-threads=yes --callgrind-out-file="$w/cg.%p" \
     "$bin" replay --config "$w/config.toml" --data "$w/d" --profile "$PROFILE" --format classic "${INPUT[@]}" \
