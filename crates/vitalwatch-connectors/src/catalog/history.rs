@@ -16,10 +16,12 @@
 //! - `event_ids`: the identity (alert id, event, identity time) of every other event —
 //!   acknowledgements, re-notifications, escalations, resolutions — and its sequence
 //!   number: recording one again is a no-op.
-//! - `outbox_texts`: the outbox itself, the events' keys and JSON texts, in zstd-compressed
-//!   chunks of up to [`CHUNK`] consecutive sequence numbers (a chunk never spans two
-//!   transactions). A chunk is small enough that reading one event back costs
-//!   microseconds; compression cuts what an event writes from ~660 to ~60 bytes.
+//! - `outbox_texts`: the outbox itself, in zstd-compressed chunks of up to [`CHUNK`]
+//!   consecutive sequence numbers (a chunk never spans two transactions). A chunk is
+//!   small enough that reading one event back costs microseconds. New chunks hold the
+//!   events' fields ([`super::events`]: ~90 bytes an event before compression); chunks
+//!   written before that, or copied from an older layout, hold the keys and JSON texts
+//!   (~660 bytes). Both are read wherever they are: nothing is rewritten on upgrade.
 //!
 //! Sequence numbers are allocated here (the greatest recorded plus one, inside the
 //! write transaction), strictly increasing in commit order and never reused.
@@ -27,13 +29,14 @@
 use std::collections::HashMap;
 
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
-use vitalwatch_core::alert::{AlertEvent, AlertEventKind};
+use vitalwatch_core::alert::{AlertEvent, AlertEventKind, JsonFragments};
 
+use super::events;
 use crate::store::{OutboxEntry, StoreError};
 
 /// Entries per compressed chunk: one alert looked up decompresses at most this many.
 pub(super) const CHUNK: usize = 256;
-/// zstd level 1: the fastest of the regular levels; alert texts still shrink ~10×.
+/// zstd level 1: the fastest of the regular levels; chunks still shrink several times.
 const LEVEL: i32 = 1;
 
 /// The zstd context the alert path compresses with, made once per connection: making
@@ -94,73 +97,97 @@ CREATE TABLE IF NOT EXISTS outbox_texts (
 );
 "#;
 
-/// An entry's key as the chunk stores it, appended to the chunk's bytes.
-trait Key {
-    fn append_to(&self, out: &mut Vec<u8>);
-}
-
-impl Key for &str {
-    fn append_to(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(self.as_bytes());
-    }
-}
-
-/// An event's idempotency key ([`AlertEvent::write_idempotency_key`]).
-struct IdKey<'a>(&'a AlertEvent);
-
-impl Key for IdKey<'_> {
-    fn append_to(&self, out: &mut Vec<u8>) {
-        self.0.write_idempotency_key(out);
-    }
-}
-
-/// Encodes entries (key, JSON text) as one chunk: per entry the key's and the text's
-/// lengths (u32, little-endian) and bytes, the whole compressed. Lengths rather than
-/// separators: a text may hold any character.
-fn encode<K: Key>(
+/// Encodes entries (key, JSON text) as one chunk of the first format: per entry the
+/// key's and the text's lengths (u32, little-endian) and bytes, the whole compressed.
+/// Lengths rather than separators: a text may hold any character.
+fn encode(
     compressor: &mut zstd::bulk::Compressor<'_>,
-    entries: &[(K, &str)],
+    entries: &[(&str, &str)],
 ) -> Result<Vec<u8>, StoreError> {
-    let size: usize = entries.iter().map(|(_, t)| t.len() + 64).sum();
+    let size: usize = entries.iter().map(|(k, t)| k.len() + t.len() + 8).sum();
     let mut raw = Vec::with_capacity(size);
-    for (k, text) in entries {
-        // The key is written in place; its length is filled in after.
-        let at = raw.len();
-        raw.extend_from_slice(&[0; 4]);
-        k.append_to(&mut raw);
-        let len = (raw.len() - at - 4) as u32;
-        raw[at..at + 4].copy_from_slice(&len.to_le_bytes());
-        raw.extend_from_slice(&(text.len() as u32).to_le_bytes());
-        raw.extend_from_slice(text.as_bytes());
+    for (key, text) in entries {
+        for s in [key, text] {
+            raw.extend_from_slice(&(s.len() as u32).to_le_bytes());
+            raw.extend_from_slice(s.as_bytes());
+        }
     }
     compressor
         .compress(&raw)
         .map_err(|e| StoreError::Corrupt(format!("cannot compress alert texts: {e}")))
 }
 
-/// The entries of the chunk starting at `first`; errors when it does not hold exactly
-/// `first..=last`.
-fn decode(first: u64, last: u64, blob: &[u8]) -> Result<Vec<OutboxEntry>, StoreError> {
+/// One outbox entry as its chunk holds it.
+enum Stored {
+    /// The first format: the key and the JSON text as recorded.
+    Text { key: String, body: String },
+    /// The second: the event's fields.
+    Event(AlertEvent),
+}
+
+impl Stored {
+    /// The entry as notifiers take it; events get their JSON text written (through
+    /// `json`, so what a chunk's events share is escaped once).
+    fn into_outbox(self, seq: u64, json: &mut JsonFragments) -> Result<OutboxEntry, StoreError> {
+        Ok(match self {
+            Stored::Text { key, body } => OutboxEntry { seq, key, body },
+            Stored::Event(e) => {
+                let mut body = Vec::with_capacity(700);
+                e.write_json_shared(&mut body, json)?;
+                OutboxEntry {
+                    seq,
+                    key: e.idempotency_key(),
+                    body: String::from_utf8(body)
+                        .map_err(|_| StoreError::Corrupt(format!("outbox entry {seq}: not UTF-8")))?,
+                }
+            }
+        })
+    }
+
+    /// The event.
+    fn into_event(self) -> Result<AlertEvent, StoreError> {
+        match self {
+            Stored::Text { body, .. } => Ok(serde_json::from_str(&body)?),
+            Stored::Event(e) => Ok(e),
+        }
+    }
+}
+
+/// The entries of the chunk starting at `first`, in either format; errors when it does
+/// not hold exactly `first..=last`.
+fn decode(first: u64, last: u64, blob: &[u8]) -> Result<Vec<Stored>, StoreError> {
     let bad = |why: &str| StoreError::Corrupt(format!("outbox chunk {first}..={last}: {why}"));
-    let raw = zstd::stream::decode_all(blob).map_err(|e| bad(&e.to_string()))?;
-    let mut out = Vec::with_capacity((last + 1).saturating_sub(first) as usize);
-    let mut rest = &raw[..];
-    let field = |rest: &mut &[u8]| -> Result<String, StoreError> {
-        let (len, tail) = rest.split_at_checked(4).ok_or_else(|| bad("truncated"))?;
-        let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
-        let (s, tail) = tail.split_at_checked(len).ok_or_else(|| bad("truncated"))?;
-        *rest = tail;
-        String::from_utf8(s.to_vec()).map_err(|_| bad("not UTF-8"))
+    let out: Vec<Stored> = if blob.starts_with(events::MAGIC) {
+        events::decode(blob)
+            .map_err(|e| bad(&e.to_string()))?
+            .into_iter()
+            .map(Stored::Event)
+            .collect()
+    } else {
+        decode_texts(blob).map_err(|e| bad(&e))?
     };
-    let mut seq = first;
+    if out.len() as u64 != (last + 1).saturating_sub(first) {
+        return Err(bad(&format!("holds {} entries", out.len())));
+    }
+    Ok(out)
+}
+
+/// The entries of a chunk of the first format (keys and texts, see [`encode`]).
+fn decode_texts(blob: &[u8]) -> Result<Vec<Stored>, String> {
+    let raw = zstd::stream::decode_all(blob).map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    let mut rest = &raw[..];
+    let field = |rest: &mut &[u8]| -> Result<String, String> {
+        let (len, tail) = rest.split_at_checked(4).ok_or("truncated")?;
+        let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
+        let (s, tail) = tail.split_at_checked(len).ok_or("truncated")?;
+        *rest = tail;
+        String::from_utf8(s.to_vec()).map_err(|_| "not UTF-8".to_owned())
+    };
     while !rest.is_empty() {
         let key = field(&mut rest)?;
         let body = field(&mut rest)?;
-        out.push(OutboxEntry { seq, key, body });
-        seq += 1;
-    }
-    if seq != last + 1 {
-        return Err(bad(&format!("holds {} entries", out.len())));
+        out.push(Stored::Text { key, body });
     }
     Ok(out)
 }
@@ -182,7 +209,7 @@ pub(super) fn record(
         .unwrap_or(0);
     let mut next = head as u64 + 1;
     let mut seqs = Vec::with_capacity(events.len());
-    let mut fresh: Vec<(IdKey<'_>, &str)> = Vec::with_capacity(events.len());
+    let mut fresh: Vec<&AlertEvent> = Vec::with_capacity(events.len());
     {
         // An alert's first `triggered` event: its row is new (one insert in a flood).
         let mut opened = tx.prepare_cached(
@@ -207,7 +234,8 @@ pub(super) fn record(
                latest_seq = CASE WHEN excluded.updated_at >= updated_at THEN excluded.latest_seq ELSE latest_seq END,
                updated_at = max(updated_at, excluded.updated_at)",
         )?;
-        for &(e, text) in events {
+        // The texts are not stored: an event's text is a function of its fields.
+        for &(e, _) in events {
             let at = e.identity_time().micros();
             let seq = next as i64;
             let row = params![
@@ -241,38 +269,63 @@ pub(super) fn record(
             };
             if new {
                 seqs.push(Some(next));
-                fresh.push((IdKey(e), text));
+                fresh.push(e);
                 next += 1;
             } else {
                 seqs.push(None);
             }
         }
     }
-    write_texts(tx, compressor, head as u64 + 1, &fresh)?;
+    write_events(tx, compressor, head as u64 + 1, &fresh)?;
     Ok(seqs)
 }
 
-/// Appends the texts of consecutive sequence numbers from `first`, in chunks.
-fn write_texts<K: Key>(
+/// Appends the events of consecutive sequence numbers from `first`, in chunks of the
+/// second format.
+fn write_events(
     tx: &Transaction<'_>,
     compressor: &mut Compressor,
     first: u64,
-    entries: &[(K, &str)],
+    entries: &[&AlertEvent],
+) -> Result<(), StoreError> {
+    write_chunks(tx, first, entries, |chunk| {
+        events::encode(compressor.get()?, chunk)
+            .map_err(|e| StoreError::Corrupt(format!("cannot compress alert events: {e}")))
+    })
+}
+
+/// Inserts `entries` as chunks of consecutive sequence numbers from `first`, each
+/// encoded by `encode`.
+fn write_chunks<T>(
+    tx: &Transaction<'_>,
+    first: u64,
+    entries: &[T],
+    mut encode: impl FnMut(&[T]) -> Result<Vec<u8>, StoreError>,
 ) -> Result<(), StoreError> {
     if entries.is_empty() {
         return Ok(());
     }
-    let compressor = compressor.get()?;
     let mut insert = tx.prepare_cached(
         "INSERT INTO outbox_texts (first_seq, last_seq, texts) VALUES (?1, ?2, ?3)",
     )?;
     let mut seq = first;
     for chunk in entries.chunks(CHUNK) {
         let last = seq + chunk.len() as u64 - 1;
-        insert.execute(params![seq as i64, last as i64, encode(compressor, chunk)?])?;
+        insert.execute(params![seq as i64, last as i64, encode(chunk)?])?;
         seq = last + 1;
     }
     Ok(())
+}
+
+/// Appends keys and texts of consecutive sequence numbers from `first`, in chunks of the
+/// first format (an older layout's texts are copied as they are, never re-read).
+fn write_texts(
+    tx: &Transaction<'_>,
+    compressor: &mut Compressor,
+    first: u64,
+    entries: &[(&str, &str)],
+) -> Result<(), StoreError> {
+    write_chunks(tx, first, entries, |chunk| encode(compressor.get()?, chunk))
 }
 
 /// Up to `limit` entries after `after`, in order.
@@ -289,6 +342,7 @@ pub(super) fn outbox_after(
     )?;
     let mut rows = st.query([(after + 1) as i64])?;
     let mut out = Vec::new();
+    let mut json = JsonFragments::default();
     while out.len() < limit
         && let Some(r) = rows.next()?
     {
@@ -300,17 +354,17 @@ pub(super) fn outbox_after(
             .get_ref(2)?
             .as_blob()
             .map_err(|e| StoreError::Corrupt(format!("outbox chunk {first}: {e}")))?;
-        for e in decode(first, last, blob)? {
-            if e.seq > after && out.len() < limit {
-                out.push(e);
+        for (seq, e) in (first..).zip(decode(first, last, blob)?) {
+            if seq > after && out.len() < limit {
+                out.push(e.into_outbox(seq, &mut json)?);
             }
         }
     }
     Ok(out)
 }
 
-/// The texts of the given sequence numbers (each chunk read once).
-pub(super) fn texts(conn: &Connection, seqs: &[u64]) -> Result<HashMap<u64, String>, StoreError> {
+/// The events of the given sequence numbers (each chunk read once).
+fn events_at(conn: &Connection, seqs: &[u64]) -> Result<HashMap<u64, AlertEvent>, StoreError> {
     let mut st = conn.prepare_cached(
         "SELECT first_seq, last_seq, texts FROM outbox_texts WHERE first_seq <= ?1
          ORDER BY first_seq DESC LIMIT 1",
@@ -318,12 +372,14 @@ pub(super) fn texts(conn: &Connection, seqs: &[u64]) -> Result<HashMap<u64, Stri
     let mut out = HashMap::with_capacity(seqs.len());
     let mut sorted = seqs.to_vec();
     sorted.sort_unstable();
-    let mut chunk: Vec<OutboxEntry> = Vec::new();
+    // The chunk read last: its first sequence number and its entries.
+    let mut chunk: (u64, Vec<Option<Stored>>) = (0, Vec::new());
     for seq in sorted {
         if out.contains_key(&seq) {
             continue;
         }
-        if chunk.first().is_none_or(|c| c.seq > seq) || chunk.last().is_none_or(|c| c.seq < seq) {
+        let (first, entries) = &chunk;
+        if seq < *first || seq - first >= entries.len() as u64 {
             chunk = st
                 .query_row([seq as i64], |r| {
                     Ok((
@@ -334,12 +390,17 @@ pub(super) fn texts(conn: &Connection, seqs: &[u64]) -> Result<HashMap<u64, Stri
                 })
                 .optional()?
                 .filter(|(_, last, _)| *last >= seq)
-                .map(|(first, last, blob)| decode(first, last, &blob))
+                .map(|(first, last, blob)| {
+                    decode(first, last, &blob)
+                        .map(|entries| (first, entries.into_iter().map(Some).collect()))
+                })
                 .transpose()?
                 .ok_or_else(|| StoreError::Corrupt(format!("outbox entry {seq} is missing")))?;
         }
-        let i = (seq - chunk[0].seq) as usize;
-        out.insert(seq, std::mem::take(&mut chunk[i].body));
+        let stored = chunk.1[(seq - chunk.0) as usize]
+            .take()
+            .ok_or_else(|| StoreError::Corrupt(format!("outbox entry {seq} is missing")))?;
+        out.insert(seq, stored.into_event()?);
     }
     Ok(out)
 }
@@ -357,13 +418,13 @@ pub(super) fn latest_events<T>(
         .query_map(args, |r| Ok((r.get::<_, i64>(0)? as u64, extra(r)?)))?
         .collect::<Result<_, _>>()?;
     let seqs: Vec<u64> = rows.iter().map(|(s, _)| *s).collect();
-    let mut texts = texts(conn, &seqs)?;
+    let mut events = events_at(conn, &seqs)?;
     rows.into_iter()
         .map(|(seq, x)| {
-            let text = texts
+            let e = events
                 .remove(&seq)
                 .ok_or_else(|| StoreError::Corrupt(format!("outbox entry {seq} is missing")))?;
-            Ok((serde_json::from_str(&text)?, x))
+            Ok((e, x))
         })
         .collect()
 }
@@ -525,25 +586,34 @@ mod tests {
     }
 
     #[test]
-    fn a_chunk_reads_back_every_entry_whatever_its_text_holds() {
+    fn a_chunk_of_texts_reads_back_every_entry_whatever_its_text_holds() {
         let e = crate::store::contract::sample_event();
+        let key = e.idempotency_key();
         let texts = ["{\"a\":1}", "line\nbreak\tand tab", "", "é ✓"];
-        let entries: Vec<(IdKey<'_>, &str)> = texts.iter().map(|t| (IdKey(&e), *t)).collect();
+        let entries: Vec<(&str, &str)> = texts.iter().map(|t| (key.as_str(), *t)).collect();
         let mut c = zstd::bulk::Compressor::new(LEVEL).unwrap();
         let blob = encode(&mut c, &entries).unwrap();
         let back = decode(10, 13, &blob).unwrap();
         assert_eq!(back.len(), 4);
-        for (i, (entry, text)) in back.iter().zip(texts).enumerate() {
+        let mut json = JsonFragments::default();
+        for (i, (entry, text)) in back.into_iter().zip(texts).enumerate() {
+            let entry = entry.into_outbox(10 + i as u64, &mut json).unwrap();
             assert_eq!(entry.seq, 10 + i as u64);
             assert_eq!(entry.body, text);
-            assert_eq!(entry.key, e.idempotency_key());
+            assert_eq!(entry.key, key);
         }
-        // A chunk that does not hold the range it is filed under is an error, not a gap.
-        assert!(matches!(decode(10, 14, &blob), Err(StoreError::Corrupt(_))));
-        assert!(matches!(decode(10, 12, &blob), Err(StoreError::Corrupt(_))));
-        assert!(matches!(
-            decode(10, 13, &blob[..blob.len() / 2]),
-            Err(StoreError::Corrupt(_))
-        ));
+        // A chunk that does not hold the range it is filed under is an error, not a gap,
+        // in either format.
+        let events = [&e, &e, &e, &e];
+        let fields = events::encode(&mut c, &events).unwrap();
+        for blob in [&blob, &fields] {
+            assert!(decode(10, 13, blob).is_ok());
+            assert!(matches!(decode(10, 14, blob), Err(StoreError::Corrupt(_))));
+            assert!(matches!(decode(10, 12, blob), Err(StoreError::Corrupt(_))));
+            assert!(matches!(
+                decode(10, 13, &blob[..blob.len() / 2]),
+                Err(StoreError::Corrupt(_))
+            ));
+        }
     }
 }

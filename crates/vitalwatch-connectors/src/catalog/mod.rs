@@ -9,11 +9,12 @@
 //! the `ref_id` + `ref_version` an alert records always names the row that fired it.
 //! Alert events live in the outbox, which is their history too: each is keyed by (alert
 //! id, event, time), so recording a re-processed event is a no-op and queues no second
-//! notification, and its text is stored once, compressed ([`history`] has the layout and
-//! why). `alerts` holds each alert's current state and points at its latest event.
+//! notification, and its fields are stored once, compressed ([`history`] has the layout
+//! and why, [`events`] the encoding). `alerts` holds each alert's current state and points at its latest event.
 //! Notifiers read the outbox from their own cursor (`outbox_cursors`,
 //! `delivery_attempts`); resumable sources keep `source_positions`.
 
+mod events;
 mod history;
 
 use std::path::Path;
@@ -933,9 +934,15 @@ mod tests {
             "numbering carries on"
         );
         drop(c);
-        // Opening again changes nothing.
+        // Opening again changes nothing. The copied texts and the new event (stored as
+        // its fields) read back side by side, the new one with the text serde writes.
         let c = SqliteCatalog::open(&path).unwrap();
-        assert_eq!(c.outbox_after(0, 10).unwrap().len(), 4);
+        let all = c.outbox_after(0, 10).unwrap();
+        assert_eq!(all.len(), 4);
+        assert_eq!(all[3].body, serde_json::to_string(&later).unwrap());
+        assert_eq!(all[3].key, later.idempotency_key());
+        assert_eq!(c.alert(a.alert_id.as_str()).unwrap(), Some(later));
+        assert_eq!(c.alert(b.alert_id.as_str()).unwrap(), Some(b));
     }
 
     #[test]
