@@ -150,13 +150,19 @@ pub(super) fn encode<'a>(
         for v in [e.value, e.bp, e.heart_beat].into_iter().flatten() {
             body.extend_from_slice(&v.to_bits().to_le_bytes());
         }
-        for n in [e.news2_score, e.ref_id, e.ref_version].into_iter().flatten() {
+        for n in [e.news2_score, e.ref_id, e.ref_version]
+            .into_iter()
+            .flatten()
+        {
             put_varint(&mut body, n.into());
         }
         let start = e.episode_start.micros();
         put_time(&mut body, start);
         put_time(&mut body, e.input_message_time.micros().wrapping_sub(start));
-        put_time(&mut body, e.alert_generated_time.micros().wrapping_sub(start));
+        put_time(
+            &mut body,
+            e.alert_generated_time.micros().wrapping_sub(start),
+        );
         for s in [&e.device_id, &e.acknowledged_by].into_iter().flatten() {
             put_str(&mut body, s);
         }
@@ -201,7 +207,10 @@ impl<'a> Reader<'a> {
     }
 
     fn byte(&mut self) -> Result<u8, BadChunk> {
-        let (&b, rest) = self.rest.split_first().ok_or_else(|| Self::bad("truncated"))?;
+        let (&b, rest) = self
+            .rest
+            .split_first()
+            .ok_or_else(|| Self::bad("truncated"))?;
         self.rest = rest;
         Ok(b)
     }
@@ -338,12 +347,16 @@ pub(super) fn decode(blob: &[u8]) -> Result<Vec<AlertEvent>, BadChunk> {
         let mut f64_if = |bit: u8| (flags & bit != 0).then(|| r.f64()).transpose();
         let (value, bp, heart_beat) = (f64_if(VALUE)?, f64_if(BP)?, f64_if(HEART_BEAT)?);
         let mut u32_if = |bit: u8| (flags & bit != 0).then(|| r.number()).transpose();
-        let (news2_score, ref_id, ref_version) = (u32_if(NEWS2)?, u32_if(REF_ID)?, u32_if(REF_VERSION)?);
+        let (news2_score, ref_id, ref_version) =
+            (u32_if(NEWS2)?, u32_if(REF_ID)?, u32_if(REF_VERSION)?);
         let start = r.time()?;
         let input = r.time()?.wrapping_add(start);
         let generated = r.time()?.wrapping_add(start);
         let mut str_if = |bit: u8| -> Result<Option<String>, BadChunk> {
-            Ok((flags & bit != 0).then(|| r.str()).transpose()?.map(str::to_owned))
+            Ok((flags & bit != 0)
+                .then(|| r.str())
+                .transpose()?
+                .map(str::to_owned))
         };
         let (device_id, acknowledged_by) = (str_if(DEVICE)?, str_if(ACKNOWLEDGED_BY)?);
         events.push(AlertEvent {
@@ -435,7 +448,11 @@ mod tests {
             e.news2_score = (i % 2 == 0).then_some(i as u32);
             e.ref_id = (i % 3 != 1).then_some(u32::MAX);
             e.ref_version = (i % 4 == 1).then_some(0);
-            let start = if i % 2 == 0 { -86_400_000_001 } else { i64::MAX / 3 };
+            let start = if i % 2 == 0 {
+                -86_400_000_001
+            } else {
+                i64::MAX / 3
+            };
             e.episode_start = Timestamp(start);
             e.input_message_time = Timestamp(start - 5 * i as i64);
             e.alert_generated_time = Timestamp(if i == 7 { i64::MIN } else { start + 1 });

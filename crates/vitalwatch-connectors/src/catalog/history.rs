@@ -137,8 +137,9 @@ impl Stored {
                 OutboxEntry {
                     seq,
                     key: e.idempotency_key(),
-                    body: String::from_utf8(body)
-                        .map_err(|_| StoreError::Corrupt(format!("outbox entry {seq}: not UTF-8")))?,
+                    body: String::from_utf8(body).map_err(|_| {
+                        StoreError::Corrupt(format!("outbox entry {seq}: not UTF-8"))
+                    })?,
                 }
             }
         })
