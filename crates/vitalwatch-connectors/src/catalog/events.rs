@@ -11,9 +11,11 @@
 //! byte: the golden test in `vitalwatch_core::alert`), so storing the fields loses
 //! nothing. What events share is written once per chunk: a patient's details, a band's
 //! rule key and message, the names of enums (as their JSON names, so a chunk reads back
-//! the same whatever order the enums are declared in). Times are varints, two of the
-//! three relative to the episode start; values are their exact bits. An event is ~90
-//! bytes before compression instead of ~650.
+//! the same whatever order the enums are declared in). Times are varints: each episode
+//! start relative to the one before it in the chunk (a flood's events share their
+//! second), the other two relative to their episode start. A value is a varint when it is
+//! a whole number (vital signs mostly are), else its exact bits. An event is ~60 bytes
+//! before compression instead of ~650.
 //!
 //! A chunk is [`MAGIC`] and then one zstd frame of:
 //!
@@ -24,17 +26,21 @@
 //!           alert id (length + bytes), event, state, rule, rule key, priority (string
 //!           numbers), patient id (length + bytes), patient (number), vital (string
 //!           number + 1, 0: none), alert message (string number), a byte of flags for the
-//!           optional fields that follow, value, bp, heartBeat (8-byte IEEE bits each),
-//!           news2 score, ref id, ref version, episode start, input message time and
-//!           alert generated time (both minus the episode start), device id, acknowledged by
+//!           optional fields that follow, value, bp, heartBeat (each a value, below),
+//!           news2 score, ref id, ref version, episode start (minus the chunk's previous
+//!           event's, the first minus 0), input message time and alert generated time
+//!           (both minus the episode start), device id, acknowledged by
 //! ```
 //!
 //! Every number is an unsigned LEB128 varint, every time a zigzag varint of microseconds.
+//! A value is a varint n: a whole number w of magnitude at most 2^53 (not −0) is
+//! n = 2 × zigzag(w); any other value is n = 1 followed by its 8-byte IEEE bits.
 //! A chunk of the first format is a bare zstd frame: its magic number differs from this
 //! one, so both are read wherever they are.
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
 use serde::Deserialize;
@@ -67,8 +73,16 @@ fn put_varint(out: &mut Vec<u8>, mut n: u64) {
     out.push(n as u8);
 }
 
+fn zigzag(n: i64) -> u64 {
+    ((n << 1) ^ (n >> 63)) as u64
+}
+
+fn unzigzag(z: u64) -> i64 {
+    ((z >> 1) as i64) ^ -((z & 1) as i64)
+}
+
 fn put_time(out: &mut Vec<u8>, micros: i64) {
-    put_varint(out, ((micros << 1) ^ (micros >> 63)) as u64);
+    put_varint(out, zigzag(micros));
 }
 
 fn put_str(out: &mut Vec<u8>, s: &str) {
@@ -76,15 +90,55 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(s.as_bytes());
 }
 
+/// The largest magnitude below which every whole f64 is exact as an i64 and back.
+const WHOLE: f64 = (1u64 << 53) as f64;
+
+fn put_value(out: &mut Vec<u8>, v: f64) {
+    if v.fract() == 0.0 && v.abs() <= WHOLE && !(v == 0.0 && v.is_sign_negative()) {
+        put_varint(out, zigzag(v as i64) << 1);
+    } else {
+        put_varint(out, 1);
+        out.extend_from_slice(&v.to_bits().to_le_bytes());
+    }
+}
+
+/// Hashes the addresses a chunk's shared values are found by. They are distinct
+/// machine words, not input anyone chooses: one multiply mixes them well enough, where
+/// the default SipHash was a tenth of the alert thread in an alert flood.
+#[derive(Default)]
+struct AddressHasher(u64);
+
+impl Hasher for AddressHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
+    }
+}
+
+type ByAddress<K> = HashMap<K, u32, BuildHasherDefault<AddressHasher>>;
+
 /// Gathers a chunk's shared strings and patients, each once, by address: every value a
 /// chunk's events share is behind one `Arc` or is a `&'static str`, and all of them stay
 /// borrowed while the chunk is encoded, so no address is reused meanwhile.
 #[derive(Default)]
 struct Shared<'a> {
     strings: Vec<&'a str>,
-    by_address: HashMap<(usize, usize), u32>,
+    by_address: ByAddress<(usize, usize)>,
     patients: Vec<&'a AlertPatient>,
-    patient_numbers: HashMap<usize, u32>,
+    patient_numbers: ByAddress<usize>,
 }
 
 impl<'a> Shared<'a> {
@@ -117,6 +171,7 @@ pub(super) fn encode<'a>(
     let mut shared = Shared::default();
     let mut body = Vec::with_capacity(events.len() * 96);
     put_varint(&mut body, events.len() as u64);
+    let mut previous_start = 0i64;
     for e in events {
         put_str(&mut body, e.alert_id.as_str());
         let e: &'a AlertEvent = e;
@@ -148,7 +203,7 @@ pub(super) fn encode<'a>(
         .fold(0, |f, &(set, bit)| if set { f | bit } else { f });
         body.push(flags);
         for v in [e.value, e.bp, e.heart_beat].into_iter().flatten() {
-            body.extend_from_slice(&v.to_bits().to_le_bytes());
+            put_value(&mut body, v);
         }
         for n in [e.news2_score, e.ref_id, e.ref_version]
             .into_iter()
@@ -157,7 +212,8 @@ pub(super) fn encode<'a>(
             put_varint(&mut body, n.into());
         }
         let start = e.episode_start.micros();
-        put_time(&mut body, start);
+        put_time(&mut body, start.wrapping_sub(previous_start));
+        previous_start = start;
         put_time(&mut body, e.input_message_time.micros().wrapping_sub(start));
         put_time(
             &mut body,
@@ -232,8 +288,7 @@ impl<'a> Reader<'a> {
     }
 
     fn time(&mut self) -> Result<i64, BadChunk> {
-        let z = self.varint()?;
-        Ok(((z >> 1) as i64) ^ -((z & 1) as i64))
+        Ok(unzigzag(self.varint()?))
     }
 
     fn bytes(&mut self, n: usize) -> Result<&'a [u8], BadChunk> {
@@ -250,11 +305,17 @@ impl<'a> Reader<'a> {
         std::str::from_utf8(self.bytes(n)?).map_err(|_| Self::bad("a text is not UTF-8"))
     }
 
-    fn f64(&mut self) -> Result<f64, BadChunk> {
-        let b = self.bytes(8)?;
-        let mut bits = [0; 8];
-        bits.copy_from_slice(b);
-        Ok(f64::from_bits(u64::from_le_bytes(bits)))
+    fn value(&mut self) -> Result<f64, BadChunk> {
+        match self.varint()? {
+            1 => {
+                let b = self.bytes(8)?;
+                let mut bits = [0; 8];
+                bits.copy_from_slice(b);
+                Ok(f64::from_bits(u64::from_le_bytes(bits)))
+            }
+            n if n & 1 == 0 => Ok(unzigzag(n >> 1) as f64),
+            _ => Err(Self::bad("a value is neither whole nor bits")),
+        }
     }
 }
 
@@ -326,6 +387,7 @@ pub(super) fn decode(blob: &[u8]) -> Result<Vec<AlertEvent>, BadChunk> {
     }
     let n: usize = r.number()?;
     let mut events = Vec::with_capacity(n.min(raw.len()));
+    let mut previous_start = 0i64;
     for _ in 0..n {
         let alert_id = AlertId(r.str()?.to_owned());
         let event = strings.name(r.number()?)?;
@@ -344,12 +406,13 @@ pub(super) fn decode(blob: &[u8]) -> Result<Vec<AlertEvent>, BadChunk> {
         };
         let alert_message = strings.shared(r.number()?)?;
         let flags = r.byte()?;
-        let mut f64_if = |bit: u8| (flags & bit != 0).then(|| r.f64()).transpose();
+        let mut f64_if = |bit: u8| (flags & bit != 0).then(|| r.value()).transpose();
         let (value, bp, heart_beat) = (f64_if(VALUE)?, f64_if(BP)?, f64_if(HEART_BEAT)?);
         let mut u32_if = |bit: u8| (flags & bit != 0).then(|| r.number()).transpose();
         let (news2_score, ref_id, ref_version) =
             (u32_if(NEWS2)?, u32_if(REF_ID)?, u32_if(REF_VERSION)?);
-        let start = r.time()?;
+        let start = r.time()?.wrapping_add(previous_start);
+        previous_start = start;
         let input = r.time()?.wrapping_add(start);
         let generated = r.time()?.wrapping_add(start);
         let mut str_if = |bit: u8| -> Result<Option<String>, BadChunk> {
@@ -442,7 +505,22 @@ mod tests {
                 e.rule_key = format!("limit:ä{i}").into();
                 e.alert_message = "tab\there".into();
             }
-            e.value = (i % 4 != 0).then_some(0.1 * i as f64);
+            // Whole numbers (varints) beside every kind of value that must keep its bits.
+            let whole = (1u64 << 53) as f64;
+            let values = [
+                120.0,
+                0.1 * i as f64,
+                -0.0,
+                0.0,
+                whole,
+                -whole,
+                whole + 2.0,
+                -37.0,
+                f64::INFINITY,
+                f64::MIN_POSITIVE,
+                1e300,
+            ];
+            e.value = (i % 4 != 0).then_some(values[i % values.len()]);
             e.bp = (i % 5 != 0).then_some(-1e-300);
             e.heart_beat = (i % 6 != 0).then_some(f64::from_bits(0x7ff8_0000_dead_beef));
             e.news2_score = (i % 2 == 0).then_some(i as u32);
@@ -481,13 +559,14 @@ mod tests {
         let back = decode(&blob).unwrap();
         assert_eq!(back.len(), events.len());
         for (b, e) in back.iter().zip(&events) {
-            // NaN is not equal to itself: compare that value's bits, the rest as a whole.
-            assert_eq!(
-                b.heart_beat.map(f64::to_bits),
-                e.heart_beat.map(f64::to_bits)
-            );
+            // NaN is not equal to itself and -0 equals 0: compare the values' bits, the
+            // rest as a whole.
+            let bits = |e: &AlertEvent| [e.value, e.bp, e.heart_beat].map(|v| v.map(f64::to_bits));
+            assert_eq!(bits(b), bits(e));
             let (mut b, mut e) = (b.clone(), e.clone());
-            (b.heart_beat, e.heart_beat) = (None, None);
+            for x in [&mut b, &mut e] {
+                (x.value, x.bp, x.heart_beat) = (None, None, None);
+            }
             assert_eq!(b, e);
         }
         for (b, e) in back.iter().zip(&events) {

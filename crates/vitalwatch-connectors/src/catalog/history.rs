@@ -118,6 +118,11 @@ fn encode(
 }
 
 /// One outbox entry as its chunk holds it.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "entries live only while a chunk is read back, and nearly all are events: \
+              boxing them would add an allocation per event for the rare first-format text"
+)]
 enum Stored {
     /// The first format: the key and the JSON text as recorded.
     Text { key: String, body: String },

@@ -428,7 +428,6 @@ impl ReplayAdmission {
     /// Starts the next recording: settles the reading the last one still held, and a
     /// fresh clock. (Ingest stamps come from the pipeline's one `IngestStamps`, strictly
     /// increasing across recordings.)
-    /// Starts the next recording (settling what the last one held).
     pub fn new_recording(&mut self) {
         if let Some(v) = self.clock.finish() {
             self.settle(v);
