@@ -31,11 +31,12 @@ MSGS=$((${#INPUT[@]} * 50000))
 thread_name() {
   local top profile
   profile=$(callgrind_annotate --inclusive=yes "$1" 2>/dev/null)
-  top=$(grep -m1 -oE 'pipeline::(archive_loop|alert_loop|engine_loop|notifier_loop)|FileSource::replay_file|spawn_checkpointer|spawn_periodic|vitalwatch::main' <<<"$profile" || true)
+  # (A loop the compiler inlined into its thread's closure is found by what it calls.)
+  top=$(grep -m1 -oE 'pipeline::(archive_loop|alert_loop|engine_loop|notifier_loop|deliver)|ParquetSink::write_observations|FileSource::replay_file|spawn_checkpointer|spawn_periodic|vitalwatch::main' <<<"$profile" || true)
   case $top in
-    *archive_loop) echo "archive (vitals table)";; *alert_loop) echo "alerts (catalog, outbox)";;
+    *archive_loop|*write_observations) echo "archive (vitals table)";; *alert_loop) echo "alerts (catalog, outbox)";;
     *engine_loop) echo "engine";; *replay_file) echo "reader";;
-    *notifier_loop) echo "notifier $(grep -m1 -oE '<[a-z_:]+::[A-Za-z]+ as vitalwatch_connectors::notify::Notifier>::deliver' <<<"$profile" |
+    *notifier_loop|*pipeline::deliver) echo "notifier $(grep -m1 -oE '<[a-z_:]+::[A-Za-z]+ as vitalwatch_connectors::notify::Notifier>::deliver' <<<"$profile" |
       sed -E 's/^<.*::([A-Za-z]+) as .*/\1/')";;
     "") echo "other";; *) echo "$top";;
   esac
