@@ -1003,8 +1003,8 @@ impl Rows for VitalRows {
         // The next batch is about as large: columns sized for it never regrow (growing
         // from empty copied each string column several times per batch). The sizes of all
         // partitions together are one table batch, so idle partitions hold little.
-        let bytes = [&self.patient_id, &self.device_id, &self.vital, &self.unit]
-            .map(|c| c.bytes.len());
+        let bytes =
+            [&self.patient_id, &self.device_id, &self.vital, &self.unit].map(|c| c.bytes.len());
         let next = VitalRows::with_capacity(self.len(), bytes);
         let done = std::mem::replace(self, next);
         let time = |t: Vec<i64>| TimestampMicrosecondArray::from(t).with_timezone(UTC);
