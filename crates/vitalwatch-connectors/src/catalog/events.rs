@@ -91,7 +91,9 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(s.as_bytes());
 }
 
-/// The largest magnitude below which every whole f64 is exact as an i64 and back.
+/// The largest whole value written as a varint. Any whole f64 below 2^63 would survive
+/// `as i64` and back; this bound keeps zigzag and the tag bit within 56 bits, and vital
+/// signs are nowhere near it (larger values keep their bits).
 const WHOLE: f64 = (1u64 << 53) as f64;
 
 fn put_value(out: &mut Vec<u8>, v: f64) {
