@@ -796,7 +796,7 @@ mod tests {
         }
         Observation {
             patient_id: PatientId(p.into()),
-            device_id: DeviceId(format!("m{p}")),
+            device_id: DeviceId(format!("m{p}").into()),
             observed_at: at(s),
             ingested_at: at(s),
             vitals: v,
@@ -1104,8 +1104,8 @@ mod tests {
         let mut a = Simulator::new(config.clone());
         let mut b = Simulator::new(config);
         let mut o = Observation {
-            patient_id: PatientId(String::new()),
-            device_id: DeviceId(String::new()),
+            patient_id: PatientId(Default::default()),
+            device_id: DeviceId(Default::default()),
             observed_at: Timestamp(0),
             ingested_at: Timestamp(0),
             vitals: VitalSet::default(),

@@ -10,10 +10,15 @@ use std::fmt;
 use chrono::{DateTime, NaiveDateTime, SecondsFormat, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
 
+/// Ids' text: inline up to 23 bytes, shared beyond. Every reading carries a patient and a
+/// device id, and alert events copy them: with `String` they were an allocation each, made on
+/// the reader thread and freed on the archive's (4 % of a replay's instructions).
+pub use smol_str::SmolStr;
+
 /// Identifier of a patient, as the hospital's systems spell it (the classic `customerId`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct PatientId(pub String);
+pub struct PatientId(pub SmolStr);
 
 impl PatientId {
     /// The id as text.
@@ -37,7 +42,7 @@ impl std::borrow::Borrow<str> for PatientId {
 /// Identifier of the device (monitor, gateway) that produced an observation.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct DeviceId(pub String);
+pub struct DeviceId(pub SmolStr);
 
 impl DeviceId {
     /// The id as text.

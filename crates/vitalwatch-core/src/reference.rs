@@ -290,7 +290,7 @@ pub fn parse_threshold_csv(data: &[u8]) -> Result<Vec<ThresholdBand>, ImportErro
         };
         let patient_id = match field(row, "patient_id") {
             "" => None,
-            s => Some(PatientId(s.to_owned())),
+            s => Some(PatientId(s.into())),
         };
         if let Some(id) = ref_id
             && let Some((other_line, _)) = bands.iter().find(|(_, b)| b.ref_id == id)
@@ -392,7 +392,7 @@ pub fn patient_from_row(row: &HashMap<String, String>) -> Result<Patient, Vec<St
         return Err(p);
     }
     Ok(Patient {
-        patient_id: PatientId(id.to_owned()),
+        patient_id: PatientId(id.into()),
         name: field(row, "patientname").to_owned(),
         address: field(row, "patientaddress").to_owned(),
         phone: field(row, "phone_number").to_owned(),

@@ -156,7 +156,7 @@ pub fn demo_patients(n: usize) -> Vec<Patient> {
     out.extend((first_generated..=n).map(|i| {
         let ward = ward_of(i);
         Patient {
-            patient_id: PatientId(i.to_string()),
+            patient_id: PatientId(i.to_string().into()),
             name: format!("Patient {i}"),
             address: format!("Ward {ward} bed {}", bed_of(i)),
             phone: format!("5550{:06}", i % 1_000_000),
@@ -258,7 +258,14 @@ impl Simulator {
                 // strictly increasing timestamps per patient.
                 let offset_us = (i as i128 * interval_us as i128 / n as i128) as i64;
                 let device = format!("bed-{}-{}-monitor", p.ward, bed_of(i + 1));
-                PatientSim::new(config.seed, i, p, DeviceId(device), offset_us, interval_us)
+                PatientSim::new(
+                    config.seed,
+                    i,
+                    p,
+                    DeviceId(device.into()),
+                    offset_us,
+                    interval_us,
+                )
             })
             .collect();
 

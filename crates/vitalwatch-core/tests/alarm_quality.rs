@@ -137,8 +137,8 @@ fn evaluate(profile: Profile, seed: u64, patients: usize, hours: i64) -> Report 
     let scorer = Scorer::new(ScoreConfig::default(), sim.patients());
     let mut eval = Evaluation::new(engine, scorer, Duration::from_secs(120));
     let mut o = Observation {
-        patient_id: PatientId(String::new()),
-        device_id: DeviceId(String::new()),
+        patient_id: PatientId(Default::default()),
+        device_id: DeviceId(Default::default()),
         observed_at: Timestamp(0),
         ingested_at: Timestamp(0),
         vitals: VitalSet::default(),

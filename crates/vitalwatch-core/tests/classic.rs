@@ -116,8 +116,8 @@ proptest! {
             if let Some(hr) = r.2 { vitals.set(Vital::HeartRate, hr); }
             if let Some(bp) = r.3 { vitals.set(Vital::Systolic, bp); }
             let o = Observation {
-                patient_id: PatientId(r.0.to_string()),
-                device_id: DeviceId(format!("classic-{}", r.0)),
+                patient_id: PatientId(r.0.to_string().into()),
+                device_id: DeviceId(format!("classic-{}", r.0).into()),
                 observed_at: t,
                 ingested_at: t,
                 vitals,

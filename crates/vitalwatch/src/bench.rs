@@ -488,7 +488,7 @@ pub fn notify(
         e.alert_id = vitalwatch_core::alert::AlertId(format!("bench-{}-{i}", std::process::id()));
         // A ward's worth of patients: one patient's events go out in order, different
         // patients' in parallel.
-        e.patient_id = vitalwatch_core::model::PatientId(format!("bench-{}", i % 24));
+        e.patient_id = vitalwatch_core::model::PatientId(format!("bench-{}", i % 24).into());
         let text = serde_json::to_string(&e).unwrap_or_default();
         OutboxItem::new(i as u64 + 1, e, text)
     };

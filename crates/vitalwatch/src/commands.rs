@@ -233,7 +233,7 @@ pub fn seed_reference(cfg: &Config, demo: usize) -> anyhow::Result<()> {
         let have: std::collections::HashSet<String> = cat
             .patients()?
             .into_iter()
-            .map(|p| p.patient_id.0)
+            .map(|p| p.patient_id.0.to_string())
             .collect();
         let missing: Vec<_> = demo_patients(demo)
             .into_iter()
@@ -1245,7 +1245,7 @@ pub fn patients(cmd: PatientsCommand) -> anyhow::Result<()> {
                 .iter()
                 .map(|p| {
                     vec![
-                        p.patient_id.0.clone(),
+                        p.patient_id.0.to_string(),
                         p.name.clone(),
                         p.age.to_string(),
                         p.ward.clone(),
@@ -1374,7 +1374,7 @@ pub fn thresholds(cmd: ThresholdsCommand) -> anyhow::Result<()> {
                         b.priority.to_string(),
                         b.patient_id
                             .as_ref()
-                            .map(|p| p.0.clone())
+                            .map(|p| p.0.to_string())
                             .unwrap_or_default(),
                     ]
                 })
@@ -1409,7 +1409,7 @@ pub fn alerts(cmd: AlertsCommand) -> anyhow::Result<()> {
                         e.alert_id.0,
                         e.state.as_str().into(),
                         e.priority.to_string(),
-                        e.patient_id.0,
+                        e.patient_id.0.to_string(),
                         e.rule_key.to_string(),
                         e.value.map(|v| v.to_string()).unwrap_or_default(),
                         e.episode_start.to_string(),

@@ -395,8 +395,8 @@ pub fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
 
 fn blank_observation() -> Observation {
     Observation {
-        patient_id: PatientId(String::new()),
-        device_id: DeviceId(String::new()),
+        patient_id: PatientId(Default::default()),
+        device_id: DeviceId(Default::default()),
         observed_at: Timestamp(0),
         ingested_at: Timestamp(0),
         vitals: VitalSet::default(),

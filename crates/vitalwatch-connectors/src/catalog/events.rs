@@ -222,7 +222,10 @@ pub(super) fn encode<'a>(
             &mut body,
             e.alert_generated_time.micros().wrapping_sub(start),
         );
-        for s in [&e.device_id, &e.acknowledged_by].into_iter().flatten() {
+        for s in [e.device_id.as_deref(), e.acknowledged_by.as_deref()]
+            .into_iter()
+            .flatten()
+        {
             put_str(&mut body, s);
         }
     }
@@ -398,7 +401,7 @@ pub(super) fn decode(blob: &[u8]) -> Result<Vec<AlertEvent>, BadChunk> {
         let rule = strings.get(r.number()?)?.to_owned().into();
         let rule_key = strings.shared(r.number()?)?;
         let priority = strings.name(r.number()?)?;
-        let patient_id = PatientId(r.str()?.to_owned());
+        let patient_id = PatientId(r.str()?.into());
         let patient = patients
             .get(r.number::<usize>()?)
             .cloned()
@@ -445,7 +448,7 @@ pub(super) fn decode(blob: &[u8]) -> Result<Vec<AlertEvent>, BadChunk> {
             input_message_time: Timestamp(input),
             alert_generated_time: Timestamp(generated),
             episode_start: Timestamp(start),
-            device_id,
+            device_id: device_id.map(Into::into),
             acknowledged_by,
         });
     }
@@ -537,9 +540,9 @@ mod tests {
             e.episode_start = Timestamp(start);
             e.input_message_time = Timestamp(start - 5 * i as i64);
             e.alert_generated_time = Timestamp(if i == 7 { i64::MIN } else { start + 1 });
-            e.device_id = (i % 5 != 2).then(|| format!("dev-{i}\u{0}"));
+            e.device_id = (i % 5 != 2).then(|| format!("dev-{i}\u{0}").into());
             e.acknowledged_by = (i % 4 == 3).then(|| "nurse \"a\"".into());
-            e.patient_id = PatientId(format!("p{i}"));
+            e.patient_id = PatientId(format!("p{i}").into());
             out.push(e);
         }
         out

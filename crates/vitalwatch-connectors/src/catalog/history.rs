@@ -36,8 +36,11 @@ use crate::store::{OutboxEntry, StoreError};
 
 /// Entries per compressed chunk: one alert looked up decompresses at most this many.
 pub(super) const CHUNK: usize = 256;
-/// zstd level 1: the fastest of the regular levels; chunks still shrink several times.
-const LEVEL: i32 = 1;
+/// zstd level −1, the first of the fast levels. Measured on the outbox chunks of a classic
+/// flood (122 bytes an event before compression): level 1 made 53 bytes at 214 MB/s, −1
+/// makes 65 bytes at 495 MB/s. The 12 bytes an event more are 6 % of the catalog, whose
+/// `alerts` rows take 124 bytes an event. Decoding does not depend on the level.
+const LEVEL: i32 = -1;
 
 /// The zstd context the alert path compresses with, made once per connection: making
 /// one per burst cost more than compressing a small burst.

@@ -284,7 +284,7 @@ impl ReferenceStore for SqliteCatalog {
         let existing: std::collections::HashMap<String, Patient> = self
             .patients()?
             .into_iter()
-            .map(|p| (p.patient_id.0.clone(), p))
+            .map(|p| (p.patient_id.0.to_string(), p))
             .collect();
         let mut report = PatientImport::default();
         let tx = self.conn.transaction()?;
@@ -388,7 +388,7 @@ impl ReferenceStore for SqliteCatalog {
         )?;
         let rows = st.query_map([], |r| {
             Ok(Patient {
-                patient_id: PatientId(r.get(0)?),
+                patient_id: PatientId(r.get::<_, String>(0)?.into()),
                 name: r.get(1)?,
                 address: r.get(2)?,
                 phone: r.get(3)?,

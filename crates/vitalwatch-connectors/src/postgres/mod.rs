@@ -275,7 +275,7 @@ impl ReferenceStore for PostgresStore {
         let existing: std::collections::HashMap<String, Patient> = self
             .patients()?
             .into_iter()
-            .map(|p| (p.patient_id.0.clone(), p))
+            .map(|p| (p.patient_id.0.to_string(), p))
             .collect();
         let mut report = PatientImport::default();
         let mut client = self.client();
@@ -387,7 +387,7 @@ impl ReferenceStore for PostgresStore {
         Ok(rows
             .iter()
             .map(|r| Patient {
-                patient_id: PatientId(r.get(0)),
+                patient_id: PatientId(r.get::<_, &str>(0).into()),
                 name: r.get(1),
                 address: r.get(2),
                 phone: r.get(3),

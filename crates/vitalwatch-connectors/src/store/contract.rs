@@ -275,6 +275,67 @@ pub fn alert_store<S: AlertStore>(open: impl Fn() -> S) {
     let twice = record(&mut s, &[c_trig.clone(), c_trig.clone()]);
     assert!(twice[0].is_some() && twice[1].is_none(), "once: {twice:?}");
 
+    // An alert flood's burst: new alerts' first triggers, in descending id order (ids begin
+    // with the episode's second). Numbered in the burst's order and read back in it.
+    let head = twice[0].expect("recorded");
+    let flood: Vec<AlertEvent> = (0..40)
+        .map(|i| {
+            let start = 1_000 - i;
+            event(
+                &format!("flood-{i}"),
+                "hr_high",
+                start,
+                AlertEventKind::Triggered,
+                start,
+            )
+        })
+        .collect();
+    let seqs = record(&mut s, &flood);
+    let numbered: Vec<u64> = seqs.iter().map(|q| q.expect("all new")).collect();
+    assert!(
+        head < numbered[0] && numbered.windows(2).all(|w| w[0] < w[1]),
+        "in the burst's order: {numbered:?}"
+    );
+    let back = s.outbox_after(head, 100).unwrap();
+    assert_eq!(back.iter().map(|e| e.seq).collect::<Vec<_>>(), numbered);
+    let bodies: Vec<AlertEvent> = back
+        .iter()
+        .map(|e| serde_json::from_str(&e.body).unwrap())
+        .collect();
+    assert_eq!(bodies, flood, "each entry is its event");
+    for (e, seq) in flood.iter().zip(&seqs) {
+        assert_eq!(s.outbox_seq(e, 0).unwrap(), *seq);
+    }
+    // The next burst re-sends one of them among new triggers, one new one twice: only the
+    // new ones are recorded, once each, numbered after the flood without a gap in order.
+    let (x, y) = (
+        event(
+            "flood-x",
+            "hr_high",
+            2_000,
+            AlertEventKind::Triggered,
+            2_000,
+        ),
+        event(
+            "flood-y",
+            "hr_high",
+            1_500,
+            AlertEventKind::Triggered,
+            1_500,
+        ),
+    );
+    let mixed = record(&mut s, &[x.clone(), flood[3].clone(), y.clone(), x.clone()]);
+    assert!(
+        matches!(mixed[..], [Some(a), None, Some(b), None] if numbered[39] < a && a < b),
+        "{mixed:?}"
+    );
+    let tail = s.outbox_after(numbered[39], 10).unwrap();
+    let tail: Vec<AlertEvent> = tail
+        .iter()
+        .map(|e| serde_json::from_str(&e.body).unwrap())
+        .collect();
+    assert_eq!(tail, vec![x, y]);
+
     // Silences: in force between their times, stored with their audit row; a new
     // high-priority alarm is never held back.
     let silence = crate::store::Silence {

@@ -67,7 +67,7 @@ pub(crate) fn stored_band(
         alert_flag,
         alert_message,
         priority,
-        patient_id: patient_id.map(vitalwatch_core::model::PatientId),
+        patient_id: patient_id.map(|p| vitalwatch_core::model::PatientId(p.into())),
     })
 }
 

@@ -76,7 +76,7 @@ async fn count(root: &Path, table: &str) -> i64 {
 fn obs(patient: &str, at: i64, vitals: VitalSet) -> Observation {
     Observation {
         patient_id: PatientId(patient.into()),
-        device_id: DeviceId(format!("dev-{patient}")),
+        device_id: DeviceId(format!("dev-{patient}").into()),
         observed_at: Timestamp(at),
         ingested_at: Timestamp(at + 1),
         vitals,

@@ -19,7 +19,10 @@ use std::fmt::Write as _;
 
 use serde::Deserialize;
 
-use crate::model::{Consciousness, DeviceId, Observation, PatientId, Timestamp, Vital, VitalSet};
+use crate::model::{
+    Consciousness, DeviceId, Observation, PatientId, SmolStr, Timestamp, Vital, VitalSet,
+};
+use smol_str::SmolStrBuilder;
 
 /// Which JSON layout a record uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, Deserialize)]
@@ -109,10 +112,10 @@ impl<'de: 'a, 'a> Deserialize<'de> for IdValue<'a> {
 }
 
 impl IdValue<'_> {
-    fn into_string(self) -> String {
+    fn into_text(self) -> SmolStr {
         match self {
-            IdValue::Int(i) => i.to_string(),
-            IdValue::Str(s) => s.into_owned(),
+            IdValue::Int(i) => SmolStr::new(itoa::Buffer::new().format(i)),
+            IdValue::Str(s) => SmolStr::from(s),
         }
     }
 }
@@ -234,7 +237,7 @@ fn decode_classic(bytes: &[u8], ingested_at: Timestamp) -> Result<Observation, D
         Some(r) => r,
         None => serde_json::from_slice(bytes).map_err(|e| malformed("classic", e))?,
     };
-    let id = r.customer_id.into_string();
+    let id = r.customer_id.into_text();
     if id.is_empty() {
         return Err(DecodeError::Invalid("customerId is empty".into()));
     }
@@ -247,11 +250,11 @@ fn decode_classic(bytes: &[u8], ingested_at: Timestamp) -> Result<Observation, D
         vitals.set(Vital::Systolic, v);
     }
     // The classic producer names no device: one pseudo-device per patient.
-    let mut device = String::with_capacity(8 + id.len());
+    let mut device = SmolStrBuilder::new();
     device.push_str("classic-");
     device.push_str(&id);
     Ok(Observation {
-        device_id: DeviceId(device),
+        device_id: DeviceId(device.finish()),
         patient_id: PatientId(id),
         observed_at,
         ingested_at,
@@ -499,7 +502,7 @@ fn canonical_observation(
     r: CanonicalRecord<'_>,
     ingested_at: Timestamp,
 ) -> Result<Observation, DecodeError> {
-    let id = r.patient_id.into_string();
+    let id = r.patient_id.into_text();
     if id.is_empty() {
         return Err(DecodeError::Invalid("patient_id is empty".into()));
     }
@@ -528,8 +531,8 @@ fn canonical_observation(
         vitals.set(Vital::OnOxygen, if o { 1.0 } else { 0.0 });
     }
     let device_id = match r.device_id {
-        Some(d) if !d.is_empty() => DeviceId(d.into_owned()),
-        _ => DeviceId(format!("unknown-{id}")),
+        Some(d) if !d.is_empty() => DeviceId(SmolStr::from(d)),
+        _ => DeviceId(format!("unknown-{id}").into()),
     };
     Ok(Observation {
         patient_id: PatientId(id),
@@ -638,7 +641,7 @@ pub fn encode_classic(obs: &Observation, out: &mut String) {
             let _ = write!(
                 out,
                 "{}",
-                serde_json::Value::String(obs.patient_id.0.clone())
+                serde_json::Value::String(obs.patient_id.0.to_string())
             );
         }
     }
@@ -664,8 +667,8 @@ pub fn encode_canonical(obs: &Observation, annotation: Option<&str>, out: &mut S
     let _ = write!(
         out,
         "{{\"patient_id\":{},\"device_id\":{},\"observed_at\":\"{}\",\"vitals\":{{",
-        serde_json::Value::String(obs.patient_id.0.clone()),
-        serde_json::Value::String(obs.device_id.0.clone()),
+        serde_json::Value::String(obs.patient_id.0.to_string()),
+        serde_json::Value::String(obs.device_id.0.to_string()),
         obs.observed_at
             .to_datetime()
             .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
@@ -734,7 +737,7 @@ mod tests {
     /// What a classic record reads as, to compare the two readers.
     fn fields(r: ClassicRecord<'_>) -> (String, Option<u64>, Option<u64>, Option<String>) {
         (
-            r.customer_id.into_string(),
+            r.customer_id.into_text().to_string(),
             r.heart_beat.map(f64::to_bits),
             r.bp.map(f64::to_bits),
             r.message_time.map(Cow::into_owned),
@@ -887,8 +890,8 @@ mod tests {
                     vitals.set(Vital::HeartRate, 70.0);
                 }
                 Observation {
-                    patient_id: PatientId(p),
-                    device_id: DeviceId(d),
+                    patient_id: PatientId(p.into()),
+                    device_id: DeviceId(d.into()),
                     observed_at: Timestamp(t),
                     ingested_at: Timestamp(t),
                     vitals,
@@ -908,8 +911,8 @@ mod tests {
         #[test]
         fn classic_round_trips(id in 1u32..1_000_000, hr in 0u32..350, bp in 0u32..350, ms in 0i64..4_000_000_000_000) {
             let obs = Observation {
-                patient_id: PatientId(id.to_string()),
-                device_id: DeviceId(format!("classic-{id}")),
+                patient_id: PatientId(id.to_string().into()),
+                device_id: DeviceId(format!("classic-{id}").into()),
                 observed_at: Timestamp(ms * 1000),
                 ingested_at: Timestamp(0),
                 vitals: VitalSet::default().with(Vital::HeartRate, f64::from(hr)).with(Vital::Systolic, f64::from(bp)),
