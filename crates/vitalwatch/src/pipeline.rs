@@ -1082,14 +1082,15 @@ fn spawn_uploader(
     })
 }
 
-/// Checkpoints the catalog's WAL from its own connection once a second, off the alert
-/// path (see [`SqliteCatalog::disable_autocheckpoint`]).
 /// How often the checkpointer folds the catalog's WAL into the database. Every second left
 /// a flood's last second of WAL (tens of MB) to be copied and fsynced after the last event,
 /// while nothing else ran: 0.1–0.2 s of a 2-second replay. Every 250 ms the copying overlaps
 /// the work; 100 ms measured no better. (On a quiet ward the WAL is empty: a no-op.)
 const CATALOG_CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 
+/// Checkpoints the catalog's WAL from its own connection every
+/// [`CATALOG_CHECKPOINT_EVERY`], off the alert path (see
+/// [`SqliteCatalog::disable_autocheckpoint`]).
 fn spawn_checkpointer(path: PathBuf) -> anyhow::Result<Checkpointer> {
     let cat = SqliteCatalog::open(&path)
         .with_context(|| format!("cannot open catalog {}", path.display()))?;

@@ -19,9 +19,10 @@
 //! - `outbox_texts`: the outbox itself, in zstd-compressed chunks of up to [`CHUNK`]
 //!   consecutive sequence numbers (a chunk never spans two transactions). A chunk is
 //!   small enough that reading one event back costs microseconds. New chunks hold the
-//!   events' fields ([`super::events`]: ~90 bytes an event before compression); chunks
-//!   written before that, or copied from an older layout, hold the keys and JSON texts
-//!   (~660 bytes). Both are read wherever they are: nothing is rewritten on upgrade.
+//!   events' fields ([`super::events`]: ~120 bytes an event before compression, ~65
+//!   after); chunks written before that, or copied from an older layout, hold the keys
+//!   and JSON texts (~660 bytes). Both are read wherever they are: nothing is rewritten
+//!   on upgrade.
 //!
 //! Sequence numbers are allocated here (the greatest recorded plus one, inside the
 //! write transaction), strictly increasing in commit order and never reused.
@@ -38,8 +39,9 @@ use crate::store::{OutboxEntry, StoreError};
 pub(super) const CHUNK: usize = 256;
 /// zstd level −1, the first of the fast levels. Measured on the outbox chunks of a classic
 /// flood (122 bytes an event before compression): level 1 made 53 bytes at 214 MB/s, −1
-/// makes 65 bytes at 495 MB/s. The 12 bytes an event more are 6 % of the catalog, whose
-/// `alerts` rows take 124 bytes an event. Decoding does not depend on the level.
+/// makes 65 bytes at 495 MB/s. The 12 bytes an event more are 5 % of the catalog (131 →
+/// 137 MB after a 2 M-message flood), whose `alerts` rows take 124 bytes an event.
+/// Decoding does not depend on the level.
 const LEVEL: i32 = -1;
 
 /// The zstd context the alert path compresses with, made once per connection: making
