@@ -111,6 +111,52 @@ impl<'de: 'a, 'a> Deserialize<'de> for IdValue<'a> {
     }
 }
 
+/// A record's time text: as serde_json read it, or the bytes the classic scanner took
+/// (ASCII: checked as it scanned). A flood's records share their second, so the bytes
+/// are nearly always the previous record's and need no UTF-8 check at all.
+enum TimeText<'a> {
+    Text(Cow<'a, str>),
+    Ascii(&'a [u8]),
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for TimeText<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for V<'a> {
+            type Value = TimeText<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a timestamp string")
+            }
+            fn visit_borrowed_str<E: serde::de::Error>(
+                self,
+                v: &'de str,
+            ) -> Result<Self::Value, E> {
+                Ok(TimeText::Text(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(TimeText::Text(Cow::Owned(v.to_owned())))
+            }
+        }
+        d.deserialize_str(V(std::marker::PhantomData))
+    }
+}
+
+impl TimeText<'_> {
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            TimeText::Text(s) => s.as_bytes(),
+            TimeText::Ascii(b) => b,
+        }
+    }
+
+    fn as_str(&self) -> Option<&str> {
+        match self {
+            TimeText::Text(s) => Some(s),
+            TimeText::Ascii(b) => std::str::from_utf8(b).ok(),
+        }
+    }
+}
+
 impl IdValue<'_> {
     fn into_text(self) -> SmolStr {
         match self {
@@ -132,7 +178,7 @@ struct ClassicRecord<'a> {
     #[serde(default)]
     bp: Option<f64>,
     #[serde(default, borrow)]
-    message_time: Option<Cow<'a, str>>,
+    message_time: Option<TimeText<'a>>,
 }
 
 #[derive(Deserialize)]
@@ -143,7 +189,7 @@ struct CanonicalRecord<'a> {
     #[serde(default, borrow)]
     device_id: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
-    observed_at: Option<Cow<'a, str>>,
+    observed_at: Option<TimeText<'a>>,
     vitals: CanonicalVitals<'a>,
     /// Label (the simulator marks episodes and artifacts); not stored, read by
     /// `vitalwatch evaluate` through [`decode_annotated`].
@@ -206,7 +252,7 @@ fn malformed(format: &'static str, e: serde_json::Error) -> DecodeError {
 }
 
 fn parse_time(
-    raw: Option<Cow<'_, str>>,
+    raw: Option<TimeText<'_>>,
     ingested_at: Timestamp,
     field: &str,
 ) -> Result<Timestamp, DecodeError> {
@@ -216,17 +262,23 @@ fn parse_time(
         static LAST: std::cell::RefCell<(String, Timestamp)> =
             const { std::cell::RefCell::new((String::new(), Timestamp(0))) };
     }
-    let Some(s) = raw else {
+    let Some(raw) = raw else {
         return Ok(ingested_at);
     };
-    let cached = LAST.with_borrow(|(text, t)| (!text.is_empty() && *text == *s).then_some(*t));
+    let cached = LAST.with_borrow(|(text, t)| {
+        (!text.is_empty() && text.as_bytes() == raw.as_bytes()).then_some(*t)
+    });
     if let Some(t) = cached {
         return Ok(t);
     }
-    let t = Timestamp::parse(&s).map_err(|e| DecodeError::Invalid(format!("{field}: {e}")))?;
+    // (Scanned text is ASCII: only serde_json's text could fail, and it is UTF-8.)
+    let s = raw
+        .as_str()
+        .ok_or_else(|| DecodeError::Invalid(format!("{field}: not UTF-8")))?;
+    let t = Timestamp::parse(s).map_err(|e| DecodeError::Invalid(format!("{field}: {e}")))?;
     LAST.with_borrow_mut(|(text, last)| {
         text.clear();
-        text.push_str(&s);
+        text.push_str(s);
         *last = t;
     });
     Ok(t)
@@ -297,7 +349,7 @@ fn scan_classic(bytes: &[u8]) -> Option<ClassicRecord<'_>> {
                 time = Some(if c.null() {
                     None
                 } else {
-                    Some(Cow::Borrowed(c.string()?))
+                    Some(TimeText::Ascii(c.ascii_string()?))
                 })
             }
             _ => return None,
@@ -383,6 +435,11 @@ impl<'a> Scan<'a> {
         let s = &self.b[start..self.i];
         self.i += 1;
         Some(s)
+    }
+
+    /// A string of ASCII characters without escapes or control characters, as bytes.
+    fn ascii_string(&mut self) -> Option<&'a [u8]> {
+        self.raw_string().filter(|s| s.is_ascii())
     }
 
     /// A string without escapes or control characters.
@@ -740,7 +797,7 @@ mod tests {
             r.customer_id.into_text().to_string(),
             r.heart_beat.map(f64::to_bits),
             r.bp.map(f64::to_bits),
-            r.message_time.map(Cow::into_owned),
+            r.message_time.and_then(|t| t.as_str().map(str::to_owned)),
         )
     }
 
