@@ -509,9 +509,36 @@ fn write_json_str(out: &mut Vec<u8>, s: Option<&str>) -> serde_json::Result<()> 
     }
 }
 
-/// Shared values' fragments by the value's address. foldhash, not std's SipHash: hashing
-/// one `usize` per shared field that way was 7 % of writing an event.
-type ByAddress<V> = HashMap<usize, V, foldhash::fast::RandomState>;
+/// Hashes the addresses of shared values (an `Arc`'s, a `&'static str`'s), which maps
+/// of what alert events share are keyed by: [`JsonFragments`] here, the outbox chunks'
+/// shared strings and patients in the SQLite store. They are distinct machine words, not
+/// input anyone chooses: one multiply mixes them well enough, where std's SipHash was a
+/// tenth of the alert thread in an alert flood and 7 % of writing an event's text.
+#[derive(Debug, Default)]
+pub struct AddressHasher(u64);
+
+impl std::hash::Hasher for AddressHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
+    }
+}
+
+/// A map keyed by addresses (or address and length), hashed by [`AddressHasher`].
+pub type ByAddress<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<AddressHasher>>;
 
 /// JSON fragments of what alert events share, for [`AlertEvent::write_json_shared`]: a
 /// patient's details and a band's texts are escaped once per `Arc`, not once per event
@@ -523,8 +550,8 @@ type ByAddress<V> = HashMap<usize, V, foldhash::fast::RandomState>;
 /// after a reference reload) are swept once the cache doubles.
 #[derive(Debug, Default)]
 pub struct JsonFragments {
-    patients: ByAddress<(Arc<AlertPatient>, Box<[u8]>)>,
-    texts: ByAddress<(Arc<str>, Box<[u8]>)>,
+    patients: ByAddress<usize, (Arc<AlertPatient>, Box<[u8]>)>,
+    texts: ByAddress<usize, (Arc<str>, Box<[u8]>)>,
     sweep_at: usize,
     /// The last timestamp written, and its JSON text.
     time: Option<(Timestamp, Vec<u8>)>,

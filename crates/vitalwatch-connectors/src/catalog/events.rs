@@ -39,14 +39,12 @@
 //! A chunk of the first format is a bare zstd frame: its magic number differs from this
 //! one, so both are read wherever they are.
 
-use std::collections::HashMap;
 use std::collections::hash_map::Entry;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
 use serde::Deserialize;
 use serde::de::IntoDeserializer;
-use vitalwatch_core::alert::{AlertEvent, AlertId, AlertPatient};
+use vitalwatch_core::alert::{AlertEvent, AlertId, AlertPatient, ByAddress};
 use vitalwatch_core::model::{PatientId, Timestamp};
 
 /// The first bytes of a chunk of this format (a zstd frame starts `28 b5 2f fd`).
@@ -105,43 +103,15 @@ fn put_value(out: &mut Vec<u8>, v: f64) {
     }
 }
 
-/// Hashes the addresses a chunk's shared values are found by. They are distinct
-/// machine words, not input anyone chooses: one multiply mixes them well enough, where
-/// the default SipHash was a tenth of the alert thread in an alert flood.
-#[derive(Default)]
-struct AddressHasher(u64);
-
-impl Hasher for AddressHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.write_u64(u64::from(b));
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x517c_c1b7_2722_0a95);
-    }
-
-    fn write_usize(&mut self, n: usize) {
-        self.write_u64(n as u64);
-    }
-}
-
-type ByAddress<K> = HashMap<K, u32, BuildHasherDefault<AddressHasher>>;
-
 /// Gathers a chunk's shared strings and patients, each once, by address: every value a
 /// chunk's events share is behind one `Arc` or is a `&'static str`, and all of them stay
 /// borrowed while the chunk is encoded, so no address is reused meanwhile.
 #[derive(Default)]
 struct Shared<'a> {
     strings: Vec<&'a str>,
-    by_address: ByAddress<(usize, usize)>,
+    by_address: ByAddress<(usize, usize), u32>,
     patients: Vec<&'a AlertPatient>,
-    patient_numbers: ByAddress<usize>,
+    patient_numbers: ByAddress<usize, u32>,
 }
 
 impl<'a> Shared<'a> {
@@ -512,15 +482,14 @@ mod tests {
                 e.alert_message = "tab\there".into();
             }
             // Whole numbers (varints) beside every kind of value that must keep its bits.
-            let whole = (1u64 << 53) as f64;
             let values = [
                 120.0,
                 0.1 * i as f64,
                 -0.0,
                 0.0,
-                whole,
-                -whole,
-                whole + 2.0,
+                WHOLE,
+                -WHOLE,
+                WHOLE + 2.0,
                 -37.0,
                 f64::INFINITY,
                 f64::MIN_POSITIVE,
