@@ -213,6 +213,28 @@ fn migrate_rows(conn: &Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// A descriptor of the database file at `path`, opened once per process and never
+/// closed. Never closed because POSIX advisory locks belong to the process and the file,
+/// not to a descriptor: closing any descriptor of the file would drop the locks every
+/// SQLite connection of this process holds on it (SQLite's "How To Corrupt An SQLite
+/// Database File", §2.2). One descriptor per catalog path for the process's life.
+fn database_file(path: &Path) -> std::io::Result<std::sync::Arc<std::fs::File>> {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex, OnceLock};
+    static FILES: OnceLock<Mutex<HashMap<std::path::PathBuf, Arc<std::fs::File>>>> =
+        OnceLock::new();
+    let mut files = FILES
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some(f) = files.get(path) {
+        return Ok(f.clone());
+    }
+    let f = Arc::new(std::fs::File::open(path)?);
+    files.insert(path.to_path_buf(), f.clone());
+    Ok(f)
+}
+
 impl SqliteCatalog {
     /// Opens (creating if needed) the catalog at `path`.
     pub fn open(path: &Path) -> Result<Self, CatalogError> {
@@ -260,6 +282,31 @@ impl SqliteCatalog {
         self.conn
             .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
         Ok(())
+    }
+
+    /// Flushes the database file's written pages to the disk (fdatasync), without taking
+    /// any SQLite lock: call it after [`SqliteCatalog::checkpoint`], on the same thread.
+    ///
+    /// Why: a PASSIVE checkpoint under a busy writer copies WAL pages into the database
+    /// file but never reaches the WAL's end, and SQLite syncs the file only when one
+    /// does. In an alert flood every copied page (140 MB after 2 M messages) stayed
+    /// unwritten until the last connection closed, whose fsync then took 0.2 s after all
+    /// other work had ended. Synced after each checkpoint, the writes overlap the work
+    /// and the last fsync finds only the last interval's pages. Durability is unchanged:
+    /// a committed transaction is in the synced WAL either way.
+    pub fn sync_database_file(&self) -> Result<(), CatalogError> {
+        let Some(path) = self.conn.path().filter(|p| !p.is_empty()) else {
+            return Ok(()); // in memory: nothing to flush
+        };
+        database_file(Path::new(path))
+            .and_then(|f| f.sync_data())
+            .map_err(|e| StoreError::Backend {
+                backend: "sqlite",
+                source: Box::new(std::io::Error::new(
+                    e.kind(),
+                    format!("cannot sync {path}: {e}"),
+                )),
+            })
     }
 
     /// Whether the catalog has no patients and no thresholds yet (a fresh data directory).
@@ -757,6 +804,37 @@ fn insert_audit(conn: &Connection, a: &AuditEntry) -> Result<(), StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_database_file_is_synced_beside_a_writer_without_disturbing_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("catalog.sqlite");
+        let mut writer = SqliteCatalog::open(&path).unwrap();
+        writer.disable_autocheckpoint().unwrap();
+        let checkpointer = SqliteCatalog::open(&path).unwrap();
+        let e = crate::store::contract::sample_event();
+        let text = serde_json::to_string(&e).unwrap();
+        writer.record_alert_events(&[(&e, text.as_str())]).unwrap();
+        checkpointer.checkpoint().unwrap();
+        checkpointer.sync_database_file().unwrap();
+        checkpointer.sync_database_file().unwrap();
+        drop(checkpointer);
+        // The writer's connection and what it wrote are intact after the other
+        // connection synced the file and closed.
+        let mut again = e.clone();
+        again.event = vitalwatch_core::alert::AlertEventKind::Resolved;
+        let text = serde_json::to_string(&again).unwrap();
+        writer
+            .record_alert_events(&[(&again, text.as_str())])
+            .unwrap();
+        let reopened = SqliteCatalog::open(&path).unwrap();
+        assert_eq!(reopened.outbox_after(0, 10).unwrap().len(), 2);
+        // In memory there is no file: nothing to do, no error.
+        SqliteCatalog::open_in_memory()
+            .unwrap()
+            .sync_database_file()
+            .unwrap();
+    }
 
     #[test]
     fn a_first_release_catalog_is_upgraded_without_notifying_again() {
