@@ -806,7 +806,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_database_file_is_synced_beside_a_writer_without_disturbing_it() {
+    fn the_database_file_syncs_beside_a_live_writer_and_in_memory_is_a_no_op() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("catalog.sqlite");
         let mut writer = SqliteCatalog::open(&path).unwrap();
