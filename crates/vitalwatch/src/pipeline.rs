@@ -1095,7 +1095,7 @@ fn spawn_checkpointer(path: PathBuf) -> anyhow::Result<Checkpointer> {
     let cat = SqliteCatalog::open(&path)
         .with_context(|| format!("cannot open catalog {}", path.display()))?;
     let (stop, handle) = spawn_periodic("checkpoint", CATALOG_CHECKPOINT_EVERY, move |_| {
-        if let Err(e) = cat.checkpoint().and_then(|()| cat.sync_database_file()) {
+        if let Err(e) = cat.checkpoint() {
             tracing::warn!(error = %e, "catalog checkpoint failed");
         }
         Ok(0)

@@ -277,36 +277,36 @@ impl SqliteCatalog {
         Ok(())
     }
 
-    /// Copies committed WAL pages into the database without blocking writers (PASSIVE).
-    pub fn checkpoint(&self) -> Result<(), CatalogError> {
-        self.conn
-            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
-        Ok(())
-    }
-
-    /// Flushes the database file's written pages to the disk (fdatasync), without taking
-    /// any SQLite lock: call it after [`SqliteCatalog::checkpoint`], on the same thread.
+    /// Copies committed WAL pages into the database without blocking writers (PASSIVE),
+    /// and flushes what it copied to the disk.
     ///
-    /// Why: a PASSIVE checkpoint under a busy writer copies WAL pages into the database
-    /// file but never reaches the WAL's end, and SQLite syncs the file only when one
-    /// does. In an alert flood every copied page (140 MB after 2 M messages) stayed
-    /// unwritten until the last connection closed, whose fsync then took 0.2 s after all
-    /// other work had ended. Synced after each checkpoint, the writes overlap the work
-    /// and the last fsync finds only the last interval's pages. Durability is unchanged:
-    /// a committed transaction is in the synced WAL either way.
-    pub fn sync_database_file(&self) -> Result<(), CatalogError> {
-        let Some(path) = self.conn.path().filter(|p| !p.is_empty()) else {
-            return Ok(()); // in memory: nothing to flush
-        };
-        database_file(Path::new(path))
-            .and_then(|f| f.sync_data())
-            .map_err(|e| StoreError::Backend {
-                backend: "sqlite",
-                source: Box::new(std::io::Error::new(
-                    e.kind(),
-                    format!("cannot sync {path}: {e}"),
-                )),
-            })
+    /// SQLite fsyncs the database file only when a checkpoint, once done, finds nothing
+    /// committed after the frames it copied, which a PASSIVE one under a writer that never
+    /// pauses never does: in an alert flood every copied page (140 MB after 2 M messages)
+    /// stayed unwritten until the last connection closed, whose fsync then took 0.2 s
+    /// after all other work had ended. Synced here (fdatasync, no SQLite lock taken), the
+    /// writes overlap the work and the last fsync finds only the last interval's pages.
+    /// (The pragma's counts cannot tell whether SQLite synced: they are taken before the
+    /// copy. Syncing a file SQLite has just synced costs a system call.) Durability is
+    /// unchanged: a committed transaction is in the synced WAL either way.
+    pub fn checkpoint(&self) -> Result<(), CatalogError> {
+        // Frames checkpointed (the third column): 0 with nothing to copy, -1 when the
+        // database is not in WAL mode (in memory).
+        let copied: i64 = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get(2))?;
+        match self.conn.path().filter(|p| !p.is_empty()) {
+            Some(path) if copied > 0 => database_file(Path::new(path))
+                .and_then(|f| f.sync_data())
+                .map_err(|e| StoreError::Backend {
+                    backend: "sqlite",
+                    source: Box::new(std::io::Error::new(
+                        e.kind(),
+                        format!("cannot sync {path}: {e}"),
+                    )),
+                }),
+            _ => Ok(()),
+        }
     }
 
     /// Whether the catalog has no patients and no thresholds yet (a fresh data directory).
@@ -806,7 +806,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_database_file_syncs_beside_a_live_writer_and_in_memory_is_a_no_op() {
+    fn a_checkpoint_held_short_by_a_reader_syncs_the_file_and_loses_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("catalog.sqlite");
         let mut writer = SqliteCatalog::open(&path).unwrap();
@@ -815,24 +815,43 @@ mod tests {
         let e = crate::store::contract::sample_event();
         let text = serde_json::to_string(&e).unwrap();
         writer.record_alert_events(&[(&e, text.as_str())]).unwrap();
-        checkpointer.checkpoint().unwrap();
-        checkpointer.sync_database_file().unwrap();
-        checkpointer.sync_database_file().unwrap();
-        drop(checkpointer);
-        // The writer's connection and what it wrote are intact after the other
-        // connection synced the file and closed.
+        // A reader on the first snapshot keeps the checkpoint from the WAL's end, as a
+        // busy writer does in a flood: the catalog syncs the copied pages itself.
+        let reader = Connection::open(&path).unwrap();
+        reader.execute_batch("BEGIN").unwrap();
+        let _: i64 = reader
+            .query_row("SELECT count(*) FROM outbox_texts", [], |r| r.get(0))
+            .unwrap();
         let mut again = e.clone();
         again.event = vitalwatch_core::alert::AlertEventKind::Resolved;
         let text = serde_json::to_string(&again).unwrap();
         writer
             .record_alert_events(&[(&again, text.as_str())])
             .unwrap();
+        let (log, copied): (i64, i64) = checkpointer
+            .conn
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                Ok((r.get(1)?, r.get(2)?))
+            })
+            .unwrap();
+        assert!(0 < copied && copied < log, "held short: {copied} of {log}");
+        checkpointer.checkpoint().unwrap();
+        checkpointer.checkpoint().unwrap();
+        drop(checkpointer);
+        reader.execute_batch("COMMIT").unwrap();
+        // The writer carries on after the other connection synced the file and closed.
+        let mut third = again.clone();
+        third.event = vitalwatch_core::alert::AlertEventKind::Acknowledged;
+        let text = serde_json::to_string(&third).unwrap();
+        writer
+            .record_alert_events(&[(&third, text.as_str())])
+            .unwrap();
         let reopened = SqliteCatalog::open(&path).unwrap();
-        assert_eq!(reopened.outbox_after(0, 10).unwrap().len(), 2);
-        // In memory there is no file: nothing to do, no error.
+        assert_eq!(reopened.outbox_after(0, 10).unwrap().len(), 3);
+        // In memory there is no file and no WAL: nothing to do, no error.
         SqliteCatalog::open_in_memory()
             .unwrap()
-            .sync_database_file()
+            .checkpoint()
             .unwrap();
     }
 
