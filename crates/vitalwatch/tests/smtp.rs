@@ -112,6 +112,34 @@ fn mail_to(maildir: &Path, to: &str, n: usize) -> Vec<Mail> {
     }
 }
 
+/// Waits until the catalog records a delivery to `notifier`.
+fn wait_recorded(config: &Path, data: &Path, notifier: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let o = vitalwatch(&[
+            "alerts",
+            "deliveries",
+            "--notifier",
+            notifier,
+            "--format",
+            "csv",
+            "--config",
+            &os(config),
+            "--data",
+            &os(data),
+        ]);
+        if String::from_utf8_lossy(&o.stdout).contains(",delivered,") {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no delivery to {notifier} recorded: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// An alert is e-mailed once to each notifier: the classic subject and fields to the
 /// ward, ward and patient id only to the `minimal` channel, the event's idempotency key
 /// as Message-ID; a restart sends nothing again.
@@ -170,6 +198,13 @@ body_template = "Patient {{{{ patient_id }}}} needs review ({{{{ event }}}} at {
     let to_ward = mail_to(&maildir, &ward, 1);
     let to_pager = mail_to(&maildir, &pager, 1);
     let to_brief = mail_to(&maildir, &brief, 1);
+    // The kill comes once each delivery is on record (the alert thread writes delivery
+    // records up to a second after the server's answer): a kill before that would
+    // rightly send the mail again on restart (at least once), which is not what the
+    // restart below checks.
+    for notifier in ["ward", "pager", "brief"] {
+        wait_recorded(&config, &data, notifier);
+    }
     run.kill().unwrap();
     run.wait().unwrap();
     assert_eq!(to_ward.len(), 1, "one alert, one message");
