@@ -9,9 +9,9 @@
 mod common;
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{free_port, http, os, spawn_run, vitalwatch};
+use common::{free_port, http, os, spawn_run, vitalwatch, wait_for};
 use vitalwatch_connectors::postgres::ScratchDatabase;
 
 fn metric(port: u16, name: &str) -> Option<f64> {
@@ -34,14 +34,6 @@ fn reading(patient: u32) -> String {
         r#"{{"patient_id": "{patient}", "observed_at": "{}", "vitals": {{"heart_rate": 130}}}}"#,
         chrono::Utc::now().to_rfc3339()
     )
-}
-
-fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 #[test]

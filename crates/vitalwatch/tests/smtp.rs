@@ -14,7 +14,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{free_port, os, spawn_run, vitalwatch};
+use common::{free_port, os, spawn_run, vitalwatch, wait_for};
 
 fn services() -> PathBuf {
     std::env::var_os("VITALWATCH_SERVICES")
@@ -114,8 +114,8 @@ fn mail_to(maildir: &Path, to: &str, n: usize) -> Vec<Mail> {
 
 /// Waits until the catalog records a delivery to `notifier`.
 fn wait_recorded(config: &Path, data: &Path, notifier: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
+    let what = format!("a delivery to {notifier} on record");
+    wait_for(&what, Duration::from_secs(20), || {
         let o = vitalwatch(&[
             "alerts",
             "deliveries",
@@ -128,16 +128,8 @@ fn wait_recorded(config: &Path, data: &Path, notifier: &str) {
             "--data",
             &os(data),
         ]);
-        if String::from_utf8_lossy(&o.stdout).contains(",delivered,") {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no delivery to {notifier} recorded: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+        String::from_utf8_lossy(&o.stdout).contains(",delivered,")
+    });
 }
 
 /// An alert is e-mailed once to each notifier: the classic subject and fields to the

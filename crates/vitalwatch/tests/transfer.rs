@@ -14,9 +14,9 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{free_port, http, os, spawn_run, sql, vitalwatch};
+use common::{free_port, http, os, spawn_run, sql, vitalwatch, wait_for};
 use vitalwatch_connectors::postgres::ScratchDatabase;
 
 /// A MariaDB database of its own, dropped at the end.
@@ -124,14 +124,6 @@ fn vw_fails(data: &Path, args: &[&str]) -> String {
     let o = vitalwatch(&a);
     assert!(!o.status.success(), "{args:?} should fail");
     String::from_utf8(o.stderr).unwrap()
-}
-
-fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// The classic table in MariaDB, as the classic design's MySQL held it, plus the

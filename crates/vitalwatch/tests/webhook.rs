@@ -14,7 +14,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{os, receiver, spawn_run, vitalwatch};
+use common::{os, receiver, spawn_run, vitalwatch, wait_for};
+
+/// How long a test waits for what a running pipeline does next.
+const PATIENCE: Duration = Duration::from_secs(20);
 
 /// The classic table with its high heart-rate bands made high priority (the others
 /// medium), written under `dir`.
@@ -39,14 +42,6 @@ fn get(port: u16, path: &str) -> String {
     let (status, body) = common::http(port, "GET", path, "");
     assert_eq!(status, 200, "{body}");
     body
-}
-
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[test]
@@ -95,11 +90,15 @@ url = "http://127.0.0.1:{backup_port}/pager"
     let port = common::free_port();
     let mut run = spawn_run(&data, Some(&config), port);
     common::post_reading(port, "5", r#"{"heart_rate": 130}"#);
-    wait_for("the retried Slack post", || {
+    wait_for("the retried Slack post", PATIENCE, || {
         slack.lock().unwrap().len() >= 3
     });
-    wait_for("the audit post", || !audit.lock().unwrap().is_empty());
-    wait_for("the fallback post", || !backup.lock().unwrap().is_empty());
+    wait_for("the audit post", PATIENCE, || {
+        !audit.lock().unwrap().is_empty()
+    });
+    wait_for("the fallback post", PATIENCE, || {
+        !backup.lock().unwrap().is_empty()
+    });
     // Long enough for a wrong retry of the 400 (the first backoff is 200 ms).
     std::thread::sleep(Duration::from_secs(2));
     let metrics = get(port, "/metrics");
@@ -280,7 +279,7 @@ tiers = [{{ after = "0s", notify = ["ward-2"] }}]
             .map(|x| serde_json::from_str(&x.body).unwrap())
             .collect()
     };
-    wait_for("the escalation to tier 2", || {
+    wait_for("the escalation to tier 2", PATIENCE, || {
         !charge.lock().unwrap().is_empty()
     });
     let alert_id = events(&nurse)[0]["alert_id"].as_str().unwrap().to_owned();
@@ -294,7 +293,7 @@ tiers = [{{ after = "0s", notify = ["ward-2"] }}]
     let acked = |r: &std::sync::Mutex<Vec<common::Received>>| {
         events(r).iter().any(|e| e["event"] == "acknowledged")
     };
-    wait_for("the acknowledgement to both tiers", || {
+    wait_for("the acknowledgement to both tiers", PATIENCE, || {
         acked(&nurse) && acked(&charge)
     });
     std::thread::sleep(Duration::from_secs(2));
@@ -382,7 +381,9 @@ fn a_silence_holds_back_a_patients_alerts_but_never_a_new_high_priority_alarm() 
     // a high one.
     send("5", r#"{"systolic": 200, "heart_rate": 130}"#);
     send("2", r#"{"heart_rate": 130}"#);
-    wait_for("two alarms through", || hook.lock().unwrap().len() >= 2);
+    wait_for("two alarms through", PATIENCE, || {
+        hook.lock().unwrap().len() >= 2
+    });
     std::thread::sleep(Duration::from_secs(2));
     let got: Vec<serde_json::Value> = hook
         .lock()
@@ -442,7 +443,7 @@ fn a_silence_holds_back_a_patients_alerts_but_never_a_new_high_priority_alarm() 
             "SELECT actor, subject FROM audit WHERE action = 'alert acknowledged'",
         )
     };
-    wait_for("the acknowledgement in the warehouse", || {
+    wait_for("the acknowledgement in the warehouse", PATIENCE, || {
         !acks_in_warehouse().is_empty()
     });
     assert_eq!(acks_in_warehouse(), format!("dr.who,{high5}"));
@@ -539,12 +540,12 @@ fn a_high_priority_alarm_never_waits_behind_a_failing_lower_one() {
     let port = common::free_port();
     let mut run = spawn_run(&data, Some(&config), port);
     common::post_reading(port, "5", r#"{"systolic": 200}"#);
-    wait_for("the medium alarm to be refused", || {
+    wait_for("the medium alarm to be refused", PATIENCE, || {
         !hook.lock().unwrap().is_empty()
     });
     let refused = Instant::now();
     common::post_reading(port, "2", r#"{"heart_rate": 130}"#);
-    wait_for("the high alarm", || {
+    wait_for("the high alarm", PATIENCE, || {
         hook.lock()
             .unwrap()
             .iter()
@@ -555,7 +556,7 @@ fn a_high_priority_alarm_never_waits_behind_a_failing_lower_one() {
     // delivery a moment after the body arrives: wait for the count, not just the body.
     let delivered = "vitalwatch_notifier_deliveries_total{notifier=\"ward/high\"} 1";
     let mut metrics = String::new();
-    wait_for("the high lane to count its delivery", || {
+    wait_for("the high lane to count its delivery", PATIENCE, || {
         metrics = get(port, "/metrics");
         metrics.lines().any(|l| l == delivered)
     });

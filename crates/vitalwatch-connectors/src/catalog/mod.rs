@@ -813,8 +813,7 @@ mod tests {
         writer.disable_autocheckpoint().unwrap();
         let checkpointer = SqliteCatalog::open(&path).unwrap();
         let e = crate::store::contract::sample_event();
-        let text = serde_json::to_string(&e).unwrap();
-        writer.record_alert_events(&[(&e, text.as_str())]).unwrap();
+        assert_eq!(record(&mut writer, std::slice::from_ref(&e)), [true]);
         // A reader on the first snapshot keeps the checkpoint from the WAL's end, as a
         // busy writer does in a flood: the catalog syncs the copied pages itself.
         let reader = Connection::open(&path).unwrap();
@@ -824,10 +823,7 @@ mod tests {
             .unwrap();
         let mut again = e.clone();
         again.event = vitalwatch_core::alert::AlertEventKind::Resolved;
-        let text = serde_json::to_string(&again).unwrap();
-        writer
-            .record_alert_events(&[(&again, text.as_str())])
-            .unwrap();
+        assert_eq!(record(&mut writer, std::slice::from_ref(&again)), [true]);
         let (log, copied): (i64, i64) = checkpointer
             .conn
             .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
@@ -840,12 +836,9 @@ mod tests {
         drop(checkpointer);
         reader.execute_batch("COMMIT").unwrap();
         // The writer carries on after the other connection synced the file and closed.
-        let mut third = again.clone();
+        let mut third = again;
         third.event = vitalwatch_core::alert::AlertEventKind::Acknowledged;
-        let text = serde_json::to_string(&third).unwrap();
-        writer
-            .record_alert_events(&[(&third, text.as_str())])
-            .unwrap();
+        assert_eq!(record(&mut writer, &[third]), [true]);
         let reopened = SqliteCatalog::open(&path).unwrap();
         assert_eq!(reopened.outbox_after(0, 10).unwrap().len(), 3);
         // In memory there is no file and no WAL: nothing to do, no error.

@@ -36,6 +36,15 @@ pub fn serve(mut cmd: Command, port: u16) -> Child {
     child
 }
 
+/// Polls `f` until it holds; fails the test naming `what` after `timeout`.
+pub fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Waits (up to 30 s) until something accepts connections on 127.0.0.1:`port`.
 pub fn wait_for_port(port: u16, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
